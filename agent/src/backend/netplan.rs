@@ -1,0 +1,209 @@
+//! netplan (Ubuntu): one file per interface, `/etc/netplan/9{N}-multinic{N}.yaml`.
+//!
+//! The file matches the NIC by MAC, names it `multinicN`, sets its MTU and
+//! (when known) its one static address, and disables DHCPv4. Values with
+//! colons are quoted: YAML 1.1 would read `00:11:22:33:44:55` as a number.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use multinic_proto::{IfaceAddr, InterfaceName, InterfaceSpec, MacAddress, Mtu};
+use serde::Deserialize;
+
+use super::{Backend, BackendKind, ParseFileError, RenderedFile};
+
+/// The netplan backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Netplan;
+
+/// The file of interface `name`, relative to the host root.
+pub fn path(name: InterfaceName) -> PathBuf {
+    PathBuf::from(format!("etc/netplan/9{}-{name}.yaml", name.index()))
+}
+
+impl Backend for Netplan {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Netplan
+    }
+
+    fn paths(&self, name: InterfaceName) -> Vec<PathBuf> {
+        vec![path(name)]
+    }
+
+    fn render(&self, name: InterfaceName, spec: &InterfaceSpec) -> Vec<RenderedFile> {
+        vec![RenderedFile { path: path(name), contents: render(name, spec) }]
+    }
+
+    fn parse(&self, name: InterfaceName, files: &BTreeMap<PathBuf, String>) -> Result<InterfaceSpec, ParseFileError> {
+        let path = path(name);
+        let contents = files.get(&path).ok_or_else(|| ParseFileError::new(&path, "missing"))?;
+        parse(name, &path, contents)
+    }
+}
+
+/// Renders the netplan file of one interface.
+pub fn render(name: InterfaceName, spec: &InterfaceSpec) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = write!(
+        out,
+        "# Managed by multinic-agent: do not edit, changes are overwritten.\n\
+         network:\n  version: 2\n  ethernets:\n    {name}:\n      match:\n        macaddress: \"{mac}\"\n      \
+         set-name: {name}\n      mtu: {mtu}\n      dhcp4: false\n",
+        mac = spec.mac,
+        mtu = spec.mtu,
+    );
+    if let Some(address) = spec.address {
+        let _ = write!(out, "      addresses:\n        - \"{address}\"\n");
+    }
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    network: Network,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Network {
+    version: u8,
+    ethernets: BTreeMap<String, Ethernet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Ethernet {
+    #[serde(rename = "match")]
+    matches: Match,
+    set_name: String,
+    mtu: i64,
+    dhcp4: bool,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Match {
+    macaddress: String,
+}
+
+/// Reads back a file written by [`render`]; anything else is an error.
+pub fn parse(name: InterfaceName, path: &Path, contents: &str) -> Result<InterfaceSpec, ParseFileError> {
+    let err = |reason: String| ParseFileError::new(path, reason);
+    let doc: Document = serde_yaml::from_str(contents).map_err(|e| err(format!("not a multinic netplan file: {e}")))?;
+    if doc.network.version != 2 {
+        return Err(err(format!("network.version is {}, expected 2", doc.network.version)));
+    }
+    let mut ethernets = doc.network.ethernets.into_iter();
+    let (key, eth) = match (ethernets.next(), ethernets.next()) {
+        (Some(one), None) => one,
+        _ => return Err(err("expected exactly one entry under network.ethernets".into())),
+    };
+    if key != name.to_string() || eth.set_name != key {
+        return Err(err(format!("defines {key} (set-name {}), expected {name}", eth.set_name)));
+    }
+    if eth.dhcp4 {
+        return Err(err("dhcp4 is true".into()));
+    }
+    let mac: MacAddress = eth.matches.macaddress.parse().map_err(|e| err(format!("match.macaddress: {e}")))?;
+    let mtu = Mtu::new(eth.mtu).map_err(|e| err(e.to_string()))?;
+    let address = match eth.addresses.as_slice() {
+        [] => None,
+        [one] => Some(one.parse::<IfaceAddr>().map_err(|e| err(format!("addresses: {e}")))?),
+        _ => return Err(err("more than one address".into())),
+    };
+    InterfaceSpec::new(mac, address, mtu).map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name(i: u8) -> InterfaceName {
+        InterfaceName::new(i, 10).unwrap()
+    }
+
+    fn spec(mac: &str, address: Option<&str>, mtu: i64) -> InterfaceSpec {
+        InterfaceSpec::new(mac.parse().unwrap(), address.map(|a| a.parse().unwrap()), Mtu::new(mtu).unwrap()).unwrap()
+    }
+
+    /// Golden files in `testdata/netplan/`; `UPDATE_GOLDEN=1 cargo test` rewrites them.
+    fn golden(file: &str, actual: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/netplan").join(file);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(actual, expected, "golden file {file} differs; UPDATE_GOLDEN=1 refreshes it");
+    }
+
+    #[test]
+    fn golden_files() {
+        golden("90-multinic0.yaml", &render(name(0), &spec("fa:16:3e:00:00:01", Some("192.168.10.5/24"), 1500)));
+        golden("93-multinic3.yaml", &render(name(3), &spec("fa:16:3e:00:00:04", None, 9000)));
+        golden("91-multinic1.yaml", &render(name(1), &spec("fa:16:3e:00:00:02", Some("2001:db8::5/64"), 1500)));
+    }
+
+    #[test]
+    fn paths_follow_the_predecessor() {
+        assert_eq!(path(name(0)), PathBuf::from("etc/netplan/90-multinic0.yaml"));
+        assert_eq!(path(name(9)), PathBuf::from("etc/netplan/99-multinic9.yaml"));
+    }
+
+    #[test]
+    fn foreign_or_damaged_files_do_not_parse() {
+        let p = Path::new("etc/netplan/90-multinic0.yaml");
+        let good = render(name(0), &spec("fa:16:3e:00:00:01", Some("10.0.0.5/24"), 1500));
+        assert!(parse(name(0), p, &good).is_ok());
+        let cases = [
+            ("truncated", good[..good.len() / 2].to_owned()),
+            ("other name", good.replace("multinic0", "multinic1")),
+            ("dhcp on", good.replace("dhcp4: false", "dhcp4: true")),
+            ("extra key", good.replace("      dhcp4: false\n", "      dhcp4: false\n      dhcp6: true\n")),
+            ("cloud-init", "network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n".to_owned()),
+            ("bad mac", good.replace("fa:16:3e:00:00:01", "fa-16-3e-00-00-01")),
+            ("mtu 0", good.replace("mtu: 1500", "mtu: 0")),
+            ("empty", String::new()),
+        ];
+        for (what, text) in cases {
+            assert!(parse(name(0), p, &text).is_err(), "{what} parsed");
+        }
+    }
+
+    fn any_spec() -> impl Strategy<Value = InterfaceSpec> {
+        let mac = proptest::array::uniform6(any::<u8>()).prop_map(|mut o| {
+            o[0] = (o[0] & 0xfe) | 0x02;
+            MacAddress::from_octets(o).unwrap()
+        });
+        let v4 = (1u8..=223, any::<u8>(), any::<u8>(), 1u8..=254, 8u8..=30)
+            .prop_map(|(a, b, c, d, p)| format!("{a}.{b}.{c}.{d}/{p}").parse::<IfaceAddr>().ok());
+        let v6 = (1u16..0xfeff, any::<u16>(), 1u16.., 16u8..=127)
+            .prop_map(|(a, b, c, p)| format!("{a:x}:{b:x}::{c:x}/{p}").parse::<IfaceAddr>().ok());
+        let address = prop_oneof![Just(None), v4, v6];
+        (mac, address, 1280i64..=9216).prop_map(|(mac, address, mtu)| {
+            InterfaceSpec::new(mac, address.filter(|a| !a.addr().is_loopback()), Mtu::new(mtu).unwrap()).unwrap()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn render_parse_render_is_a_fixed_point(spec in any_spec(), index in 0u8..10) {
+            let n = name(index);
+            let text = render(n, &spec);
+            let back = parse(n, &path(n), &text).unwrap();
+            prop_assert_eq!(back, spec);
+            prop_assert_eq!(render(n, &back), text);
+        }
+
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,300}") {
+            let _ = parse(name(0), &path(name(0)), &text);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! multinic-agent: makes one node's secondary NICs match the desired set the
+//! controller pushes, and reports how it went.
+//!
+//! ```text
+//! session ─▶ reconcile: our files + kernel facts ─▶ plan (pure) ─▶ write ─▶ report
+//! ```
+//!
+//! The agent never talks to the database, never touches a file or NIC that
+//! is not ours, and does nothing on a push identical to what it has.
+
+pub mod args;
+pub mod backend;
+pub mod backoff;
+pub mod files;
+pub mod http;
+pub mod plan;
+pub mod reconcile;
+pub mod session;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use multinic_proto::{DEFAULT_CAPACITY, NodeName};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backend::BackendKind;
+use crate::files::HostFiles;
+use crate::reconcile::{ApplyMode, Reconciler};
+use crate::session::SessionConfig;
+use crate::status::AgentStatus;
+
+/// Everything a running agent needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `http://host:port`.
+    pub controller: String,
+    pub node: NodeName,
+    /// The host's `/`, as mounted in the pod (`/host`), or `/`.
+    pub host_root: PathBuf,
+    pub backend: BackendKind,
+    pub apply: ApplyMode,
+    pub capacity: u8,
+    pub state_dir: PathBuf,
+    pub http_listen: Option<SocketAddr>,
+}
+
+impl AgentConfig {
+    /// A config with defaults, for tests and the demo.
+    pub fn new(controller: impl Into<String>, node: NodeName, host_root: impl Into<PathBuf>) -> Self {
+        let host_root = host_root.into();
+        Self {
+            controller: controller.into(),
+            node,
+            state_dir: host_root.join("var/lib/multinic"),
+            host_root,
+            backend: BackendKind::Netplan,
+            apply: ApplyMode::None,
+            capacity: DEFAULT_CAPACITY,
+            http_listen: None,
+        }
+    }
+}
+
+/// A running agent's handles.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub status: Arc<AgentStatus>,
+    pub reconciler: Arc<Reconciler>,
+}
+
+impl Agent {
+    pub fn new(config: &AgentConfig) -> Self {
+        let files = HostFiles::new(&config.host_root);
+        let reconciler = Arc::new(Reconciler::new(config.backend, files, config.capacity, config.apply));
+        Self { status: Arc::new(AgentStatus::new()), reconciler }
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(&self, config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let AgentConfig { controller, node, host_root, backend, apply, capacity, state_dir: _, http_listen } = config;
+        if let Some(addr) = http_listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind the HTTP listener on {addr}: {e}"))?;
+            let router = http::router(self.status.clone());
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
+                    warn!(error = %e, "HTTP server failed");
+                }
+            });
+        }
+        info!(
+            node = %node,
+            controller = %controller,
+            host_root = %host_root.display(),
+            backend = %backend,
+            apply = apply.as_str(),
+            capacity,
+            "agent starting"
+        );
+        let session = SessionConfig {
+            controller,
+            node,
+            connect_timeout: Duration::from_secs(5),
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(30),
+        };
+        session::run(session, self.reconciler.clone(), self.status.clone(), shutdown).await;
+        info!("agent stopped");
+        Ok(())
+    }
+}
+
+/// `host:port` → `http://host:port`; URLs are kept as they are.
+pub fn controller_url(address: &str, tls: bool) -> String {
+    if address.contains("://") {
+        address.to_owned()
+    } else if tls {
+        format!("https://{address}")
+    } else {
+        format!("http://{address}")
+    }
+}
+
+/// `/host` when it exists (inside the pod), else `/`.
+pub fn default_host_root() -> PathBuf {
+    let host = Path::new("/host");
+    if host.is_dir() { host.to_path_buf() } else { PathBuf::from("/") }
+}

@@ -1,0 +1,21 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use multinic_agent::args::Args;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = multinic_proto::runtime::init_logging(args.log_format, &args.log_level) {
+        eprintln!("multinic-agent: {e}");
+        return ExitCode::from(2);
+    }
+    match args.run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "multinic-agent failed");
+            eprintln!("multinic-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The agent's side of the stream: connect, say Hello, apply each push,
+//! report, and reconnect with jittered backoff when the stream ends.
+//!
+//! A push that does not parse is rejected whole and changes nothing. While a
+//! push is being applied newer pushes queue up; only the newest of them is
+//! applied next (newer pushes supersede older ones).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use multinic_proto::v1::agent_message::Kind as AgentKind;
+use multinic_proto::v1::agent_service_client::AgentServiceClient;
+use multinic_proto::v1::controller_message::Kind as ControllerKind;
+use multinic_proto::v1::{self, AgentMessage, ControllerMessage};
+use multinic_proto::{AgentHello, AgentReport, DesiredPush, InterfaceState, NodeName, Outcome};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backoff::{Backoff, jitter};
+use crate::reconcile::Reconciler;
+use crate::status::{AgentStatus, Processed};
+
+/// Largest message accepted from the controller.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// A stream that lived this long counts as healthy: backoff starts over.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+/// Everything a session needs.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// `http://host:port` (or `https://` with TLS).
+    pub controller: String,
+    pub node: NodeName,
+    pub connect_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+/// Why a stream ended.
+#[derive(Debug)]
+enum StreamEnd {
+    Shutdown,
+    /// The controller asked us to reconnect after a delay.
+    Reconnect(Duration),
+    /// The stream closed or failed.
+    Lost(String),
+}
+
+/// Runs sessions until `shutdown` is cancelled.
+pub async fn run(
+    config: SessionConfig,
+    reconciler: Arc<Reconciler>,
+    status: Arc<AgentStatus>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let started = Instant::now();
+        let span = info_span!("stream", node = %config.node, attempt);
+        let end = stream_once(&config, &reconciler, &status, &shutdown).instrument(span).await;
+        status.set_connected(false);
+        let delay = match end {
+            StreamEnd::Shutdown => return,
+            StreamEnd::Reconnect(after) => {
+                info!(after = ?after, "controller asked us to reconnect");
+                backoff.reset();
+                jitter(after.max(Duration::from_millis(100)) * 2)
+            }
+            StreamEnd::Lost(reason) => {
+                if started.elapsed() >= HEALTHY_AFTER {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                warn!(controller = %config.controller, reason = %reason, retry_in = ?delay, "stream to the controller lost");
+                delay
+            }
+        };
+        status.count_reconnect();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn connect(config: &SessionConfig) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(config.controller.clone())
+        .map_err(|e| format!("invalid controller address {:?}: {e}", config.controller))?
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {}", config.controller, error_chain(&e)))
+}
+
+async fn stream_once(
+    config: &SessionConfig,
+    reconciler: &Arc<Reconciler>,
+    status: &Arc<AgentStatus>,
+    shutdown: &CancellationToken,
+) -> StreamEnd {
+    let channel = tokio::select! {
+        result = connect(config) => match result {
+            Ok(channel) => channel,
+            Err(reason) => return StreamEnd::Lost(reason),
+        },
+        () = shutdown.cancelled() => return StreamEnd::Shutdown,
+    };
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(4);
+    let processed = status.processed();
+    let hello = AgentHello {
+        node: config.node.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        backend: reconciler.backend().as_str().to_owned(),
+        apply_mode: reconciler.apply_mode().as_str().to_owned(),
+        applied_digest: processed.digest.clone(),
+        interfaces: processed.interfaces.clone(),
+    };
+    // The channel is empty and its receiver alive: this cannot fail.
+    let _ = tx.send(AgentMessage { kind: Some(AgentKind::Hello(v1::Hello::from(&hello))) }).await;
+    let mut inbound = match client.sync(ReceiverStream::new(rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return StreamEnd::Lost(format!("{:?}: {}", status.code(), status.message())),
+    };
+    status.set_connected(true);
+    info!(controller = %config.controller, applied_digest = processed.digest.as_ref().map_or("", |d| d.short()), "connected to the controller");
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return StreamEnd::Shutdown,
+            message = inbound.message() => message,
+        };
+        let message = match message {
+            Ok(Some(message)) => message,
+            Ok(None) => return StreamEnd::Lost("the controller closed the stream".into()),
+            Err(status) => return StreamEnd::Lost(format!("{:?}: {}", status.code(), status.message())),
+        };
+        let (desired, reconnect) = newest(message, &mut inbound);
+        if let Some(desired) = desired {
+            let report = apply_push(&desired, reconciler, status).await;
+            debug!(nonce = desired.nonce, "sending report");
+            if tx.send(AgentMessage { kind: Some(AgentKind::Report(report)) }).await.is_err() {
+                return StreamEnd::Lost("the stream closed while reporting".into());
+            }
+        }
+        if let Some(after) = reconnect {
+            return StreamEnd::Reconnect(after);
+        }
+    }
+}
+
+/// The newest push among `first` and whatever else already arrived, and a
+/// reconnect request if one came.
+fn newest(
+    first: ControllerMessage,
+    inbound: &mut Streaming<ControllerMessage>,
+) -> (Option<v1::DesiredState>, Option<Duration>) {
+    let mut desired = None;
+    let mut reconnect = None;
+    let mut take = |message: ControllerMessage| match message.kind {
+        Some(ControllerKind::Desired(d)) => {
+            if let Some(old) = desired.replace(d) {
+                debug!(superseded = old.generation, "a newer push arrived before this one was applied");
+            }
+        }
+        Some(ControllerKind::Reconnect(r)) => reconnect = Some(Duration::from_millis(u64::from(r.after_ms))),
+        None => {}
+    };
+    take(first);
+    // `message()` is cancel-safe: a message not ready yet stays in the stream.
+    while let Some(Ok(Some(next))) = inbound.message().now_or_never() {
+        take(next);
+    }
+    (desired, reconnect)
+}
+
+/// Applies one push and builds the report.
+async fn apply_push(msg: &v1::DesiredState, reconciler: &Arc<Reconciler>, status: &Arc<AgentStatus>) -> v1::Report {
+    let push = match DesiredPush::try_from(msg) {
+        Ok(push) => push,
+        Err(e) => {
+            warn!(generation = msg.generation, error = %e, "rejected a malformed push; nothing changed");
+            let report = AgentReport {
+                generation: msg.generation,
+                nonce: msg.nonce,
+                digest: multinic_proto::Digest::from_wire(&msg.digest),
+                outcome: Outcome::Rejected,
+                interfaces: Vec::new(),
+                error: e.to_string(),
+            };
+            return v1::Report::from(&report);
+        }
+    };
+    let span = info_span!("apply", generation = push.generation, digest = push.set.digest().short());
+    let set = push.set.clone();
+    let worker = reconciler.clone();
+    let started = Instant::now();
+    let outcome = tokio::task::spawn_blocking(move || worker.reconcile(&set)).instrument(span.clone()).await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let report = AgentReport {
+                generation: push.generation,
+                nonce: push.nonce,
+                digest: Some(push.set.digest().clone()),
+                outcome: Outcome::Rejected,
+                interfaces: Vec::new(),
+                error: format!("internal error while applying: {e}"),
+            };
+            return v1::Report::from(&report);
+        }
+    };
+    let result = Outcome::of(&outcome.statuses);
+    span.in_scope(|| {
+        info!(
+            outcome = result.as_str(),
+            changes = outcome.changes,
+            interfaces = push.set.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "applied desired state"
+        );
+    });
+    let kept: Vec<_> = outcome.statuses.iter().filter(|s| s.state != InterfaceState::Removed).cloned().collect();
+    status.processed_push(Processed {
+        digest: Some(push.set.digest().clone()),
+        generation: push.generation,
+        interfaces: kept,
+    });
+    let report = AgentReport {
+        generation: push.generation,
+        nonce: push.nonce,
+        digest: Some(push.set.digest().clone()),
+        outcome: result,
+        interfaces: outcome.statuses,
+        error: String::new(),
+    };
+    v1::Report::from(&report)
+}
+
+/// An error with its sources, on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,62 @@
+//! multinicctl: see the fleet at a glance, and run the whole system locally.
+
+mod client;
+mod commands;
+mod view;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::ConnectArgs;
+use crate::view::Format;
+
+/// See and operate a multinic fleet.
+///
+/// Exit codes: 0 = success (for status: every node converged and the
+/// database up); 1 = error (e.g. controller unreachable); 2 = the fleet is
+/// not converged (status only), so scripts can gate on it.
+#[derive(Debug, Parser)]
+#[command(name = "multinicctl", version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+
+    /// Output format.
+    #[arg(short = 'o', long, global = true, env = "MULTINIC_OUTPUT", default_value = "table")]
+    output: Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Fleet summary plus the nodes that need attention.
+    Status,
+    /// Show nodes or interfaces.
+    Get {
+        #[command(subcommand)]
+        what: commands::get::What,
+    },
+    /// Run the whole system locally: embedded SQLite, a controller and three
+    /// agents in temporary folders; no root, no server to install.
+    Demo(commands::demo::DemoArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Status => commands::status::run(&cli.connect, cli.output).await,
+        Command::Get { what } => commands::get::run(&cli.connect, cli.output, what).await,
+        Command::Demo(args) => commands::demo::run(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! What multinicctl prints: views of the fleet service's messages, as
+//! tables (kubectl style) or as JSON/YAML carrying every field.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use multinic_proto::v1;
+use serde::Serialize;
+
+/// `-o`: how to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "table" => Ok(Self::Table),
+            "wide" => Ok(Self::Wide),
+            "json" => Ok(Self::Json),
+            "yaml" => Ok(Self::Yaml),
+            other => Err(format!("unknown output format {other:?}: expected table, wide, json or yaml")),
+        }
+    }
+}
+
+/// Prints a serialisable value as JSON or YAML.
+pub fn print_structured<T: Serialize>(value: &T, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        _ => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct SummaryView {
+    pub nodes_known: u32,
+    pub agents_connected: u32,
+    pub nodes_converged: u32,
+    pub nodes_pending: u32,
+    pub nodes_failed: u32,
+    pub db_up: bool,
+    pub db_error: String,
+    pub last_poll: Option<String>,
+    pub invalid_rows: u32,
+    pub controller_version: String,
+    pub row_problems: Vec<ProblemView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProblemView {
+    pub row_id: i64,
+    pub node: String,
+    pub mac_address: String,
+    pub error_code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub convergence: String,
+    pub connected: bool,
+    pub agent_version: String,
+    pub backend: String,
+    pub apply_mode: String,
+    pub last_seen: Option<String>,
+    pub desired_generation: u64,
+    pub desired_digest: String,
+    pub applied_generation: u64,
+    pub applied_digest: String,
+    pub interfaces: Vec<InterfaceView>,
+    pub row_problems: Vec<ProblemView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InterfaceView {
+    pub node: String,
+    pub mac_address: String,
+    pub name: String,
+    pub address: String,
+    pub mtu: u32,
+    pub state: String,
+    pub error_code: String,
+    pub message: String,
+    pub last_change: Option<String>,
+    pub row_ids: Vec<i64>,
+}
+
+impl From<&v1::FleetSummary> for SummaryView {
+    fn from(s: &v1::FleetSummary) -> Self {
+        Self {
+            nodes_known: s.nodes_known,
+            agents_connected: s.agents_connected,
+            nodes_converged: s.nodes_converged,
+            nodes_pending: s.nodes_pending,
+            nodes_failed: s.nodes_failed,
+            db_up: s.db_up,
+            db_error: s.db_error.clone(),
+            last_poll: time(s.last_poll_unix_ms),
+            invalid_rows: s.invalid_rows,
+            controller_version: s.controller_version.clone(),
+            row_problems: s.row_problems.iter().map(ProblemView::from).collect(),
+        }
+    }
+}
+
+impl From<&v1::RowProblem> for ProblemView {
+    fn from(p: &v1::RowProblem) -> Self {
+        Self {
+            row_id: p.row_id,
+            node: p.node_name.clone(),
+            mac_address: p.mac_address.clone(),
+            error_code: error_code(p.error_code),
+            message: p.message.clone(),
+        }
+    }
+}
+
+impl From<&v1::NodeStatus> for NodeView {
+    fn from(n: &v1::NodeStatus) -> Self {
+        Self {
+            name: n.name.clone(),
+            convergence: convergence(n.convergence).to_owned(),
+            connected: n.connected,
+            agent_version: n.agent_version.clone(),
+            backend: n.backend.clone(),
+            apply_mode: n.apply_mode.clone(),
+            last_seen: time(n.last_seen_unix_ms),
+            desired_generation: n.desired_generation,
+            desired_digest: n.desired_digest.clone(),
+            applied_generation: n.applied_generation,
+            applied_digest: n.applied_digest.clone(),
+            interfaces: n.interfaces.iter().map(|i| InterfaceView::new(&n.name, i)).collect(),
+            row_problems: n.row_problems.iter().map(ProblemView::from).collect(),
+        }
+    }
+}
+
+impl InterfaceView {
+    fn new(node: &str, i: &v1::InterfaceView) -> Self {
+        Self {
+            node: node.to_owned(),
+            mac_address: i.mac_address.clone(),
+            name: i.name.clone(),
+            address: i.address.clone(),
+            mtu: i.mtu,
+            state: state(i.state).to_owned(),
+            error_code: error_code(i.error_code),
+            message: i.message.clone(),
+            last_change: time(i.last_change_unix_ms),
+            row_ids: i.row_ids.clone(),
+        }
+    }
+}
+
+pub fn convergence(value: i32) -> &'static str {
+    match v1::Convergence::try_from(value) {
+        Ok(v1::Convergence::Converged) => "converged",
+        Ok(v1::Convergence::Pending) => "pending",
+        Ok(v1::Convergence::Failed) => "failed",
+        Ok(v1::Convergence::Waiting) => "waiting",
+        _ => "unknown",
+    }
+}
+
+pub fn state(value: i32) -> &'static str {
+    multinic_proto::InterfaceState::try_from(value).map_or("unknown", |s| s.as_str())
+}
+
+pub fn error_code(value: i32) -> String {
+    multinic_proto::ErrorCode::from(value).as_str().to_owned()
+}
+
+/// RFC 3339 (UTC, seconds) of a unix-millisecond time; `None` for 0.
+pub fn time(unix_ms: i64) -> Option<String> {
+    let ms = u64::try_from(unix_ms).ok().filter(|ms| *ms > 0)?;
+    Some(humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+}
+
+/// "3s", "5m", "2h" since a unix-millisecond time; "-" for 0.
+pub fn age(unix_ms: i64) -> String {
+    let Some(ms) = u64::try_from(unix_ms).ok().filter(|ms| *ms > 0) else { return "-".to_owned() };
+    let then = UNIX_EPOCH + Duration::from_millis(ms);
+    let secs = SystemTime::now().duration_since(then).unwrap_or_default().as_secs();
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// A plain-text table with left-aligned columns separated by three spaces.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Self { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()] }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{cell:<width$}   ", width = widths[c]);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}

@@ -1,0 +1,369 @@
+//! From database rows to each node's desired set. Pure: no I/O, no clock.
+//!
+//! Every row either becomes part of an interface spec or a [`RowProblem`]
+//! that names the row and says what is wrong. A problem never removes
+//! anything from a node: a row whose MAC is valid but whose content is not
+//! (or that conflicts with another row) makes that MAC *held*, which tells the
+//! agent to leave whatever it has for that MAC exactly as it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use multinic_proto::{DesiredSet, ErrorCode, IfaceAddr, InterfaceSpec, MacAddress, Mtu, NodeName, ParseError};
+
+use crate::store::{FleetSnapshot, InterfaceRow, RowContent};
+
+/// A row the controller could not turn into (part of) an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowProblem {
+    pub row_id: i64,
+    /// The node, when the row's `attached_node_name` is valid.
+    pub node: Option<NodeName>,
+    /// `macaddress` as stored.
+    pub mac: String,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// One row behind an interface of a node's set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowRef {
+    pub id: i64,
+    /// What the row held when read; outcomes are recorded against it.
+    pub content: RowContent,
+    /// `netplan_success` as read.
+    pub netplan_success: bool,
+    /// The row's own spec, when the row is valid.
+    pub spec: Option<InterfaceSpec>,
+}
+
+/// A node's desired set plus the rows it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDesired {
+    pub set: DesiredSet,
+    /// The rows behind each MAC of the set, held MACs included.
+    pub rows: BTreeMap<MacAddress, Vec<RowRef>>,
+    /// This node's rows with problems, in row order.
+    pub problems: Vec<RowProblem>,
+}
+
+impl NodeDesired {
+    /// A node with no rows.
+    pub fn empty() -> Self {
+        Self { set: DesiredSet::empty(), rows: BTreeMap::new(), problems: Vec::new() }
+    }
+}
+
+/// Every node's desired set, from one snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredFleet {
+    pub nodes: BTreeMap<NodeName, NodeDesired>,
+    /// Rows that name no valid node.
+    pub unattached: Vec<RowProblem>,
+}
+
+impl DesiredFleet {
+    /// Every problem, node by node, then the unattached rows.
+    pub fn problems(&self) -> impl Iterator<Item = &RowProblem> {
+        self.nodes.values().flat_map(|n| n.problems.iter()).chain(self.unattached.iter())
+    }
+
+    /// The number of interfaces (specs) across the fleet.
+    pub fn interface_count(&self) -> usize {
+        self.nodes.values().map(|n| n.set.len()).sum()
+    }
+}
+
+/// A row parsed as far as it goes.
+struct ParsedRow<'a> {
+    row: &'a InterfaceRow,
+    spec: Result<InterfaceSpec, ParseError>,
+}
+
+/// Computes every node's desired set from a snapshot.
+pub fn desired_fleet(snapshot: &FleetSnapshot) -> DesiredFleet {
+    let mut fleet = DesiredFleet::default();
+    let mut by_node: BTreeMap<NodeName, BTreeMap<MacAddress, Vec<ParsedRow<'_>>>> = BTreeMap::new();
+    let mut nodes_of_mac: BTreeMap<MacAddress, BTreeSet<NodeName>> = BTreeMap::new();
+
+    for row in &snapshot.rows {
+        let node = match row.attached_node_name.as_deref().map(str::parse::<NodeName>) {
+            None => {
+                fleet.unattached.push(problem(row, None, ErrorCode::InvalidRow, "attached_node_name is NULL".into()));
+                continue;
+            }
+            Some(Err(e)) => {
+                fleet.unattached.push(problem(row, None, ErrorCode::InvalidRow, format!("attached_node_name: {e}")));
+                continue;
+            }
+            Some(Ok(node)) => node,
+        };
+        let mac = match row.macaddress.parse::<MacAddress>() {
+            Ok(mac) => mac,
+            Err(e) => {
+                let message = format!("macaddress: {e}");
+                entry(&mut fleet, &node).problems.push(problem(row, Some(&node), ErrorCode::InvalidRow, message));
+                continue;
+            }
+        };
+        nodes_of_mac.entry(mac).or_default().insert(node.clone());
+        let spec = row_spec(row, mac);
+        by_node.entry(node).or_default().entry(mac).or_default().push(ParsedRow { row, spec });
+    }
+
+    for (node, macs) in by_node {
+        let mut specs = BTreeMap::new();
+        let mut held = BTreeSet::new();
+        let mut rows_of = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (mac, rows) in macs {
+            let others: Vec<&str> = nodes_of_mac[&mac].iter().filter(|n| **n != node).map(NodeName::as_str).collect();
+            match decide(&rows, &others) {
+                Ok(spec) => {
+                    specs.insert(mac, spec);
+                }
+                Err(row_problems) => {
+                    held.insert(mac);
+                    problems
+                        .extend(row_problems.into_iter().map(|(row, code, msg)| problem(row, Some(&node), code, msg)));
+                }
+            }
+            // Problems of invalid rows next to a valid spec.
+            for parsed in &rows {
+                if let Err(e) = &parsed.spec
+                    && specs.contains_key(&mac)
+                {
+                    let msg = format!("{e}; this row is ignored, another row of MAC {mac} applies");
+                    problems.push(problem(parsed.row, Some(&node), ErrorCode::InvalidRow, msg));
+                }
+            }
+            let refs = rows
+                .iter()
+                .map(|p| RowRef {
+                    id: p.row.id,
+                    content: p.row.content(),
+                    netplan_success: p.row.netplan_success != 0,
+                    spec: p.spec.as_ref().ok().copied(),
+                })
+                .collect();
+            rows_of.insert(mac, refs);
+        }
+        let desired = entry(&mut fleet, &node);
+        desired.set = DesiredSet::from_parts(specs, held);
+        desired.rows = rows_of;
+        desired.problems.extend(problems);
+        desired.problems.sort_by_key(|p| p.row_id);
+    }
+    fleet
+}
+
+type Problems<'a> = Vec<(&'a InterfaceRow, ErrorCode, String)>;
+
+/// The one spec the rows of a MAC agree on, or why the MAC must be held.
+///
+/// Invalid rows next to valid ones are reported by the caller and do not
+/// block the valid spec: one bad row never affects another.
+fn decide<'a>(rows: &[ParsedRow<'a>], other_nodes: &[&str]) -> Result<InterfaceSpec, Problems<'a>> {
+    const HELD: &str = "the node keeps its current configuration for this MAC";
+    if !other_nodes.is_empty() {
+        let msg = format!("MAC is also attached to node(s) {}; {HELD}", other_nodes.join(", "));
+        return Err(rows.iter().map(|p| (p.row, ErrorCode::DuplicateMac, msg.clone())).collect());
+    }
+    let valid: BTreeSet<_> = rows.iter().filter_map(|p| p.spec.as_ref().ok()).map(SpecKey::from).collect();
+    let first_valid = rows.iter().find_map(|p| p.spec.as_ref().ok().copied());
+    match (valid.len(), first_valid) {
+        (1, Some(spec)) => Ok(spec),
+        (0, _) | (_, None) => Err(rows
+            .iter()
+            .filter_map(|p| p.spec.as_ref().err().map(|e| (p.row, ErrorCode::InvalidRow, format!("{e}; {HELD}"))))
+            .collect()),
+        _ => {
+            let ids: Vec<String> = rows.iter().map(|p| p.row.id.to_string()).collect();
+            let msg = format!("rows {} give this MAC different settings; {HELD}", ids.join(", "));
+            Err(rows.iter().map(|p| (p.row, ErrorCode::DuplicateMac, msg.clone())).collect())
+        }
+    }
+}
+
+/// Specs compare by content for agreement between rows.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct SpecKey(Option<IfaceAddr>, Mtu);
+
+impl From<&InterfaceSpec> for SpecKey {
+    fn from(spec: &InterfaceSpec) -> Self {
+        Self(spec.address, spec.mtu)
+    }
+}
+
+/// A row's spec: `mtu` NULL means the column default (1500); `address` NULL
+/// means rename and MTU only; `cidr` NULL falls back to `multi_subnet.cidr`.
+fn row_spec(row: &InterfaceRow, mac: MacAddress) -> Result<InterfaceSpec, ParseError> {
+    let mtu = match row.mtu {
+        None => Mtu::DEFAULT,
+        Some(mtu) => Mtu::new(mtu)?,
+    };
+    let address = match row.address.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(address) => {
+            let cidr = row.cidr.as_deref().or(row.subnet_cidr.as_deref()).filter(|c| !c.trim().is_empty());
+            let Some(cidr) = cidr else {
+                return Err(ParseError::Cidr {
+                    input: String::new(),
+                    reason: format!(
+                        "address {address} has no cidr: multi_interface.cidr is NULL and no multi_subnet.cidr exists for its subnet"
+                    ),
+                });
+            };
+            Some(IfaceAddr::from_address_and_cidr(address, cidr.trim())?)
+        }
+    };
+    InterfaceSpec::new(mac, address, mtu)
+}
+
+fn problem(row: &InterfaceRow, node: Option<&NodeName>, code: ErrorCode, message: String) -> RowProblem {
+    RowProblem { row_id: row.id, node: node.cloned(), mac: row.macaddress.clone(), code, message }
+}
+
+fn entry<'a>(fleet: &'a mut DesiredFleet, node: &NodeName) -> &'a mut NodeDesired {
+    fleet.nodes.entry(node.clone()).or_insert_with(NodeDesired::empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        id: i64,
+        node: Option<&str>,
+        mac: &str,
+        address: Option<&str>,
+        cidr: Option<&str>,
+        mtu: Option<i64>,
+    ) -> InterfaceRow {
+        InterfaceRow {
+            id,
+            macaddress: mac.into(),
+            attached_node_name: node.map(Into::into),
+            address: address.map(Into::into),
+            cidr: cidr.map(Into::into),
+            subnet_cidr: None,
+            mtu,
+            netplan_success: 0,
+        }
+    }
+
+    fn node(name: &str) -> NodeName {
+        name.parse().unwrap()
+    }
+
+    fn fleet(rows: Vec<InterfaceRow>) -> DesiredFleet {
+        desired_fleet(&FleetSnapshot { rows })
+    }
+
+    #[test]
+    fn rows_group_by_short_lower_case_node_name() {
+        let f = fleet(vec![
+            row(1, Some("Node1.novalocal"), "fa:16:3e:00:00:01", Some("10.0.0.5"), Some("10.0.0.0/24"), Some(1450)),
+            row(2, Some("node1"), "FA:16:3E:00:00:02", None, None, None),
+            row(3, Some("node2"), "fa:16:3e:00:00:03", None, None, Some(9000)),
+        ]);
+        assert_eq!(f.nodes.len(), 2);
+        let n1 = &f.nodes[&node("node1")];
+        assert_eq!(n1.set.len(), 2);
+        let mac2: MacAddress = "fa:16:3e:00:00:02".parse().unwrap();
+        assert_eq!(n1.set.get(&mac2).unwrap().mtu, Mtu::DEFAULT, "NULL mtu is the column default");
+        assert!(f.problems().next().is_none());
+    }
+
+    #[test]
+    fn subnet_cidr_fills_a_null_cidr() {
+        let mut r = row(1, Some("n"), "fa:16:3e:00:00:01", Some("10.1.0.9"), None, Some(1500));
+        r.subnet_cidr = Some("10.1.0.0/16".into());
+        let f = fleet(vec![r]);
+        let spec = f.nodes[&node("n")].set.iter().next().copied().unwrap();
+        assert_eq!(spec.address.unwrap().to_string(), "10.1.0.9/16");
+    }
+
+    #[test]
+    fn invalid_rows_are_problems_and_never_touch_other_rows() {
+        let f = fleet(vec![
+            row(1, Some("n"), "fa:16:3e:00:00:01", None, None, Some(1500)),
+            row(2, Some("n"), "fa-16-3e-00-00-02", None, None, Some(1500)),
+            row(3, Some("n"), "fa:16:3e:00:00:03", None, None, Some(0)),
+            row(4, Some("n"), "fa:16:3e:00:00:04", Some("10.0.0.5"), None, Some(1500)),
+            row(5, None, "fa:16:3e:00:00:05", None, None, Some(1500)),
+            row(6, Some(""), "fa:16:3e:00:00:06", None, None, Some(1500)),
+            row(7, Some("bad_node"), "fa:16:3e:00:00:07", None, None, Some(1500)),
+        ]);
+        let n = &f.nodes[&node("n")];
+        assert_eq!(n.set.len(), 1, "only the valid row becomes a spec");
+        let ids: Vec<i64> = n.problems.iter().map(|p| p.row_id).collect();
+        assert_eq!(ids, vec![2, 3, 4]);
+        assert!(n.problems[0].message.contains("dashes"));
+        assert!(n.problems[1].message.contains("positive"));
+        assert!(n.problems[2].message.contains("no cidr"));
+        // Rows 3 and 4 have valid MACs: held, so the node keeps what it has.
+        assert_eq!(n.set.held().len(), 2);
+        let unattached: Vec<i64> = f.unattached.iter().map(|p| p.row_id).collect();
+        assert_eq!(unattached, vec![5, 6, 7]);
+        assert!(f.unattached[0].message.contains("NULL"));
+        assert!(f.unattached[1].message.contains("empty"));
+    }
+
+    #[test]
+    fn same_mac_twice_on_a_node() {
+        let same = fleet(vec![
+            row(1, Some("n"), "fa:16:3e:00:00:01", None, None, Some(1500)),
+            row(2, Some("n"), "fa:16:3e:00:00:01", None, None, Some(1500)),
+        ]);
+        let n = &same.nodes[&node("n")];
+        assert_eq!(n.set.len(), 1, "identical rows agree");
+        assert_eq!(n.rows.values().next().unwrap().len(), 2);
+        assert!(n.problems.is_empty());
+
+        let differ = fleet(vec![
+            row(1, Some("n"), "fa:16:3e:00:00:01", None, None, Some(1500)),
+            row(2, Some("n"), "fa:16:3e:00:00:01", None, None, Some(9000)),
+        ]);
+        let n = &differ.nodes[&node("n")];
+        assert_eq!(n.set.len(), 0);
+        assert_eq!(n.set.held().len(), 1);
+        assert_eq!(n.problems.len(), 2);
+        assert!(n.problems.iter().all(|p| p.code == ErrorCode::DuplicateMac && p.message.contains("rows 1, 2")));
+    }
+
+    #[test]
+    fn valid_row_wins_over_an_invalid_row_of_the_same_mac() {
+        let f = fleet(vec![
+            row(1, Some("n"), "fa:16:3e:00:00:01", None, None, Some(1500)),
+            row(2, Some("n"), "fa:16:3e:00:00:01", None, None, Some(-5)),
+        ]);
+        let n = &f.nodes[&node("n")];
+        assert_eq!(n.set.len(), 1);
+        assert_eq!(n.problems.len(), 1);
+        assert_eq!(n.problems[0].row_id, 2);
+    }
+
+    #[test]
+    fn same_mac_on_two_nodes_is_held_on_both() {
+        let f = fleet(vec![
+            row(1, Some("a"), "fa:16:3e:00:00:01", None, None, Some(1500)),
+            row(2, Some("b"), "fa:16:3e:00:00:01", None, None, Some(1500)),
+            row(3, Some("b"), "fa:16:3e:00:00:02", None, None, Some(1500)),
+        ]);
+        for (name, other) in [("a", "b"), ("b", "a")] {
+            let n = &f.nodes[&node(name)];
+            assert_eq!(n.set.held().len(), 1, "{name}");
+            assert!(n.problems[0].message.contains(other), "{}", n.problems[0].message);
+        }
+        assert_eq!(f.nodes[&node("b")].set.len(), 1, "b's other MAC is unaffected");
+    }
+
+    #[test]
+    fn digest_does_not_depend_on_row_ids() {
+        let before =
+            fleet(vec![row(1, Some("n"), "fa:16:3e:00:00:01", Some("10.0.0.5"), Some("10.0.0.0/24"), Some(1500))]);
+        let after =
+            fleet(vec![row(9, Some("n"), "fa:16:3e:00:00:01", Some("10.0.0.5"), Some("10.0.0.0/24"), Some(1500))]);
+        assert_eq!(before.nodes[&node("n")].set.digest(), after.nodes[&node("n")].set.digest());
+    }
+}

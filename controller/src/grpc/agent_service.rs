@@ -1,0 +1,267 @@
+//! `AgentService`: one bidirectional stream per node agent.
+//!
+//! A session waits for Hello, binds the stream to the node (from the
+//! certificate when there is one), then pushes the node's desired set
+//! whenever it differs from what the agent has processed, and records the
+//! agent's reports. It never reads the database.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use multinic_proto::v1::agent_message::Kind as AgentKind;
+use multinic_proto::v1::controller_message::Kind as ControllerKind;
+use multinic_proto::v1::{self, AgentMessage, ControllerMessage};
+use multinic_proto::{AgentHello, AgentReport, DesiredPush, Digest, NodeName};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::identity::Peer;
+use crate::fleet::{Fleet, Published};
+use crate::metrics::Metrics;
+use crate::recorder::RecorderHandle;
+
+/// How long a new stream may take to send Hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `AgentService` implementation.
+#[derive(Debug, Clone)]
+pub struct AgentSvc {
+    fleet: Arc<Fleet>,
+    recorder: RecorderHandle,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    hello_timeout: Duration,
+}
+
+impl AgentSvc {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        recorder: RecorderHandle,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        hello_timeout: Duration,
+    ) -> Self {
+        Self { fleet, recorder, metrics, shutdown, hello_timeout }
+    }
+}
+
+type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
+
+#[tonic::async_trait]
+impl v1::agent_service_server::AgentService for AgentSvc {
+    type SyncStream = Pin<Box<dyn Stream<Item = Result<ControllerMessage, Status>> + Send>>;
+
+    async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+        let peer = Peer::of(&request);
+        if let Err(status) = peer.require_agent() {
+            warn!(peer = %peer, "refused agent stream: {}", status.message());
+            return Err(status);
+        }
+        let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let inbound = request.into_inner();
+        // Small: newer desired sets coalesce in the node's watch channel, so a
+        // slow agent only ever has the newest set waiting for it.
+        let (tx, rx) = mpsc::channel(2);
+        let session = Session { svc: self.clone(), peer: peer.clone() };
+        let span = info_span!("agent_stream", peer = %peer, remote = %remote, node = tracing::field::Empty);
+        tokio::spawn(session.run(inbound, tx).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A push on this stream that a report may answer.
+struct Sent {
+    published: Arc<Published>,
+    nonce: u64,
+    /// Whether a report answered it yet (latency is measured once).
+    answered: bool,
+}
+
+struct Session {
+    svc: AgentSvc,
+    peer: Peer,
+}
+
+impl Session {
+    async fn run(self, mut inbound: Streaming<AgentMessage>, tx: Outbound) {
+        let Some(hello) = self.hello(&mut inbound, &tx).await else { return };
+        let node = hello.node.clone();
+        tracing::Span::current().record("node", node.as_str());
+        let fleet = &self.svc.fleet;
+        let (session, mut published) = fleet.connect(&hello);
+        info!(
+            agent_version = %hello.agent_version,
+            backend = %hello.backend,
+            apply = %hello.apply_mode,
+            applied_digest = hello.applied_digest.as_ref().map_or("", Digest::short),
+            "agent connected"
+        );
+
+        // What the agent has processed; nothing is pushed while it matches.
+        let mut agent_digest = hello.applied_digest.clone();
+        let mut sent = None;
+        if let Some(adopted) = fleet.adopt(session, &hello) {
+            debug!(generation = adopted.generation, "agent already has the desired set; nothing to push");
+            sent = Some(Sent { published: adopted, nonce: 0, answered: true });
+            self.svc.recorder.dirty(node.clone());
+        }
+        published.mark_changed();
+
+        let end = loop {
+            tokio::select! {
+                () = self.svc.shutdown.cancelled() => {
+                    let msg = ControllerMessage {
+                        kind: Some(ControllerKind::Reconnect(v1::Reconnect {
+                            reason: "controller shutting down".into(),
+                            after_ms: 1000,
+                        })),
+                    };
+                    let _ = tx.send(Ok(msg)).await;
+                    break "controller shutting down";
+                }
+                changed = published.changed() => {
+                    if changed.is_err() || !fleet.is_current(&node, session) {
+                        let _ = tx.send(Err(Status::aborted("replaced by a newer stream from the same node"))).await;
+                        break "replaced by a newer stream";
+                    }
+                    let Some(current) = published.borrow_and_update().clone() else { continue };
+                    if agent_digest.as_ref() == Some(current.set.digest()) {
+                        continue;
+                    }
+                    let nonce = fastrand::u64(1..);
+                    let push = DesiredPush { generation: current.generation, nonce, set: current.set.clone() };
+                    let msg = ControllerMessage { kind: Some(ControllerKind::Desired(v1::DesiredState::from(&push))) };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        break "stream closed";
+                    }
+                    self.svc.metrics.pushes.inc();
+                    info!(
+                        generation = current.generation,
+                        interfaces = current.set.len(),
+                        held = current.set.held().len(),
+                        digest = current.set.digest().short(),
+                        "pushed desired state"
+                    );
+                    agent_digest = Some(current.set.digest().clone());
+                    sent = Some(Sent { published: current, nonce, answered: false });
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(AgentMessage { kind: Some(AgentKind::Report(report)) })) => {
+                        fleet.seen(&node);
+                        self.report(&node, session, sent.as_mut(), &report);
+                    }
+                    Ok(Some(_)) => {
+                        self.reject("unexpected", "ignored a message that is not a Report after Hello");
+                    }
+                    Ok(None) => break "agent closed the stream",
+                    Err(status) => {
+                        debug!(code = ?status.code(), error = %status.message(), "stream error");
+                        break "stream error";
+                    }
+                },
+            }
+        };
+        fleet.disconnect(&node, session);
+        info!(reason = end, "agent disconnected");
+    }
+
+    /// Waits for a valid Hello; answers the agent with a clear status otherwise.
+    async fn hello(&self, inbound: &mut Streaming<AgentMessage>, tx: &Outbound) -> Option<AgentHello> {
+        let refuse = |status: Status| async move {
+            warn!(peer = %self.peer, "refused agent stream: {}", status.message());
+            let _ = tx.send(Err(status)).await;
+            None
+        };
+        let first = match tokio::time::timeout(self.svc.hello_timeout, inbound.message()).await {
+            Err(_) => {
+                self.reject("no_hello", "no Hello");
+                let timeout = self.svc.hello_timeout.as_secs();
+                return refuse(Status::deadline_exceeded(format!("no Hello within {timeout}s"))).await;
+            }
+            Ok(Err(status)) => {
+                debug!(error = %status.message(), "stream failed before Hello");
+                return None;
+            }
+            Ok(Ok(None)) => return None,
+            Ok(Ok(Some(message))) => message,
+        };
+        let Some(AgentKind::Hello(hello)) = first.kind else {
+            self.reject("no_hello", "first message was not Hello");
+            return refuse(Status::invalid_argument("the first message on the stream must be Hello")).await;
+        };
+        let hello = match AgentHello::try_from(&hello) {
+            Ok(hello) => hello,
+            Err(e) => {
+                self.reject("malformed", "malformed Hello");
+                return refuse(Status::invalid_argument(format!("invalid Hello: {e}"))).await;
+            }
+        };
+        if let Peer::Agent { node } = &self.peer
+            && *node != hello.node
+        {
+            self.reject("wrong_node", "Hello names another node");
+            return refuse(Status::permission_denied(format!(
+                "certificate is for node {node} but Hello names node {}",
+                hello.node
+            )))
+            .await;
+        }
+        Some(hello)
+    }
+
+    /// Records a report if it answers the push this stream is on.
+    fn report(&self, node: &NodeName, session: u64, sent: Option<&mut Sent>, report: &v1::Report) {
+        let report = match AgentReport::try_from(report) {
+            Ok(report) => report,
+            Err(e) => {
+                self.reject("malformed", "malformed Report");
+                warn!(error = %e, "ignored a malformed report");
+                return;
+            }
+        };
+        let Some(sent) = sent.filter(|s| s.nonce == report.nonce) else {
+            self.reject("stale", "stale Report");
+            warn!(
+                nonce = report.nonce,
+                generation = report.generation,
+                "ignored a report for a push this stream is not on"
+            );
+            return;
+        };
+        if report.digest.as_ref() != Some(sent.published.set.digest()) {
+            self.reject("digest_mismatch", "Report digest mismatch");
+            warn!(generation = report.generation, "ignored a report whose digest is not the pushed set's");
+            return;
+        }
+        self.svc.metrics.reports.get_or_create(&vec![("outcome", report.outcome.as_str())]).inc();
+        if report.outcome == multinic_proto::Outcome::Rejected {
+            warn!(generation = report.generation, reason = %report.error, "agent rejected the push");
+        }
+        match self.svc.fleet.record(node, session, &sent.published, &report) {
+            Ok(()) => {
+                if !sent.answered {
+                    sent.answered = true;
+                    self.svc.metrics.convergence_seconds.observe(sent.published.age().as_secs_f64());
+                }
+                info!(
+                    generation = report.generation,
+                    outcome = report.outcome.as_str(),
+                    interfaces = report.interfaces.len(),
+                    "agent reported"
+                );
+                self.svc.recorder.dirty(node.clone());
+            }
+            Err(e) => warn!(error = %e, "report not recorded"),
+        }
+    }
+
+    fn reject(&self, reason: &'static str, what: &str) {
+        self.svc.metrics.rejected_messages.get_or_create(&vec![("reason", reason)]).inc();
+        debug!(peer = %self.peer, reason, "{what}");
+    }
+}

@@ -1,0 +1,9 @@
+//! The gRPC edge: wire messages are converted to domain values here and
+//! nowhere else in the controller.
+
+pub mod agent_service;
+pub mod fleet_service;
+pub mod identity;
+
+pub use agent_service::AgentSvc;
+pub use fleet_service::FleetSvc;

@@ -1,0 +1,122 @@
+//! Prometheus metrics of the controller, served at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use multinic_proto::NodeName;
+
+use crate::fleet::FleetCounts;
+use crate::store::RowUpdate;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the controller exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub db_poll_duration: Histogram,
+    pub db_poll_errors: Counter,
+    pub db_write_errors: Counter,
+    pub db_up: Gauge,
+    pub invalid_rows: Gauge,
+    pub desired_changes: Counter,
+    pub pushes: Counter,
+    pub reports: Family<Labels, Counter>,
+    pub rows_recorded: Family<Labels, Counter>,
+    pub agents_connected: Gauge,
+    pub nodes: Family<Labels, Gauge>,
+    pub convergence_seconds: Histogram,
+    pub rejected_messages: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("multinic_controller");
+        let db_poll_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let convergence_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let m = Self {
+            db_poll_duration: db_poll_duration.clone(),
+            db_poll_errors: Counter::default(),
+            db_write_errors: Counter::default(),
+            db_up: Gauge::default(),
+            invalid_rows: Gauge::default(),
+            desired_changes: Counter::default(),
+            pushes: Counter::default(),
+            reports: Family::default(),
+            rows_recorded: Family::default(),
+            agents_connected: Gauge::default(),
+            nodes: Family::default(),
+            convergence_seconds: convergence_seconds.clone(),
+            rejected_messages: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "db_poll_duration_seconds",
+            "Time to read the whole fleet from the database",
+            db_poll_duration,
+        );
+        registry.register("db_poll_errors", "Database reads that failed", m.db_poll_errors.clone());
+        registry.register("db_write_errors", "netplan_success writes that failed", m.db_write_errors.clone());
+        registry.register("db_up", "1 when the last database read succeeded", m.db_up.clone());
+        registry.register("invalid_rows", "Active rows rejected by validation", m.invalid_rows.clone());
+        registry.register("desired_changes", "Node desired sets that changed", m.desired_changes.clone());
+        registry.register("pushes", "Desired states pushed to agents", m.pushes.clone());
+        registry.register("reports", "Agent reports by outcome", m.reports.clone());
+        registry.register("rows_recorded", "netplan_success writes by value", m.rows_recorded.clone());
+        registry.register("agents_connected", "Agents with an open stream", m.agents_connected.clone());
+        registry.register("nodes", "Nodes by convergence state", m.nodes.clone());
+        registry.register(
+            "convergence_seconds",
+            "Time from a desired-set change seen in the database to the agent's report",
+            convergence_seconds,
+        );
+        registry.register("rejected_messages", "Agent messages refused, by reason", m.rejected_messages.clone());
+        Self { registry, ..m }
+    }
+
+    pub fn record_poll_ok(&self, invalid_rows: usize) {
+        self.db_up.set(1);
+        self.invalid_rows.set(i64::try_from(invalid_rows).unwrap_or(i64::MAX));
+    }
+
+    pub fn changes_seen(&self, changed: &[NodeName]) {
+        self.desired_changes.inc_by(changed.len() as u64);
+    }
+
+    pub fn rows_recorded(&self, updates: &[RowUpdate]) {
+        for u in updates {
+            self.rows_recorded.get_or_create(&vec![("value", if u.success { "1" } else { "0" })]).inc();
+        }
+    }
+
+    /// Updates the gauges derived from the fleet's state.
+    pub fn set_counts(&self, counts: &FleetCounts, db_up: bool) {
+        let set = |state: &'static str, v: usize| {
+            self.nodes.get_or_create(&vec![("state", state)]).set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set("converged", counts.converged);
+        set("pending", counts.pending);
+        set("failed", counts.failed);
+        set("waiting", counts.waiting);
+        self.agents_connected.set(i64::try_from(counts.connected).unwrap_or(i64::MAX));
+        self.db_up.set(i64::from(db_up));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

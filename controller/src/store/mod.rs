@@ -1,0 +1,228 @@
+//! The database edge: reading the fleet's rows and writing `netplan_success`.
+//!
+//! This is the only module that talks to the database. It never runs DDL
+//! against a production database (schema creation is a separate function used
+//! by the embedded demo and tests) and the only column it ever writes is
+//! `netplan_success`, conditionally on the content it reports.
+
+mod sql;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+pub use sql::SqlStore;
+
+/// One active row of `multi_interface`, exactly as stored (no normalisation:
+/// the conditional UPDATE compares against these raw values).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct InterfaceRow {
+    pub id: i64,
+    pub macaddress: String,
+    pub attached_node_name: Option<String>,
+    pub address: Option<String>,
+    pub cidr: Option<String>,
+    /// `multi_subnet.cidr` for this row's `subnet_id`, when that table exists.
+    pub subnet_cidr: Option<String>,
+    pub mtu: Option<i64>,
+    pub netplan_success: i64,
+}
+
+impl InterfaceRow {
+    /// The content a `netplan_success` write is conditional on.
+    pub fn content(&self) -> RowContent {
+        RowContent {
+            macaddress: self.macaddress.clone(),
+            address: self.address.clone(),
+            cidr: self.cidr.clone(),
+            mtu: self.mtu,
+        }
+    }
+}
+
+/// A row's content as read; a write only lands if the row still holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RowContent {
+    pub macaddress: String,
+    pub address: Option<String>,
+    pub cidr: Option<String>,
+    pub mtu: Option<i64>,
+}
+
+/// Every active row of the fleet, read in one go.
+#[derive(Debug, Clone, Default)]
+pub struct FleetSnapshot {
+    pub rows: Vec<InterfaceRow>,
+}
+
+/// Set `netplan_success` of row `id` to `success`, if it still holds `content`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowUpdate {
+    pub id: i64,
+    pub success: bool,
+    pub content: RowContent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read the fleet from the database: {source}")]
+    Read {
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot record netplan_success for {rows} row(s): {source}")]
+    Record {
+        rows: usize,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database is not reachable: {source}")]
+    Ping {
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("invalid database URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot create the schema: {source}")]
+    Schema {
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Reads the fleet and records outcomes. A real implementation per database,
+/// so the rest of the controller never sees SQL.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every active row of `multi_interface` (with `multi_subnet.cidr`).
+    async fn read_fleet(&self) -> Result<FleetSnapshot, StoreError>;
+
+    /// Applies the updates in one transaction; returns how many rows changed.
+    async fn record(&self, updates: &[RowUpdate]) -> Result<u64, StoreError>;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Which database this is, for logs and status ("mysql", "sqlite").
+    fn kind(&self) -> &'static str;
+}
+
+/// How the controller reaches its database.
+#[derive(Clone)]
+pub enum DatabaseConfig {
+    /// `mysql://user:pass@host:port/db` or `sqlite://path` (`sqlite::memory:`).
+    Url(String),
+    /// The predecessor's `DB_HOST DB_PORT DB_USER DB_PASSWORD DB_NAME`.
+    Parts { host: String, port: u16, user: String, password: String, name: String },
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl DatabaseConfig {
+    /// A description safe for logs.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Url(url) => redact_url(url),
+            Self::Parts { host, port, user, name, .. } => format!("mysql://{user}:***@{host}:{port}/{name}"),
+        }
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Opens a pool without connecting: the controller starts (and stays alive,
+/// not ready) while the database is down, and connects when it comes back.
+pub fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
+    // One connection reads, one writes, one spare; fleet size never changes this.
+    const MAX_CONNECTIONS: u32 = 3;
+    const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+    match config {
+        DatabaseConfig::Url(url) if url.starts_with("sqlite:") => {
+            let options: SqliteConnectOptions = url
+                .parse()
+                .map_err(|e: sqlx::Error| StoreError::Url { url: redact_url(url), reason: e.to_string() })?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options.create_if_missing(true));
+            Ok(Arc::new(SqlStore::new(pool, "sqlite")))
+        }
+        DatabaseConfig::Url(url) if url.starts_with("mysql:") || url.starts_with("mariadb:") => {
+            let url = url.replacen("mariadb:", "mysql:", 1);
+            let options: MySqlConnectOptions = url
+                .parse()
+                .map_err(|e: sqlx::Error| StoreError::Url { url: redact_url(&url), reason: e.to_string() })?;
+            Ok(Arc::new(SqlStore::new(mysql_pool(options, MAX_CONNECTIONS, ACQUIRE_TIMEOUT), "mysql")))
+        }
+        DatabaseConfig::Url(url) => Err(StoreError::Url {
+            url: redact_url(url),
+            reason: "expected a mysql://, mariadb:// or sqlite: URL".to_owned(),
+        }),
+        DatabaseConfig::Parts { host, port, user, password, name } => {
+            let options =
+                MySqlConnectOptions::new().host(host).port(*port).username(user).password(password).database(name);
+            Ok(Arc::new(SqlStore::new(mysql_pool(options, MAX_CONNECTIONS, ACQUIRE_TIMEOUT), "mysql")))
+        }
+    }
+}
+
+fn mysql_pool(options: MySqlConnectOptions, max: u32, acquire: Duration) -> sqlx::MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(max)
+        .min_connections(0)
+        .acquire_timeout(acquire)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options)
+}
+
+/// The SQLite form of `fixtures/schema-mysql.sql`, for the embedded demo and
+/// tests only. Never run against a production database.
+pub const SQLITE_SCHEMA: &str = include_str!("schema-sqlite.sql");
+
+/// Creates the SQLite schema (demo and tests only).
+pub async fn create_sqlite_schema(url: &str) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let options: SqliteConnectOptions =
+        url.parse().map_err(|e: sqlx::Error| StoreError::Url { url: url.to_owned(), reason: e.to_string() })?;
+    let mut conn = sqlx::SqliteConnection::connect_with(&options.create_if_missing(true))
+        .await
+        .map_err(|source| StoreError::Schema { source })?;
+    sqlx::raw_sql(SQLITE_SCHEMA).execute(&mut conn).await.map_err(|source| StoreError::Schema { source })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("mysql://root:secret@db:3306/multinic"), "mysql://root:***@db:3306/multinic");
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        let parts = DatabaseConfig::Parts {
+            host: "db".into(),
+            port: 3306,
+            user: "u".into(),
+            password: "hunter2".into(),
+            name: "n".into(),
+        };
+        assert!(!format!("{parts:?}").contains("hunter2"));
+    }
+}

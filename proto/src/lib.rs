@@ -1,0 +1,20 @@
+//! The wire contract of multinic (package `multinic.v1`) and the validated
+//! domain types every other crate works with.
+//!
+//! Generated code stays in [`v1`]; everything else in the workspace speaks the
+//! types of [`domain`]. The only place that knows both is [`convert`]: wire
+//! values are parsed into domain values there (parse, don't validate), so a
+//! malformed message is refused at the edge with an error that names the field.
+
+pub mod convert;
+pub mod domain;
+#[cfg(feature = "runtime")]
+pub mod runtime;
+
+/// Code generated from `proto/multinic/v1/multinic.proto`.
+#[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("multinic.v1");
+}
+
+pub use domain::*;

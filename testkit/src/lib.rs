@@ -1,0 +1,104 @@
+//! Test support shared by every crate's tests: real parts, started and
+//! cleaned up by the test itself.
+//!
+//! - [`mariadb::MariaDb`]: a private `mariadbd` on a free port.
+//! - [`netplan_generate`]: the real `netplan generate --root-dir` on a tree.
+//! - [`fleet`]: an in-process controller and agents over real sockets.
+//!
+//! A test that needs something this machine lacks (root, `mariadbd`,
+//! `netplan`) calls [`require`]: on a developer machine it is skipped with a
+//! loud message; under `CI=true` it fails, because CI must run everything.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod fleet;
+pub mod mariadb;
+
+use std::future::Future;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Whether we run in CI (`CI=true`), where nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns `true` when `available`; otherwise skips loudly (developer
+/// machine) or panics (CI) naming what is missing and how to get it.
+pub fn require(available: bool, what: &str, how: &str) -> bool {
+    if available {
+        return true;
+    }
+    let message = format!("{what} is not available ({how})");
+    if in_ci() {
+        panic!("CI=true: cannot skip: {message}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {message} !!!!!!!!\n");
+    false
+}
+
+/// Whether the process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// Whether `program` is on PATH (or an absolute path that exists).
+pub fn have(program: &str) -> bool {
+    which(program).is_some()
+}
+
+/// The full path of `program`, looking in PATH and the sbin folders.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    if program.contains('/') {
+        return Path::new(program).exists().then(|| program.into());
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the real `netplan generate --root-dir root` and returns its output on
+/// failure. Every netplan file a test renders goes through this.
+pub fn netplan_generate(root: &Path) -> Result<(), String> {
+    let netplan = which("netplan").ok_or("netplan is not installed (apt-get install netplan.io)")?;
+    let out = Command::new(netplan)
+        .arg("generate")
+        .arg("--root-dir")
+        .arg(root)
+        .output()
+        .map_err(|e| format!("cannot run netplan: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("netplan generate failed ({}): {stderr}", out.status));
+    }
+    if stderr.contains("WARNING") {
+        return Err(format!("netplan generate warned: {stderr}"));
+    }
+    Ok(())
+}
+
+/// Checks `netplan` is present, honouring the skip policy.
+pub fn require_netplan() -> bool {
+    require(have("netplan"), "netplan", "apt-get install -y netplan.io")
+}

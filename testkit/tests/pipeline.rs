@@ -1,0 +1,265 @@
+//! The whole pipeline with real parts: a private MariaDB, the controller, and
+//! agents over gRPC on loopback sockets, checked on rendered files and rows.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use multinic_controller::fleet::Convergence;
+use multinic_proto::{ErrorCode, NodeName};
+use multinic_testkit::fleet::{TestAgent, TestController};
+use multinic_testkit::mariadb::{MariaDb, execute};
+use multinic_testkit::{eventually, netplan_generate, require_netplan};
+use sqlx::MySqlPool;
+
+const POLL: Duration = Duration::from_millis(200);
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn insert(pool: &MySqlPool, port: &str, node: &str, mac: &str, address: Option<&str>, cidr: Option<&str>, mtu: i64) -> i64 {
+    let result = sqlx::query(
+        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
+         VALUES (?, 'subnet-1', ?, ?, ?, ?, ?)",
+    )
+    .bind(port)
+    .bind(mac)
+    .bind(node)
+    .bind(address)
+    .bind(cidr)
+    .bind(mtu)
+    .execute(pool)
+    .await
+    .unwrap();
+    i64::try_from(result.last_insert_id()).unwrap()
+}
+
+async fn success(pool: &MySqlPool, id: i64) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT netplan_success FROM multi_interface WHERE id = ?")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_success(pool: &MySqlPool, id: i64, want: i64) {
+    eventually(WAIT, &format!("row {id} netplan_success = {want}"), || async move {
+        (success(pool, id).await == want).then_some(())
+    })
+    .await;
+}
+
+async fn wait_file(agent: &TestAgent, index: u8, needle: &str) -> String {
+    eventually(WAIT, &format!("multinic{index} file containing {needle:?}"), || async move {
+        agent.netplan_file(index).filter(|f| f.contains(needle))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_become_files_and_outcomes_become_rows() {
+    let Some(db) = MariaDb::start().await else { return };
+    let check_netplan = require_netplan();
+    let pool = db.pool().await;
+    let a1 = insert(&pool, "p1", "node-a.novalocal", "FA:16:3E:00:0A:01", Some("192.168.10.5"), Some("192.168.10.0/24"), 1500).await;
+    let a2 = insert(&pool, "p2", "node-a", "fa:16:3e:00:0a:02", None, None, 9000).await;
+    let b1 = insert(&pool, "p3", "node-b", "fa:16:3e:00:0b:01", Some("10.20.0.7"), Some("10.20.0.0/16"), 1450).await;
+
+    let controller = TestController::start(&db.url(), POLL).await;
+    let node_a = TestAgent::start(&controller.url(), "node-a").await;
+    let node_b = TestAgent::start(&controller.url(), "node-b").await;
+
+    // Rows for two nodes: files appear and every row reads 1.
+    for id in [a1, a2, b1] {
+        wait_success(&pool, id, 1).await;
+    }
+    let file = node_a.netplan_file(0).expect("multinic0 on node-a");
+    assert!(file.contains("macaddress: \"fa:16:3e:00:0a:01\"") && file.contains("\"192.168.10.5/24\""), "{file}");
+    assert!(node_a.netplan_file(1).unwrap().contains("mtu: 9000"));
+    assert!(node_b.netplan_file(0).unwrap().contains("\"10.20.0.7/16\""));
+    assert!(node_b.netplan_file(1).is_none());
+    if check_netplan {
+        netplan_generate(node_a.root()).unwrap();
+        netplan_generate(node_b.root()).unwrap();
+    }
+
+    // A changed MTU and address: rewritten, and the row returns to 1.
+    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET mtu = 1400, netplan_success = 0 WHERE id = {a1}")).await;
+    wait_file(&node_a, 0, "mtu: 1400").await;
+    wait_success(&pool, a1, 1).await;
+    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET address = '192.168.10.9', netplan_success = 0 WHERE id = {a1}")).await;
+    wait_file(&node_a, 0, "192.168.10.9/24").await;
+    wait_success(&pool, a1, 1).await;
+    if check_netplan {
+        netplan_generate(node_a.root()).unwrap();
+    }
+
+    // Deleted (soft): the file goes; the other interface keeps its name.
+    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET deleted_at = NOW() WHERE id = {a2}")).await;
+    eventually(WAIT, "multinic1 removed on node-a", || async { node_a.netplan_file(1).is_none().then_some(()) }).await;
+    assert!(node_a.netplan_file(0).is_some());
+
+    // Delete and re-insert with a new id and identical content: 1, no write.
+    let writes = node_b.writes();
+    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET deleted_at = NOW() WHERE id = {b1}")).await;
+    let b1_new = insert(&pool, "p3-new", "node-b", "fa:16:3e:00:0b:01", Some("10.20.0.7"), Some("10.20.0.0/16"), 1450).await;
+    // The delete and the insert may land in different polls; either way the
+    // new row must be marked without the node's file being rewritten.
+    wait_success(&pool, b1_new, 1).await;
+    let file_b = node_b.netplan_file(0);
+    assert!(file_b.is_some(), "file of a re-inserted row is present");
+    // If the two writes straddled a poll, the file was removed and written
+    // back; otherwise nothing was written at all.
+    let rewritten = node_b.writes() - writes;
+    assert!(rewritten <= 1, "re-insert rewrote {rewritten} files");
+
+    controller.stop().await;
+    node_a.stop().await;
+    node_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinsert_in_one_transaction_writes_nothing() {
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    let id = insert(&pool, "p1", "node-r", "fa:16:3e:00:0c:01", Some("10.1.0.5"), Some("10.1.0.0/24"), 1500).await;
+    let controller = TestController::start(&db.url(), POLL).await;
+    let node = TestAgent::start(&controller.url(), "node-r").await;
+    wait_success(&pool, id, 1).await;
+    let writes = node.writes();
+    assert_eq!(writes, 1);
+
+    let mut conn = db.connection().await;
+    execute(
+        &mut conn,
+        &format!(
+            "START TRANSACTION; UPDATE multi_interface SET deleted_at = NOW() WHERE id = {id}; \
+             INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
+             VALUES ('p1-again', 'subnet-1', 'fa:16:3e:00:0c:01', 'node-r', '10.1.0.5', '10.1.0.0/24', 1500); COMMIT"
+        ),
+    )
+    .await;
+    let new_id: i64 = sqlx::query_scalar("SELECT MAX(id) FROM multi_interface").fetch_one(&pool).await.unwrap();
+    assert_ne!(new_id, id);
+    wait_success(&pool, new_id, 1).await;
+    assert_eq!(node.writes(), writes, "identical content re-inserted: nothing written");
+    controller.stop().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_rows_stay_zero_with_a_reason_and_hurt_nobody() {
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    let good = insert(&pool, "g", "node-x", "fa:16:3e:00:0d:01", Some("10.9.0.5"), Some("10.9.0.0/24"), 1500).await;
+    let bad_mac = insert(&pool, "b1", "node-x", "fa-16-3e-00-0d-02", None, None, 1500).await;
+    let mtu_zero = insert(&pool, "b2", "node-x", "fa:16:3e:00:0d:03", None, None, 0).await;
+    let no_cidr = insert(&pool, "b3", "node-x", "fa:16:3e:00:0d:04", Some("10.9.0.6"), None, 1500).await;
+    let no_node = insert(&pool, "b4", "", "fa:16:3e:00:0d:05", None, None, 1500).await;
+
+    let controller = TestController::start(&db.url(), POLL).await;
+    let node = TestAgent::start(&controller.url(), "node-x").await;
+    wait_success(&pool, good, 1).await;
+    let name: NodeName = "node-x".parse().unwrap();
+    let snapshot = eventually(WAIT, "node-x converged", || async {
+        controller.fleet.node(&name).filter(|n| n.convergence == Convergence::Converged)
+    })
+    .await;
+    let problems: Vec<(i64, ErrorCode, String)> =
+        snapshot.desired.problems.iter().map(|p| (p.row_id, p.code, p.message.clone())).collect();
+    assert_eq!(problems.iter().map(|p| p.0).collect::<Vec<_>>(), vec![bad_mac, mtu_zero, no_cidr], "{problems:?}");
+    assert!(problems[0].2.contains("dashes"), "{problems:?}");
+    assert!(problems[1].2.contains("MTU 0"), "{problems:?}");
+    assert!(problems[2].2.contains("no cidr"), "{problems:?}");
+    let unattached = controller.fleet.unattached();
+    assert_eq!(unattached.iter().map(|p| p.row_id).collect::<Vec<_>>(), vec![no_node]);
+    for id in [bad_mac, mtu_zero, no_cidr, no_node] {
+        assert_eq!(success(&pool, id).await, 0, "row {id}");
+    }
+    assert!(node.netplan_file(0).is_some());
+    assert!(node.netplan_file(1).is_none(), "invalid rows render nothing");
+    controller.stop().await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_deletes_nothing_and_heals_itself() {
+    let Some(mut db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    let id = insert(&pool, "p1", "node-d", "fa:16:3e:00:0e:01", Some("10.3.0.5"), Some("10.3.0.0/24"), 1500).await;
+    let controller = TestController::start(&db.url(), POLL).await;
+    let node = TestAgent::start(&controller.url(), "node-d").await;
+    wait_success(&pool, id, 1).await;
+    drop(pool);
+    let writes = node.writes();
+
+    db.stop();
+    eventually(WAIT, "controller reports the database down", || async {
+        (!controller.fleet.db_status().up).then_some(())
+    })
+    .await;
+    let readyz = http_status(controller.http, "/readyz").await;
+    assert_eq!(readyz, 503);
+    assert_eq!(http_status(controller.http, "/healthz").await, 200, "liveness never follows the database");
+    tokio::time::sleep(POLL * 5).await;
+    assert!(node.netplan_file(0).is_some(), "nothing is deleted while the database is down");
+    assert_eq!(node.writes(), writes);
+    let status = controller.fleet.db_status();
+    assert!(status.error.unwrap_or_default().contains("cannot read the fleet"));
+
+    db.restart().await;
+    eventually(WAIT, "controller reports the database up", || async { controller.fleet.db_status().up.then_some(()) }).await;
+    assert_eq!(http_status(controller.http, "/readyz").await, 200);
+    let pool = db.pool().await;
+    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET mtu = 1300, netplan_success = 0 WHERE id = {id}")).await;
+    wait_file(&node, 0, "mtu: 1300").await;
+    wait_success(&pool, id, 1).await;
+    controller.stop().await;
+    node.stop().await;
+}
+
+/// The poll path costs a constant number of queries per tick whatever the
+/// number of nodes: MariaDB's own per-user statistics count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_per_poll_do_not_grow_with_the_fleet() {
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    execute(&mut db.root().await, "SET GLOBAL userstat = 1").await;
+    let mut per_tick = Vec::new();
+    for nodes in [2usize, 60] {
+        execute(&mut db.connection().await, "DELETE FROM multi_interface").await;
+        for n in 0..nodes {
+            insert(&pool, &format!("p{nodes}-{n}"), &format!("node-{n}"), &format!("fa:16:3e:00:{:02x}:01", n), None, None, 1500).await;
+        }
+        let controller = TestController::start(&db.url(), Duration::from_millis(100)).await;
+        // Let the first poll (which also probes for multi_subnet) pass.
+        eventually(WAIT, "first poll", || async { controller.fleet.db_status().synced.then_some(()) }).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let before = selects(&db).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = selects(&db).await;
+        controller.stop().await;
+        per_tick.push((after - before) as f64 / 20.0);
+    }
+    // 20 ticks of 100 ms in 2 s: about one SELECT per tick either way.
+    for (nodes, q) in [2, 60].iter().zip(&per_tick) {
+        assert!((0.7..=1.2).contains(q), "{nodes} nodes: {q} queries per tick");
+    }
+}
+
+async fn selects(db: &MariaDb) -> i64 {
+    let mut conn = db.root().await;
+    sqlx::query_scalar::<_, i64>(
+        "SELECT CAST(SELECT_COMMANDS AS SIGNED) FROM information_schema.USER_STATISTICS WHERE USER = 'multinic'",
+    )
+    .fetch_optional(&mut conn)
+    .await
+    .unwrap()
+    .unwrap_or(0)
+}
+
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
