@@ -167,7 +167,11 @@ impl MariaDb {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 panic!("mariadbd exited with {status}:\n{text}");
             }
-            assert!(Instant::now() < deadline, "mariadbd did not start in 60s: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "mariadbd did not start in 60s: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

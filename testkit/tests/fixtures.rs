@@ -66,6 +66,10 @@ fn netplan_generate_rejects_a_broken_file() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("etc/netplan");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("90-multinic0.yaml"), "network:\n  version: 2\n  ethernets:\n    multinic0:\n      match:\n        macaddress: \"zz\"\n").unwrap();
+    std::fs::write(
+        dir.join("90-multinic0.yaml"),
+        "network:\n  version: 2\n  ethernets:\n    multinic0:\n      match:\n        macaddress: \"zz\"\n",
+    )
+    .unwrap();
     assert!(netplan_generate(root.path()).is_err());
 }

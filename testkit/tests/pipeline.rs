@@ -14,7 +14,15 @@ use sqlx::MySqlPool;
 const POLL: Duration = Duration::from_millis(200);
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn insert(pool: &MySqlPool, port: &str, node: &str, mac: &str, address: Option<&str>, cidr: Option<&str>, mtu: i64) -> i64 {
+async fn insert(
+    pool: &MySqlPool,
+    port: &str,
+    node: &str,
+    mac: &str,
+    address: Option<&str>,
+    cidr: Option<&str>,
+    mtu: i64,
+) -> i64 {
     let result = sqlx::query(
         "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
          VALUES (?, 'subnet-1', ?, ?, ?, ?, ?)",
@@ -58,7 +66,16 @@ async fn rows_become_files_and_outcomes_become_rows() {
     let Some(db) = MariaDb::start().await else { return };
     let check_netplan = require_netplan();
     let pool = db.pool().await;
-    let a1 = insert(&pool, "p1", "node-a.novalocal", "FA:16:3E:00:0A:01", Some("192.168.10.5"), Some("192.168.10.0/24"), 1500).await;
+    let a1 = insert(
+        &pool,
+        "p1",
+        "node-a.novalocal",
+        "FA:16:3E:00:0A:01",
+        Some("192.168.10.5"),
+        Some("192.168.10.0/24"),
+        1500,
+    )
+    .await;
     let a2 = insert(&pool, "p2", "node-a", "fa:16:3e:00:0a:02", None, None, 9000).await;
     let b1 = insert(&pool, "p3", "node-b", "fa:16:3e:00:0b:01", Some("10.20.0.7"), Some("10.20.0.0/16"), 1450).await;
 
@@ -81,10 +98,18 @@ async fn rows_become_files_and_outcomes_become_rows() {
     }
 
     // A changed MTU and address: rewritten, and the row returns to 1.
-    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET mtu = 1400, netplan_success = 0 WHERE id = {a1}")).await;
+    execute(
+        &mut db.connection().await,
+        &format!("UPDATE multi_interface SET mtu = 1400, netplan_success = 0 WHERE id = {a1}"),
+    )
+    .await;
     wait_file(&node_a, 0, "mtu: 1400").await;
     wait_success(&pool, a1, 1).await;
-    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET address = '192.168.10.9', netplan_success = 0 WHERE id = {a1}")).await;
+    execute(
+        &mut db.connection().await,
+        &format!("UPDATE multi_interface SET address = '192.168.10.9', netplan_success = 0 WHERE id = {a1}"),
+    )
+    .await;
     wait_file(&node_a, 0, "192.168.10.9/24").await;
     wait_success(&pool, a1, 1).await;
     if check_netplan {
@@ -92,14 +117,17 @@ async fn rows_become_files_and_outcomes_become_rows() {
     }
 
     // Deleted (soft): the file goes; the other interface keeps its name.
-    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET deleted_at = NOW() WHERE id = {a2}")).await;
+    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET deleted_at = NOW() WHERE id = {a2}"))
+        .await;
     eventually(WAIT, "multinic1 removed on node-a", || async { node_a.netplan_file(1).is_none().then_some(()) }).await;
     assert!(node_a.netplan_file(0).is_some());
 
     // Delete and re-insert with a new id and identical content: 1, no write.
     let writes = node_b.writes();
-    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET deleted_at = NOW() WHERE id = {b1}")).await;
-    let b1_new = insert(&pool, "p3-new", "node-b", "fa:16:3e:00:0b:01", Some("10.20.0.7"), Some("10.20.0.0/16"), 1450).await;
+    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET deleted_at = NOW() WHERE id = {b1}"))
+        .await;
+    let b1_new =
+        insert(&pool, "p3-new", "node-b", "fa:16:3e:00:0b:01", Some("10.20.0.7"), Some("10.20.0.0/16"), 1450).await;
     // The delete and the insert may land in different polls; either way the
     // new row must be marked without the node's file being rewritten.
     wait_success(&pool, b1_new, 1).await;
@@ -205,10 +233,15 @@ async fn a_database_outage_deletes_nothing_and_heals_itself() {
     assert!(status.error.unwrap_or_default().contains("cannot read the fleet"));
 
     db.restart().await;
-    eventually(WAIT, "controller reports the database up", || async { controller.fleet.db_status().up.then_some(()) }).await;
+    eventually(WAIT, "controller reports the database up", || async { controller.fleet.db_status().up.then_some(()) })
+        .await;
     assert_eq!(http_status(controller.http, "/readyz").await, 200);
     let pool = db.pool().await;
-    execute(&mut db.connection().await, &format!("UPDATE multi_interface SET mtu = 1300, netplan_success = 0 WHERE id = {id}")).await;
+    execute(
+        &mut db.connection().await,
+        &format!("UPDATE multi_interface SET mtu = 1300, netplan_success = 0 WHERE id = {id}"),
+    )
+    .await;
     wait_file(&node, 0, "mtu: 1300").await;
     wait_success(&pool, id, 1).await;
     controller.stop().await;
@@ -226,7 +259,16 @@ async fn queries_per_poll_do_not_grow_with_the_fleet() {
     for nodes in [2usize, 60] {
         execute(&mut db.connection().await, "DELETE FROM multi_interface").await;
         for n in 0..nodes {
-            insert(&pool, &format!("p{nodes}-{n}"), &format!("node-{n}"), &format!("fa:16:3e:00:{:02x}:01", n), None, None, 1500).await;
+            insert(
+                &pool,
+                &format!("p{nodes}-{n}"),
+                &format!("node-{n}"),
+                &format!("fa:16:3e:00:{:02x}:01", n),
+                None,
+                None,
+                1500,
+            )
+            .await;
         }
         let controller = TestController::start(&db.url(), Duration::from_millis(100)).await;
         // Let the first poll (which also probes for multi_subnet) pass.

@@ -72,9 +72,11 @@ async fn run_in(base: &Path, timeout: Duration) -> anyhow::Result<()> {
     step(&format!("Embedded SQLite database: {}", base.join("multinic.db").display()));
     store::create_sqlite_schema(&url).await?;
     let db = SqlitePool::connect(&url).await?;
-    sqlx::query("INSERT INTO multi_subnet (subnet_id, subnet_name, cidr) VALUES ('subnet-20', 'storage', '10.20.0.0/16')")
-        .execute(&db)
-        .await?;
+    sqlx::query(
+        "INSERT INTO multi_subnet (subnet_id, subnet_name, cidr) VALUES ('subnet-20', 'storage', '10.20.0.0/16')",
+    )
+    .execute(&db)
+    .await?;
 
     let shutdown = CancellationToken::new();
     let store = store::connect(&DatabaseConfig::Url(url.clone()))?;
@@ -155,7 +157,11 @@ impl Demo {
         })
         .await?;
         self.wait_rows_applied().await?;
-        println!("   node-2 rewrote {} ({} file written in the fleet); the row is back to 1", path.display(), self.writes() - writes_before);
+        println!(
+            "   node-2 rewrote {} ({} file written in the fleet); the row is back to 1",
+            path.display(),
+            self.writes() - writes_before
+        );
 
         section("3. node-1's port-1b is soft-deleted (deleted_at set)");
         sqlx::query("UPDATE multi_interface SET deleted_at = CURRENT_TIMESTAMP WHERE port_id = 'port-1b'")
@@ -194,7 +200,8 @@ impl Demo {
         println!();
         let interfaces: Vec<InterfaceView> = nodes.iter().flat_map(|n| NodeView::from(n).interfaces).collect();
         print!("{}", interfaces_table(&interfaces, false));
-        let converged = nodes.iter().filter(|n| n.convergence == multinic_proto::v1::Convergence::Converged as i32).count();
+        let converged =
+            nodes.iter().filter(|n| n.convergence == multinic_proto::v1::Convergence::Converged as i32).count();
         println!("\n{converged}/{} nodes converged. Demo finished.", nodes.len());
         Ok(())
     }
