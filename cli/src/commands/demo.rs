@@ -38,8 +38,10 @@ pub struct DemoArgs {
 
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 
-/// The sample rows: (port, node, mac, address, cidr, mtu).
-const ROWS: [(&str, &str, &str, Option<&str>, Option<&str>, i64); 5] = [
+/// A sample row: (port, node, mac, address, cidr, mtu).
+type SampleRow = (&'static str, &'static str, &'static str, Option<&'static str>, Option<&'static str>, i64);
+
+const ROWS: [SampleRow; 5] = [
     ("port-1a", "node-1.novalocal", "FA:16:3E:00:01:0A", Some("192.168.10.11"), Some("192.168.10.0/24"), 1500),
     ("port-1b", "node-1", "fa:16:3e:00:01:0b", Some("10.20.0.11"), None, 9000),
     ("port-2a", "node-2", "fa:16:3e:00:02:0a", Some("192.168.10.12"), Some("192.168.10.0/24"), 1500),
