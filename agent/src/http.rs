@@ -1,4 +1,4 @@
-//! `/healthz`, `/readyz` and the predecessor's `GET /` health JSON.
+//! `/healthz`, `/readyz`, `/metrics` and the predecessor's `GET /` health JSON.
 //!
 //! Liveness never depends on the controller link: a controller outage must
 //! not make Kubernetes restart every agent.
@@ -21,6 +21,7 @@ pub fn router(status: Arc<AgentStatus>) -> Router {
         .route("/", get(health))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(status)
 }
 
@@ -30,6 +31,13 @@ async fn readyz(State(status): State<Arc<AgentStatus>>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: no stream to the controller\n")
     }
+}
+
+async fn metrics(State(status): State<Arc<AgentStatus>>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        status.render_metrics(),
+    )
 }
 
 /// The predecessor's health document; `database_connected` now means "the

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod backoff;
 pub mod files;
 pub mod http;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod session;

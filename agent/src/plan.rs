@@ -129,9 +129,9 @@ pub fn plan(
                 name: None,
                 code: ErrorCode::CapacityExceeded,
                 message: format!(
-                    "all {capacity} names multinic0..multinic{} are taken; raise --capacity to configure MAC {}",
+                    "no free name for MAC {}: multinic0..multinic{} are all taken (capacity {capacity}; raise --capacity)",
+                    spec.mac,
                     capacity.saturating_sub(1),
-                    spec.mac
                 ),
             });
             continue;

@@ -198,6 +198,7 @@ async fn apply_push(msg: &v1::DesiredState, reconciler: &Arc<Reconciler>, status
                 interfaces: Vec::new(),
                 error: e.to_string(),
             };
+            status.record_apply(Outcome::Rejected, std::time::Duration::ZERO, 0);
             return v1::Report::from(&report);
         }
     };
@@ -221,6 +222,7 @@ async fn apply_push(msg: &v1::DesiredState, reconciler: &Arc<Reconciler>, status
         }
     };
     let result = Outcome::of(&outcome.statuses);
+    status.record_apply(result, started.elapsed(), outcome.changes);
     span.in_scope(|| {
         info!(
             outcome = result.as_str(),

@@ -4,7 +4,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use multinic_proto::{Digest, InterfaceState, InterfaceStatus};
+use multinic_proto::{Digest, InterfaceState, InterfaceStatus, Outcome};
+
+use crate::metrics::Metrics;
 
 /// The last desired set the agent processed and how it went.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,6 +26,7 @@ pub struct AgentStatus {
     reconnects: AtomicU64,
     last_sync: Mutex<Option<SystemTime>>,
     processed: Mutex<Processed>,
+    metrics: Metrics,
 }
 
 impl Default for AgentStatus {
@@ -41,7 +44,32 @@ impl AgentStatus {
             reconnects: AtomicU64::new(0),
             last_sync: Mutex::new(None),
             processed: Mutex::new(Processed::default()),
+            metrics: Metrics::new(),
         }
+    }
+
+    /// The agent's Prometheus metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts one processed push in the metrics.
+    pub fn record_apply(&self, outcome: Outcome, took: std::time::Duration, file_changes: usize) {
+        self.metrics.applies.get_or_create(&vec![("outcome", outcome.as_str())]).inc();
+        self.metrics.apply_duration.observe(took.as_secs_f64());
+        self.metrics.file_changes.inc_by(file_changes as u64);
+    }
+
+    /// The metrics text, with the gauges derived from the current status.
+    pub fn render_metrics(&self) -> String {
+        let processed = lock(&self.processed).clone();
+        for state in [InterfaceState::Applied, InterfaceState::Waiting, InterfaceState::Failed, InterfaceState::Refused]
+        {
+            let count = processed.interfaces.iter().filter(|s| s.state == state).count();
+            self.metrics.interfaces.get_or_create(&vec![("state", state.as_str())]).set(count as i64);
+        }
+        self.metrics.connected.set(i64::from(self.connected()));
+        self.metrics.render()
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -59,6 +87,7 @@ impl AgentStatus {
 
     pub fn count_reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.metrics.reconnects.inc();
     }
 
     pub fn reconnects(&self) -> u64 {

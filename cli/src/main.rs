@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         what: commands::get::What,
     },
+    /// Every node's state, then each change as it happens (until interrupted).
+    Watch,
     /// Run the whole system locally: embedded SQLite, a controller and three
     /// agents in temporary folders; no root, no server to install.
     Demo(commands::demo::DemoArgs),
@@ -50,6 +52,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Status => commands::status::run(&cli.connect, cli.output).await,
         Command::Get { what } => commands::get::run(&cli.connect, cli.output, what).await,
+        Command::Watch => commands::watch::run(&cli.connect, cli.output).await,
         Command::Demo(args) => commands::demo::run(args).await,
     };
     match result {

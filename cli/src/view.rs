@@ -1,7 +1,6 @@
 //! What multinicctl prints: views of the fleet service's messages, as
 //! tables (kubectl style) or as JSON/YAML carrying every field.
 
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use multinic_proto::v1;
@@ -198,15 +197,41 @@ pub fn age(unix_ms: i64) -> String {
     }
 }
 
+/// Whether to colour output: only on a terminal, and never with `NO_COLOR`.
+pub fn colors_enabled() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+}
+
+/// `text` in the colour its state word calls for (green good, yellow in
+/// progress, red bad), when colours are enabled.
+pub fn paint(text: &str, enabled: bool) -> String {
+    let code = match text.trim() {
+        "converged" | "applied" | "yes" => "32",
+        "pending" | "waiting" => "33",
+        "failed" | "refused" | "no" | "DOWN" => "31",
+        _ => return text.to_owned(),
+    };
+    if enabled { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+}
+
 /// A plain-text table with left-aligned columns separated by three spaces.
 #[derive(Debug, Default)]
 pub struct Table {
     rows: Vec<Vec<String>>,
+    /// Columns whose state words are coloured on a terminal.
+    colored: Vec<usize>,
 }
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Self { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()] }
+        Self { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()], colored: Vec::new() }
+    }
+
+    /// Colours the state words of these columns (body rows only).
+    pub fn color_columns(mut self, columns: &[usize]) -> Self {
+        self.colored = columns.to_vec();
+        self
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -214,18 +239,25 @@ impl Table {
     }
 
     pub fn render(&self) -> String {
+        self.render_with(colors_enabled())
+    }
+
+    /// Renders with colours on or off (tests render without).
+    pub fn render_with(&self, colors: bool) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| self.rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
             .collect();
         let mut out = String::new();
-        for row in &self.rows {
+        for (r, row) in self.rows.iter().enumerate() {
             let mut line = String::new();
             for (c, cell) in row.iter().enumerate() {
-                if c + 1 == row.len() {
-                    line.push_str(cell);
+                let padded =
+                    if c + 1 == row.len() { cell.clone() } else { format!("{cell:<width$}   ", width = widths[c]) };
+                if r > 0 && self.colored.contains(&c) {
+                    line.push_str(&paint(&padded, colors));
                 } else {
-                    let _ = write!(line, "{cell:<width$}   ", width = widths[c]);
+                    line.push_str(&padded);
                 }
             }
             out.push_str(line.trim_end());

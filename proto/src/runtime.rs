@@ -25,11 +25,17 @@ impl std::str::FromStr for LogFormat {
 /// Installs the global tracing subscriber. `level` is a filter such as
 /// `info` or `multinic_agent=debug,info` (what `LOG_LEVEL` holds).
 pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+        // The span list carries the node, generation and interface of every
+        // enclosing span (stream, apply), not only the innermost one.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(true).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))

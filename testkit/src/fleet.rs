@@ -27,6 +27,12 @@ pub struct TestController {
 impl TestController {
     /// Starts a controller on `database_url`, polling every `poll`.
     pub async fn start(database_url: &str, poll: Duration) -> Self {
+        Self::start_on(database_url, poll, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a controller whose gRPC listener is `grpc` (e.g. the address of
+    /// a controller that was stopped, to test reconnects).
+    pub async fn start_on(database_url: &str, poll: Duration, grpc: SocketAddr) -> Self {
         let store = store::connect(&DatabaseConfig::Url(database_url.to_owned())).expect("store");
         let config = ControllerConfig {
             store,
@@ -35,7 +41,7 @@ impl TestController {
             drain_timeout: Duration::from_secs(5),
         };
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let controller = Controller::bind(config, any, any).await.expect("bind controller");
+        let controller = Controller::bind(config, grpc, any).await.expect("bind controller");
         let (grpc, http, fleet) = (controller.grpc_addr(), controller.http_addr(), controller.fleet());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -74,7 +80,18 @@ impl TestAgent {
 
     /// Starts an agent on an existing host root (e.g. after a restart).
     pub async fn start_in(root: TempDir, controller_url: &str, node: &str) -> Self {
-        let config = AgentConfig::new(controller_url, node.parse().expect("node name"), root.path());
+        Self::start_with(root, controller_url, node, |_| {}).await
+    }
+
+    /// Starts an agent after `adjust` changed its configuration.
+    pub async fn start_with(
+        root: TempDir,
+        controller_url: &str,
+        node: &str,
+        adjust: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
+        let mut config = AgentConfig::new(controller_url, node.parse().expect("node name"), root.path());
+        adjust(&mut config);
         let agent = Agent::new(&config);
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();

@@ -13,6 +13,8 @@
 pub mod fleet;
 pub mod mariadb;
 
+pub use sqlx;
+
 use std::future::Future;
 use std::path::Path;
 use std::process::Command;
@@ -101,4 +103,30 @@ pub fn netplan_generate(root: &Path) -> Result<(), String> {
 /// Checks `netplan` is present, honouring the skip policy.
 pub fn require_netplan() -> bool {
     require(have("netplan"), "netplan", "apt-get install -y netplan.io")
+}
+
+/// `GET path` over plain HTTP/1.1; returns the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read response");
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+/// A free TCP port on 127.0.0.1 (racy, fine for tests).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port")
+}
+
+/// An embedded SQLite database with the schema, for tests that need no MariaDB.
+pub async fn sqlite_db(dir: &Path) -> (String, sqlx::SqlitePool) {
+    let url = format!("sqlite://{}", dir.join("multinic.sqlite").display());
+    multinic_controller::store::create_sqlite_schema(&url).await.expect("sqlite schema");
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("sqlite pool");
+    (url, pool)
 }

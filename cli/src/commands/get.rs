@@ -89,7 +89,7 @@ pub fn nodes_table(nodes: &[v1::NodeStatus], wide: bool) -> String {
     if wide {
         header.extend(["AGENT", "BACKEND", "APPLY", "DESIRED DIGEST", "APPLIED DIGEST"]);
     }
-    let mut table = Table::new(&header);
+    let mut table = Table::new(&header).color_columns(&[1, 2]);
     for n in nodes {
         let applied = n.interfaces.iter().filter(|i| i.state == v1::InterfaceState::Applied as i32).count();
         let mut row = vec![
@@ -119,7 +119,7 @@ pub fn interfaces_table(interfaces: &[InterfaceView], wide: bool) -> String {
     if wide {
         header.extend(["ROWS", "SINCE"]);
     }
-    let mut table = Table::new(&header);
+    let mut table = Table::new(&header).color_columns(&[5]);
     for i in interfaces {
         let error = if i.error_code.is_empty() { "-".to_owned() } else { format!("{}: {}", i.error_code, i.message) };
         let mut row = vec![

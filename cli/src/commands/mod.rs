@@ -3,3 +3,4 @@
 pub mod demo;
 pub mod get;
 pub mod status;
+pub mod watch;

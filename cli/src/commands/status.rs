@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use multinic_proto::v1::{self, GetSummaryRequest};
 use serde::Serialize;
 
-use super::get::{all_nodes, nodes_table, status_error};
+use super::get::{all_nodes, status_error};
 use crate::client::ConnectArgs;
 use crate::view::{Format, NodeView, ProblemView, SummaryView, Table, age, print_structured};
 
@@ -43,6 +43,61 @@ fn needs_attention(n: &v1::NodeStatus) -> bool {
     n.convergence != v1::Convergence::Converged as i32 || !n.connected || !n.row_problems.is_empty()
 }
 
+/// Why each node needs attention, in one line.
+fn attention_table(nodes: &[v1::NodeStatus], wide: bool) -> String {
+    let mut header = vec!["NODE", "STATE", "CONNECTED", "INTERFACES", "REASON"];
+    if wide {
+        header.insert(4, "GENERATION");
+    }
+    let mut table = Table::new(&header).color_columns(&[1, 2]);
+    for n in nodes {
+        let applied = n.interfaces.iter().filter(|i| i.state == v1::InterfaceState::Applied as i32).count();
+        let mut row = vec![
+            n.name.clone(),
+            crate::view::convergence(n.convergence).to_owned(),
+            if n.connected { "yes" } else { "no" }.to_owned(),
+            format!("{applied}/{}", n.interfaces.len()),
+            reason(n),
+        ];
+        if wide {
+            row.insert(4, format!("{}/{}", n.applied_generation, n.desired_generation));
+        }
+        table.row(row);
+    }
+    table.render()
+}
+
+fn reason(n: &v1::NodeStatus) -> String {
+    let count = |state: v1::InterfaceState| n.interfaces.iter().filter(|i| i.state == state as i32).count();
+    let mut reasons = Vec::new();
+    if !n.connected {
+        reasons.push("agent not connected".to_owned());
+    }
+    let bad: Vec<&v1::InterfaceView> = n
+        .interfaces
+        .iter()
+        .filter(|i| i.state == v1::InterfaceState::Failed as i32 || i.state == v1::InterfaceState::Refused as i32)
+        .collect();
+    if let Some(first) = bad.first() {
+        let code = crate::view::error_code(first.error_code);
+        reasons.push(format!("{} interface(s) failed or refused ({code} on {})", bad.len(), first.mac_address));
+    }
+    let waiting = count(v1::InterfaceState::Waiting);
+    if waiting > 0 {
+        reasons.push(format!("{waiting} interface(s) waiting for their MAC to appear"));
+    }
+    if n.connected && n.convergence == v1::Convergence::Pending as i32 {
+        reasons.push(format!(
+            "push outstanding (applied generation {} of {})",
+            n.applied_generation, n.desired_generation
+        ));
+    }
+    if !n.row_problems.is_empty() {
+        reasons.push(format!("{} rejected row(s)", n.row_problems.len()));
+    }
+    reasons.join("; ")
+}
+
 fn render(s: &v1::FleetSummary, attention: &[v1::NodeStatus], wide: bool) -> String {
     let db = if s.db_up {
         format!("up, last poll {} ago", age(s.last_poll_unix_ms))
@@ -57,7 +112,7 @@ fn render(s: &v1::FleetSummary, attention: &[v1::NodeStatus], wide: bool) -> Str
         out.push_str("\nAll nodes converged.\n");
     } else {
         out.push_str("\nNodes that need attention:\n");
-        out.push_str(&nodes_table(attention, wide));
+        out.push_str(&attention_table(attention, wide));
     }
     if !s.row_problems.is_empty() {
         out.push_str("\nRows the controller rejected:\n");

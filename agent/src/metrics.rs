@@ -1,0 +1,83 @@
+//! Prometheus metrics of the agent, served at `/metrics`.
+//!
+//! Counters move where their event happens (an apply, a reconnect); gauges
+//! derived from the agent's status are set when scraped.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Pushes processed, by outcome (applied, partial, rejected).
+    pub applies: Family<Labels, Counter>,
+    /// Time to carry out one push (plan, write, apply, verify).
+    pub apply_duration: Histogram,
+    /// Time spent verifying kernel state after an apply.
+    pub verify_duration: Histogram,
+    /// Interfaces rolled back after a failed apply or verification.
+    pub rollbacks: Counter,
+    /// Interfaces of the last push, by state.
+    pub interfaces: Family<Labels, Gauge>,
+    /// Streams to the controller opened again after the first.
+    pub reconnects: Counter,
+    /// 1 while the stream to the controller is established.
+    pub connected: Gauge,
+    /// Files written and removed.
+    pub file_changes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("multinic_agent");
+        let m = Self {
+            registry: Registry::default(),
+            applies: Family::default(),
+            apply_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            verify_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            rollbacks: Counter::default(),
+            interfaces: Family::default(),
+            reconnects: Counter::default(),
+            connected: Gauge::default(),
+            file_changes: Counter::default(),
+        };
+        registry.register("applies", "Desired states processed, by outcome", m.applies.clone());
+        registry.register("apply_duration_seconds", "Time to carry out one desired state", m.apply_duration.clone());
+        registry.register(
+            "verify_duration_seconds",
+            "Time to verify the kernel state after an apply",
+            m.verify_duration.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Interfaces rolled back after a failed apply or verification",
+            m.rollbacks.clone(),
+        );
+        registry.register("interfaces", "Interfaces of the last desired state, by state", m.interfaces.clone());
+        registry.register("reconnects", "Streams to the controller reopened", m.reconnects.clone());
+        registry.register("connected", "1 while the stream to the controller is up", m.connected.clone());
+        registry.register("file_changes", "Files written or removed", m.file_changes.clone());
+        Self { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

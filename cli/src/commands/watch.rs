@@ -1,0 +1,48 @@
+//! `multinicctl watch`: every node's state, then each change as it happens.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use multinic_proto::v1::{self, WatchRequest};
+
+use super::get::status_error;
+use crate::client::ConnectArgs;
+use crate::view::{Format, NodeView, Table, colors_enabled, convergence};
+
+pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCode> {
+    let mut client = connect.fleet().await?;
+    let mut events = client.watch(WatchRequest {}).await.map_err(status_error)?.into_inner();
+    let colors = colors_enabled();
+    let mut header = true;
+    while let Some(event) = events.message().await.map_err(status_error)? {
+        let Some(node) = event.node else { continue };
+        match format {
+            Format::Json => println!("{}", serde_json::to_string(&NodeView::from(&node))?),
+            Format::Yaml => print!("---\n{}", serde_yaml::to_string(&NodeView::from(&node))?),
+            Format::Table | Format::Wide => {
+                print!("{}", line(&node, header, colors));
+                header = false;
+            }
+        }
+    }
+    eprintln!("the controller ended the watch (it may be restarting); run the command again");
+    Ok(ExitCode::FAILURE)
+}
+
+/// One table line per event; the header only before the first.
+fn line(node: &v1::NodeStatus, header: bool, colors: bool) -> String {
+    let mut table =
+        Table::new(&["TIME", "NODE", "STATE", "CONNECTED", "INTERFACES", "GENERATION"]).color_columns(&[2, 3]);
+    let applied = node.interfaces.iter().filter(|i| i.state == v1::InterfaceState::Applied as i32).count();
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    table.row(vec![
+        now,
+        node.name.clone(),
+        convergence(node.convergence).to_owned(),
+        if node.connected { "yes" } else { "no" }.to_owned(),
+        format!("{applied}/{}", node.interfaces.len()),
+        format!("{}/{}", node.applied_generation, node.desired_generation),
+    ]);
+    let text = table.render_with(colors);
+    if header { text } else { text.lines().skip(1).map(|l| format!("{l}\n")).collect() }
+}

@@ -1,0 +1,267 @@
+//! The real `multinicctl` binary against a real controller, real agents and a
+//! real MariaDB: tables match golden files (times masked), JSON and YAML carry
+//! every field, exit codes are as documented.
+//!
+//! `UPDATE_GOLDEN=1 cargo nextest run -p multinicctl` rewrites the golden files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use multinic_controller::fleet::Convergence;
+use multinic_proto::NodeName;
+use multinic_testkit::eventually;
+use multinic_testkit::fleet::{TestAgent, TestController};
+use multinic_testkit::mariadb::MariaDb;
+use serde_json::Value;
+use sqlx::MySqlPool;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn cli(controller: &TestController, args: &[&str]) -> Run {
+    let addr = controller.grpc.to_string();
+    let mut all = vec!["--insecure", "--controller", addr.as_str()];
+    all.extend_from_slice(args);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_multinicctl"))
+        .args(&all)
+        .env_remove("NO_COLOR")
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// Ages ("3s", "2m") and "last poll 1s ago" vary from run to run.
+fn mask(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let masked: Vec<String> = line
+            .split(' ')
+            .map(|w| {
+                let digits = w.trim_end_matches(['s', 'm', 'h', 'd']);
+                let is_age = !w.is_empty()
+                    && w.len() - digits.len() == 1
+                    && !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit());
+                let is_time = w.len() == 20 && w.ends_with('Z') && w.as_bytes().get(10) == Some(&b'T');
+                if is_age {
+                    "<age>".to_owned()
+                } else if is_time {
+                    "<time>".to_owned()
+                } else {
+                    w.to_owned()
+                }
+            })
+            .collect();
+        out.push_str(&masked.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let actual = mask(actual);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(actual, expected, "golden file {name} differs (UPDATE_GOLDEN=1 refreshes)");
+}
+
+async fn insert(pool: &MySqlPool, port: &str, node: Option<&str>, mac: &str, address: Option<&str>, mtu: i64) {
+    sqlx::query(
+        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
+         VALUES (?, 's', ?, ?, ?, IF(? IS NULL, NULL, '10.7.0.0/24'), ?)",
+    )
+    .bind(port)
+    .bind(mac)
+    .bind(node)
+    .bind(address)
+    .bind(address)
+    .bind(mtu)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn wait_for(controller: &TestController, node: &str, state: Convergence) {
+    let name: NodeName = node.parse().unwrap();
+    eventually(WAIT, &format!("{node} {state:?}"), || async {
+        controller.fleet.node(&name).filter(|n| n.convergence == state && n.session.is_some()).map(|_| ())
+    })
+    .await;
+}
+
+fn keys(value: &Value) -> BTreeSet<String> {
+    value.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+const NODE_KEYS: &[&str] = &[
+    "name",
+    "convergence",
+    "connected",
+    "agent_version",
+    "backend",
+    "apply_mode",
+    "last_seen",
+    "desired_generation",
+    "desired_digest",
+    "applied_generation",
+    "applied_digest",
+    "interfaces",
+    "row_problems",
+];
+const INTERFACE_KEYS: &[&str] =
+    &["node", "mac_address", "name", "address", "mtu", "state", "error_code", "message", "last_change", "row_ids"];
+const PROBLEM_KEYS: &[&str] = &["row_id", "node", "mac_address", "error_code", "message"];
+const SUMMARY_KEYS: &[&str] = &[
+    "nodes_known",
+    "agents_connected",
+    "nodes_converged",
+    "nodes_pending",
+    "nodes_failed",
+    "db_up",
+    "db_error",
+    "last_poll",
+    "invalid_rows",
+    "controller_version",
+    "row_problems",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_with_problems_reads_clearly_and_exits_2() {
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    insert(&pool, "a1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
+    insert(&pool, "a2", Some("node-a"), "fa:16:3e:0a:00:02", None, 9000).await;
+    insert(&pool, "b1", Some("node-b"), "fa:16:3e:0b:00:01", Some("10.7.0.21"), 1500).await;
+    insert(&pool, "b2", Some("node-b"), "fa:16:3e:0b:00:02", None, 0).await;
+    insert(&pool, "c1", Some("node-c"), "fa:16:3e:0c:00:01", None, 1500).await;
+    insert(&pool, "c2", Some("node-c"), "fa:16:3e:0c:00:02", None, 1500).await;
+    insert(&pool, "d1", Some("node-d"), "fa:16:3e:0d:00:01", None, 1500).await;
+    insert(&pool, "x1", None, "fa:16:3e:0e:00:01", None, 1500).await;
+
+    let controller = TestController::start(&db.url(), Duration::from_millis(200)).await;
+    let a = TestAgent::start(&controller.url(), "node-a").await;
+    let b = TestAgent::start(&controller.url(), "node-b").await;
+    let root = tempfile::tempdir().unwrap();
+    let c = TestAgent::start_with(root, &controller.url(), "node-c", |config| config.capacity = 1).await;
+    wait_for(&controller, "node-a", Convergence::Converged).await;
+    wait_for(&controller, "node-b", Convergence::Converged).await;
+    wait_for(&controller, "node-c", Convergence::Failed).await;
+
+    let status = cli(&controller, &["status"]).await;
+    assert_eq!(status.code, 2, "not converged → exit 2\n{}{}", status.stdout, status.stderr);
+    golden("status.txt", &status.stdout);
+    golden("get-nodes.txt", &cli(&controller, &["get", "nodes"]).await.stdout);
+    golden("get-nodes-wide.txt", &cli(&controller, &["get", "nodes", "-o", "wide"]).await.stdout);
+    golden("get-node-c.txt", &cli(&controller, &["get", "node", "NODE-C.novalocal"]).await.stdout);
+    golden("get-node-b.txt", &cli(&controller, &["get", "node", "node-b"]).await.stdout);
+    golden("get-interfaces.txt", &cli(&controller, &["get", "interfaces"]).await.stdout);
+    golden(
+        "get-interfaces-b-wide.txt",
+        &cli(&controller, &["get", "interfaces", "--node", "node-b", "-o", "wide"]).await.stdout,
+    );
+
+    // JSON and YAML parse and carry every field.
+    let json: Value = serde_json::from_str(&cli(&controller, &["status", "-o", "json"]).await.stdout).unwrap();
+    let yaml: Value = serde_yaml::from_str(&cli(&controller, &["status", "-o", "yaml"]).await.stdout).unwrap();
+    for doc in [&json, &yaml] {
+        assert_eq!(keys(doc), set(&["summary", "converged", "attention"]));
+        assert_eq!(keys(&doc["summary"]), set(SUMMARY_KEYS));
+        assert_eq!(doc["converged"], Value::Bool(false));
+        assert_eq!(doc["summary"]["nodes_failed"], 1);
+        assert_eq!(keys(&doc["summary"]["row_problems"][0]), set(PROBLEM_KEYS));
+        let attention: Vec<&str> =
+            doc["attention"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+        assert_eq!(attention, vec!["node-b", "node-c", "node-d"]);
+    }
+    for format in ["json", "yaml"] {
+        let out = cli(&controller, &["get", "node", "node-c", "-o", format]).await.stdout;
+        let node: Value =
+            if format == "json" { serde_json::from_str(&out).unwrap() } else { serde_yaml::from_str(&out).unwrap() };
+        assert_eq!(keys(&node), set(NODE_KEYS), "{format}");
+        assert_eq!(node["convergence"], "failed");
+        let refused = node["interfaces"].as_array().unwrap().iter().find(|i| i["state"] == "refused").unwrap();
+        assert_eq!(keys(refused), set(INTERFACE_KEYS));
+        assert_eq!(refused["error_code"], "CAPACITY_EXCEEDED");
+
+        let out = cli(&controller, &["get", "nodes", "-o", format]).await.stdout;
+        let nodes: Value =
+            if format == "json" { serde_json::from_str(&out).unwrap() } else { serde_yaml::from_str(&out).unwrap() };
+        assert_eq!(nodes.as_array().unwrap().len(), 4);
+        let out = cli(&controller, &["get", "interfaces", "-o", format]).await.stdout;
+        let ifaces: Value =
+            if format == "json" { serde_json::from_str(&out).unwrap() } else { serde_yaml::from_str(&out).unwrap() };
+        assert_eq!(ifaces.as_array().unwrap().len(), 6, "{out}");
+    }
+
+    let missing = cli(&controller, &["get", "node", "node-zz"]).await;
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("node-zz is unknown"), "{}", missing.stderr);
+
+    controller.stop().await;
+    for agent in [a, b, c] {
+        agent.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_converged_fleet_exits_0_and_watch_streams_changes() {
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    insert(&pool, "a1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
+    let controller = TestController::start(&db.url(), Duration::from_millis(200)).await;
+    let a = TestAgent::start(&controller.url(), "node-a").await;
+    wait_for(&controller, "node-a", Convergence::Converged).await;
+    let status = cli(&controller, &["status"]).await;
+    assert_eq!(status.code, 0, "{}{}", status.stdout, status.stderr);
+    assert!(status.stdout.contains("All nodes converged."), "{}", status.stdout);
+
+    // watch -o json: the snapshot first, then the change made meanwhile.
+    let addr = controller.grpc.to_string();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_multinicctl"))
+        .args(["--insecure", "--controller", &addr, "watch", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(first["name"], "node-a");
+    assert_eq!(keys(&first), set(NODE_KEYS));
+    sqlx::query("UPDATE multi_interface SET mtu = 1400 WHERE port_id = 'a1'").execute(&pool).await.unwrap();
+    let seen_mtu = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let node: Value = serde_json::from_str(&line).unwrap();
+            if node["interfaces"][0]["mtu"] == 1400 && node["convergence"] == "converged" {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(seen_mtu);
+    child.kill().await.unwrap();
+    controller.stop().await;
+    a.stop().await;
+}
