@@ -229,3 +229,64 @@ fn row_problem(p: &RowProblem) -> v1::RowProblem {
 fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::desired_fleet;
+    use crate::store::{FleetSnapshot, InterfaceRow};
+    use multinic_proto::v1::fleet_service_server::FleetService;
+
+    fn fleet_of(nodes: usize) -> Arc<Fleet> {
+        let rows = (0..nodes)
+            .map(|i| InterfaceRow {
+                id: i as i64,
+                macaddress: format!("fa:16:3e:00:00:{i:02x}"),
+                attached_node_name: Some(format!("node-{i:02}")),
+                address: None,
+                cidr: None,
+                subnet_cidr: None,
+                mtu: Some(1500),
+                netplan_success: 0,
+            })
+            .collect();
+        let fleet = Arc::new(Fleet::new());
+        fleet.publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet
+    }
+
+    #[tokio::test]
+    async fn list_nodes_pages_through_every_node_once_in_order() {
+        let svc = FleetSvc::new(fleet_of(7), CancellationToken::new());
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = svc
+                .list_nodes(Request::new(v1::ListNodesRequest { page_size: 3, page_token: token }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.nodes.len() <= 3);
+            seen.extend(page.nodes.into_iter().map(|n| n.name));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let want: Vec<String> = (0..7).map(|i| format!("node-{i:02}")).collect();
+        assert_eq!(seen, want);
+    }
+
+    #[tokio::test]
+    async fn unknown_node_and_bad_token_are_clear_errors() {
+        let svc = FleetSvc::new(fleet_of(1), CancellationToken::new());
+        let err = svc.get_node(Request::new(v1::GetNodeRequest { name: "node-99".into() })).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(err.message().contains("node-99"));
+        let err = svc
+            .list_nodes(Request::new(v1::ListNodesRequest { page_size: 0, page_token: "bad_token!".into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+}
