@@ -126,9 +126,11 @@ impl Args {
             bail!("mTLS is not available in this build yet; run with --insecure");
         }
         let store = store::connect(&database).context("database configuration")?;
+        let election = crate::leader::for_database(&database).context("database configuration")?;
         info!(database = %database.redacted(), "using database");
         let config = ControllerConfig {
             store,
+            election,
             poll_interval,
             hello_timeout: crate::grpc::agent_service::HELLO_TIMEOUT,
             drain_timeout,

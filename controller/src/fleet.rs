@@ -210,6 +210,8 @@ pub struct Fleet {
     changes: broadcast::Sender<NodeName>,
     /// Serialises publishes (one poll loop, but tests may publish too).
     publish_lock: Mutex<()>,
+    /// Whether this replica holds the controller lock and may act.
+    active: watch::Sender<bool>,
 }
 
 impl Default for Fleet {
@@ -227,7 +229,24 @@ impl Fleet {
             session_seq: AtomicU64::new(0),
             changes: broadcast::channel(1024).0,
             publish_lock: Mutex::new(()),
+            active: watch::channel(false).0,
         }
+    }
+
+    /// Marks this replica active (holding the controller lock) or standby;
+    /// returns whether that changed. Agent sessions end when it turns false.
+    pub fn set_active(&self, active: bool) -> bool {
+        self.active.send_if_modified(|current| std::mem::replace(current, active) != active)
+    }
+
+    /// Whether this replica may act (read, push, record).
+    pub fn is_active(&self) -> bool {
+        *self.active.borrow()
+    }
+
+    /// Changes of [`Fleet::is_active`].
+    pub fn subscribe_active(&self) -> watch::Receiver<bool> {
+        self.active.subscribe()
     }
 
     /// Takes a new good read of the database: updates every node's rows and

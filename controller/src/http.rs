@@ -37,6 +37,12 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     if !state.serving.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: gRPC server is not serving\n".to_owned());
     }
+    if !state.fleet.is_active() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: standby (another replica holds the controller lock)\n".to_owned(),
+        );
+    }
     if !db.up {
         let why = db.error.unwrap_or_else(|| "no successful read yet".to_owned());
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: database: {why}\n"));

@@ -15,6 +15,7 @@ pub mod desired;
 pub mod fleet;
 pub mod grpc;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod recorder;
 pub mod store;
@@ -43,6 +44,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 #[derive(Clone)]
 pub struct ControllerConfig {
     pub store: Arc<dyn Store>,
+    /// Who may act: a MariaDB named lock, or always this process (SQLite).
+    pub election: Arc<dyn leader::Election>,
     pub poll_interval: Duration,
     pub hello_timeout: Duration,
     /// How long shutdown waits for streams to drain.
@@ -119,13 +122,14 @@ impl Controller {
     /// drains streams for at most the drain timeout, and returns.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let Self { config, grpc, http, fleet, metrics } = self;
-        let ControllerConfig { store, poll_interval, hello_timeout, drain_timeout } = config;
+        let ControllerConfig { store, election, poll_interval, hello_timeout, drain_timeout } = config;
         let serving = Arc::new(AtomicBool::new(false));
 
         let (recorder, recorder_task) =
             recorder::spawn(store.clone(), fleet.clone(), metrics.clone(), shutdown.clone());
         let poll = tokio::spawn(sync::poll_loop(
             store.clone(),
+            election.clone(),
             fleet.clone(),
             recorder.clone(),
             metrics.clone(),
@@ -171,6 +175,8 @@ impl Controller {
         let _ = poll.await;
         let _ = recorder_task.await;
         let _ = http_server.await;
+        // Let a standby take over now rather than when our connection times out.
+        election.release().await;
         match result {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(source))) => Err(ServeError::Grpc { source }),

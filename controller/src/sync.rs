@@ -12,13 +12,16 @@ use tracing::{debug, info, warn};
 
 use crate::desired::desired_fleet;
 use crate::fleet::Fleet;
+use crate::leader::Election;
 use crate::metrics::Metrics;
 use crate::recorder::RecorderHandle;
 use crate::store::Store;
 
-/// Polls the database every `interval` until `shutdown` is cancelled.
+/// Polls the database every `interval` until `shutdown` is cancelled, while
+/// this replica holds the controller lock.
 pub async fn poll_loop(
     store: Arc<dyn Store>,
+    election: Arc<dyn Election>,
     fleet: Arc<Fleet>,
     recorder: RecorderHandle,
     metrics: Arc<Metrics>,
@@ -32,6 +35,29 @@ pub async fn poll_loop(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        match election.hold().await {
+            Ok(true) => {
+                if fleet.set_active(true) {
+                    info!("this replica holds the controller lock: active");
+                }
+            }
+            Ok(false) => {
+                if fleet.set_active(false) {
+                    warn!("another replica holds the controller lock: standing by, agents are sent there");
+                }
+                continue;
+            }
+            Err(error) => {
+                // The database cannot say who leads; nothing can be read either.
+                if was_up != Some(false) {
+                    warn!(error = %error, "cannot reach the database to check the controller lock");
+                }
+                was_up = Some(false);
+                metrics.db_poll_errors.inc();
+                fleet.db_failed(error.to_string());
+                continue;
+            }
         }
         let started = Instant::now();
         let result = store.read_fleet().await;

@@ -33,9 +33,12 @@ impl TestController {
     /// Starts a controller whose gRPC listener is `grpc` (e.g. the address of
     /// a controller that was stopped, to test reconnects).
     pub async fn start_on(database_url: &str, poll: Duration, grpc: SocketAddr) -> Self {
-        let store = store::connect(&DatabaseConfig::Url(database_url.to_owned())).expect("store");
+        let database = DatabaseConfig::Url(database_url.to_owned());
+        let store = store::connect(&database).expect("store");
+        let election = multinic_controller::leader::for_database(&database).expect("election");
         let config = ControllerConfig {
             store,
+            election,
             poll_interval: poll,
             hello_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),

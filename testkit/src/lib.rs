@@ -12,6 +12,7 @@
 
 pub mod fleet;
 pub mod mariadb;
+pub mod proxy;
 
 pub use sqlx;
 
@@ -129,4 +130,15 @@ pub async fn sqlite_db(dir: &Path) -> (String, sqlx::SqlitePool) {
     multinic_controller::store::create_sqlite_schema(&url).await.expect("sqlite schema");
     let pool = sqlx::SqlitePool::connect(&url).await.expect("sqlite pool");
     (url, pool)
+}
+
+/// Like [`http_get`] but `None` when the server cannot be reached.
+pub async fn http_get_checked(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.split_whitespace().nth(1).and_then(|c| c.parse().ok())
 }

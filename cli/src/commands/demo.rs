@@ -89,9 +89,11 @@ async fn run_in(base: &Path, timeout: Duration) -> anyhow::Result<()> {
     .await?;
 
     let shutdown = CancellationToken::new();
-    let store = store::connect(&DatabaseConfig::Url(url.clone()))?;
+    let database = DatabaseConfig::Url(url.clone());
+    let store = store::connect(&database)?;
     let config = ControllerConfig {
         store,
+        election: multinic_controller::leader::for_database(&database)?,
         poll_interval: Duration::from_millis(300),
         hello_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(3),

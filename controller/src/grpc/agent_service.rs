@@ -62,6 +62,11 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             warn!(peer = %peer, "refused agent stream: {}", status.message());
             return Err(status);
         }
+        if !self.fleet.is_active() {
+            return Err(Status::unavailable(
+                "this controller replica is on standby; retry (the Service routes to the active one)",
+            ));
+        }
         let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let inbound = request.into_inner();
         // Small: newer desired sets coalesce in the node's watch channel, so a
@@ -94,6 +99,7 @@ impl Session {
         tracing::Span::current().record("node", node.as_str());
         let fleet = &self.svc.fleet;
         let (session, mut published) = fleet.connect(&hello);
+        let mut active = fleet.subscribe_active();
         info!(
             agent_version = %hello.agent_version,
             backend = %hello.backend,
@@ -115,14 +121,14 @@ impl Session {
         let end = loop {
             tokio::select! {
                 () = self.svc.shutdown.cancelled() => {
-                    let msg = ControllerMessage {
-                        kind: Some(ControllerKind::Reconnect(v1::Reconnect {
-                            reason: "controller shutting down".into(),
-                            after_ms: 1000,
-                        })),
-                    };
-                    let _ = tx.send(Ok(msg)).await;
+                    let _ = tx.send(Ok(reconnect("controller shutting down"))).await;
                     break "controller shutting down";
+                }
+                _ = active.changed() => {
+                    if !*active.borrow_and_update() {
+                        let _ = tx.send(Ok(reconnect("this replica lost the controller lock"))).await;
+                        break "lost the controller lock";
+                    }
                 }
                 changed = published.changed() => {
                     if changed.is_err() || !fleet.is_current(&node, session) {
@@ -263,5 +269,12 @@ impl Session {
     fn reject(&self, reason: &'static str, what: &str) {
         self.svc.metrics.rejected_messages.get_or_create(&vec![("reason", reason)]).inc();
         debug!(peer = %self.peer, reason, "{what}");
+    }
+}
+
+/// Tells the agent to reconnect (to whichever replica is active) after ~1 s.
+fn reconnect(reason: &str) -> ControllerMessage {
+    ControllerMessage {
+        kind: Some(ControllerKind::Reconnect(v1::Reconnect { reason: reason.to_owned(), after_ms: 1000 })),
     }
 }

@@ -32,9 +32,15 @@ impl FleetSvc {
         Self { fleet, shutdown }
     }
 
-    fn authorize<T>(request: &Request<T>) -> Result<(), Status> {
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let peer = Peer::of(request);
-        peer.require_operator().inspect_err(|s| warn!(peer = %peer, "refused fleet request: {}", s.message()))
+        peer.require_operator().inspect_err(|s| warn!(peer = %peer, "refused fleet request: {}", s.message()))?;
+        if !self.fleet.is_active() {
+            return Err(Status::unavailable(
+                "this controller replica is on standby and knows no fleet state; ask the active one (the Service routes there)",
+            ));
+        }
+        Ok(())
     }
 
     fn summary(&self) -> v1::FleetSummary {
@@ -47,7 +53,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<FleetEvent, Status>> + Send>>;
 
     async fn get_summary(&self, request: Request<v1::GetSummaryRequest>) -> Result<Response<v1::FleetSummary>, Status> {
-        Self::authorize(&request)?;
+        self.authorize(&request)?;
         Ok(Response::new(self.summary()))
     }
 
@@ -55,7 +61,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         &self,
         request: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
-        Self::authorize(&request)?;
+        self.authorize(&request)?;
         let req = request.into_inner();
         let size = match req.page_size as usize {
             0 => DEFAULT_PAGE,
@@ -80,7 +86,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
     }
 
     async fn get_node(&self, request: Request<v1::GetNodeRequest>) -> Result<Response<v1::NodeStatus>, Status> {
-        Self::authorize(&request)?;
+        self.authorize(&request)?;
         let name: NodeName = request
             .into_inner()
             .name
@@ -93,7 +99,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
     }
 
     async fn watch(&self, request: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        Self::authorize(&request)?;
+        self.authorize(&request)?;
         let mut changes = self.fleet.subscribe_changes();
         let (tx, rx) = mpsc::channel(64);
         let fleet = self.fleet.clone();
@@ -251,6 +257,7 @@ mod tests {
             })
             .collect();
         let fleet = Arc::new(Fleet::new());
+        fleet.set_active(true);
         fleet.publish(desired_fleet(&FleetSnapshot { rows }));
         fleet
     }

@@ -91,6 +91,11 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot take or check the controller lock: {source}")]
+    Lock {
+        #[source]
+        source: sqlx::Error,
+    },
 }
 
 /// Reads the fleet and records outcomes. A real implementation per database,
@@ -147,40 +152,49 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// Opens a pool without connecting: the controller starts (and stays alive,
-/// not ready) while the database is down, and connects when it comes back.
-pub fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
-    // One connection reads, one writes, one spare; fleet size never changes this.
-    const MAX_CONNECTIONS: u32 = 3;
-    const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The MySQL/MariaDB connection options of a configuration; `None` for SQLite.
+pub fn mysql_options(config: &DatabaseConfig) -> Result<Option<MySqlConnectOptions>, StoreError> {
     match config {
-        DatabaseConfig::Url(url) if url.starts_with("sqlite:") => {
-            let options: SqliteConnectOptions = url
-                .parse()
-                .map_err(|e: sqlx::Error| StoreError::Url { url: redact_url(url), reason: e.to_string() })?;
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options.create_if_missing(true));
-            Ok(Arc::new(SqlStore::new(pool, "sqlite")))
-        }
+        DatabaseConfig::Url(url) if url.starts_with("sqlite:") => Ok(None),
         DatabaseConfig::Url(url) if url.starts_with("mysql:") || url.starts_with("mariadb:") => {
             let url = url.replacen("mariadb:", "mysql:", 1);
             let options: MySqlConnectOptions = url
                 .parse()
                 .map_err(|e: sqlx::Error| StoreError::Url { url: redact_url(&url), reason: e.to_string() })?;
-            Ok(Arc::new(SqlStore::new(mysql_pool(options, MAX_CONNECTIONS, ACQUIRE_TIMEOUT), "mysql")))
+            Ok(Some(options))
         }
         DatabaseConfig::Url(url) => Err(StoreError::Url {
             url: redact_url(url),
             reason: "expected a mysql://, mariadb:// or sqlite: URL".to_owned(),
         }),
         DatabaseConfig::Parts { host, port, user, password, name } => {
-            let options =
-                MySqlConnectOptions::new().host(host).port(*port).username(user).password(password).database(name);
-            Ok(Arc::new(SqlStore::new(mysql_pool(options, MAX_CONNECTIONS, ACQUIRE_TIMEOUT), "mysql")))
+            Ok(Some(MySqlConnectOptions::new().host(host).port(*port).username(user).password(password).database(name)))
         }
     }
+}
+
+/// Opens a pool without connecting: the controller starts (and stays alive,
+/// not ready) while the database is down, and connects when it comes back.
+pub fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
+    // One connection reads, one writes, one spare; fleet size never changes this.
+    const MAX_CONNECTIONS: u32 = 3;
+    const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+    if let DatabaseConfig::Url(url) = config
+        && url.starts_with("sqlite:")
+    {
+        let options: SqliteConnectOptions =
+            url.parse().map_err(|e: sqlx::Error| StoreError::Url { url: redact_url(url), reason: e.to_string() })?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.create_if_missing(true));
+        return Ok(Arc::new(SqlStore::new(pool, "sqlite")));
+    }
+    let options = mysql_options(config)?.ok_or_else(|| StoreError::Url {
+        url: config.redacted(),
+        reason: "not a MySQL/MariaDB configuration".to_owned(),
+    })?;
+    Ok(Arc::new(SqlStore::new(mysql_pool(options, MAX_CONNECTIONS, ACQUIRE_TIMEOUT), "mysql")))
 }
 
 fn mysql_pool(options: MySqlConnectOptions, max: u32, acquire: Duration) -> sqlx::MySqlPool {
