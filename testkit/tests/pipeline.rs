@@ -230,7 +230,8 @@ async fn a_database_outage_deletes_nothing_and_heals_itself() {
     assert!(node.netplan_file(0).is_some(), "nothing is deleted while the database is down");
     assert_eq!(node.writes(), writes);
     let status = controller.fleet.db_status();
-    assert!(status.error.unwrap_or_default().contains("cannot read the fleet"));
+    let error = status.error.unwrap_or_default();
+    assert!(error.contains("database"), "{error}");
 
     db.restart().await;
     eventually(WAIT, "controller reports the database up", || async { controller.fleet.db_status().up.then_some(()) })
@@ -280,10 +281,12 @@ async fn queries_per_poll_do_not_grow_with_the_fleet() {
         controller.stop().await;
         per_tick.push((after - before) as f64 / 20.0);
     }
-    // 20 ticks of 100 ms in 2 s: about one SELECT per tick either way.
+    // 20 ticks of 100 ms in 2 s: two SELECTs per tick (the controller-lock
+    // check and the fleet read) whatever the fleet size.
     for (nodes, q) in [2, 60].iter().zip(&per_tick) {
-        assert!((0.7..=1.2).contains(q), "{nodes} nodes: {q} queries per tick");
+        assert!((1.6..=2.3).contains(q), "{nodes} nodes: {q} queries per tick");
     }
+    assert!((per_tick[0] - per_tick[1]).abs() <= 0.3, "{per_tick:?}");
 }
 
 async fn selects(db: &MariaDb) -> i64 {

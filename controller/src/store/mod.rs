@@ -91,7 +91,7 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("cannot take or check the controller lock: {source}")]
+    #[error("cannot reach the database to take or check the controller lock: {source}")]
     Lock {
         #[source]
         source: sqlx::Error,
