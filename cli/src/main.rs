@@ -41,6 +41,13 @@ enum Command {
     },
     /// Every node's state, then each change as it happens (until interrupted).
     Watch,
+    /// Let go the removals held by the mass-deletion guard. TOKEN (from
+    /// `status`) names the exact set of removals held; if it changed since,
+    /// nothing is released.
+    ConfirmRemovals {
+        /// The token `multinicctl status` shows.
+        token: String,
+    },
     /// Run the whole system locally: embedded SQLite, a controller and three
     /// agents in temporary folders; no root, no server to install.
     Demo(commands::demo::DemoArgs),
@@ -53,6 +60,7 @@ async fn main() -> ExitCode {
         Command::Status => commands::status::run(&cli.connect, cli.output).await,
         Command::Get { what } => commands::get::run(&cli.connect, cli.output, what).await,
         Command::Watch => commands::watch::run(&cli.connect, cli.output).await,
+        Command::ConfirmRemovals { token } => commands::confirm::run(&cli.connect, token).await,
         Command::Demo(args) => commands::demo::run(args).await,
     };
     match result {

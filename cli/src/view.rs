@@ -51,6 +51,9 @@ pub struct SummaryView {
     pub invalid_rows: u32,
     pub controller_version: String,
     pub row_problems: Vec<ProblemView>,
+    pub removals_held: u32,
+    pub removal_guard: String,
+    pub removal_guard_token: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +110,9 @@ impl From<&v1::FleetSummary> for SummaryView {
             invalid_rows: s.invalid_rows,
             controller_version: s.controller_version.clone(),
             row_problems: s.row_problems.iter().map(ProblemView::from).collect(),
+            removals_held: s.removals_held,
+            removal_guard: s.removal_guard.clone(),
+            removal_guard_token: s.removal_guard_token.clone(),
         }
     }
 }
@@ -160,6 +166,15 @@ impl InterfaceView {
     }
 }
 
+/// Applied interfaces and desired ones (held MACs are not desired: they are
+/// left as they are).
+pub fn applied_of(interfaces: &[v1::InterfaceView]) -> (usize, usize) {
+    let desired = interfaces.iter().filter(|i| i.state != v1::InterfaceState::Held as i32);
+    let (applied, total) =
+        desired.fold((0, 0), |(a, t), i| (a + usize::from(i.state == v1::InterfaceState::Applied as i32), t + 1));
+    (applied, total)
+}
+
 pub fn convergence(value: i32) -> &'static str {
     match v1::Convergence::try_from(value) {
         Ok(v1::Convergence::Converged) => "converged",
@@ -208,7 +223,7 @@ pub fn colors_enabled() -> bool {
 pub fn paint(text: &str, enabled: bool) -> String {
     let code = match text.trim() {
         "converged" | "applied" | "yes" => "32",
-        "pending" | "waiting" => "33",
+        "pending" | "waiting" | "held" => "33",
         "failed" | "refused" | "no" | "DOWN" => "31",
         _ => return text.to_owned(),
     };

@@ -143,6 +143,9 @@ const SUMMARY_KEYS: &[&str] = &[
     "invalid_rows",
     "controller_version",
     "row_problems",
+    "removals_held",
+    "removal_guard",
+    "removal_guard_token",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +213,7 @@ async fn a_fleet_with_problems_reads_clearly_and_exits_2() {
         let out = cli(&controller, &["get", "interfaces", "-o", format]).await.stdout;
         let ifaces: Value =
             if format == "json" { serde_json::from_str(&out).unwrap() } else { serde_yaml::from_str(&out).unwrap() };
-        assert_eq!(ifaces.as_array().unwrap().len(), 6, "{out}");
+        assert_eq!(ifaces.as_array().unwrap().len(), 7, "six interfaces and one held MAC: {out}");
     }
 
     let missing = cli(&controller, &["get", "node", "node-zz"]).await;

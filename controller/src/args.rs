@@ -61,6 +61,20 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Hold removals when one database read would remove more than this share
+    /// (0..1) of all interfaces the agents have, until an operator confirms.
+    #[arg(long, env = "MULTINIC_MAX_REMOVAL_SHARE", default_value_t = 0.5, value_parser = parse_share)]
+    pub max_removal_share: f64,
+
+    /// ... and at least this many interfaces would go at once.
+    #[arg(long, env = "MULTINIC_MIN_GUARDED_REMOVALS", default_value_t = 10)]
+    pub min_guarded_removals: usize,
+
+    /// Hold every removal this long after becoming active, until the agents
+    /// have reported what they have.
+    #[arg(long, env = "MULTINIC_REMOVAL_WARMUP", default_value = "30s", value_parser = parse_duration)]
+    pub removal_warmup: Duration,
+
     /// PEM certificate chain the controller presents (reloaded when it changes).
     #[arg(long, env = "MULTINIC_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -101,6 +115,9 @@ impl Args {
             http_listen,
             poll_interval,
             drain_timeout,
+            max_removal_share,
+            min_guarded_removals,
+            removal_warmup,
             tls_cert,
             tls_key,
             client_ca,
@@ -134,6 +151,11 @@ impl Args {
             poll_interval,
             hello_timeout: crate::grpc::agent_service::HELLO_TIMEOUT,
             drain_timeout,
+            guard: crate::guard::GuardConfig {
+                max_share: max_removal_share,
+                min_removals: min_guarded_removals,
+                warmup: removal_warmup,
+            },
         };
         let controller = Controller::bind(config, listen, http_listen).await?;
         info!(grpc = %controller.grpc_addr(), http = %controller.http_addr(), "listening");
@@ -142,6 +164,13 @@ impl Args {
         controller.serve(shutdown).await?;
         info!("controller stopped");
         Ok(())
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1 (e.g. 0.5)")),
     }
 }
 

@@ -5,7 +5,7 @@
 //! recorder turns reports into row updates; the fleet service reads. Nothing
 //! here does I/O, and no lock is held across an await.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
@@ -17,6 +17,7 @@ use multinic_proto::{
 use tokio::sync::{broadcast, watch};
 
 use crate::desired::{DesiredFleet, NodeDesired, RowProblem};
+use crate::guard::{self, Counts, GuardConfig, Verdict};
 use crate::store::RowUpdate;
 
 /// A desired set as pushed to a node's agent.
@@ -100,6 +101,12 @@ struct NodeEntry {
     last_seen: Option<SystemTime>,
     applied: Option<Applied>,
     interfaces: BTreeMap<MacAddress, InterfaceRecord>,
+    /// MACs the agent says it has (from Hello and reports).
+    present: BTreeSet<MacAddress>,
+    /// Removals the mass-deletion guard holds back on this node now.
+    guarded: BTreeSet<MacAddress>,
+    /// This node's share of the guard's counts, as last computed.
+    counts: Counts,
 }
 
 impl NodeEntry {
@@ -114,7 +121,32 @@ impl NodeEntry {
             last_seen: None,
             applied: None,
             interfaces: BTreeMap::new(),
+            present: BTreeSet::new(),
+            guarded: BTreeSet::new(),
+            counts: Counts::default(),
         }
+    }
+
+    /// What the guard sees of this node.
+    fn guard_counts(&self) -> Counts {
+        Counts { present: self.present.len(), removals: guard::removals(&self.present, &self.desired.set).len() }
+    }
+
+    /// Recomputes the set to push (the database's set, plus the removals the
+    /// guard holds) and publishes it if it changed and the fleet was read.
+    fn refresh(&mut self, hold: bool, synced: bool) -> bool {
+        self.counts = self.guard_counts();
+        self.guarded = if hold { guard::removals(&self.present, &self.desired.set) } else { BTreeSet::new() };
+        if !synced {
+            return false;
+        }
+        if self.guarded.is_empty() {
+            let set = self.desired.set.clone();
+            return self.publish(&set);
+        }
+        let specs = self.desired.set.iter().map(|s| (s.mac, *s)).collect();
+        let held = self.desired.set.held().union(&self.guarded).copied().collect();
+        self.publish(&DesiredSet::from_parts(specs, held))
     }
 
     /// Publishes `set` if it differs from what is published; returns whether it did.
@@ -177,6 +209,8 @@ pub struct NodeSnapshot {
     pub last_seen: Option<SystemTime>,
     pub applied: Option<Applied>,
     pub interfaces: BTreeMap<MacAddress, InterfaceRecord>,
+    /// Removals the mass-deletion guard holds on this node.
+    pub guarded: BTreeSet<MacAddress>,
 }
 
 /// Counts over the fleet, for status and metrics.
@@ -212,6 +246,38 @@ pub struct Fleet {
     publish_lock: Mutex<()>,
     /// Whether this replica holds the controller lock and may act.
     active: watch::Sender<bool>,
+    guard_config: GuardConfig,
+    /// The mass-deletion guard. Lock order: this mutex, then map shards;
+    /// never a shard and then this mutex.
+    guard: Mutex<GuardState>,
+}
+
+#[derive(Debug, Default)]
+struct GuardState {
+    totals: Counts,
+    /// Why removals are held, while they are.
+    holding: Option<String>,
+    /// The removals an operator confirmed (they, or any part of them, go).
+    confirmed: Option<BTreeSet<(NodeName, MacAddress)>>,
+    /// When this replica became active (warm-up starts).
+    activated: Option<Instant>,
+}
+
+/// The mass-deletion guard as status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardStatus {
+    pub removals_held: usize,
+    pub reason: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Why a confirmation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfirmError {
+    #[error("no removals are held")]
+    NothingHeld,
+    #[error("the held removals changed since token {given}; the token now is {current}: check again before confirming")]
+    Changed { given: String, current: String },
 }
 
 impl Default for Fleet {
@@ -230,13 +296,24 @@ impl Fleet {
             changes: broadcast::channel(1024).0,
             publish_lock: Mutex::new(()),
             active: watch::channel(false).0,
+            guard_config: GuardConfig::default(),
+            guard: Mutex::new(GuardState::default()),
         }
+    }
+
+    /// A fleet whose mass-deletion guard uses `config`.
+    pub fn with_guard(config: GuardConfig) -> Self {
+        Self { guard_config: config, ..Self::new() }
     }
 
     /// Marks this replica active (holding the controller lock) or standby;
     /// returns whether that changed. Agent sessions end when it turns false.
     pub fn set_active(&self, active: bool) -> bool {
-        self.active.send_if_modified(|current| std::mem::replace(current, active) != active)
+        let changed = self.active.send_if_modified(|current| std::mem::replace(current, active) != active);
+        if changed && active {
+            lock(&self.guard).activated = Some(Instant::now());
+        }
+        changed
     }
 
     /// Whether this replica may act (read, push, record).
@@ -265,18 +342,12 @@ impl Fleet {
         for mut entry in self.nodes.iter_mut() {
             if let Some(desired) = nodes.remove(entry.key()) {
                 entry.in_db = true;
-                let desired = Arc::new(desired);
-                if entry.publish(&desired.set) {
-                    changed.push(entry.key().clone());
-                }
-                entry.desired = desired;
+                entry.desired = Arc::new(desired);
             } else {
                 entry.in_db = false;
                 entry.desired = Arc::new(NodeDesired::empty());
                 if entry.session.is_none() {
                     forget.push(entry.key().clone());
-                } else if entry.publish(&DesiredSet::empty()) {
-                    changed.push(entry.key().clone());
                 }
             }
         }
@@ -284,13 +355,9 @@ impl Fleet {
             self.nodes.remove_if(&name, |_, e| e.session.is_none() && !e.in_db);
         }
         for (name, desired) in nodes {
-            let mut entry = self.nodes.entry(name.clone()).or_insert_with(NodeEntry::new);
+            let mut entry = self.nodes.entry(name).or_insert_with(NodeEntry::new);
             entry.in_db = true;
-            let desired = Arc::new(desired);
-            if entry.publish(&desired.set) {
-                changed.push(name);
-            }
-            entry.desired = desired;
+            entry.desired = Arc::new(desired);
         }
         {
             let mut db = write(&self.db);
@@ -299,6 +366,7 @@ impl Fleet {
             db.last_success = Some(SystemTime::now());
             db.synced = true;
         }
+        self.refresh_all(&mut lock(&self.guard), &mut changed);
         for name in &changed {
             let _ = self.changes.send(name.clone());
         }
@@ -320,12 +388,8 @@ impl Fleet {
     /// replaced. Returns the session id and the node's published set.
     pub fn connect(&self, hello: &AgentHello) -> (u64, watch::Receiver<Option<Arc<Published>>>) {
         let id = self.session_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let synced = read(&self.db).synced;
         let mut entry = self.nodes.entry(hello.node.clone()).or_insert_with(NodeEntry::new);
-        if synced && entry.published.borrow().is_none() {
-            // The database has no rows for this node: its set is empty.
-            entry.publish(&DesiredSet::empty());
-        }
+        entry.present = present_in(&hello.interfaces);
         let now = SystemTime::now();
         entry.session = Some(SessionInfo {
             id,
@@ -337,6 +401,9 @@ impl Fleet {
         entry.last_seen = Some(now);
         let rx = entry.published.subscribe();
         drop(entry);
+        // What the agent has may change what the guard holds, and a node the
+        // database does not know gets the empty set.
+        self.node_changed(&hello.node);
         let _ = self.changes.send(hello.node.clone());
         (id, rx)
     }
@@ -356,6 +423,7 @@ impl Fleet {
         let generation = published.generation;
         apply_report(&mut entry, &published, generation, &hello.interfaces);
         drop(entry);
+        self.node_changed(&hello.node);
         let _ = self.changes.send(hello.node.clone());
         Some(published)
     }
@@ -374,8 +442,141 @@ impl Fleet {
         }
         apply_report(&mut entry, pushed, pushed.generation, &report.interfaces);
         drop(entry);
+        self.node_changed(node);
         let _ = self.changes.send(node.clone());
         Ok(())
+    }
+
+    /// Re-judges the guard after one node's present set changed: only that
+    /// node is republished unless the verdict flips.
+    fn node_changed(&self, name: &NodeName) {
+        let synced = read(&self.db).synced;
+        let mut g = lock(&self.guard);
+        let Some((old, new)) = self.nodes.get(name).map(|e| (e.counts, e.guard_counts())) else { return };
+        let totals = Counts {
+            present: g.totals.present - old.present.min(g.totals.present) + new.present,
+            removals: g.totals.removals - old.removals.min(g.totals.removals) + new.removals,
+        };
+        let was_holding = g.holding.is_some();
+        let hold = self.judge(&mut g, totals);
+        if hold != was_holding || hold {
+            // The verdict flipped, or holds (its token may have changed): all nodes.
+            let mut changed = Vec::new();
+            self.refresh_all(&mut g, &mut changed);
+            drop(g);
+            for node in changed {
+                let _ = self.changes.send(node);
+            }
+            return;
+        }
+        g.totals = totals;
+        if let Some(mut entry) = self.nodes.get_mut(name) {
+            entry.refresh(false, synced);
+        }
+    }
+
+    /// Recomputes the guard over every node and republishes every set.
+    fn refresh_all(&self, g: &mut GuardState, changed: &mut Vec<NodeName>) {
+        let synced = read(&self.db).synced;
+        let totals = self.nodes.iter().fold(Counts::default(), |t, e| {
+            let c = e.guard_counts();
+            Counts { present: t.present + c.present, removals: t.removals + c.removals }
+        });
+        let hold = self.judge(g, totals);
+        for mut entry in self.nodes.iter_mut() {
+            if entry.refresh(hold, synced) {
+                changed.push(entry.key().clone());
+            }
+        }
+        g.totals = totals;
+    }
+
+    /// The guard's verdict for `totals`; records it (and logs changes).
+    fn judge(&self, g: &mut GuardState, totals: Counts) -> bool {
+        let warming =
+            g.activated.and_then(|t| self.guard_config.warmup.checked_sub(t.elapsed())).filter(|left| !left.is_zero());
+        let verdict = guard::verdict(&self.guard_config, totals, warming, false);
+        let verdict = match verdict {
+            Verdict::Hold(reason) => match &g.confirmed {
+                Some(confirmed) if self.removals().is_subset(confirmed) => Verdict::Release,
+                _ => Verdict::Hold(reason),
+            },
+            Verdict::Release => {
+                if totals.removals == 0 {
+                    g.confirmed = None;
+                }
+                Verdict::Release
+            }
+        };
+        match verdict {
+            Verdict::Hold(reason) => {
+                if g.holding.as_deref() != Some(reason.as_str()) && warming.is_none() {
+                    tracing::warn!(
+                        removals = totals.removals,
+                        present = totals.present,
+                        token = %self.removal_token(),
+                        "mass-deletion guard: holding removals ({reason}); nothing else is held. \
+                         If they are intended: multinicctl confirm-removals TOKEN"
+                    );
+                }
+                g.holding = Some(reason);
+                true
+            }
+            Verdict::Release => {
+                if let Some(reason) = g.holding.take() {
+                    tracing::info!(was = %reason, "mass-deletion guard: removals released");
+                }
+                false
+            }
+        }
+    }
+
+    /// Every removal the database calls for now.
+    fn removals(&self) -> BTreeSet<(NodeName, MacAddress)> {
+        let mut all = BTreeSet::new();
+        for entry in &self.nodes {
+            for mac in guard::removals(&entry.present, &entry.desired.set) {
+                all.insert((entry.key().clone(), mac));
+            }
+        }
+        all
+    }
+
+    /// The token naming every removal the database calls for now.
+    fn removal_token(&self) -> String {
+        guard::token(self.removals().iter().map(|(n, m)| (n, m)))
+    }
+
+    /// The guard as status shows it.
+    pub fn guard_status(&self) -> GuardStatus {
+        let g = lock(&self.guard);
+        let Some(reason) = g.holding.clone() else { return GuardStatus::default() };
+        let removals_held = self.nodes.iter().map(|e| e.guarded.len()).sum();
+        GuardStatus { removals_held, reason: Some(reason), token: Some(self.removal_token()) }
+    }
+
+    /// Lets the held removals go if `token` still names exactly them.
+    /// Returns how many were released.
+    pub fn confirm_removals(&self, token: &str) -> Result<usize, ConfirmError> {
+        let mut g = lock(&self.guard);
+        if g.holding.is_none() {
+            return Err(ConfirmError::NothingHeld);
+        }
+        let removals = self.removals();
+        let current = guard::token(removals.iter().map(|(n, m)| (n, m)));
+        if current != token {
+            return Err(ConfirmError::Changed { given: token.to_owned(), current });
+        }
+        let released = self.nodes.iter().map(|e| e.guarded.len()).sum();
+        tracing::warn!(token, released, "mass-deletion guard: an operator confirmed the held removals");
+        g.confirmed = Some(removals);
+        let mut changed = Vec::new();
+        self.refresh_all(&mut g, &mut changed);
+        drop(g);
+        for node in changed {
+            let _ = self.changes.send(node);
+        }
+        Ok(released)
     }
 
     /// Marks the session's stream as gone (unless a newer one replaced it).
@@ -448,6 +649,7 @@ impl Fleet {
             last_seen: entry.last_seen,
             applied: entry.applied.clone(),
             interfaces: entry.interfaces.clone(),
+            guarded: entry.guarded.clone(),
         })
     }
 
@@ -496,8 +698,25 @@ fn apply_report(entry: &mut NodeEntry, pushed: &Published, generation: u64, stat
         interfaces.insert(status.mac, InterfaceRecord { status: status.clone(), spec, since });
     }
     entry.interfaces = interfaces;
+    // Held MACs the agent did not mention stay present: it keeps them.
+    let kept: BTreeSet<MacAddress> = entry.present.intersection(pushed.set.held()).copied().collect();
+    entry.present = present_in(statuses).union(&kept).copied().collect();
     entry.applied = Some(Applied { generation, digest: pushed.set.digest().clone(), at: now });
     entry.last_seen = Some(now);
+}
+
+/// The MACs a node's agent has configured (or keeps), from its statuses.
+fn present_in(statuses: &[InterfaceStatus]) -> BTreeSet<MacAddress> {
+    statuses
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.state,
+                InterfaceState::Applied | InterfaceState::Waiting | InterfaceState::Failed | InterfaceState::Held
+            )
+        })
+        .map(|s| s.mac)
+        .collect()
 }
 
 // A poisoned lock only means another thread panicked while holding it; the

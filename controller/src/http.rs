@@ -52,5 +52,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     state.metrics.set_counts(&state.fleet.counts(), state.fleet.db_status().up);
+    let held = state.fleet.guard_status().removals_held;
+    state.metrics.removals_held.set(i64::try_from(held).unwrap_or(i64::MAX));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
 }

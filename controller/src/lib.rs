@@ -14,6 +14,7 @@ pub mod args;
 pub mod desired;
 pub mod fleet;
 pub mod grpc;
+pub mod guard;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -50,6 +51,8 @@ pub struct ControllerConfig {
     pub hello_timeout: Duration,
     /// How long shutdown waits for streams to drain.
     pub drain_timeout: Duration,
+    /// When mass removals are held back.
+    pub guard: guard::GuardConfig,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -100,7 +103,8 @@ impl Controller {
             TcpListener::bind(grpc).await.map_err(|source| ServeError::Bind { what: "gRPC", addr: grpc, source })?;
         let http =
             TcpListener::bind(http).await.map_err(|source| ServeError::Bind { what: "HTTP", addr: http, source })?;
-        Ok(Self { config, grpc, http, fleet: Arc::new(Fleet::new()), metrics: Arc::new(Metrics::new()) })
+        let fleet = Arc::new(Fleet::with_guard(config.guard));
+        Ok(Self { config, grpc, http, fleet, metrics: Arc::new(Metrics::new()) })
     }
 
     /// The address agents and multinicctl connect to.
@@ -122,7 +126,7 @@ impl Controller {
     /// drains streams for at most the drain timeout, and returns.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let Self { config, grpc, http, fleet, metrics } = self;
-        let ControllerConfig { store, election, poll_interval, hello_timeout, drain_timeout } = config;
+        let ControllerConfig { store, election, poll_interval, hello_timeout, drain_timeout, guard: _ } = config;
         let serving = Arc::new(AtomicBool::new(false));
 
         let (recorder, recorder_task) =

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub nodes: Family<Labels, Gauge>,
     pub convergence_seconds: Histogram,
     pub rejected_messages: Family<Labels, Counter>,
+    pub removals_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -58,6 +59,7 @@ impl Metrics {
             nodes: Family::default(),
             convergence_seconds: convergence_seconds.clone(),
             rejected_messages: Family::default(),
+            removals_held: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -81,6 +83,11 @@ impl Metrics {
             convergence_seconds,
         );
         registry.register("rejected_messages", "Agent messages refused, by reason", m.rejected_messages.clone());
+        registry.register(
+            "removals_held",
+            "Interface removals held back by the mass-deletion guard",
+            m.removals_held.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -71,6 +71,7 @@ impl From<InterfaceState> for v1::InterfaceState {
             InterfaceState::Refused => Self::Refused,
             InterfaceState::Removed => Self::Removed,
             InterfaceState::Pending => Self::Pending,
+            InterfaceState::Held => Self::Held,
         }
     }
 }
@@ -87,6 +88,7 @@ impl TryFrom<i32> for InterfaceState {
             v1::InterfaceState::Refused => Self::Refused,
             v1::InterfaceState::Removed => Self::Removed,
             v1::InterfaceState::Pending => Self::Pending,
+            v1::InterfaceState::Held => Self::Held,
             v1::InterfaceState::Unspecified => return Err(unknown),
         })
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use multinic_agent::{Agent, AgentConfig};
 use multinic_controller::fleet::Fleet;
+use multinic_controller::guard::GuardConfig;
 use multinic_controller::store::{self, DatabaseConfig};
 use multinic_controller::{Controller, ControllerConfig};
 use tempfile::TempDir;
@@ -33,6 +34,11 @@ impl TestController {
     /// Starts a controller whose gRPC listener is `grpc` (e.g. the address of
     /// a controller that was stopped, to test reconnects).
     pub async fn start_on(database_url: &str, poll: Duration, grpc: SocketAddr) -> Self {
+        Self::start_guarded(database_url, poll, grpc, GuardConfig::off()).await
+    }
+
+    /// Starts a controller with a mass-deletion guard.
+    pub async fn start_guarded(database_url: &str, poll: Duration, grpc: SocketAddr, guard: GuardConfig) -> Self {
         let database = DatabaseConfig::Url(database_url.to_owned());
         let store = store::connect(&database).expect("store");
         let election = multinic_controller::leader::for_database(&database).expect("election");
@@ -42,6 +48,7 @@ impl TestController {
             poll_interval: poll,
             hello_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
+            guard,
         };
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let controller = Controller::bind(config, grpc, any).await.expect("bind controller");

@@ -97,6 +97,7 @@ async fn run_in(base: &Path, timeout: Duration) -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(300),
         hello_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(3),
+        guard: multinic_controller::guard::GuardConfig { warmup: Duration::ZERO, ..Default::default() },
     };
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
     let controller = Controller::bind(config, loopback, loopback).await?;

@@ -91,12 +91,12 @@ pub fn nodes_table(nodes: &[v1::NodeStatus], wide: bool) -> String {
     }
     let mut table = Table::new(&header).color_columns(&[1, 2]);
     for n in nodes {
-        let applied = n.interfaces.iter().filter(|i| i.state == v1::InterfaceState::Applied as i32).count();
+        let (applied, desired) = crate::view::applied_of(&n.interfaces);
         let mut row = vec![
             n.name.clone(),
             convergence(n.convergence).to_owned(),
             if n.connected { "yes" } else { "no" }.to_owned(),
-            format!("{applied}/{}", n.interfaces.len()),
+            format!("{applied}/{desired}"),
             format!("{}/{}", n.applied_generation, n.desired_generation),
             age(n.last_seen_unix_ms),
         ];
@@ -127,7 +127,7 @@ pub fn interfaces_table(interfaces: &[InterfaceView], wide: bool) -> String {
             dash(&i.name),
             i.mac_address.clone(),
             dash(&i.address),
-            i.mtu.to_string(),
+            if i.mtu == 0 { "-".to_owned() } else { i.mtu.to_string() },
             i.state.clone(),
             error,
         ];

@@ -24,7 +24,10 @@ pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCo
     let summary = client.get_summary(GetSummaryRequest {}).await.map_err(status_error)?.into_inner();
     let nodes = all_nodes(&mut client).await?;
     let attention: Vec<v1::NodeStatus> = nodes.into_iter().filter(needs_attention).collect();
-    let converged = summary.db_up && attention.is_empty() && summary.nodes_converged == summary.nodes_known;
+    let converged = summary.db_up
+        && attention.is_empty()
+        && summary.nodes_converged == summary.nodes_known
+        && summary.removals_held == 0;
     match format {
         Format::Json | Format::Yaml => {
             let view = StatusView {
@@ -40,7 +43,10 @@ pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCo
 }
 
 fn needs_attention(n: &v1::NodeStatus) -> bool {
-    n.convergence != v1::Convergence::Converged as i32 || !n.connected || !n.row_problems.is_empty()
+    n.convergence != v1::Convergence::Converged as i32
+        || !n.connected
+        || !n.row_problems.is_empty()
+        || n.interfaces.iter().any(|i| i.state == v1::InterfaceState::Held as i32)
 }
 
 /// Why each node needs attention, in one line.
@@ -51,12 +57,12 @@ fn attention_table(nodes: &[v1::NodeStatus], wide: bool) -> String {
     }
     let mut table = Table::new(&header).color_columns(&[1, 2]);
     for n in nodes {
-        let applied = n.interfaces.iter().filter(|i| i.state == v1::InterfaceState::Applied as i32).count();
+        let (applied, desired) = crate::view::applied_of(&n.interfaces);
         let mut row = vec![
             n.name.clone(),
             crate::view::convergence(n.convergence).to_owned(),
             if n.connected { "yes" } else { "no" }.to_owned(),
-            format!("{applied}/{}", n.interfaces.len()),
+            format!("{applied}/{desired}"),
             reason(n),
         ];
         if wide {
@@ -95,6 +101,10 @@ fn reason(n: &v1::NodeStatus) -> String {
     if !n.row_problems.is_empty() {
         reasons.push(format!("{} rejected row(s)", n.row_problems.len()));
     }
+    let guarded = n.interfaces.iter().filter(|i| i.error_code == v1::ErrorCode::RemovalHeld as i32).count();
+    if guarded > 0 {
+        reasons.push(format!("{guarded} removal(s) held by the guard"));
+    }
     reasons.join("; ")
 }
 
@@ -104,10 +114,18 @@ fn render(s: &v1::FleetSummary, attention: &[v1::NodeStatus], wide: bool) -> Str
     } else {
         format!("DOWN ({}); agents keep their last desired state", s.db_error)
     };
-    let mut out = format!(
+    let mut out = String::new();
+    if s.removals_held > 0 {
+        out.push_str(&format!(
+            "REMOVALS HELD: {} interface removal(s) held back by the mass-deletion guard:\n  {}\n\
+             Check the database. If the removals are intended: multinicctl confirm-removals {}\n\n",
+            s.removals_held, s.removal_guard, s.removal_guard_token
+        ));
+    }
+    out.push_str(&format!(
         "Nodes:      {} known, {} agents connected\nConverged:  {} converged, {} pending, {} failed\nDatabase:   {db}\nBad rows:   {}\n",
         s.nodes_known, s.agents_connected, s.nodes_converged, s.nodes_pending, s.nodes_failed, s.invalid_rows,
-    );
+    ));
     if attention.is_empty() {
         out.push_str("\nAll nodes converged.\n");
     } else {

@@ -33,14 +33,14 @@ pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCo
 fn line(node: &v1::NodeStatus, header: bool, colors: bool) -> String {
     let mut table =
         Table::new(&["TIME", "NODE", "STATE", "CONNECTED", "INTERFACES", "GENERATION"]).color_columns(&[2, 3]);
-    let applied = node.interfaces.iter().filter(|i| i.state == v1::InterfaceState::Applied as i32).count();
+    let (applied, desired) = crate::view::applied_of(&node.interfaces);
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     table.row(vec![
         now,
         node.name.clone(),
         convergence(node.convergence).to_owned(),
         if node.connected { "yes" } else { "no" }.to_owned(),
-        format!("{applied}/{}", node.interfaces.len()),
+        format!("{applied}/{desired}"),
         format!("{}/{}", node.applied_generation, node.desired_generation),
     ]);
     let text = table.render_with(colors);

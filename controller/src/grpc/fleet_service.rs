@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::identity::Peer;
 use crate::desired::RowProblem;
-use crate::fleet::{Convergence, Fleet, NodeSnapshot};
+use crate::fleet::{ConfirmError, Convergence, Fleet, NodeSnapshot};
 
 const DEFAULT_PAGE: usize = 500;
 const MAX_PAGE: usize = 5000;
@@ -98,6 +98,23 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         Ok(Response::new(node_status(&node)))
     }
 
+    async fn confirm_removals(
+        &self,
+        request: Request<v1::ConfirmRemovalsRequest>,
+    ) -> Result<Response<v1::ConfirmRemovalsResponse>, Status> {
+        self.authorize(&request)?;
+        let peer = Peer::of(&request);
+        let token = request.into_inner().token;
+        match self.fleet.confirm_removals(&token) {
+            Ok(released) => {
+                tracing::warn!(peer = %peer, token = %token, released, "held removals confirmed");
+                Ok(Response::new(v1::ConfirmRemovalsResponse { released: u32::try_from(released).unwrap_or(u32::MAX) }))
+            }
+            Err(e @ ConfirmError::NothingHeld) => Err(Status::failed_precondition(e.to_string())),
+            Err(e @ ConfirmError::Changed { .. }) => Err(Status::aborted(e.to_string())),
+        }
+    }
+
     async fn watch(&self, request: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         self.authorize(&request)?;
         let mut changes = self.fleet.subscribe_changes();
@@ -152,6 +169,7 @@ pub fn summary(fleet: &Fleet) -> v1::FleetSummary {
     }
     row_problems.extend(fleet.unattached().iter().map(row_problem));
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let guard = fleet.guard_status();
     v1::FleetSummary {
         nodes_known: count(counts.nodes),
         agents_connected: count(counts.connected),
@@ -164,6 +182,9 @@ pub fn summary(fleet: &Fleet) -> v1::FleetSummary {
         invalid_rows: count(row_problems.len()),
         controller_version: env!("CARGO_PKG_VERSION").to_owned(),
         row_problems,
+        removals_held: count(guard.removals_held),
+        removal_guard: guard.reason.unwrap_or_default(),
+        removal_guard_token: guard.token.unwrap_or_default(),
     }
 }
 
@@ -193,6 +214,36 @@ pub fn node_status(node: &NodeSnapshot) -> v1::NodeStatus {
                     .get(&spec.mac)
                     .map(|rows| rows.iter().map(|r| r.id).collect())
                     .unwrap_or_default(),
+            });
+        }
+    }
+    if let Some(published) = published {
+        for mac in published.set.held() {
+            let record = node.interfaces.get(mac);
+            let (code, message) = if node.guarded.contains(mac) {
+                (
+                    multinic_proto::ErrorCode::RemovalHeld,
+                    "its rows are gone but the mass-deletion guard holds the removal",
+                )
+            } else {
+                let code = node
+                    .desired
+                    .problems
+                    .iter()
+                    .find(|p| p.mac.eq_ignore_ascii_case(&mac.to_string()))
+                    .map_or(multinic_proto::ErrorCode::InvalidRow, |p| p.code);
+                (code, "left as it is: its rows are invalid or in conflict (see rejected rows)")
+            };
+            interfaces.push(v1::InterfaceView {
+                mac_address: mac.to_string(),
+                name: record.and_then(|r| r.status.name).map(|n| n.to_string()).unwrap_or_default(),
+                address: String::new(),
+                mtu: 0,
+                state: v1::InterfaceState::Held.into(),
+                error_code: v1::ErrorCode::from(code).into(),
+                message: message.to_owned(),
+                last_change_unix_ms: record.map_or(0, |r| unix_ms(r.since)),
+                row_ids: node.desired.rows.get(mac).map(|rows| rows.iter().map(|r| r.id).collect()).unwrap_or_default(),
             });
         }
     }

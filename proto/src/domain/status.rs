@@ -19,6 +19,8 @@ pub enum InterfaceState {
     Removed,
     /// Desired, no report yet.
     Pending,
+    /// Left exactly as it is on purpose (held by the controller).
+    Held,
 }
 
 impl InterfaceState {
@@ -30,6 +32,7 @@ impl InterfaceState {
             Self::Refused => "refused",
             Self::Removed => "removed",
             Self::Pending => "pending",
+            Self::Held => "held",
         }
     }
 
@@ -39,7 +42,7 @@ impl InterfaceState {
         match self {
             Self::Applied => Some(true),
             Self::Failed | Self::Refused | Self::Waiting => Some(false),
-            Self::Removed | Self::Pending => None,
+            Self::Removed | Self::Pending | Self::Held => None,
         }
     }
 }

@@ -1,0 +1,150 @@
+//! The mass-deletion guard. Pure: counts in, verdict out.
+//!
+//! A database read that would remove more than a set share of all the
+//! interfaces agents have, at once, looks like an accident (a truncated
+//! table, a wrong node name, a restore gone wrong), not an intent. The
+//! controller then holds those removals (the MACs stay *held* on their nodes)
+//! while everything else goes on, and says so, until the removals shrink
+//! below the threshold or an operator confirms exactly that set.
+//!
+//! Right after the controller becomes active it does not yet know what every
+//! agent has (agents report on reconnect), so removals are held for a
+//! warm-up period before they are judged.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use multinic_proto::{MacAddress, NodeName};
+use sha2::{Digest as _, Sha256};
+
+/// When the guard holds removals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GuardConfig {
+    /// Hold when more than this share (0..=1) of all present interfaces would go at once.
+    pub max_share: f64,
+    /// ... and at least this many would go (tiny fleets remove freely).
+    pub min_removals: usize,
+    /// Hold every removal for this long after becoming active.
+    pub warmup: Duration,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self { max_share: 0.5, min_removals: 10, warmup: Duration::from_secs(30) }
+    }
+}
+
+impl GuardConfig {
+    /// A guard that never holds anything (tests of other behaviour).
+    pub fn off() -> Self {
+        Self { max_share: 1.0, min_removals: usize::MAX, warmup: Duration::ZERO }
+    }
+}
+
+/// The guard's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Removals go ahead.
+    Release,
+    /// Removals are held, for this reason.
+    Hold(String),
+}
+
+/// What the fleet looks like to the guard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Interfaces the agents have (reported present).
+    pub present: usize,
+    /// Of those, how many the current desired sets would remove.
+    pub removals: usize,
+}
+
+/// Decides whether removals go ahead.
+pub fn verdict(config: &GuardConfig, counts: Counts, warming_up: Option<Duration>, confirmed: bool) -> Verdict {
+    if counts.removals == 0 || confirmed {
+        return Verdict::Release;
+    }
+    if let Some(left) = warming_up {
+        return Verdict::Hold(format!(
+            "warming up: removals wait {}s more until every agent has reported what it has",
+            left.as_secs().max(1)
+        ));
+    }
+    let share = counts.removals as f64 / counts.present.max(1) as f64;
+    if counts.removals >= config.min_removals && share > config.max_share {
+        return Verdict::Hold(format!(
+            "{} of {} interfaces ({:.0}%) would be removed at once, over the {:.0}% guard",
+            counts.removals,
+            counts.present,
+            share * 100.0,
+            config.max_share * 100.0
+        ));
+    }
+    Verdict::Release
+}
+
+/// The MACs of `present` that the desired set no longer names.
+pub fn removals(present: &BTreeSet<MacAddress>, desired: &multinic_proto::DesiredSet) -> BTreeSet<MacAddress> {
+    present.iter().filter(|mac| desired.get(mac).is_none() && !desired.is_held(mac)).copied().collect()
+}
+
+/// A short name for one exact set of held removals, for confirmation.
+pub fn token<'a>(held: impl IntoIterator<Item = (&'a NodeName, &'a MacAddress)>) -> String {
+    let mut hasher = Sha256::new();
+    for (node, mac) in held {
+        hasher.update(format!("{node} {mac}\n").as_bytes());
+    }
+    let mut out = String::new();
+    for byte in &hasher.finalize()[..6] {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use multinic_proto::{DesiredSet, InterfaceSpec, Mtu};
+
+    fn mac(i: u8) -> MacAddress {
+        MacAddress::from_octets([2, 0, 0, 0, 0, i]).unwrap()
+    }
+
+    #[test]
+    fn holds_only_big_removals() {
+        let c = GuardConfig { max_share: 0.5, min_removals: 3, warmup: Duration::ZERO };
+        assert_eq!(verdict(&c, Counts { present: 10, removals: 5 }, None, false), Verdict::Release, "exactly half");
+        assert!(
+            matches!(verdict(&c, Counts { present: 10, removals: 6 }, None, false), Verdict::Hold(r) if r.contains("6 of 10"))
+        );
+        assert_eq!(verdict(&c, Counts { present: 2, removals: 2 }, None, false), Verdict::Release, "below the minimum");
+        assert_eq!(verdict(&c, Counts { present: 10, removals: 9 }, None, true), Verdict::Release, "confirmed");
+        assert_eq!(verdict(&c, Counts { present: 0, removals: 0 }, None, false), Verdict::Release);
+    }
+
+    #[test]
+    fn warm_up_holds_every_removal() {
+        let c = GuardConfig::default();
+        let v = verdict(&c, Counts { present: 100, removals: 1 }, Some(Duration::from_secs(12)), false);
+        assert!(matches!(v, Verdict::Hold(r) if r.contains("12s")));
+    }
+
+    #[test]
+    fn removals_are_present_macs_the_set_no_longer_names() {
+        let spec = InterfaceSpec::new(mac(1), None, Mtu::DEFAULT).unwrap();
+        let set = DesiredSet::with_held([spec], [mac(2)]).unwrap();
+        let present: BTreeSet<_> = [mac(1), mac(2), mac(3)].into();
+        assert_eq!(removals(&present, &set), [mac(3)].into());
+    }
+
+    #[test]
+    fn token_names_the_exact_set() {
+        let a: NodeName = "a".parse().unwrap();
+        let t1 = token([(&a, &mac(1)), (&a, &mac(2))]);
+        let t2 = token([(&a, &mac(1))]);
+        assert_ne!(t1, t2);
+        assert_eq!(t1.len(), 12);
+        assert_eq!(t1, token([(&a, &mac(1)), (&a, &mac(2))]));
+    }
+}
