@@ -61,6 +61,14 @@ impl TestController {
         Self { grpc, http, fleet, shutdown, task }
     }
 
+    /// Waits until this replica holds the controller lock and serves agents.
+    pub async fn wait_active(&self) {
+        crate::eventually(Duration::from_secs(20), "the controller becomes active", || async {
+            self.fleet.is_active().then_some(())
+        })
+        .await;
+    }
+
     /// `http://127.0.0.1:port` for agents.
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)

@@ -167,6 +167,9 @@ impl Session {
                     Ok(None) => break "agent closed the stream",
                     Err(status) => {
                         debug!(code = ?status.code(), error = %status.message(), "stream error");
+                        // Tell the agent why (it may still be listening), e.g. a
+                        // message over the size limit.
+                        let _ = tx.send(Err(Status::new(status.code(), format!("cannot read the stream: {}", status.message())))).await;
                         break "stream error";
                     }
                 },
@@ -190,8 +193,9 @@ impl Session {
                 return refuse(Status::deadline_exceeded(format!("no Hello within {timeout}s"))).await;
             }
             Ok(Err(status)) => {
-                debug!(error = %status.message(), "stream failed before Hello");
-                return None;
+                // E.g. a message over the size limit: say why before closing.
+                self.reject("malformed", "stream failed before Hello");
+                return refuse(Status::new(status.code(), format!("cannot read Hello: {}", status.message()))).await;
             }
             Ok(Ok(None)) => return None,
             Ok(Ok(Some(message))) => message,

@@ -1,0 +1,197 @@
+//! Bad messages on the agent stream: each gets a clear status or is ignored
+//! with a reason, and none affects another node or row.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use multinic_proto::v1::agent_message::Kind as AgentKind;
+use multinic_proto::v1::agent_service_client::AgentServiceClient;
+use multinic_proto::v1::controller_message::Kind as ControllerKind;
+use multinic_proto::v1::{self, AgentMessage, ControllerMessage};
+use multinic_testkit::fleet::{TestAgent, TestController};
+use multinic_testkit::mariadb::MariaDb;
+use multinic_testkit::{eventually, http_get};
+use sqlx::MySqlPool;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn hello(node: &str) -> AgentMessage {
+    AgentMessage {
+        kind: Some(AgentKind::Hello(v1::Hello {
+            node_name: node.into(),
+            agent_version: "test".into(),
+            backend: "netplan".into(),
+            applied_digest: String::new(),
+            interfaces: vec![],
+            apply_mode: "none".into(),
+        })),
+    }
+}
+
+/// Opens a stream, sends `first`, returns the sender and the response stream
+/// (or the status the call itself failed with).
+async fn open(
+    url: &str,
+    first: Option<AgentMessage>,
+) -> (mpsc::Sender<AgentMessage>, Result<Streaming<ControllerMessage>, tonic::Status>) {
+    let mut client = AgentServiceClient::connect(url.to_owned()).await.unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    if let Some(first) = first {
+        tx.send(first).await.unwrap();
+    }
+    let response = client.sync(ReceiverStream::new(rx)).await.map(tonic::Response::into_inner);
+    (tx, response)
+}
+
+/// The status that ends the stream.
+async fn ending(stream: &mut Streaming<ControllerMessage>) -> tonic::Status {
+    loop {
+        match tokio::time::timeout(WAIT, stream.message()).await.expect("the stream ends") {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("stream ended without a status"),
+            Err(status) => return status,
+        }
+    }
+}
+
+async fn success(pool: &MySqlPool, port: &str) -> i64 {
+    sqlx::query_scalar("SELECT netplan_success FROM multi_interface WHERE port_id = ?")
+        .bind(port)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn rejected(controller: &TestController, reason: &str) -> f64 {
+    let (_, metrics) = http_get(controller.http, "/metrics").await;
+    let prefix = format!("multinic_controller_rejected_messages_total{{reason=\"{reason}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_streams_get_clear_statuses_and_hurt_nobody() {
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    for (port, node, mac) in [("good", "node-good", "fa:16:3e:00:40:01"), ("evil", "node-evil", "fa:16:3e:00:40:02")] {
+        sqlx::query(
+            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu) VALUES (?, 's', ?, ?, 1500)",
+        )
+        .bind(port)
+        .bind(mac)
+        .bind(node)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let controller = TestController::start(&db.url(), Duration::from_millis(150)).await;
+    controller.wait_active().await;
+    let url = controller.url();
+    let good = TestAgent::start(&url, "node-good").await;
+
+    // The first message must be Hello.
+    let report = AgentMessage { kind: Some(AgentKind::Report(v1::Report::default())) };
+    let (_tx, stream) = open(&url, Some(report)).await;
+    let status = ending(&mut stream.unwrap()).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("must be Hello"), "{}", status.message());
+
+    // A Hello naming an impossible node.
+    let (_tx, stream) = open(&url, Some(hello("bad_node!"))).await;
+    let status = ending(&mut stream.unwrap()).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("bad_node!"), "{}", status.message());
+
+    // A message over the size limit.
+    let mut huge = hello("node-evil");
+    if let Some(AgentKind::Hello(h)) = &mut huge.kind {
+        h.agent_version = "x".repeat(400 * 1024);
+    }
+    let (_tx, stream) = open(&url, Some(huge)).await;
+    let status = match stream {
+        Err(status) => status,
+        Ok(mut stream) => ending(&mut stream).await,
+    };
+    assert!(
+        matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal),
+        "{status:?}"
+    );
+
+    // Not gRPC at all: garbage on the port is dropped.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(controller.grpc).await.unwrap();
+        raw.write_all(b"\x00\xff garbage that is not HTTP/2 \r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(WAIT, raw.read_to_end(&mut buf)).await.expect("the connection is closed");
+    }
+
+    // A well-formed Hello, then reports the controller must not believe.
+    let (tx, stream) = open(&url, Some(hello("node-evil"))).await;
+    let mut stream = stream.unwrap();
+    let push = match stream.message().await.unwrap().unwrap().kind {
+        Some(ControllerKind::Desired(push)) => push,
+        other => panic!("expected a push, got {other:?}"),
+    };
+    let applied = |nonce: u64, digest: &str, mac: &str| AgentMessage {
+        kind: Some(AgentKind::Report(v1::Report {
+            generation: push.generation,
+            nonce,
+            digest: digest.to_owned(),
+            outcome: v1::Outcome::Applied.into(),
+            interfaces: vec![v1::InterfaceStatus {
+                mac_address: mac.into(),
+                name: "multinic0".into(),
+                state: v1::InterfaceState::Applied.into(),
+                error_code: 0,
+                message: String::new(),
+            }],
+            error: String::new(),
+        })),
+    };
+    let mac = push.interfaces[0].mac_address.clone();
+    let stale_before = rejected(&controller, "stale").await;
+    tx.send(applied(push.nonce.wrapping_add(1), &push.digest, &mac)).await.unwrap();
+    eventually(WAIT, "stale nonce counted", || async {
+        (rejected(&controller, "stale").await > stale_before).then_some(())
+    })
+    .await;
+    tx.send(applied(push.nonce, "0000", &mac)).await.unwrap();
+    eventually(WAIT, "digest mismatch counted", || async {
+        (rejected(&controller, "digest_mismatch").await >= 1.0).then_some(())
+    })
+    .await;
+    tx.send(applied(push.nonce, &push.digest, "fa-16-3e-00-40-02")).await.unwrap();
+    eventually(WAIT, "malformed report counted", || async {
+        (rejected(&controller, "malformed").await >= 1.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(success(&pool, "evil").await, 0, "no believable report yet");
+
+    // The right report is recorded; the good node was never disturbed.
+    tx.send(applied(push.nonce, &push.digest, &mac)).await.unwrap();
+    eventually(WAIT, "the evil node's row recorded", || async { (success(&pool, "evil").await == 1).then_some(()) })
+        .await;
+    assert_eq!(success(&pool, "good").await, 1);
+    assert_eq!(good.writes(), 1);
+    drop(tx);
+
+    controller.stop().await;
+    good.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_never_says_hello_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _pool) = multinic_testkit::sqlite_db(dir.path()).await;
+    let controller = TestController::start(&url, Duration::from_millis(150)).await;
+    controller.wait_active().await;
+    let (_tx, stream) = open(&controller.url(), None).await;
+    let status = ending(&mut stream.unwrap()).await;
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    assert!(status.message().contains("no Hello"), "{}", status.message());
+    controller.stop().await;
+}
