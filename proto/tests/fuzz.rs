@@ -19,11 +19,10 @@ proptest! {
                 None => {}
             }
         }
-        if let Ok(m) = v1::ControllerMessage::decode(bytes.as_slice()) {
-            if let Some(v1::controller_message::Kind::Desired(d)) = m.kind {
+        if let Ok(m) = v1::ControllerMessage::decode(bytes.as_slice())
+            && let Some(v1::controller_message::Kind::Desired(d)) = m.kind {
                 let _ = DesiredPush::try_from(&d);
             }
-        }
     }
 
     /// Arbitrary field values in well-formed messages: conversion either
