@@ -12,6 +12,7 @@
 
 pub mod fleet;
 pub mod mariadb;
+pub mod process;
 pub mod proxy;
 
 pub use sqlx;
