@@ -72,6 +72,13 @@ impl AgentStatus {
         *lock(&self.processed) = processed;
     }
 
+    /// Replaces the per-interface states of the last push (a waiting NIC
+    /// appeared) without counting a push.
+    pub fn refresh_processed(&self, processed: Processed) {
+        *lock(&self.last_sync) = Some(SystemTime::now());
+        *lock(&self.processed) = processed;
+    }
+
     /// Pushes processed since start.
     pub fn pushes(&self) -> u64 {
         self.pushes.load(Ordering::Relaxed)
