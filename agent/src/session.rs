@@ -238,6 +238,8 @@ async fn apply_push(
         Ok(push) => push,
         Err(e) => {
             warn!(generation = msg.generation, error = %e, "rejected a malformed push; nothing changed");
+            // The controller moved on from the last set: stop reporting on it.
+            *applied = None;
             let report = AgentReport {
                 generation: msg.generation,
                 nonce: msg.nonce,
@@ -253,11 +255,11 @@ async fn apply_push(
     let set = push.set.clone();
     let worker = reconciler.clone();
     let started = Instant::now();
-    let outcome =
-        tokio::task::spawn_blocking(move || worker.reconcile(&set, Scope::All)).instrument(span.clone()).await;
+    let outcome = tokio::task::spawn_blocking(move || worker.reconcile(&set)).instrument(span.clone()).await;
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => {
+            *applied = None;
             let report = AgentReport {
                 generation: push.generation,
                 nonce: push.nonce,
@@ -273,7 +275,7 @@ async fn apply_push(
     span.in_scope(|| {
         info!(
             outcome = result.as_str(),
-            changes = outcome.changes(),
+            changes = outcome.changes,
             file_writes = outcome.file_writes,
             netlink_changes = outcome.netlink_changes,
             rollbacks = outcome.rollbacks,
@@ -329,7 +331,7 @@ async fn recheck_waiting(
     let span =
         info_span!("apply", generation = last.generation, digest = last.set.digest().short(), trigger = "appeared");
     let (set, worker, only) = (last.set.clone(), reconciler.clone(), appeared.clone());
-    let outcome = match tokio::task::spawn_blocking(move || worker.reconcile(&set, Scope::Only(&only)))
+    let outcome = match tokio::task::spawn_blocking(move || worker.reconcile_in(&set, Scope::Only(&only)))
         .instrument(span.clone())
         .await
     {

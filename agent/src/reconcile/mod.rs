@@ -99,6 +99,8 @@ pub struct Outcome {
     /// One status per desired (not held) MAC in scope, plus one per removed
     /// MAC, in MAC order.
     pub statuses: Vec<InterfaceStatus>,
+    /// File writes plus netlink changes: zero for a push that changed nothing.
+    pub changes: usize,
     /// Files written or removed (journal files not counted).
     pub file_writes: u64,
     /// Mutating netlink requests sent (failed ones included).
@@ -109,13 +111,6 @@ pub struct Outcome {
     pub apply_duration: Duration,
     /// Time spent verifying through netlink.
     pub verify_duration: Duration,
-}
-
-impl Outcome {
-    /// File writes plus netlink changes: zero for a push that changed nothing.
-    pub fn changes(&self) -> u64 {
-        self.file_writes + self.netlink_changes
-    }
 }
 
 /// Reconciles desired sets against one host.
@@ -234,8 +229,13 @@ impl Reconciler {
         }
     }
 
-    /// Makes the node match `desired` as far as it can, for the MACs in `scope`.
-    pub fn reconcile(&self, desired: &DesiredSet, scope: Scope<'_>) -> Outcome {
+    /// Makes the node match `desired` as far as it can.
+    pub fn reconcile(&self, desired: &DesiredSet) -> Outcome {
+        self.reconcile_in(desired, Scope::All)
+    }
+
+    /// [`Self::reconcile`] for the MACs in `scope` only.
+    pub fn reconcile_in(&self, desired: &DesiredSet, scope: Scope<'_>) -> Outcome {
         let mut run = Run::new(self);
         let failed_all = |run: Run, code: ErrorCode, message: &str| {
             let statuses = desired
@@ -367,10 +367,13 @@ impl Run {
         statuses.sort_by_key(|s| s.mac);
         let apply_duration =
             self.first_change.map_or(Duration::ZERO, |t| t.elapsed().saturating_sub(self.verify_duration));
+        let file_writes = reconciler.files.writes() + reconciler.files.removals() - self.writes_before;
+        let netlink_changes = reconciler.netlink_changes() - self.changes_before;
         Outcome {
             statuses,
-            file_writes: reconciler.files.writes() + reconciler.files.removals() - self.writes_before,
-            netlink_changes: reconciler.netlink_changes() - self.changes_before,
+            changes: usize::try_from(file_writes + netlink_changes).unwrap_or(usize::MAX),
+            file_writes,
+            netlink_changes,
             rollbacks: self.rollbacks,
             apply_duration,
             verify_duration: self.verify_duration,

@@ -75,7 +75,7 @@ fn applies_two_interfaces_then_a_repeat_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1), link(3, "eth2", 2)]);
     let set = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 9000), spec(2, Some("2001:db8::5/64"), 1500)]).unwrap();
-    let out = r.reconcile(&set, Scope::All);
+    let out = r.reconcile(&set);
     assert!(out.statuses.iter().all(|s| s.state == InterfaceState::Applied), "{out:?}");
     assert_eq!(out.file_writes, 2);
     assert!(out.netlink_changes >= 5, "{out:?}");
@@ -85,7 +85,7 @@ fn applies_two_interfaces_then_a_repeat_changes_nothing() {
     assert_eq!(addrs(by_name(&state, "multinic1")), vec!["2001:db8::5/64"]);
     assert!(r.journal.pending().unwrap().is_empty(), "verified changes leave no journal");
 
-    let again = r.reconcile(&set, Scope::All);
+    let again = r.reconcile(&set);
     assert_eq!((again.file_writes, again.netlink_changes, again.rollbacks), (0, 0, 0));
     assert!(again.statuses.iter().all(|s| s.state == InterfaceState::Applied));
 }
@@ -95,13 +95,13 @@ fn drift_is_repaired_with_exactly_the_missing_steps() {
     let dir = tempfile::tempdir().unwrap();
     let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
     let set = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500)]).unwrap();
-    r.reconcile(&set, Scope::All);
+    r.reconcile(&set);
     kernel.edit(|s| {
         let l = s.links.iter_mut().find(|l| l.index == 2).unwrap();
         l.addresses.insert("10.9.9.9/8".parse().unwrap());
         l.mtu = 1400;
     });
-    let out = r.reconcile(&set, Scope::All);
+    let out = r.reconcile(&set);
     assert_eq!((out.file_writes, out.netlink_changes), (0, 2), "{out:?}");
     assert_eq!(addrs(by_name(&kernel.state(), "multinic0")), vec!["10.0.0.5/24"]);
 }
@@ -111,7 +111,7 @@ fn a_missing_mac_waits_and_only_it_is_applied_when_it_appears() {
     let dir = tempfile::tempdir().unwrap();
     let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
     let set = DesiredSet::new([spec(1, None, 1500), spec(2, Some("10.0.2.5/24"), 1500)]).unwrap();
-    let out = r.reconcile(&set, Scope::All);
+    let out = r.reconcile(&set);
     assert_eq!(state_of(&out, 1).0, InterfaceState::Applied);
     assert_eq!(state_of(&out, 2).0, InterfaceState::Waiting);
     assert_eq!(state_of(&out, 2).1, ErrorCode::MacNotPresent);
@@ -123,7 +123,7 @@ fn a_missing_mac_waits_and_only_it_is_applied_when_it_appears() {
     kernel.plug(link(3, "eth5", 2));
     let appeared = r.present(&[mac(2)].into()).unwrap();
     assert_eq!(appeared, BTreeSet::from([mac(2)]));
-    let out = r.reconcile(&set, Scope::Only(&appeared));
+    let out = r.reconcile_in(&set, Scope::Only(&appeared));
     assert_eq!(out.statuses.len(), 1, "{out:?}");
     assert_eq!(state_of(&out, 2).0, InterfaceState::Applied);
     assert_eq!(out.file_writes, 0);
@@ -138,7 +138,7 @@ fn the_default_route_nic_is_refused_and_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![]);
     let before = kernel.state();
-    let out = r.reconcile(&DesiredSet::new([spec(99, None, 9000)]).unwrap(), Scope::All);
+    let out = r.reconcile(&DesiredSet::new([spec(99, None, 9000)]).unwrap());
     let (state, code, message) = state_of(&out, 99);
     assert_eq!((state, code), (InterfaceState::Refused, ErrorCode::ProtectedInterface));
     assert!(message.contains("ens3") && message.contains("default route"), "{message}");
@@ -152,7 +152,7 @@ fn an_mtu_outside_the_device_range_changes_nothing() {
     let mut small = link(2, "eth1", 1);
     small.max_mtu = Some(1500);
     let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![small]);
-    let out = r.reconcile(&DesiredSet::new([spec(1, None, 9000)]).unwrap(), Scope::All);
+    let out = r.reconcile(&DesiredSet::new([spec(1, None, 9000)]).unwrap());
     let (state, code, message) = state_of(&out, 1);
     assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::MtuRejected));
     assert!(message.contains("68..1500"), "{message}");
@@ -165,12 +165,12 @@ fn a_kernel_refusal_rolls_back_that_interface_only() {
     let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "mv0", 1), link(3, "eth2", 2)]);
     kernel.reject_mtu_above(2, 1500);
     let first = DesiredSet::new([spec(1, Some("10.0.1.5/24"), 1500), spec(2, None, 1500)]).unwrap();
-    assert!(r.reconcile(&first, Scope::All).statuses.iter().all(|s| s.state == InterfaceState::Applied));
+    assert!(r.reconcile(&first).statuses.iter().all(|s| s.state == InterfaceState::Applied));
     let file = dir.path().join("etc/netplan/90-multinic0.yaml");
     let file_before = std::fs::read_to_string(&file).unwrap();
 
     let second = DesiredSet::new([spec(1, Some("10.0.1.9/24"), 9000), spec(2, None, 9000)]).unwrap();
-    let out = r.reconcile(&second, Scope::All);
+    let out = r.reconcile(&second);
     let (state, code, message) = state_of(&out, 1);
     assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::MtuRejected), "{message}");
     assert!(message.contains("greater than device maximum") && message.contains("rolled back"), "{message}");
@@ -189,7 +189,7 @@ fn a_fresh_nic_refused_by_the_kernel_gets_its_name_back() {
     let dir = tempfile::tempdir().unwrap();
     let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "mv0", 1)]);
     kernel.reject_mtu_above(2, 1500);
-    let out = r.reconcile(&DesiredSet::new([spec(1, None, 9000)]).unwrap(), Scope::All);
+    let out = r.reconcile(&DesiredSet::new([spec(1, None, 9000)]).unwrap());
     assert_eq!(state_of(&out, 1).1, ErrorCode::MtuRejected);
     let state = kernel.state();
     let mv0 = by_name(&state, "mv0");
@@ -203,7 +203,7 @@ fn a_failed_verification_is_rolled_back() {
     let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
     // Something else (a DHCP client, say) takes the address away again.
     kernel.drop_addresses_on(2);
-    let out = r.reconcile(&DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500)]).unwrap(), Scope::All);
+    let out = r.reconcile(&DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500)]).unwrap());
     let (state, code, message) = state_of(&out, 1);
     assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::VerifyFailed));
     assert!(message.contains("addresses [], want [10.0.0.5/24]"), "{message}");
@@ -216,8 +216,8 @@ fn removal_drops_files_and_addresses_and_keeps_the_name() {
     let dir = tempfile::tempdir().unwrap();
     let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1), link(3, "eth2", 2)]);
     let both = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 9000), spec(2, None, 1500)]).unwrap();
-    r.reconcile(&both, Scope::All);
-    let out = r.reconcile(&DesiredSet::new([spec(2, None, 1500)]).unwrap(), Scope::All);
+    r.reconcile(&both);
+    let out = r.reconcile(&DesiredSet::new([spec(2, None, 1500)]).unwrap());
     assert_eq!(state_of(&out, 1).0, InterfaceState::Removed);
     assert!(!dir.path().join("etc/netplan/90-multinic0.yaml").exists());
     let state = kernel.state();
@@ -227,7 +227,7 @@ fn removal_drops_files_and_addresses_and_keeps_the_name() {
 
     // A new MAC does not take the name the old NIC still carries.
     kernel.plug(link(4, "eth3", 3));
-    let out = r.reconcile(&DesiredSet::new([spec(2, None, 1500), spec(3, None, 1500)]).unwrap(), Scope::All);
+    let out = r.reconcile(&DesiredSet::new([spec(2, None, 1500), spec(3, None, 1500)]).unwrap());
     assert_eq!(out.statuses.iter().find(|s| s.mac == mac(3)).unwrap().name, InterfaceName::new(2, 10));
 }
 
@@ -258,14 +258,14 @@ fn a_dry_run_writes_files_and_never_touches_the_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let (r, kernel) = node(dir.path(), ApplyMode::None, vec![link(2, "eth1", 1)]);
     let set = DesiredSet::new([spec(1, None, 1500), spec(7, None, 1500), spec(99, None, 1500)]).unwrap();
-    let out = r.reconcile(&set, Scope::All);
+    let out = r.reconcile(&set);
     assert_eq!(state_of(&out, 1).0, InterfaceState::Applied);
     assert_eq!(state_of(&out, 7).0, InterfaceState::Applied, "no waiting in a dry run");
     assert_eq!(state_of(&out, 99).1, ErrorCode::ProtectedInterface, "protection still applies");
     assert_eq!((out.file_writes, out.netlink_changes), (2, 0));
 
     kernel.set_unreadable(true);
-    let out = r.reconcile(&DesiredSet::new([spec(3, None, 1500)]).unwrap(), Scope::All);
+    let out = r.reconcile(&DesiredSet::new([spec(3, None, 1500)]).unwrap());
     assert_eq!(state_of(&out, 3).0, InterfaceState::Applied, "a dry run degrades without netlink");
 }
 
@@ -274,7 +274,7 @@ fn without_kernel_access_nothing_changes_in_netlink_mode() {
     let dir = tempfile::tempdir().unwrap();
     let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
     kernel.set_unreadable(true);
-    let out = r.reconcile(&DesiredSet::new([spec(1, None, 1500)]).unwrap(), Scope::All);
+    let out = r.reconcile(&DesiredSet::new([spec(1, None, 1500)]).unwrap());
     let (state, code, message) = state_of(&out, 1);
     assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::ApplyFailed));
     assert!(message.contains("cannot read the kernel"), "{message}");
@@ -292,12 +292,12 @@ fn writes_then_noop_then_removes_in_a_dry_run() {
         Journal::new(&dir.path().join("state")),
     );
     let set = DesiredSet::new([spec(1, None, 1500), spec(2, None, 1500)]).unwrap();
-    let out = r.reconcile(&set, Scope::All);
-    assert_eq!(out.changes(), 2);
+    let out = r.reconcile(&set);
+    assert_eq!(out.changes, 2);
     assert!(out.statuses.iter().all(|s| s.state == InterfaceState::Applied));
-    let again = r.reconcile(&set, Scope::All);
-    assert_eq!(again.changes(), 0);
-    let out = r.reconcile(&DesiredSet::new([spec(2, None, 1500)]).unwrap(), Scope::All);
+    let again = r.reconcile(&set);
+    assert_eq!(again.changes, 0);
+    let out = r.reconcile(&DesiredSet::new([spec(2, None, 1500)]).unwrap());
     assert_eq!(state_of(&out, 1).0, InterfaceState::Removed);
     assert!(!dir.path().join("etc/netplan/90-multinic0.yaml").exists());
     assert!(dir.path().join("etc/netplan/91-multinic1.yaml").exists(), "the other interface keeps its name");
@@ -312,8 +312,8 @@ fn foreign_files_are_never_touched() {
         std::fs::write(netplan.join(foreign), "network: {version: 2}\n").unwrap();
     }
     let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
-    r.reconcile(&DesiredSet::new([spec(1, None, 1500)]).unwrap(), Scope::All);
-    r.reconcile(&DesiredSet::empty(), Scope::All);
+    r.reconcile(&DesiredSet::new([spec(1, None, 1500)]).unwrap());
+    r.reconcile(&DesiredSet::empty());
     let mut left: Vec<_> =
         std::fs::read_dir(&netplan).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     left.sort();
@@ -333,8 +333,8 @@ fn wicked_files_are_written_and_read_back() {
     )
     .with_kernel(kernel.clone() as Arc<dyn LinkOps>);
     let set = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500)]).unwrap();
-    assert_eq!(r.reconcile(&set, Scope::All).file_writes, 2);
+    assert_eq!(r.reconcile(&set).file_writes, 2);
     assert!(dir.path().join("etc/sysconfig/network/ifcfg-multinic0").exists());
     assert!(dir.path().join("etc/udev/rules.d/70-multinic-multinic0.rules").exists());
-    assert_eq!(r.reconcile(&set, Scope::All).changes(), 0);
+    assert_eq!(r.reconcile(&set).changes, 0);
 }
