@@ -16,6 +16,7 @@ use common::{Node, assert_state, set, spec, status};
 use multinic_agent::hostns::HostNamespaces;
 use multinic_proto::{ErrorCode, InterfaceState, Outcome};
 use multinic_testkit::netns::{self, TestNode};
+use multinic_testkit::{netplan_generate, require_netplan};
 
 const A: &str = "fa:16:3e:00:04:01";
 
@@ -108,6 +109,9 @@ async fn host_mode_renames_runs_the_host_tool_verifies_and_rolls_back_when_it_fa
     let link = node.kernel.link("multinic0").expect("renamed by netlink before the host tool ran");
     assert_eq!((link.mtu, link.up, link.addresses.clone()), (9000, true, vec!["10.50.0.5/24".to_owned()]));
     let file = node.file("etc/netplan/90-multinic0.yaml").unwrap();
+    if require_netplan() {
+        netplan_generate(node.root.path()).unwrap();
+    }
 
     std::fs::write(&fail_flag, "").unwrap();
     let report = node.push(2, &set(&[spec(A, Some("10.50.0.9/24"), 9000)])).await;

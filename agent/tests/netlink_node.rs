@@ -155,6 +155,7 @@ async fn the_primary_nic_and_the_node_address_are_refused_and_untouched() {
     assert_eq!(node.kernel.link("ens4").unwrap(), ens4_before);
     assert_eq!(node.kernel.default_routes(), routes_before);
     assert_eq!(node.netplan_files(), vec!["90-multinic0.yaml"], "no file for a refused NIC");
+    check_netplan(&node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
