@@ -1,7 +1,7 @@
 //! Command-line flags of `multinic-agent`; every flag also reads an
 //! environment variable.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -38,9 +38,13 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_BACKEND", default_value = "auto")]
     pub backend: BackendChoice,
 
-    /// How changes are applied: host (netplan/wicked in the host's namespaces),
-    /// netlink (set the kernel state directly) or none (render files only).
-    #[arg(long, env = "MULTINIC_APPLY", default_value = "none")]
+    /// How changes are applied; each is verified through netlink and rolled
+    /// back per interface on failure. host: write the files, rename by MAC
+    /// through netlink, then run `netplan apply` or `wicked ifreload` in the
+    /// host's namespaces (entered through PID 1; needs hostPID). netlink:
+    /// write the files and set name, MTU, addresses and link state directly
+    /// (no network daemon needed). none: render the files only (dry run).
+    #[arg(long, env = "MULTINIC_APPLY", default_value = "host")]
     pub apply: ApplyMode,
 
     /// How many multinicN names this node has (multinic0..multinic{N-1}).
@@ -51,6 +55,22 @@ pub struct Args {
     /// Where the agent keeps its journal (never where netplan or wicked read).
     #[arg(long, env = "MULTINIC_STATE_DIR", default_value = "/var/lib/multinic")]
     pub state_dir: PathBuf,
+
+    /// The node's own addresses, comma-separated (e.g. the pod's
+    /// status.hostIP): NICs holding them are never touched, like the NICs
+    /// carrying a default route.
+    #[arg(long, env = "NODE_IP", value_delimiter = ',')]
+    pub node_ip: Vec<IpAddr>,
+
+    /// The host process whose namespaces --apply host enters (PID 1 of the
+    /// host, seen through hostPID). For tests.
+    #[arg(long, env = "MULTINIC_HOST_PID", default_value_t = 1, hide = true)]
+    pub host_pid: u32,
+
+    /// Test hook: create this file and stop after writing and applying,
+    /// before verifying, so a test can kill the agent mid-change.
+    #[arg(long, env = "MULTINIC_TEST_PAUSE_AFTER_WRITE", hide = true)]
+    pub test_pause_after_write: Option<PathBuf>,
 
     /// HTTP address of /healthz, /readyz, /metrics and GET / (health JSON).
     #[arg(long, env = "MULTINIC_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
@@ -92,6 +112,9 @@ impl Args {
             apply,
             capacity,
             state_dir,
+            node_ip,
+            host_pid,
+            test_pause_after_write,
             http_listen,
             tls_cert,
             tls_key,
@@ -122,6 +145,9 @@ impl Args {
             capacity,
             state_dir,
             http_listen: Some(http_listen),
+            node_ips: node_ip,
+            host_pid,
+            pause_after_write: test_pause_after_write,
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_shutdown(shutdown.clone()));

@@ -68,25 +68,7 @@ impl HostFiles {
 
     /// Writes `contents` to `rel` atomically with mode 0600.
     pub fn write_atomic(&self, rel: &Path, contents: &str) -> Result<(), FileError> {
-        let path = self.abs(rel);
-        let fail = |operation, source| FileError { operation, path: path.clone(), source };
-        let dir = path.parent().ok_or_else(|| fail("write", io::Error::other("path has no parent")))?;
-        fs::create_dir_all(dir).map_err(|e| fail("create folder of", e))?;
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(".{file_name}.multinic-tmp"));
-        let result = (|| {
-            let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            // The mode above only applies to a new file; a stale temp file keeps its own.
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
-            file.write_all(contents.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(dir)?.sync_all()
-        })();
-        if let Err(source) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(fail("write", source));
-        }
+        write_atomic(&self.abs(rel), contents)?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -116,6 +98,30 @@ impl HostFiles {
     pub fn removals(&self) -> u64 {
         self.removals.load(Ordering::Relaxed)
     }
+}
+
+/// Writes `contents` to the absolute `path` atomically with mode 0600:
+/// a temporary file in the same folder, fsync, rename, fsync of the folder.
+pub fn write_atomic(path: &Path, contents: &str) -> Result<(), FileError> {
+    let fail = |operation, source| FileError { operation, path: path.to_path_buf(), source };
+    let dir = path.parent().ok_or_else(|| fail("write", io::Error::other("path has no parent")))?;
+    fs::create_dir_all(dir).map_err(|e| fail("create folder of", e))?;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.multinic-tmp"));
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // The mode above only applies to a new file; a stale temp file keeps its own.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if let Err(source) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(fail("write", source));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

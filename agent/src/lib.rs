@@ -2,7 +2,8 @@
 //! controller pushes, and reports how it went.
 //!
 //! ```text
-//! session ─▶ reconcile: our files + kernel facts ─▶ plan (pure) ─▶ write ─▶ report
+//! start: roll back the journal ─▶ session ─▶ reconcile: our files + kernel facts
+//!   ─▶ plan (pure) ─▶ journal ─▶ write ─▶ apply ─▶ verify (or roll back) ─▶ report
 //! ```
 //!
 //! The agent never talks to the database, never touches a file or NIC that
@@ -12,14 +13,17 @@ pub mod args;
 pub mod backend;
 pub mod backoff;
 pub mod files;
+pub mod hostns;
 pub mod http;
+pub mod journal;
+pub mod kernel;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod session;
 pub mod status;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,10 @@ use tracing::{info, warn};
 
 use crate::backend::BackendKind;
 use crate::files::HostFiles;
+use crate::hostns::HostNamespaces;
+use crate::journal::Journal;
+use crate::kernel::LinkOps;
+use crate::kernel::rtnl::Rtnetlink;
 use crate::reconcile::{ApplyMode, Reconciler};
 use crate::session::SessionConfig;
 use crate::status::AgentStatus;
@@ -48,6 +56,12 @@ pub struct AgentConfig {
     pub capacity: u8,
     pub state_dir: PathBuf,
     pub http_listen: Option<SocketAddr>,
+    /// The node's own addresses: the NICs holding them are never touched.
+    pub node_ips: Vec<IpAddr>,
+    /// The process whose namespaces host commands run in (the host's PID 1).
+    pub host_pid: u32,
+    /// Test hook: create this file and stop after writing, before verifying.
+    pub pause_after_write: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -63,6 +77,9 @@ impl AgentConfig {
             apply: ApplyMode::None,
             capacity: DEFAULT_CAPACITY,
             http_listen: None,
+            node_ips: Vec::new(),
+            host_pid: HostNamespaces::HOST_PID,
+            pause_after_write: None,
         }
     }
 }
@@ -75,15 +92,54 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Builds the agent. Netlink is opened here; when it cannot be (no
+    /// permission), a dry run goes on without kernel facts and the other
+    /// modes report every interface failed, saying why.
     pub fn new(config: &AgentConfig) -> Self {
         let files = HostFiles::new(&config.host_root);
-        let reconciler = Arc::new(Reconciler::new(config.backend, files, config.capacity, config.apply));
-        Self { status: Arc::new(AgentStatus::new()), reconciler }
+        let journal = Journal::new(&config.state_dir);
+        let host = HostNamespaces { pid: config.host_pid, timeout: Duration::from_secs(120) };
+        let mut reconciler = Reconciler::new(config.backend, files, config.capacity, config.apply, journal)
+            .with_node_ips(config.node_ips.clone())
+            .with_host(host)
+            .with_pause_after_write(config.pause_after_write.clone());
+        match Rtnetlink::open() {
+            Ok(kernel) => reconciler = reconciler.with_kernel(Arc::new(kernel) as Arc<dyn LinkOps>),
+            Err(e) => {
+                warn!(error = %e, apply = config.apply.as_str(), "no netlink access: kernel state is not read or changed")
+            }
+        }
+        Self { status: Arc::new(AgentStatus::new()), reconciler: Arc::new(reconciler) }
     }
 
-    /// Runs until `shutdown` is cancelled.
+    /// Rolls back what a crash left half done, then runs until `shutdown`
+    /// is cancelled.
     pub async fn run(&self, config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let AgentConfig { controller, node, host_root, backend, apply, capacity, state_dir: _, http_listen } = config;
+        let AgentConfig {
+            controller,
+            node,
+            host_root,
+            backend,
+            apply,
+            capacity,
+            state_dir,
+            http_listen,
+            node_ips,
+            host_pid,
+            pause_after_write,
+        } = config;
+        Journal::new(&state_dir).check(&host_root)?;
+        // Before anything else, and before connecting: undo interrupted changes.
+        let reconciler = self.reconciler.clone();
+        let rolled_back = tokio::task::spawn_blocking(move || reconciler.recover())
+            .await
+            .map_err(|e| anyhow::anyhow!("journal recovery panicked: {e}"))?;
+        if rolled_back > 0 {
+            warn!(interfaces = rolled_back, state_dir = %state_dir.display(), "rolled back changes a crash interrupted");
+        }
+        if pause_after_write.is_some() {
+            warn!("test hook MULTINIC_TEST_PAUSE_AFTER_WRITE is set: the agent stops after its first write");
+        }
         if let Some(addr) = http_listen {
             let listener = TcpListener::bind(addr)
                 .await
@@ -103,6 +159,8 @@ impl Agent {
             backend = %backend,
             apply = apply.as_str(),
             capacity,
+            node_ips = ?node_ips,
+            host_pid,
             "agent starting"
         );
         let session = SessionConfig {

@@ -36,6 +36,9 @@ pub struct NodeFacts {
     /// MACs that must never be touched (default route, primary address),
     /// with the reason.
     pub protected: BTreeMap<MacAddress, String>,
+    /// MACs whose link is not ours to configure (several links claim the
+    /// MAC, or it is enslaved to a bridge or bond), with the reason.
+    pub foreign: BTreeMap<MacAddress, String>,
 }
 
 /// One step of a plan.
@@ -55,7 +58,9 @@ pub enum Action {
     Corrupt { name: InterfaceName, error: String },
 }
 
-/// Every action for one desired set, in a stable order.
+/// Every action for one desired set, in a stable order: damaged files,
+/// removals (so a name they free can be reused at once), desired MACs in MAC
+/// order, held MACs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub actions: Vec<Action>,
@@ -109,6 +114,15 @@ pub fn plan(
     let kernel_names: BTreeMap<InterfaceName, MacAddress> =
         facts.links.iter().filter_map(|l| InterfaceName::parse(&l.name, capacity).map(|n| (n, l.mac))).collect();
 
+    for (name, cur) in current {
+        if let Current::Parsed { spec, .. } = cur {
+            let duplicate = duplicates.iter().any(|(n, _)| n == name);
+            if duplicate || !keeps(&spec.mac) {
+                actions.push(Action::Remove { name: *name, mac: spec.mac, spec: *spec, paths: backend.paths(*name) });
+            }
+        }
+    }
+
     for spec in desired.iter() {
         if let Some(reason) = facts.protected.get(&spec.mac) {
             actions.push(Action::Refuse {
@@ -116,6 +130,15 @@ pub fn plan(
                 name: name_of.get(&spec.mac).copied(),
                 code: ErrorCode::ProtectedInterface,
                 message: format!("MAC {} is {reason}; it is never touched", spec.mac),
+            });
+            continue;
+        }
+        if let Some(reason) = facts.foreign.get(&spec.mac) {
+            actions.push(Action::Refuse {
+                spec: *spec,
+                name: name_of.get(&spec.mac).copied(),
+                code: ErrorCode::ForeignInterface,
+                message: format!("MAC {} is {reason}; it is left alone", spec.mac),
             });
             continue;
         }
@@ -159,14 +182,6 @@ pub fn plan(
         actions.push(Action::Hold { mac: *mac, name: name_of.get(mac).copied() });
     }
 
-    for (name, cur) in current {
-        if let Current::Parsed { spec, .. } = cur {
-            let duplicate = duplicates.iter().any(|(n, _)| n == name);
-            if duplicate || !keeps(&spec.mac) {
-                actions.push(Action::Remove { name: *name, mac: spec.mac, spec: *spec, paths: backend.paths(*name) });
-            }
-        }
-    }
     Plan { actions }
 }
 
@@ -292,6 +307,7 @@ mod tests {
                 KernelLink { name: "multinic3".into(), mac: spec(1, 1500).mac },
             ],
             protected: BTreeMap::new(),
+            foreign: BTreeMap::new(),
         };
         let desired = DesiredSet::new([spec(1, 1500), spec(2, 1500)]).unwrap();
         let p = plan(&desired, &BTreeMap::new(), &facts, 10, &Netplan);
@@ -303,12 +319,43 @@ mod tests {
         let facts = NodeFacts {
             links: vec![],
             protected: [(spec(1, 1500).mac, "the NIC with the default route".to_owned())].into(),
+            foreign: BTreeMap::new(),
         };
         let desired = DesiredSet::new([spec(1, 1500)]).unwrap();
         let p = plan(&desired, &BTreeMap::new(), &facts, 10, &Netplan);
         assert!(
             matches!(&p.actions[0], Action::Refuse { code: ErrorCode::ProtectedInterface, message, .. } if message.contains("default route"))
         );
+    }
+
+    #[test]
+    fn foreign_macs_are_refused() {
+        let facts = NodeFacts {
+            foreign: [(spec(1, 1500).mac, "on eth1, enslaved to bond0".to_owned())].into(),
+            ..NodeFacts::default()
+        };
+        let p = plan(&DesiredSet::new([spec(1, 1500)]).unwrap(), &BTreeMap::new(), &facts, 10, &Netplan);
+        assert!(
+            matches!(&p.actions[0], Action::Refuse { code: ErrorCode::ForeignInterface, message, .. } if message.contains("bond0"))
+        );
+    }
+
+    #[test]
+    fn removals_come_first_so_a_freed_name_is_reused_at_once() {
+        let full: Vec<(u8, InterfaceSpec)> = (0..10).map(|i| (i, spec(i + 1, 1500))).collect();
+        let current = on_disk(&full);
+        // MAC 1 (multinic0) leaves, MAC 50 arrives: capacity is not exceeded.
+        let desired = DesiredSet::new((2..=10).map(|i| spec(i, 1500)).chain([spec(50, 1500)])).unwrap();
+        let p = plan(&desired, &current, &NodeFacts::default(), 10, &Netplan);
+        assert!(matches!(&p.actions[0], Action::Remove { name: n, .. } if *n == name(0)), "{:?}", p.actions[0]);
+        assert!(names(&p).contains(&("multinic0".into(), 50)), "{p:?}");
+        // ...unless the kernel still has a link called multinic0.
+        let facts = NodeFacts {
+            links: vec![KernelLink { name: "multinic0".into(), mac: spec(1, 1500).mac }],
+            ..NodeFacts::default()
+        };
+        let p = plan(&desired, &current, &facts, 10, &Netplan);
+        assert!(p.actions.iter().any(|a| matches!(a, Action::Refuse { code: ErrorCode::CapacityExceeded, .. })));
     }
 
     #[test]

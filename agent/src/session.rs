@@ -4,7 +4,14 @@
 //! A push that does not parse is rejected whole and changes nothing. While a
 //! push is being applied newer pushes queue up; only the newest of them is
 //! applied next (newer pushes supersede older ones).
+//!
+//! While interfaces of the last push wait for their MAC, the session checks
+//! the kernel's links every [`WAITING_POLL`]; when one appears it applies
+//! just that interface and sends an unsolicited Report for the same push
+//! (same generation and digest; the nonce of the last push on this stream,
+//! or 0 when the controller adopted our Hello instead of pushing).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +20,9 @@ use multinic_proto::v1::agent_message::Kind as AgentKind;
 use multinic_proto::v1::agent_service_client::AgentServiceClient;
 use multinic_proto::v1::controller_message::Kind as ControllerKind;
 use multinic_proto::v1::{self, AgentMessage, ControllerMessage};
-use multinic_proto::{AgentHello, AgentReport, DesiredPush, InterfaceState, NodeName, Outcome};
+use multinic_proto::{
+    AgentHello, AgentReport, DesiredPush, DesiredSet, InterfaceState, InterfaceStatus, MacAddress, NodeName, Outcome,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,13 +31,31 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::{Backoff, jitter};
-use crate::reconcile::Reconciler;
+use crate::reconcile::{Reconciler, Scope};
 use crate::status::{AgentStatus, Processed};
 
 /// Largest message accepted from the controller.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// A stream that lived this long counts as healthy: backoff starts over.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// How often the links are checked while an interface waits for its MAC.
+pub const WAITING_POLL: Duration = Duration::from_secs(1);
+
+/// The last push applied, kept across streams so that waiting interfaces
+/// are picked up and reported on.
+#[derive(Debug, Clone)]
+struct Applied {
+    generation: u64,
+    set: DesiredSet,
+    statuses: Vec<InterfaceStatus>,
+}
+
+impl Applied {
+    /// MACs of the set that wait for their NIC.
+    fn waiting(&self) -> BTreeSet<MacAddress> {
+        self.statuses.iter().filter(|s| s.state == InterfaceState::Waiting).map(|s| s.mac).collect()
+    }
+}
 
 /// Everything a session needs.
 #[derive(Debug, Clone)]
@@ -60,11 +87,12 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut attempt = 0u64;
+    let mut applied = None;
     loop {
         attempt += 1;
         let started = Instant::now();
         let span = info_span!("stream", node = %config.node, attempt);
-        let end = stream_once(&config, &reconciler, &status, &shutdown).instrument(span).await;
+        let end = stream_once(&config, &reconciler, &status, &shutdown, &mut applied).instrument(span).await;
         status.set_connected(false);
         let delay = match end {
             StreamEnd::Shutdown => return,
@@ -106,6 +134,7 @@ async fn stream_once(
     reconciler: &Arc<Reconciler>,
     status: &Arc<AgentStatus>,
     shutdown: &CancellationToken,
+    applied: &mut Option<Applied>,
 ) -> StreamEnd {
     let channel = tokio::select! {
         result = connect(config) => match result {
@@ -135,10 +164,23 @@ async fn stream_once(
     };
     status.set_connected(true);
     info!(controller = %config.controller, applied_digest = processed.digest.as_ref().map_or("", |d| d.short()), "connected to the controller");
+    // The nonce of the last push on this stream; 0 until one arrives (what
+    // the controller expects when it adopted our Hello).
+    let mut nonce = 0u64;
     loop {
+        let waiting = applied.as_ref().map(Applied::waiting).unwrap_or_default();
         let message = tokio::select! {
             () = shutdown.cancelled() => return StreamEnd::Shutdown,
             message = inbound.message() => message,
+            () = tokio::time::sleep(WAITING_POLL), if !waiting.is_empty() => {
+                if let Some(report) = recheck_waiting(&waiting, applied, nonce, reconciler, status).await {
+                    debug!(nonce, "sending an unsolicited report: a waiting NIC appeared");
+                    if tx.send(AgentMessage { kind: Some(AgentKind::Report(report)) }).await.is_err() {
+                        return StreamEnd::Lost("the stream closed while reporting".into());
+                    }
+                }
+                continue;
+            }
         };
         let message = match message {
             Ok(Some(message)) => message,
@@ -147,7 +189,8 @@ async fn stream_once(
         };
         let (desired, reconnect) = newest(message, &mut inbound);
         if let Some(desired) = desired {
-            let report = apply_push(&desired, reconciler, status).await;
+            nonce = desired.nonce;
+            let report = apply_push(&desired, reconciler, status, applied).await;
             debug!(nonce = desired.nonce, "sending report");
             if tx.send(AgentMessage { kind: Some(AgentKind::Report(report)) }).await.is_err() {
                 return StreamEnd::Lost("the stream closed while reporting".into());
@@ -185,11 +228,18 @@ fn newest(
 }
 
 /// Applies one push and builds the report.
-async fn apply_push(msg: &v1::DesiredState, reconciler: &Arc<Reconciler>, status: &Arc<AgentStatus>) -> v1::Report {
+async fn apply_push(
+    msg: &v1::DesiredState,
+    reconciler: &Arc<Reconciler>,
+    status: &Arc<AgentStatus>,
+    applied: &mut Option<Applied>,
+) -> v1::Report {
     let push = match DesiredPush::try_from(msg) {
         Ok(push) => push,
         Err(e) => {
             warn!(generation = msg.generation, error = %e, "rejected a malformed push; nothing changed");
+            // The controller moved on from the last set: stop reporting on it.
+            *applied = None;
             let report = AgentReport {
                 generation: msg.generation,
                 nonce: msg.nonce,
@@ -198,7 +248,7 @@ async fn apply_push(msg: &v1::DesiredState, reconciler: &Arc<Reconciler>, status
                 interfaces: Vec::new(),
                 error: e.to_string(),
             };
-            status.record_apply(Outcome::Rejected, std::time::Duration::ZERO, 0);
+            status.record_apply(Outcome::Rejected, std::time::Duration::ZERO, None);
             return v1::Report::from(&report);
         }
     };
@@ -206,10 +256,14 @@ async fn apply_push(msg: &v1::DesiredState, reconciler: &Arc<Reconciler>, status
     let set = push.set.clone();
     let worker = reconciler.clone();
     let started = Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || worker.reconcile(&set)).instrument(span.clone()).await;
+    // The blocking thread enters the apply span itself (a span does not
+    // follow a closure onto another thread), so every line carries it.
+    let inner = span.clone();
+    let outcome = tokio::task::spawn_blocking(move || inner.in_scope(|| worker.reconcile(&set))).await;
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(e) => {
+            *applied = None;
             let report = AgentReport {
                 generation: push.generation,
                 nonce: push.nonce,
@@ -222,16 +276,22 @@ async fn apply_push(msg: &v1::DesiredState, reconciler: &Arc<Reconciler>, status
         }
     };
     let result = Outcome::of(&outcome.statuses);
-    status.record_apply(result, started.elapsed(), outcome.changes);
+    status.record_apply(result, started.elapsed(), Some(&outcome));
     span.in_scope(|| {
         info!(
             outcome = result.as_str(),
             changes = outcome.changes,
+            file_writes = outcome.file_writes,
+            netlink_changes = outcome.netlink_changes,
+            rollbacks = outcome.rollbacks,
+            apply_ms = outcome.apply_duration.as_millis() as u64,
+            verify_ms = outcome.verify_duration.as_millis() as u64,
             interfaces = push.set.len(),
             took_ms = started.elapsed().as_millis() as u64,
             "applied desired state"
         );
     });
+    *applied = Some(Applied { generation: push.generation, set: push.set.clone(), statuses: outcome.statuses.clone() });
     let kept: Vec<_> = outcome.statuses.iter().filter(|s| s.state != InterfaceState::Removed).cloned().collect();
     status.processed_push(Processed {
         digest: Some(push.set.digest().clone()),
@@ -247,6 +307,81 @@ async fn apply_push(msg: &v1::DesiredState, reconciler: &Arc<Reconciler>, status
         error: String::new(),
     };
     v1::Report::from(&report)
+}
+
+/// Applies the waiting interfaces whose NIC appeared, and only them; the
+/// report for the last push, updated, when any did.
+async fn recheck_waiting(
+    waiting: &BTreeSet<MacAddress>,
+    applied: &mut Option<Applied>,
+    nonce: u64,
+    reconciler: &Arc<Reconciler>,
+    status: &Arc<AgentStatus>,
+) -> Option<v1::Report> {
+    let worker = reconciler.clone();
+    let macs = waiting.clone();
+    let appeared = match tokio::task::spawn_blocking(move || worker.present(&macs)).await {
+        Ok(Ok(appeared)) if !appeared.is_empty() => appeared,
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => {
+            debug!(error = %e, "cannot read links to look for waiting NICs");
+            return None;
+        }
+        Err(e) => {
+            warn!(error = %e, "looking for waiting NICs panicked");
+            return None;
+        }
+    };
+    let last = applied.as_mut()?;
+    let span =
+        info_span!("apply", generation = last.generation, digest = last.set.digest().short(), trigger = "appeared");
+    let (set, worker, only) = (last.set.clone(), reconciler.clone(), appeared.clone());
+    let inner = span.clone();
+    let outcome =
+        match tokio::task::spawn_blocking(move || inner.in_scope(|| worker.reconcile_in(&set, Scope::Only(&only))))
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                warn!(error = %e, "applying an appeared NIC panicked");
+                return None;
+            }
+        };
+    for new in outcome.statuses.iter() {
+        match last.statuses.iter_mut().find(|s| s.mac == new.mac) {
+            Some(old) => *old = new.clone(),
+            None => last.statuses.push(new.clone()),
+        }
+    }
+    let result = Outcome::of(&last.statuses);
+    status.record_apply(result, outcome.apply_duration + outcome.verify_duration, Some(&outcome));
+    span.in_scope(|| {
+        info!(
+            appeared = appeared.len(),
+            outcome = result.as_str(),
+            file_writes = outcome.file_writes,
+            netlink_changes = outcome.netlink_changes,
+            rollbacks = outcome.rollbacks,
+            apply_ms = outcome.apply_duration.as_millis() as u64,
+            verify_ms = outcome.verify_duration.as_millis() as u64,
+            "applied NICs that appeared"
+        );
+    });
+    let kept: Vec<_> = last.statuses.iter().filter(|s| s.state != InterfaceState::Removed).cloned().collect();
+    status.refresh_processed(Processed {
+        digest: Some(last.set.digest().clone()),
+        generation: last.generation,
+        interfaces: kept,
+    });
+    let report = AgentReport {
+        generation: last.generation,
+        nonce,
+        digest: Some(last.set.digest().clone()),
+        outcome: result,
+        interfaces: last.statuses.clone(),
+        error: String::new(),
+    };
+    Some(v1::Report::from(&report))
 }
 
 /// An error with its sources, on one line.

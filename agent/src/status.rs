@@ -53,11 +53,16 @@ impl AgentStatus {
         &self.metrics
     }
 
-    /// Counts one processed push in the metrics.
-    pub fn record_apply(&self, outcome: Outcome, took: std::time::Duration, file_changes: usize) {
+    /// Counts one processed push in the metrics (`work` is `None` for a push
+    /// rejected before anything was done).
+    pub fn record_apply(&self, outcome: Outcome, took: std::time::Duration, work: Option<&crate::reconcile::Outcome>) {
         self.metrics.applies.get_or_create(&vec![("outcome", outcome.as_str())]).inc();
         self.metrics.apply_duration.observe(took.as_secs_f64());
-        self.metrics.file_changes.inc_by(file_changes as u64);
+        if let Some(work) = work {
+            self.metrics.verify_duration.observe(work.verify_duration.as_secs_f64());
+            self.metrics.rollbacks.inc_by(u64::from(work.rollbacks));
+            self.metrics.file_changes.inc_by(work.file_writes);
+        }
     }
 
     /// The metrics text, with the gauges derived from the current status.
@@ -97,6 +102,13 @@ impl AgentStatus {
     /// Records a processed push.
     pub fn processed_push(&self, processed: Processed) {
         self.pushes.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_sync) = Some(SystemTime::now());
+        *lock(&self.processed) = processed;
+    }
+
+    /// Replaces the per-interface states of the last push (a waiting NIC
+    /// appeared) without counting a push.
+    pub fn refresh_processed(&self, processed: Processed) {
         *lock(&self.last_sync) = Some(SystemTime::now());
         *lock(&self.processed) = processed;
     }

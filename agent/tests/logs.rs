@@ -42,7 +42,7 @@ async fn json_logs_carry_node_generation_and_interface() {
             assert!(log["timestamp"].is_string() && log["level"].is_string(), "{line}");
             match log["message"].as_str() {
                 Some("applied desired state") => applied = Some(log),
-                Some("wrote interface files") => wrote = Some(log),
+                Some("applied and verified" | "configuring") => wrote = Some(log),
                 _ => {}
             }
             if let (Some(a), Some(w)) = (&applied, &wrote) {
@@ -57,8 +57,11 @@ async fn json_logs_carry_node_generation_and_interface() {
     let spans = applied["spans"].as_array().unwrap();
     assert!(spans.iter().any(|s| s["name"] == "stream" && s["node"] == "node-l"), "{applied}");
     assert!(spans.iter().any(|s| s["name"] == "apply" && s["generation"] == 1), "{applied}");
-    assert_eq!(wrote["interface"], "multinic0", "{wrote}");
-    assert_eq!(wrote["mac"], "fa:16:3e:00:10:01", "{wrote}");
+    let spans = wrote["spans"].as_array().unwrap();
+    let interface = spans.iter().find(|s| s["name"] == "interface").unwrap_or_else(|| panic!("{wrote}"));
+    assert_eq!(interface["interface"], "multinic0", "{wrote}");
+    assert_eq!(interface["mac"], "fa:16:3e:00:10:01", "{wrote}");
+    assert!(spans.iter().any(|s| s["name"] == "stream" && s["node"] == "node-l"), "{wrote}");
     child.kill().await.unwrap();
     controller.stop().await;
 }

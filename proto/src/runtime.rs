@@ -33,9 +33,9 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
     let result = match format {
-        // The span list carries the node, generation and interface of every
-        // enclosing span (stream, apply), not only the innermost one.
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(true).try_init(),
+        // `span` is the innermost span; `spans` lists every enclosing one, so a
+        // line carries the node (stream), generation (apply) and interface.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))

@@ -4,18 +4,24 @@
 //! - [`mariadb::MariaDb`]: a private `mariadbd` on a free port.
 //! - [`netplan_generate`]: the real `netplan generate --root-dir` on a tree.
 //! - [`fleet`]: an in-process controller and agents over real sockets.
+//! - [`netns`]: a network namespace set up as a node, inspected with `ip -j`.
+//! - [`agent_process`]: the real agent binary run inside such a namespace.
+//! - [`fake_controller`]: a scripted controller that records what agents say.
 //!
 //! A test that needs something this machine lacks (root, `mariadbd`,
 //! `netplan`) calls [`require`]: on a developer machine it is skipped with a
 //! loud message; under `CI=true` it fails, because CI must run everything.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agent_process;
+pub mod fake_controller;
 pub mod fleet;
 pub mod mariadb;
 pub mod process;
 pub mod proxy;
 
 pub use sqlx;
+pub mod netns;
 
 use std::future::Future;
 use std::path::Path;

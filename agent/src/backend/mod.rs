@@ -5,6 +5,7 @@
 //! drift when, and only when, there is some.
 
 pub mod netplan;
+pub mod wicked;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,12 +18,15 @@ use multinic_proto::{InterfaceName, InterfaceSpec};
 pub enum BackendKind {
     /// Ubuntu: `/etc/netplan/9N-multinicN.yaml`.
     Netplan,
+    /// SUSE 15: `/etc/sysconfig/network/ifcfg-multinicN` plus a udev rule.
+    Wicked,
 }
 
 impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Netplan => "netplan",
+            Self::Wicked => "wicked",
         }
     }
 
@@ -30,6 +34,33 @@ impl BackendKind {
     pub fn backend(self) -> &'static dyn Backend {
         match self {
             Self::Netplan => &netplan::Netplan,
+            Self::Wicked => &wicked::Wicked,
+        }
+    }
+}
+
+/// A command run on the host to make the backend apply our files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCommand {
+    pub program: &'static str,
+    pub args: Vec<String>,
+}
+
+impl BackendKind {
+    /// What the host runs after our files of `names` changed: `netplan apply`
+    /// (netplan has no per-interface apply), or a udev rule reload and
+    /// `wicked ifreload` of exactly those interfaces.
+    pub fn apply_commands(self, names: &[InterfaceName]) -> Vec<HostCommand> {
+        match self {
+            Self::Netplan => vec![HostCommand { program: "netplan", args: vec!["apply".into()] }],
+            Self::Wicked => {
+                let mut ifreload = vec!["ifreload".to_owned()];
+                ifreload.extend(names.iter().map(ToString::to_string));
+                vec![
+                    HostCommand { program: "udevadm", args: vec!["control".into(), "--reload".into()] },
+                    HostCommand { program: "wicked", args: ifreload },
+                ]
+            }
         }
     }
 }
@@ -116,7 +147,7 @@ pub enum DetectError {
 pub fn detect_backend(choice: BackendChoice, host_root: &Path) -> Result<BackendKind, DetectError> {
     match choice {
         BackendChoice::Netplan => Ok(BackendKind::Netplan),
-        BackendChoice::Wicked => Err(DetectError::Unsupported { os: "--backend wicked".into(), backend: "wicked" }),
+        BackendChoice::Wicked => Ok(BackendKind::Wicked),
         BackendChoice::Auto => {
             let path = host_root.join("etc/os-release");
             let text = std::fs::read_to_string(&path)
@@ -143,8 +174,10 @@ pub fn backend_for_os_release(text: &str) -> Result<BackendKind, DetectError> {
     }
     if words.iter().any(|w| matches!(*w, "sles" | "suse" | "opensuse" | "opensuse-leap")) {
         let major = version.split('.').next().unwrap_or_default();
-        let backend = if major == "15" { "wicked" } else { "NetworkManager" };
-        return Err(DetectError::Unsupported { os, backend });
+        if major == "15" {
+            return Ok(BackendKind::Wicked);
+        }
+        return Err(DetectError::Unsupported { os, backend: "NetworkManager" });
     }
     Err(DetectError::Unknown { os, id, id_like })
 }
@@ -154,11 +187,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn apply_commands_name_the_interfaces_where_the_backend_can() {
+        let names = [InterfaceName::new(0, 10).unwrap(), InterfaceName::new(3, 10).unwrap()];
+        let netplan = BackendKind::Netplan.apply_commands(&names);
+        assert_eq!(netplan, vec![HostCommand { program: "netplan", args: vec!["apply".into()] }]);
+        let wicked = BackendKind::Wicked.apply_commands(&names);
+        assert_eq!(wicked[1].program, "wicked");
+        assert_eq!(wicked[1].args, vec!["ifreload", "multinic0", "multinic3"]);
+    }
+
+    #[test]
     fn os_release_picks_the_backend() {
         let ubuntu =
             "PRETTY_NAME=\"Ubuntu 22.04.4 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\nID_LIKE=debian\n";
         assert_eq!(backend_for_os_release(ubuntu).unwrap(), BackendKind::Netplan);
         let rhel = "NAME=\"Red Hat Enterprise Linux\"\nID=\"rhel\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"9.4\"\n";
         assert!(backend_for_os_release(rhel).unwrap_err().to_string().contains("--backend"));
+        let sles = "NAME=\"SLES\"\nVERSION_ID=\"15.5\"\nID=\"sles\"\nID_LIKE=\"suse\"\nPRETTY_NAME=\"SUSE Linux Enterprise Server 15 SP5\"\n";
+        assert_eq!(backend_for_os_release(sles).unwrap(), BackendKind::Wicked);
+        let leap = "NAME=\"openSUSE Leap\"\nVERSION_ID=\"15.6\"\nID=\"opensuse-leap\"\nID_LIKE=\"suse opensuse\"\n";
+        assert_eq!(backend_for_os_release(leap).unwrap(), BackendKind::Wicked);
+        let sles16 =
+            "NAME=\"SLES\"\nVERSION_ID=\"16.0\"\nID=\"sles\"\nPRETTY_NAME=\"SUSE Linux Enterprise Server 16.0\"\n";
+        assert!(backend_for_os_release(sles16).unwrap_err().to_string().contains("NetworkManager"));
     }
 }

@@ -1,0 +1,340 @@
+//! The reconciler against an in-memory kernel and a temporary host root.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use multinic_proto::{DesiredSet, ErrorCode, InterfaceName, InterfaceSpec, InterfaceState, MacAddress, Mtu};
+
+use super::*;
+use crate::backend::BackendKind;
+use crate::files::HostFiles;
+use crate::journal::{Entry, Journal, SavedFile};
+use crate::kernel::memory::MemoryKernel;
+use crate::kernel::{KernelState, LinkState};
+
+fn mac(i: u8) -> MacAddress {
+    MacAddress::from_octets([2, 0, 0, 0, 0, i]).unwrap()
+}
+
+fn spec(i: u8, address: Option<&str>, mtu: i64) -> InterfaceSpec {
+    InterfaceSpec::new(mac(i), address.map(|a| a.parse().unwrap()), Mtu::new(mtu).unwrap()).unwrap()
+}
+
+fn link(index: u32, name: &str, i: u8) -> LinkState {
+    LinkState {
+        index,
+        name: name.into(),
+        mac: Some(mac(i)),
+        perm_mac: None,
+        mtu: 1500,
+        min_mtu: Some(68),
+        max_mtu: Some(65535),
+        up: false,
+        master: None,
+        lower: None,
+        kind: Some("veth".into()),
+        addresses: ["fe80::1/64".parse().unwrap()].into(),
+    }
+}
+
+/// A node whose `ens3` (MAC 99) carries the default route, plus `links`.
+fn node(dir: &Path, apply: ApplyMode, links: Vec<LinkState>) -> (Reconciler, Arc<MemoryKernel>) {
+    let mut primary = link(1, "ens3", 99);
+    primary.up = true;
+    primary.addresses.insert("192.168.77.2/24".parse().unwrap());
+    let mut all = vec![primary];
+    all.extend(links);
+    let kernel = Arc::new(MemoryKernel::new(KernelState { links: all, default_route_links: [1].into() }));
+    let reconciler = Reconciler::new(
+        BackendKind::Netplan,
+        HostFiles::new(dir),
+        10,
+        apply,
+        Journal::new(&dir.join("var/lib/multinic")),
+    )
+    .with_kernel(kernel.clone() as Arc<dyn LinkOps>);
+    (reconciler, kernel)
+}
+
+fn by_name<'a>(state: &'a KernelState, name: &str) -> &'a LinkState {
+    state.links.iter().find(|l| l.name == name).unwrap_or_else(|| panic!("no link {name} in {state:?}"))
+}
+
+fn addrs(link: &LinkState) -> Vec<String> {
+    link.managed_addresses().iter().map(ToString::to_string).collect()
+}
+
+fn state_of(outcome: &Outcome, i: u8) -> (InterfaceState, ErrorCode, String) {
+    let s = outcome.statuses.iter().find(|s| s.mac == mac(i)).unwrap_or_else(|| panic!("no status for {i}"));
+    (s.state, s.code, s.message.clone())
+}
+
+#[test]
+fn applies_two_interfaces_then_a_repeat_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1), link(3, "eth2", 2)]);
+    let set = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 9000), spec(2, Some("2001:db8::5/64"), 1500)]).unwrap();
+    let out = r.reconcile(&set);
+    assert!(out.statuses.iter().all(|s| s.state == InterfaceState::Applied), "{out:?}");
+    assert_eq!(out.file_writes, 2);
+    assert!(out.netlink_changes >= 5, "{out:?}");
+    let state = kernel.state();
+    let m0 = by_name(&state, "multinic0");
+    assert_eq!((m0.mtu, m0.up, addrs(m0)), (9000, true, vec!["10.0.0.5/24".to_owned()]));
+    assert_eq!(addrs(by_name(&state, "multinic1")), vec!["2001:db8::5/64"]);
+    assert!(r.journal.pending().unwrap().is_empty(), "verified changes leave no journal");
+
+    let again = r.reconcile(&set);
+    assert_eq!((again.file_writes, again.netlink_changes, again.rollbacks), (0, 0, 0));
+    assert!(again.statuses.iter().all(|s| s.state == InterfaceState::Applied));
+}
+
+#[test]
+fn drift_is_repaired_with_exactly_the_missing_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    let set = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500)]).unwrap();
+    r.reconcile(&set);
+    kernel.edit(|s| {
+        let l = s.links.iter_mut().find(|l| l.index == 2).unwrap();
+        l.addresses.insert("10.9.9.9/8".parse().unwrap());
+        l.mtu = 1400;
+    });
+    let out = r.reconcile(&set);
+    assert_eq!((out.file_writes, out.netlink_changes), (0, 2), "{out:?}");
+    assert_eq!(addrs(by_name(&kernel.state(), "multinic0")), vec!["10.0.0.5/24"]);
+}
+
+#[test]
+fn a_missing_mac_waits_and_only_it_is_applied_when_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    let set = DesiredSet::new([spec(1, None, 1500), spec(2, Some("10.0.2.5/24"), 1500)]).unwrap();
+    let out = r.reconcile(&set);
+    assert_eq!(state_of(&out, 1).0, InterfaceState::Applied);
+    assert_eq!(state_of(&out, 2).0, InterfaceState::Waiting);
+    assert_eq!(state_of(&out, 2).1, ErrorCode::MacNotPresent);
+    assert!(dir.path().join("etc/netplan/91-multinic1.yaml").exists(), "the waiting MAC keeps its name in a file");
+    assert!(r.present(&[mac(2)].into()).unwrap().is_empty());
+
+    // Someone breaks multinic0 meanwhile: a scoped pass must not repair it.
+    kernel.edit(|s| s.links.iter_mut().find(|l| l.index == 2).unwrap().mtu = 1400);
+    kernel.plug(link(3, "eth5", 2));
+    let appeared = r.present(&[mac(2)].into()).unwrap();
+    assert_eq!(appeared, BTreeSet::from([mac(2)]));
+    let out = r.reconcile_in(&set, Scope::Only(&appeared));
+    assert_eq!(out.statuses.len(), 1, "{out:?}");
+    assert_eq!(state_of(&out, 2).0, InterfaceState::Applied);
+    assert_eq!(out.file_writes, 0);
+    assert_eq!(out.netlink_changes, 3, "rename, up, address: {out:?}");
+    let state = kernel.state();
+    assert_eq!(addrs(by_name(&state, "multinic1")), vec!["10.0.2.5/24"]);
+    assert_eq!(by_name(&state, "multinic0").mtu, 1400, "nothing else touched");
+}
+
+#[test]
+fn the_default_route_nic_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![]);
+    let before = kernel.state();
+    let out = r.reconcile(&DesiredSet::new([spec(99, None, 9000)]).unwrap());
+    let (state, code, message) = state_of(&out, 99);
+    assert_eq!((state, code), (InterfaceState::Refused, ErrorCode::ProtectedInterface));
+    assert!(message.contains("ens3") && message.contains("default route"), "{message}");
+    assert_eq!((out.file_writes, out.netlink_changes), (0, 0));
+    assert_eq!(kernel.state(), before);
+}
+
+#[test]
+fn an_mtu_outside_the_device_range_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut small = link(2, "eth1", 1);
+    small.max_mtu = Some(1500);
+    let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![small]);
+    let out = r.reconcile(&DesiredSet::new([spec(1, None, 9000)]).unwrap());
+    let (state, code, message) = state_of(&out, 1);
+    assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::MtuRejected));
+    assert!(message.contains("68..1500"), "{message}");
+    assert_eq!((out.file_writes, out.netlink_changes), (0, 0));
+}
+
+#[test]
+fn a_kernel_refusal_rolls_back_that_interface_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "mv0", 1), link(3, "eth2", 2)]);
+    kernel.reject_mtu_above(2, 1500);
+    let first = DesiredSet::new([spec(1, Some("10.0.1.5/24"), 1500), spec(2, None, 1500)]).unwrap();
+    assert!(r.reconcile(&first).statuses.iter().all(|s| s.state == InterfaceState::Applied));
+    let file = dir.path().join("etc/netplan/90-multinic0.yaml");
+    let file_before = std::fs::read_to_string(&file).unwrap();
+
+    let second = DesiredSet::new([spec(1, Some("10.0.1.9/24"), 9000), spec(2, None, 9000)]).unwrap();
+    let out = r.reconcile(&second);
+    let (state, code, message) = state_of(&out, 1);
+    assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::MtuRejected), "{message}");
+    assert!(message.contains("greater than device maximum") && message.contains("rolled back"), "{message}");
+    assert_eq!(state_of(&out, 2).0, InterfaceState::Applied);
+    assert_eq!(out.rollbacks, 1);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), file_before, "previous file restored");
+    let state = kernel.state();
+    let m0 = by_name(&state, "multinic0");
+    assert_eq!((m0.mtu, m0.up, addrs(m0)), (1500, true, vec!["10.0.1.5/24".to_owned()]));
+    assert_eq!(by_name(&state, "multinic1").mtu, 9000);
+    assert!(r.journal.pending().unwrap().is_empty());
+}
+
+#[test]
+fn a_fresh_nic_refused_by_the_kernel_gets_its_name_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "mv0", 1)]);
+    kernel.reject_mtu_above(2, 1500);
+    let out = r.reconcile(&DesiredSet::new([spec(1, None, 9000)]).unwrap());
+    assert_eq!(state_of(&out, 1).1, ErrorCode::MtuRejected);
+    let state = kernel.state();
+    let mv0 = by_name(&state, "mv0");
+    assert_eq!((mv0.mtu, mv0.up), (1500, false));
+    assert!(!dir.path().join("etc/netplan/90-multinic0.yaml").exists(), "a file that did not exist is removed");
+}
+
+#[test]
+fn a_failed_verification_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    // Something else (a DHCP client, say) takes the address away again.
+    kernel.drop_addresses_on(2);
+    let out = r.reconcile(&DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500)]).unwrap());
+    let (state, code, message) = state_of(&out, 1);
+    assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::VerifyFailed));
+    assert!(message.contains("addresses [], want [10.0.0.5/24]"), "{message}");
+    assert!(!by_name(&kernel.state(), "eth1").up, "back to its previous name and state");
+    assert_eq!(out.rollbacks, 1);
+}
+
+#[test]
+fn removal_drops_files_and_addresses_and_keeps_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1), link(3, "eth2", 2)]);
+    let both = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 9000), spec(2, None, 1500)]).unwrap();
+    r.reconcile(&both);
+    let out = r.reconcile(&DesiredSet::new([spec(2, None, 1500)]).unwrap());
+    assert_eq!(state_of(&out, 1).0, InterfaceState::Removed);
+    assert!(!dir.path().join("etc/netplan/90-multinic0.yaml").exists());
+    let state = kernel.state();
+    let gone = by_name(&state, "multinic0");
+    assert_eq!((gone.up, addrs(gone), gone.mtu), (false, Vec::<String>::new(), 9000));
+    assert!(by_name(&state, "multinic1").up);
+
+    // A new MAC does not take the name the old NIC still carries.
+    kernel.plug(link(4, "eth3", 3));
+    let out = r.reconcile(&DesiredSet::new([spec(2, None, 1500), spec(3, None, 1500)]).unwrap());
+    assert_eq!(out.statuses.iter().find(|s| s.mac == mac(3)).unwrap().name, InterfaceName::new(2, 10));
+}
+
+#[test]
+fn an_interrupted_change_is_rolled_back_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    // The journal as a change writes it, then the change, then a crash.
+    let before = kernel.state();
+    let name = InterfaceName::new(0, 10).unwrap();
+    let path = crate::backend::netplan::path(name);
+    let entry =
+        Entry::new(name, mac(1), vec![SavedFile { path: path.clone(), contents: None }], Some(&before.links[1]));
+    assert!(r.journal.record(&entry).unwrap());
+    r.files.write_atomic(&path, "half written").unwrap();
+    kernel.rename(2, "multinic0").unwrap();
+    kernel.set_mtu(2, 9000).unwrap();
+
+    assert_eq!(r.recover(), 1);
+    assert_eq!(kernel.state(), before);
+    assert!(!r.files.exists(&path));
+    assert!(r.journal.pending().unwrap().is_empty());
+    assert_eq!(r.recover(), 0);
+}
+
+#[test]
+fn a_dry_run_writes_files_and_never_touches_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::None, vec![link(2, "eth1", 1)]);
+    let set = DesiredSet::new([spec(1, None, 1500), spec(7, None, 1500), spec(99, None, 1500)]).unwrap();
+    let out = r.reconcile(&set);
+    assert_eq!(state_of(&out, 1).0, InterfaceState::Applied);
+    assert_eq!(state_of(&out, 7).0, InterfaceState::Applied, "no waiting in a dry run");
+    assert_eq!(state_of(&out, 99).1, ErrorCode::ProtectedInterface, "protection still applies");
+    assert_eq!((out.file_writes, out.netlink_changes), (2, 0));
+
+    kernel.set_unreadable(true);
+    let out = r.reconcile(&DesiredSet::new([spec(3, None, 1500)]).unwrap());
+    assert_eq!(state_of(&out, 3).0, InterfaceState::Applied, "a dry run degrades without netlink");
+}
+
+#[test]
+fn without_kernel_access_nothing_changes_in_netlink_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    kernel.set_unreadable(true);
+    let out = r.reconcile(&DesiredSet::new([spec(1, None, 1500)]).unwrap());
+    let (state, code, message) = state_of(&out, 1);
+    assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::ApplyFailed));
+    assert!(message.contains("cannot read the kernel"), "{message}");
+    assert_eq!(out.file_writes, 0);
+}
+
+#[test]
+fn writes_then_noop_then_removes_in_a_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Reconciler::new(
+        BackendKind::Netplan,
+        HostFiles::new(dir.path()),
+        10,
+        ApplyMode::None,
+        Journal::new(&dir.path().join("state")),
+    );
+    let set = DesiredSet::new([spec(1, None, 1500), spec(2, None, 1500)]).unwrap();
+    let out = r.reconcile(&set);
+    assert_eq!(out.changes, 2);
+    assert!(out.statuses.iter().all(|s| s.state == InterfaceState::Applied));
+    let again = r.reconcile(&set);
+    assert_eq!(again.changes, 0);
+    let out = r.reconcile(&DesiredSet::new([spec(2, None, 1500)]).unwrap());
+    assert_eq!(state_of(&out, 1).0, InterfaceState::Removed);
+    assert!(!dir.path().join("etc/netplan/90-multinic0.yaml").exists());
+    assert!(dir.path().join("etc/netplan/91-multinic1.yaml").exists(), "the other interface keeps its name");
+}
+
+#[test]
+fn foreign_files_are_never_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let netplan = dir.path().join("etc/netplan");
+    std::fs::create_dir_all(&netplan).unwrap();
+    for foreign in ["50-cloud-init.yaml", "91-multinic1.txt", "invalid.yaml"] {
+        std::fs::write(netplan.join(foreign), "network: {version: 2}\n").unwrap();
+    }
+    let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    r.reconcile(&DesiredSet::new([spec(1, None, 1500)]).unwrap());
+    r.reconcile(&DesiredSet::empty());
+    let mut left: Vec<_> =
+        std::fs::read_dir(&netplan).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, vec!["50-cloud-init.yaml", "91-multinic1.txt", "invalid.yaml"]);
+}
+
+#[test]
+fn wicked_files_are_written_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = Arc::new(MemoryKernel::new(KernelState { links: vec![link(2, "eth1", 1)], ..Default::default() }));
+    let r = Reconciler::new(
+        BackendKind::Wicked,
+        HostFiles::new(dir.path()),
+        10,
+        ApplyMode::Netlink,
+        Journal::new(&dir.path().join("state")),
+    )
+    .with_kernel(kernel.clone() as Arc<dyn LinkOps>);
+    let set = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500)]).unwrap();
+    assert_eq!(r.reconcile(&set).file_writes, 2);
+    assert!(dir.path().join("etc/sysconfig/network/ifcfg-multinic0").exists());
+    assert!(dir.path().join("etc/udev/rules.d/70-multinic-multinic0.rules").exists());
+    assert_eq!(r.reconcile(&set).changes, 0);
+}

@@ -1,0 +1,123 @@
+//! `--apply host`: the agent runs the host's own tool in the namespaces of a
+//! host process. PID 1 cannot be entered here, so the "host" is a process
+//! the test starts inside the node's network namespace with a private mount
+//! namespace, where `/usr/local/sbin/netplan` is a stand-in for netplan and
+//! networkd (which cannot run here): it records its arguments and applies
+//! the runtime state with `ip`, or fails on demand. The kernel is real.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Node, assert_state, set, spec, status};
+use multinic_agent::hostns::HostNamespaces;
+use multinic_proto::{ErrorCode, InterfaceState, Outcome};
+use multinic_testkit::netns::{self, TestNode};
+use multinic_testkit::{netplan_generate, require_netplan};
+
+const A: &str = "fa:16:3e:00:04:01";
+
+/// A process in `namespace` with its own mount namespace, in which
+/// `/usr/local/sbin/netplan` runs `script`. Killed on drop.
+struct HostStandIn(Child);
+
+impl HostStandIn {
+    fn start(namespace: &str, script: &str) -> Self {
+        let setup = format!(
+            "mount -t tmpfs multinic-test /usr/local/sbin && cat > /usr/local/sbin/netplan <<'EOF'\n{script}\nEOF\n\
+             chmod +x /usr/local/sbin/netplan && touch /usr/local/sbin/READY && exec sleep 600"
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", namespace, "unshare", "--mount", "--propagation", "private", "sh", "-c", &setup])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let host = Self(child);
+        let ready = format!("/proc/{}/root/usr/local/sbin/READY", host.pid());
+        let started = Instant::now();
+        while !Path::new(&ready).exists() {
+            assert!(started.elapsed() < Duration::from_secs(10), "the stand-in host did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        host
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// A file in the stand-in's private /usr/local/sbin.
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/root/usr/local/sbin/{name}", self.pid())).unwrap_or_default()
+    }
+}
+
+impl Drop for HostStandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn host_commands_run_in_the_network_and_mount_namespaces_of_the_target() {
+    if !netns::available() {
+        return;
+    }
+    let node = TestNode::new();
+    let host = HostStandIn::start(node.name(), "#!/bin/sh\necho \"stand-in netplan: $*\"");
+    let target = HostNamespaces { pid: host.pid(), timeout: Duration::from_secs(10) };
+
+    // Looked up and run in the target's filesystem: ours has the real netplan.
+    let out = target.run("netplan", &["apply".into()]).unwrap();
+    assert_eq!(out.trim(), "stand-in netplan: apply");
+    let out = target.run("sh", &["-c".into(), "ip -o link show; readlink /proc/self/ns/net".into()]).unwrap();
+    assert!(out.contains(": ens3@"), "the node's links are visible: {out}");
+    let net = std::fs::read_link(format!("/proc/{}/ns/net", host.pid())).unwrap();
+    assert!(out.contains(&net.display().to_string()), "{out}");
+    assert!(!Path::new("/usr/local/sbin/READY").exists(), "the stand-in's mount stays its own");
+
+    let err = target.run("sh", &["-c".into(), "echo broken >&2; exit 3".into()]).unwrap_err();
+    assert!(err.to_string().contains("exit status: 3") && err.to_string().contains("broken"), "{err}");
+    let quick = HostNamespaces { timeout: Duration::from_millis(300), ..target };
+    let err = quick.run("sleep", &["5".into()]).unwrap_err();
+    assert!(err.to_string().contains("did not finish"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_mode_renames_runs_the_host_tool_verifies_and_rolls_back_when_it_fails() {
+    let Some(mut node) = Node::new() else { return };
+    node.kernel.add_nic("eth1", A);
+    let fail_flag = node.state.path().join("fail-next-apply");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> /usr/local/sbin/calls\n\
+         if [ -e {flag} ]; then echo 'netplan: simulated failure' >&2; exit 1; fi\n\
+         ip link set multinic0 mtu 9000 up && ip addr replace 10.50.0.5/24 dev multinic0",
+        flag = fail_flag.display()
+    );
+    let host = HostStandIn::start(node.kernel.name(), &script);
+    let mut options = node.options("host", "netplan");
+    options.extra_args = vec!["--host-pid".into(), host.pid().to_string()];
+    node.start_with(&options);
+
+    let report = node.push(1, &set(&[spec(A, Some("10.50.0.5/24"), 9000)])).await;
+    assert_eq!(report.outcome, Outcome::Applied, "{report:?}\n{}", node.agent().log_text());
+    assert_eq!(host.read("calls"), "apply\n", "netplan apply ran once, in the host's namespaces");
+    let link = node.kernel.link("multinic0").expect("renamed by netlink before the host tool ran");
+    assert_eq!((link.mtu, link.up, link.addresses.clone()), (9000, true, vec!["10.50.0.5/24".to_owned()]));
+    let file = node.file("etc/netplan/90-multinic0.yaml").unwrap();
+    if require_netplan() {
+        netplan_generate(node.root.path()).unwrap();
+    }
+
+    std::fs::write(&fail_flag, "").unwrap();
+    let report = node.push(2, &set(&[spec(A, Some("10.50.0.9/24"), 9000)])).await;
+    assert_state(&report, A, InterfaceState::Failed, ErrorCode::ApplyFailed);
+    assert!(status(&report, A).message.contains("simulated failure"), "{report:?}");
+    assert_eq!(node.file("etc/netplan/90-multinic0.yaml").unwrap(), file, "previous file restored");
+    assert_eq!(node.kernel.link("multinic0").unwrap(), link, "runtime state as before");
+    assert_eq!(host.read("calls"), "apply\napply\napply\n", "applied, failed, and tried again after the rollback");
+}
