@@ -338,3 +338,42 @@ fn wicked_files_are_written_and_read_back() {
     assert!(dir.path().join("etc/udev/rules.d/70-multinic-multinic0.rules").exists());
     assert_eq!(r.reconcile(&set).changes, 0);
 }
+
+#[test]
+fn a_damaged_file_of_ours_is_moved_aside_and_its_interface_rendered_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    // The NIC is already named multinic0 by the kernel (from that file).
+    let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "multinic0", 1), link(3, "eth2", 2)]);
+    let netplan = dir.path().join("etc/netplan");
+    std::fs::create_dir_all(&netplan).unwrap();
+    std::fs::write(netplan.join("90-multinic0.yaml"), "network:\n  version: 2\n  ethernets:\n    multin").unwrap();
+    std::fs::write(netplan.join("50-cloud-init.yaml"), "network: {version: 2}\n").unwrap();
+
+    let set = DesiredSet::new([spec(1, None, 1500), spec(2, None, 1500)]).unwrap();
+    let out = r.reconcile(&set);
+    assert!(out.statuses.iter().all(|s| s.state == InterfaceState::Applied), "{out:?}");
+    let quarantine = dir.path().join("var/lib/multinic/quarantine");
+    let kept: Vec<_> = std::fs::read_dir(&quarantine).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].to_string_lossy().starts_with("90-multinic0.yaml."));
+    // MAC 1 keeps the kernel's name; the file is ours again and parses.
+    let file = std::fs::read_to_string(netplan.join("90-multinic0.yaml")).unwrap();
+    assert!(file.contains("02:00:00:00:00:01"), "{file}");
+    assert!(netplan.join("91-multinic1.yaml").exists());
+    assert!(netplan.join("50-cloud-init.yaml").exists(), "foreign files stay");
+}
+
+#[test]
+fn held_macs_keep_their_files_and_are_reported_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1), link(3, "eth2", 2)]);
+    r.reconcile(&DesiredSet::new([spec(1, None, 1500), spec(2, None, 9000)]).unwrap());
+    let file = dir.path().join("etc/netplan/91-multinic1.yaml");
+    let before = std::fs::read_to_string(&file).unwrap();
+
+    let out = r.reconcile(&DesiredSet::with_held([spec(1, None, 1500)], [mac(2)]).unwrap());
+    assert_eq!(state_of(&out, 2).0, InterfaceState::Held);
+    assert_eq!(out.file_writes, 0);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before, "a held MAC's file is left as it is");
+    assert_eq!(multinic_proto::Outcome::of(&out.statuses), multinic_proto::Outcome::Applied, "{out:?}");
+}

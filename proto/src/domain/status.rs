@@ -139,10 +139,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// `Applied` when every desired interface is applied, else `Partial`.
+    /// `Applied` when every desired interface is applied (and the rest
+    /// removed or held as asked), else `Partial`.
     pub fn of<'a>(statuses: impl IntoIterator<Item = &'a InterfaceStatus>) -> Self {
-        let all_applied =
-            statuses.into_iter().all(|s| matches!(s.state, InterfaceState::Applied | InterfaceState::Removed));
+        let all_applied = statuses
+            .into_iter()
+            .all(|s| matches!(s.state, InterfaceState::Applied | InterfaceState::Removed | InterfaceState::Held));
         if all_applied { Self::Applied } else { Self::Partial }
     }
 
