@@ -3,16 +3,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use multinic_proto::runtime::LogFormat;
+use multinic_proto::runtime::{LogFormat, parse_duration};
 use multinic_proto::{DEFAULT_CAPACITY, MAX_CAPACITY, NodeName};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backend::{BackendChoice, detect_backend};
 use crate::reconcile::ApplyMode;
+use crate::tls::{AgentIdentity, AgentTls, AgentTransport, default_issuer_url};
 use crate::{Agent, AgentConfig, controller_url, default_host_root};
 
 /// Applies this node's secondary NICs as the multinic controller says:
@@ -56,21 +58,8 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: SocketAddr,
 
-    /// PEM client certificate naming this node (reloaded when it changes).
-    #[arg(long, env = "MULTINIC_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "MULTINIC_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-
-    /// PEM CA bundle the controller's certificate must chain to.
-    #[arg(long, env = "MULTINIC_CA")]
-    pub ca: Option<PathBuf>,
-
-    /// Connect without TLS. Development only.
-    #[arg(long, env = "MULTINIC_INSECURE")]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Log format: json or text.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
@@ -93,10 +82,7 @@ impl Args {
             capacity,
             state_dir,
             http_listen,
-            tls_cert,
-            tls_key,
-            ca,
-            insecure,
+            tls,
             log_format: _,
             log_level: _,
         } = self;
@@ -107,14 +93,11 @@ impl Args {
         let node: NodeName = node_name.parse().context("--node-name")?;
         let host_root = host_root.unwrap_or_else(default_host_root);
         let backend = detect_backend(backend, &host_root)?;
-        if insecure {
-            warn!("--insecure: talking to the controller without TLS");
-        } else {
-            let _ = (tls_cert, tls_key, ca);
-            bail!("mTLS is not available in this build yet; run with --insecure");
-        }
+        let controller = controller_url(&controller, !tls.insecure);
+        let transport = tls.transport(&controller, &state_dir)?;
         let config = AgentConfig {
-            controller: controller_url(&controller, !insecure),
+            controller,
+            transport,
             node,
             host_root,
             backend,
@@ -148,4 +131,86 @@ async fn signal_shutdown(shutdown: CancellationToken) {
         _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
     }
     shutdown.cancel();
+}
+
+/// TLS to the controller: a mounted certificate, or one obtained with a
+/// ServiceAccount token.
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// PEM client certificate naming this node (reloaded when it changes).
+    #[arg(long, env = "MULTINIC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (reloaded when it changes).
+    #[arg(long, env = "MULTINIC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle the controller's certificate must chain to (reloaded when it changes).
+    #[arg(long, env = "MULTINIC_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// Check the controller's certificate for this name instead of the host of --controller.
+    #[arg(long, env = "MULTINIC_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+
+    /// Projected ServiceAccount token (audience: the controller). Without
+    /// --tls-cert, the agent trades it at the controller's issuer for a
+    /// short-lived node certificate, renewed at half-life and kept in --state-dir.
+    #[arg(long, env = "MULTINIC_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+
+    /// The issuer's address (host:port or URL). Default: the host of --controller, port 50052.
+    #[arg(long, env = "MULTINIC_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// How often certificate, key and CA files are checked for changes.
+    #[arg(long, env = "MULTINIC_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// Connect without TLS. Development only: the controller then trusts
+    /// whatever node this agent names.
+    #[arg(long, env = "MULTINIC_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    fn transport(self, controller: &str, state_dir: &std::path::Path) -> anyhow::Result<AgentTransport> {
+        let Self {
+            tls_cert,
+            tls_key,
+            ca,
+            tls_server_name,
+            bootstrap_token_file,
+            issuer,
+            tls_reload_interval,
+            insecure,
+        } = self;
+        if insecure {
+            // The agent warns when it starts without TLS.
+            return Ok(AgentTransport::Insecure);
+        }
+        let Some(ca) = ca else {
+            bail!("TLS needs --ca, the CA bundle of the controller's certificate (or --insecure for development)");
+        };
+        let identity = match (tls_cert, tls_key, bootstrap_token_file) {
+            (Some(cert), Some(key), None) => AgentIdentity::Mounted { cert, key },
+            (None, None, Some(token_file)) => {
+                let issuer = match issuer {
+                    Some(issuer) => controller_url(&issuer, true),
+                    None => default_issuer_url(controller)?,
+                };
+                AgentIdentity::Bootstrap { token_file, issuer, state_dir: state_dir.to_owned() }
+            }
+            (Some(_), Some(_), Some(_)) => bail!("use either --tls-cert/--tls-key or --bootstrap-token-file, not both"),
+            _ => bail!(
+                "TLS needs a node certificate: --tls-cert and --tls-key, or --bootstrap-token-file (or --insecure)"
+            ),
+        };
+        Ok(AgentTransport::Tls(AgentTls {
+            ca,
+            identity,
+            server_name: tls_server_name,
+            reload_interval: tls_reload_interval,
+        }))
+    }
 }

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod session;
 pub mod status;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,12 +34,15 @@ use crate::files::HostFiles;
 use crate::reconcile::{ApplyMode, Reconciler};
 use crate::session::SessionConfig;
 use crate::status::AgentStatus;
+use crate::tls::AgentTransport;
 
 /// Everything a running agent needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// `http://host:port`.
+    /// `http://host:port`, or `https://host:port` with TLS.
     pub controller: String,
+    /// TLS (the binary's default) or plaintext (`--insecure`).
+    pub transport: AgentTransport,
     pub node: NodeName,
     /// The host's `/`, as mounted in the pod (`/host`), or `/`.
     pub host_root: PathBuf,
@@ -55,6 +59,7 @@ impl AgentConfig {
         let host_root = host_root.into();
         Self {
             controller: controller.into(),
+            transport: AgentTransport::Insecure,
             node,
             state_dir: host_root.join("var/lib/multinic"),
             host_root,
@@ -82,7 +87,8 @@ impl Agent {
 
     /// Runs until `shutdown` is cancelled.
     pub async fn run(&self, config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let AgentConfig { controller, node, host_root, backend, apply, capacity, state_dir: _, http_listen } = config;
+        let AgentConfig { controller, transport, node, host_root, backend, apply, capacity, state_dir: _, http_listen } =
+            config;
         if let Some(addr) = http_listen {
             let listener = TcpListener::bind(addr)
                 .await
@@ -104,8 +110,19 @@ impl Agent {
             capacity,
             "agent starting"
         );
+        let tls = match &transport {
+            AgentTransport::Insecure => {
+                warn!("talking to the controller without TLS (--insecure)");
+                None
+            }
+            AgentTransport::Tls(tls) => match tls.client(&node, &shutdown).await? {
+                Some(client) => Some(client),
+                None => return Ok(()),
+            },
+        };
         let session = SessionConfig {
             controller,
+            tls,
             node,
             connect_timeout: Duration::from_secs(5),
             backoff_base: Duration::from_millis(250),

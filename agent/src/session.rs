@@ -14,6 +14,7 @@ use multinic_proto::v1::agent_service_client::AgentServiceClient;
 use multinic_proto::v1::controller_message::Kind as ControllerKind;
 use multinic_proto::v1::{self, AgentMessage, ControllerMessage};
 use multinic_proto::{AgentHello, AgentReport, DesiredPush, InterfaceState, NodeName, Outcome};
+use multinic_tls::ClientTls;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,8 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 pub struct SessionConfig {
     /// `http://host:port` (or `https://` with TLS).
     pub controller: String,
+    /// TLS with this node's certificate; `None` only with `--insecure`.
+    pub tls: Option<ClientTls>,
     pub node: NodeName,
     pub connect_timeout: Duration,
     pub backoff_base: Duration,
@@ -90,6 +93,8 @@ pub async fn run(
     }
 }
 
+/// A new connection for every stream, so that each one is checked against
+/// the newest certificates (both ours and the controller's CA).
 async fn connect(config: &SessionConfig) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(config.controller.clone())
         .map_err(|e| format!("invalid controller address {:?}: {e}", config.controller))?
@@ -98,7 +103,11 @@ async fn connect(config: &SessionConfig) -> Result<Channel, String> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {}", config.controller, error_chain(&e)))
+    let channel = match &config.tls {
+        Some(tls) => tls.connect(&endpoint).await,
+        None => endpoint.connect().await,
+    };
+    channel.map_err(|e| format!("cannot connect to {}: {}", config.controller, error_chain(&e)))
 }
 
 async fn stream_once(

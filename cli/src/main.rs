@@ -42,6 +42,8 @@ enum Command {
     /// Run the whole system locally: embedded SQLite, a controller and three
     /// agents in temporary folders; no root, no server to install.
     Demo(commands::demo::DemoArgs),
+    /// Make a development CA and controller, agent and operator certificates.
+    Certs(commands::certs::CertsArgs),
 }
 
 #[tokio::main]
@@ -51,6 +53,7 @@ async fn main() -> ExitCode {
         Command::Status => commands::status::run(&cli.connect, cli.output).await,
         Command::Get { what } => commands::get::run(&cli.connect, cli.output, what).await,
         Command::Demo(args) => commands::demo::run(args).await,
+        Command::Certs(args) => commands::certs::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,15 +3,20 @@
 //!
 //! - [`mariadb::MariaDb`]: a private `mariadbd` on a free port.
 //! - [`netplan_generate`]: the real `netplan generate --root-dir` on a tree.
-//! - [`fleet`]: an in-process controller and agents over real sockets.
+//! - [`fleet`]: an in-process controller and agents over real sockets,
+//!   plaintext or mTLS.
+//! - [`certs`]: a throwaway CA and certificates for mTLS tests.
+//! - [`token_review`]: a fake Kubernetes TokenReview endpoint.
 //!
 //! A test that needs something this machine lacks (root, `mariadbd`,
 //! `netplan`) calls [`require`]: on a developer machine it is skipped with a
 //! loud message; under `CI=true` it fails, because CI must run everything.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod certs;
 pub mod fleet;
 pub mod mariadb;
+pub mod token_review;
 
 use std::future::Future;
 use std::path::Path;
