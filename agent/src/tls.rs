@@ -14,6 +14,7 @@
 //! an issued certificate that names another node or another key, and never
 //! writes a private key readable by anyone but root.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -168,7 +169,7 @@ impl Bootstrap {
                         not_after = ?issued.info.not_after,
                         "obtained a node certificate from the issuer"
                     );
-                    if let Err(e) = issued.pem.write(&self.cert_path, &self.key_path) {
+                    if let Err(e) = self.save(&issued.pem) {
                         warn!(error = %e, "cannot keep the node certificate in the state dir; keeping it in memory");
                     }
                     return Some(issued);
@@ -219,6 +220,15 @@ impl Bootstrap {
                 None
             }
         }
+    }
+
+    /// Keeps the certificate and key in a folder only root can read.
+    fn save(&self, pem: &KeyedCertificate) -> anyhow::Result<()> {
+        if let Some(dir) = self.key_path.parent() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(pem.write(&self.cert_path, &self.key_path)?)
     }
 
     fn check(&self, pem: KeyedCertificate) -> anyhow::Result<Issued> {

@@ -174,3 +174,54 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// A folder laid out like a mounted Kubernetes Secret: each file is a
+/// symlink `name -> ..data/name`, `..data` a symlink to a timestamped folder,
+/// and an update writes a new folder and swaps `..data` atomically (what the
+/// kubelet's AtomicWriter does).
+#[derive(Debug)]
+pub struct SecretDir {
+    dir: TempDir,
+    version: std::sync::atomic::AtomicU32,
+}
+
+impl Default for SecretDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SecretDir {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("multinic-secret-").tempdir().unwrap();
+        Self { dir, version: std::sync::atomic::AtomicU32::new(0) }
+    }
+
+    /// The path of `name` (a symlink that always resolves to the newest version).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Replaces the whole Secret with `files` (name, contents).
+    pub fn update(&self, files: &[(&str, &str)]) {
+        let n = self.version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let version = format!("..2026_01_01_00_00_{n:02}");
+        let folder = self.dir.path().join(&version);
+        std::fs::create_dir(&folder).unwrap();
+        for (name, contents) in files {
+            std::fs::write(folder.join(name), contents).unwrap();
+            let link = self.path(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+            }
+        }
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+    }
+}
+
+/// The PEM text of a file.
+pub fn pem(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}

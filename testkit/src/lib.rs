@@ -23,6 +23,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Logs to stderr at the level in `TEST_LOG` (e.g. `TEST_LOG=debug`), when set:
+/// `TEST_LOG=info cargo nextest run ... --no-capture`.
+pub fn test_logging() {
+    if let Ok(level) = std::env::var("TEST_LOG") {
+        let _ = multinic_proto::runtime::init_logging(multinic_proto::runtime::LogFormat::Text, &level);
+    }
+}
+
 /// Whether we run in CI (`CI=true`), where nothing may be skipped.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
