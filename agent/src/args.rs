@@ -214,3 +214,44 @@ impl TlsArgs {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(flags: &[&str]) -> anyhow::Result<AgentTransport> {
+        let mut argv = vec!["multinic-agent", "--controller", "controller.multinic.svc:50051"];
+        argv.extend(flags);
+        let args = Args::try_parse_from(argv)?;
+        let controller = controller_url(&args.controller, !args.tls.insecure);
+        args.tls.transport(&controller, &args.state_dir)
+    }
+
+    #[test]
+    fn tls_is_the_default_and_needs_a_ca_and_a_certificate_source() {
+        let err = transport(&[]).unwrap_err().to_string();
+        assert!(err.contains("--ca"), "{err}");
+        let err = transport(&["--ca", "ca.crt"]).unwrap_err().to_string();
+        assert!(err.contains("--tls-cert and --tls-key, or --bootstrap-token-file"), "{err}");
+        let both = ["--ca", "ca.crt", "--tls-cert", "c", "--tls-key", "k", "--bootstrap-token-file", "t"];
+        assert!(transport(&both).unwrap_err().to_string().contains("not both"));
+        assert!(matches!(transport(&["--insecure"]).unwrap(), AgentTransport::Insecure));
+    }
+
+    #[test]
+    fn mounted_and_bootstrap_identities() {
+        let AgentTransport::Tls(tls) = transport(&["--ca", "ca.crt", "--tls-cert", "c", "--tls-key", "k"]).unwrap()
+        else {
+            panic!("expected TLS")
+        };
+        assert!(matches!(tls.identity, AgentIdentity::Mounted { .. }));
+        let AgentTransport::Tls(tls) =
+            transport(&["--ca", "ca.crt", "--bootstrap-token-file", "/var/run/secrets/multinic/token"]).unwrap()
+        else {
+            panic!("expected TLS")
+        };
+        let AgentIdentity::Bootstrap { issuer, state_dir, .. } = tls.identity else { panic!("expected bootstrap") };
+        assert_eq!(issuer, "https://controller.multinic.svc:50052");
+        assert_eq!(state_dir, PathBuf::from("/var/lib/multinic"));
+    }
+}

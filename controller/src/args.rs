@@ -312,3 +312,36 @@ impl IssuerArgs {
         Ok(Some(IssuerConfig { listen, ca, reviewer, policy }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(flags: &[&str]) -> anyhow::Result<Transport> {
+        let mut argv = vec!["multinic-controller", "--database-url", "sqlite:///tmp/x.db"];
+        argv.extend(flags);
+        let Args { tls, issuer, .. } = Args::try_parse_from(argv)?;
+        tls.transport(issuer)
+    }
+
+    #[test]
+    fn mtls_is_required_unless_insecure() {
+        let err = transport(&[]).unwrap_err().to_string();
+        assert!(err.contains("mTLS needs --tls-cert, --tls-key and --client-ca (or --insecure"), "{err}");
+        let err = transport(&["--tls-cert", "c", "--tls-key", "k"]).unwrap_err().to_string();
+        assert!(err.contains("--client-ca"), "{err}");
+        assert!(matches!(transport(&["--insecure"]).unwrap(), Transport::Insecure));
+        let err = transport(&["--insecure", "--issuer-listen", "0.0.0.0:50052"]).unwrap_err().to_string();
+        assert!(err.contains("needs TLS"), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let args = Args::try_parse_from(["multinic-controller", "--insecure"]).unwrap();
+        assert_eq!(args.tls.trust_domain.to_string(), "multinic.local");
+        assert_eq!(args.tls.max_connection_age, Duration::from_secs(3600));
+        assert_eq!(args.issuer.node_cert_lifetime, Duration::from_secs(86_400));
+        assert_eq!(args.issuer.token_audience, "multinic-controller");
+        assert!(Args::try_parse_from(["multinic-controller", "--trust-domain", "Bad/Domain"]).is_err());
+    }
+}

@@ -112,6 +112,7 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     let err = fleet_summary(&url, &foreign_ca).await.unwrap_err();
     let reason = next_refusal(&controller, before).await;
     assert!(reason.contains("UnknownIssuer"), "{reason} (client saw: {err})");
+    assert!(err.contains("refused the TLS connection: received fatal alert: UnknownCA"), "{err}");
 
     // An expired certificate of the right CA.
     let operator = Identity::Operator("bob".parse().unwrap());
@@ -120,6 +121,7 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     let err = fleet_summary(&url, &pki.client_tls(&old)).await.unwrap_err();
     let reason = next_refusal(&controller, before).await;
     assert!(reason.contains("expired"), "{reason} (client saw: {err})");
+    assert!(err.contains("CertificateExpired"), "{err}");
 
     // No certificate at all.
     let anonymous = ClientTls::server_auth_only(&pki.ca_file(), Duration::from_secs(1)).unwrap();
@@ -127,6 +129,7 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     let err = fleet_summary(&url, &anonymous).await.unwrap_err();
     let reason = next_refusal(&controller, before).await;
     assert!(reason.contains("no certificates"), "{reason} (client saw: {err})");
+    assert!(err.contains("CertificateRequired"), "{err}");
 
     // An agent with an expired certificate never gets a stream.
     let agent = pki.agent_with("node-a", expired());

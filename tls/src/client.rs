@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -33,6 +35,10 @@ use crate::server::certified_key;
 use crate::{Error, Result, pem, provider};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// How long the controller may take to send its first bytes after the handshake.
+const FIRST_FLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to reach the controller over TLS.
 #[derive(Clone)]
@@ -127,7 +133,7 @@ pub fn server_verifier(ca_pem: &[u8], what: &str) -> Result<Arc<dyn ServerCertVe
 struct Connector(ClientTls);
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Response = TokioIo<Replay<TlsStream>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -148,13 +154,85 @@ impl tower_service::Service<Uri> for Connector {
             };
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let stream = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(name, tcp).await?;
+            let mut stream = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(name, tcp).await?;
             let presented = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
             if let (Some(der), Ok(mut last)) = (presented, tls.last_server.lock()) {
                 *last = CertificateInfo::from_der(der).ok();
             }
-            Ok(TokioIo::new(stream))
+            let first = first_flight(&mut stream).await?;
+            Ok(TokioIo::new(Replay { first, offset: 0, inner: stream }))
         })
+    }
+}
+
+/// Reads the controller's first bytes (its HTTP/2 SETTINGS). With TLS 1.3 a
+/// client finishes its handshake before the server has checked the client's
+/// certificate, so a refusal only arrives as an alert on the first read.
+/// Reading it here makes the refusal a connect error that names the reason,
+/// instead of "connection closed" on the first call and a reconnect loop.
+async fn first_flight(stream: &mut TlsStream) -> io::Result<Vec<u8>> {
+    let mut first = vec![0; 4096];
+    let n = tokio::time::timeout(FIRST_FLIGHT_TIMEOUT, stream.read(&mut first))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the controller sent nothing after the TLS handshake"))?
+        .map_err(|e| {
+            let hint =
+                "is our certificate valid, for the controller's trust domain, and signed by a CA in its --client-ca?";
+            io::Error::new(e.kind(), format!("the controller refused the TLS connection: {e} ({hint})"))
+        })?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the controller closed the connection after the TLS handshake",
+        ));
+    }
+    first.truncate(n);
+    Ok(first)
+}
+
+/// A stream that first replays the bytes [`first_flight`] read.
+#[derive(Debug)]
+struct Replay<S> {
+    first: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.offset < self.first.len() {
+            let n = buf.remaining().min(self.first.len() - self.offset);
+            buf.put_slice(&self.first[self.offset..self.offset + n]);
+            self.offset += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
