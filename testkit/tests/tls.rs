@@ -90,6 +90,8 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     // A good operator gets in.
     let operator = pki.client_tls(&pki.operator("alice"));
     fleet_summary(&url, &operator).await.expect("operator with a valid certificate");
+    let served = operator.last_server_certificate().expect("the controller's certificate");
+    assert_eq!(served.ips, ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
 
     // Plaintext.
     let before = controller.handshakes.refused();

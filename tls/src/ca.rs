@@ -229,16 +229,6 @@ pub fn new_key_and_csr() -> Result<(String, String)> {
     Ok((key.serialize_pem(), csr_pem))
 }
 
-/// Whether a PEM key is the one certified by a PEM certificate.
-pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool> {
-    let key = KeyPair::from_pem(key_pem).map_err(rcgen_err("private key"))?;
-    let der = crate::pem::certificates(cert_pem.as_bytes(), "certificate")?;
-    let first = der.first().ok_or_else(|| Error::Certificate { reason: "empty certificate file".into() })?;
-    let (_, x509) =
-        X509Certificate::from_der(first).map_err(|e| Error::Certificate { reason: format!("certificate: {e}") })?;
-    Ok(x509.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
-}
-
 fn set_validity(params: &mut CertificateParams, validity: Validity) {
     params.not_before = validity.not_before.into();
     params.not_after = validity.not_after.into();
@@ -282,7 +272,8 @@ mod tests {
         assert_eq!(info.uris, vec!["spiffe://multinic.test/multinic/node/node-a".to_owned()]);
         assert!(info.dns_names.is_empty() && info.ips.is_empty() && !info.is_ca, "{info:?}");
         assert_eq!(info.identity(&td()).unwrap(), Identity::Node(node));
-        assert!(key_matches(&pem, &key.serialize_pem()).unwrap(), "the CSR's key is certified");
+        let certified = crate::server::certified_key(pem.as_bytes(), key.serialize_pem().as_bytes(), "issued");
+        assert!(certified.is_ok(), "the CSR's key is certified: {certified:?}");
     }
 
     #[test]

@@ -23,12 +23,6 @@ use crate::{Error, Result};
 /// The newest value; `borrow().clone()` is all a reader does.
 pub type Live<T> = watch::Receiver<Arc<T>>;
 
-/// A value that never changes. (A receiver keeps the last value after its
-/// sender is gone; only `changed()` reports the channel closed.)
-pub fn fixed<T: ?Sized + Send + Sync + 'static>(value: Arc<T>) -> Live<T> {
-    watch::channel(value).1
-}
-
 /// Builds a value from `paths` now (an error here is fatal to the caller)
 /// and rebuilds it every `every` when the files' bytes changed, for as long
 /// as any receiver exists. Must run inside a Tokio runtime.

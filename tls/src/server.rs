@@ -41,14 +41,6 @@ impl ServerTls {
         Ok(Self { certificate, client_verifier })
     }
 
-    /// Fixed material (tests and in-process use).
-    pub fn from_pem(cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Result<Self> {
-        Ok(Self {
-            certificate: live::fixed(certified_key(cert_pem.as_bytes(), key_pem.as_bytes(), "server certificate")?),
-            client_verifier: live::fixed(client_verifier(client_ca_pem.as_bytes(), "client CA")?),
-        })
-    }
-
     /// The certificate presented right now.
     pub fn current_certificate(&self) -> Arc<CertifiedKey> {
         self.certificate.borrow().clone()
