@@ -167,6 +167,8 @@ impl Controller {
         let Self { config, grpc, http, issuer, fleet, metrics, handshakes } = self;
         let ControllerConfig { store, poll_interval, hello_timeout, drain_timeout, transport } = config;
         let serving = Arc::new(AtomicBool::new(false));
+        // TLS configurations first: an error here must not leave tasks behind.
+        let transport = Prepared::new(transport)?;
 
         let (recorder, recorder_task) =
             recorder::spawn(store.clone(), fleet.clone(), metrics.clone(), shutdown.clone());
@@ -195,7 +197,7 @@ impl Controller {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_nodelay(true);
-        if let Transport::Mutual(tls) = &transport {
+        if let Prepared::Mutual { tls, .. } = &transport {
             // Idle and unary-only connections close at the cap too (GOAWAY);
             // agent streams are ended by their handler a little earlier.
             builder = builder.max_connection_age(tls.max_connection_age);
@@ -209,21 +211,17 @@ impl Controller {
             .add_service(FleetServiceServer::new(fleet_svc).max_decoding_message_size(MAX_MESSAGE_BYTES));
         let signal = async move { grpc_shutdown.cancelled().await };
         let (server, issuer_server) = match transport {
-            Transport::Insecure => {
-                warn!("serving plaintext gRPC without client certificates (--insecure): any peer can claim any node");
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-                (tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal)), None)
-            }
-            Transport::Mutual(tls) => {
-                let config = tls.server.mutual_config().map_err(|source| ServeError::Tls { source })?;
+            Prepared::Mutual { tls, grpc: config, issuer: issuer_config } => {
                 let policy = AcceptPolicy {
                     trust_domain: Some(tls.trust_domain.clone()),
                     max_connection_age: tls.max_connection_age,
                     handshake_timeout: tls.handshake_timeout,
                 };
                 let incoming = tls::tls_incoming("grpc", grpc, config, policy, handshakes);
-                let issuer_server = match (issuer, &tls.issuer) {
-                    (Some(listener), Some(issuer)) => Some(serve_issuer(listener, issuer, &tls, shutdown.clone())?),
+                let issuer_server = match (issuer, &tls.issuer, issuer_config) {
+                    (Some(listener), Some(issuer), Some(config)) => {
+                        Some(serve_issuer(listener, issuer, config, &tls, shutdown.clone()))
+                    }
                     _ => None,
                 };
                 info!(
@@ -233,6 +231,11 @@ impl Controller {
                     "gRPC requires TLS 1.3 with client certificates"
                 );
                 (tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal)), issuer_server)
+            }
+            Prepared::Insecure => {
+                warn!("serving plaintext gRPC without client certificates (--insecure): any peer can claim any node");
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+                (tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal)), None)
             }
         };
         serving.store(true, Ordering::Relaxed);
@@ -270,14 +273,36 @@ impl Controller {
     }
 }
 
+/// The transport with its rustls configurations built.
+enum Prepared {
+    Insecure,
+    Mutual { tls: Box<TlsConfig>, grpc: Arc<rustls::ServerConfig>, issuer: Option<Arc<rustls::ServerConfig>> },
+}
+
+impl Prepared {
+    fn new(transport: Transport) -> Result<Self, ServeError> {
+        let tls = match transport {
+            Transport::Insecure => return Ok(Self::Insecure),
+            Transport::Mutual(tls) => tls,
+        };
+        let tls_err = |source| ServeError::Tls { source };
+        let grpc = tls.server.mutual_config().map_err(tls_err)?;
+        let issuer = match &tls.issuer {
+            Some(_) => Some(tls.server.server_auth_config().map_err(tls_err)?),
+            None => None,
+        };
+        Ok(Self::Mutual { tls, grpc, issuer })
+    }
+}
+
 /// Serves the issuer on its own listener: server-authenticated TLS only.
 fn serve_issuer(
     listener: TcpListener,
     issuer: &issuer::IssuerConfig,
+    config: Arc<rustls::ServerConfig>,
     tls: &TlsConfig,
     shutdown: CancellationToken,
-) -> Result<JoinHandle<Result<(), tonic::transport::Error>>, ServeError> {
-    let config = tls.server.server_auth_config().map_err(|source| ServeError::Tls { source })?;
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
     let listener_addr = listener.local_addr().ok();
     let policy = AcceptPolicy {
         trust_domain: None,
@@ -291,5 +316,5 @@ fn serve_issuer(
         .add_service(IssuerServiceServer::new(service).max_decoding_message_size(64 * 1024))
         .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await });
     info!(listen = ?listener_addr, audience = %issuer.policy.audience, "issuing node certificates");
-    Ok(tokio::spawn(server))
+    tokio::spawn(server)
 }
