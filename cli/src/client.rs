@@ -54,7 +54,8 @@ impl ConnectArgs {
         let endpoint = Endpoint::from_shared(url.clone())
             .with_context(|| format!("invalid controller address {:?}", self.controller))?
             .connect_timeout(self.timeout)
-            .timeout(self.timeout);
+            .timeout(self.timeout)
+            .tcp_nodelay(true);
         let channel = match self.tls()? {
             None => endpoint.connect().await,
             Some(tls) => tls.connect(&endpoint).await,

@@ -234,7 +234,13 @@ impl Controller {
             }
             Prepared::Insecure => {
                 warn!("serving plaintext gRPC without client certificates (--insecure): any peer can claim any node");
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+                // Server::tcp_nodelay only applies to listeners tonic binds itself.
+                let incoming =
+                    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(grpc), |tcp| {
+                        tcp.inspect(|tcp| {
+                            let _ = tcp.set_nodelay(true);
+                        })
+                    });
                 (tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal)), None)
             }
         };

@@ -43,7 +43,8 @@ async fn main() {
     let plain_controller = TestController::start(&db, Duration::from_secs(1)).await;
     let plain_url = plain_controller.url();
     let plain = measure(CALLS, || async {
-        let channel = tonic::transport::Endpoint::from_shared(plain_url.clone()).unwrap().connect().await.unwrap();
+        let endpoint = tonic::transport::Endpoint::from_shared(plain_url.clone()).unwrap().tcp_nodelay(true);
+        let channel = endpoint.connect().await.unwrap();
         FleetServiceClient::new(channel).get_summary(GetSummaryRequest {}).await.unwrap();
     })
     .await;
