@@ -6,8 +6,8 @@
 //!   re-read when they change;
 //! - bootstrap (`--bootstrap-token-file`): the agent trades its projected
 //!   ServiceAccount token at the controller's issuer for a short-lived
-//!   certificate, keeps it in memory (and in its state dir, so a restart
-//!   does not need the issuer), and renews it at half-life.
+//!   certificate, keeps it in memory (and in its state dir, to stand in
+//!   when the issuer cannot answer at a restart), and renews it at half-life.
 //!
 //! Either way the controller is checked against `--ca`. This module never
 //! sends the token anywhere but the issuer over verified TLS, never accepts
@@ -125,32 +125,46 @@ struct Bootstrap {
 }
 
 impl Bootstrap {
-    /// The first certificate (saved, or issued now) and a task renewing it;
-    /// `None` if `shutdown` came first.
+    /// The first certificate and a task renewing it; `None` if `shutdown`
+    /// came first. A fresh certificate is asked for at every start (the CA
+    /// may have changed since the saved one was issued); the saved one only
+    /// stands in while the issuer cannot answer.
     async fn start(self, shutdown: &CancellationToken) -> Option<Live<CertifiedKey>> {
-        let current = match self.load_saved() {
-            Some(saved) => saved,
-            None => self.issue_until_done(shutdown).await?,
+        let (current, fresh) = match self.issue_and_keep().await {
+            Ok(issued) => (issued, true),
+            Err(e) => match self.load_saved() {
+                Some(saved) => {
+                    warn!(issuer = %self.issuer, error = %e, "cannot obtain a node certificate; using the saved one meanwhile");
+                    (saved, false)
+                }
+                None => (self.issue_until_done(shutdown).await?, true),
+            },
         };
         let (tx, rx) = watch::channel(current.key.clone());
         let shutdown = shutdown.clone();
         let span = info_span!("certificate_renewal", node = %self.node);
         tokio::spawn(
             async move {
-                let mut current = current;
+                let (mut current, mut fresh) = (current, fresh);
                 loop {
                     // At half-life, a little earlier for some nodes than for
-                    // others so that a fleet issued together does not renew together.
+                    // others so that a fleet issued together does not renew
+                    // together; soon when running on a saved certificate.
                     let until_half_life =
                         current.info.half_life().duration_since(SystemTime::now()).unwrap_or_default();
+                    let wait = if fresh {
+                        until_half_life.mul_f64(0.9 + 0.1 * fastrand::f64())
+                    } else {
+                        until_half_life.min(Duration::from_secs(30))
+                    };
                     tokio::select! {
-                        () = tokio::time::sleep(until_half_life.mul_f64(0.9 + 0.1 * fastrand::f64())) => {}
+                        () = tokio::time::sleep(wait) => {}
                         () = shutdown.cancelled() => return,
                         () = tx.closed() => return,
                     }
                     let Some(renewed) = self.issue_until_done(&shutdown).await else { return };
                     tx.send_replace(renewed.key.clone());
-                    current = renewed;
+                    (current, fresh) = (renewed, true);
                 }
             }
             .instrument(span),
@@ -162,18 +176,8 @@ impl Bootstrap {
     async fn issue_until_done(&self, shutdown: &CancellationToken) -> Option<Issued> {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         loop {
-            match self.issue().await {
-                Ok(issued) => {
-                    info!(
-                        serial = %issued.info.serial,
-                        not_after = ?issued.info.not_after,
-                        "obtained a node certificate from the issuer"
-                    );
-                    if let Err(e) = self.save(&issued.pem) {
-                        warn!(error = %e, "cannot keep the node certificate in the state dir; keeping it in memory");
-                    }
-                    return Some(issued);
-                }
+            match self.issue_and_keep().await {
+                Ok(issued) => return Some(issued),
                 Err(e) => {
                     let delay = backoff.next_delay();
                     warn!(issuer = %self.issuer, error = %e, retry_in = ?delay, "cannot obtain a node certificate");
@@ -184,6 +188,16 @@ impl Bootstrap {
                 }
             }
         }
+    }
+
+    /// One issuance, saved in the state dir (or kept in memory only, if that fails).
+    async fn issue_and_keep(&self) -> anyhow::Result<Issued> {
+        let issued = self.issue().await?;
+        info!(serial = %issued.info.serial, not_after = ?issued.info.not_after, "obtained a node certificate from the issuer");
+        if let Err(e) = self.save(&issued.pem) {
+            warn!(error = %e, "cannot keep the node certificate in the state dir; keeping it in memory");
+        }
+        Ok(issued)
     }
 
     /// One request: new key, CSR, token, and a check of what came back.
@@ -205,7 +219,7 @@ impl Bootstrap {
     }
 
     /// A certificate kept from an earlier run, if it still names this node,
-    /// matches its key and is valid for a while.
+    /// matches its key and is before its half-life.
     fn load_saved(&self) -> Option<Issued> {
         let cert_pem = std::fs::read_to_string(&self.cert_path).ok()?;
         let key_pem = std::fs::read_to_string(&self.key_path).ok()?;

@@ -215,3 +215,62 @@ async fn a_bootstrapping_agent_obtains_renews_and_uses_its_certificate() {
     agent.stop().await;
     controller.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_asks_anew_and_falls_back_to_its_saved_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, pool) = sqlite_database(dir.path()).await;
+    let pki = TestPki::new();
+    let (controller, fake) = issuing_controller(&pki, &db, Duration::from_secs(3600)).await;
+    fake.add("token-a", TokenIdentity::agent("node-a"));
+    let token = dir.path().join("token");
+    std::fs::write(&token, "token-a").unwrap();
+    let transport = |root: &std::path::Path| {
+        AgentTransport::Tls(AgentTls {
+            ca: pki.ca_file(),
+            identity: AgentIdentity::Bootstrap {
+                token_file: token.clone(),
+                issuer: format!("https://{}", controller.issuer.unwrap()),
+                state_dir: root.join("var/lib/multinic"),
+            },
+            server_name: None,
+            reload_interval: RELOAD,
+        })
+    };
+    let root = tempfile::Builder::new().prefix("multinic-node-").tempdir().unwrap();
+    let t = transport(root.path());
+    let agent = TestAgent::start_with(root, &controller.url(), "node-a", t).await;
+    let cert_path = agent.state_dir().join("tls/node.crt");
+    let saved = eventually(WAIT, "a saved certificate", || async {
+        CertificateInfo::from_pem(&std::fs::read(&cert_path).ok()?).ok()
+    })
+    .await;
+    let root = agent.stop().await;
+
+    // The token is no longer accepted: the restarted agent asks, is refused,
+    // and connects with its saved certificate meanwhile.
+    std::fs::write(&token, "token-revoked").unwrap();
+    let reviews = fake.reviews().len();
+    let t = transport(root.path());
+    let agent = TestAgent::start_with(root, &controller.url(), "node-a", t).await;
+    sqlx::query(
+        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
+         VALUES ('p1', 's', 'fa:16:3e:00:0a:01', 'node-a', NULL, NULL, 1500)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    eventually(WAIT, "row applied with the saved certificate", || async {
+        let v: i64 = sqlx::query_scalar("SELECT netplan_success FROM multi_interface WHERE port_id = 'p1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (v == 1).then_some(())
+    })
+    .await;
+    assert!(fake.reviews().len() > reviews, "asked for a new certificate first");
+    let still = CertificateInfo::from_pem(&std::fs::read(&cert_path).unwrap()).unwrap();
+    assert_eq!(still.serial, saved.serial);
+    agent.stop().await;
+    controller.stop().await;
+}
