@@ -9,10 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe {
         std::env::set_var("PROTOC", protoc);
     }
-    println!("cargo:rerun-if-changed=proto/multinic/v1/multinic.proto");
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_protos(&["proto/multinic/v1/multinic.proto"], &["proto"])?;
+    let protos = ["proto/multinic/v1/multinic.proto", "proto/multinic/v1/issuer.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_protos(&protos, &["proto"])?;
     Ok(())
 }

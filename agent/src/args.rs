@@ -3,16 +3,18 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use multinic_proto::runtime::LogFormat;
+use multinic_proto::runtime::{LogFormat, parse_duration};
 use multinic_proto::{DEFAULT_CAPACITY, MAX_CAPACITY, NodeName};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backend::{BackendChoice, detect_backend};
 use crate::reconcile::ApplyMode;
+use crate::tls::{AgentIdentity, AgentTls, AgentTransport, default_issuer_url};
 use crate::{Agent, AgentConfig, controller_url, default_host_root};
 
 /// Applies this node's secondary NICs as the multinic controller says:
@@ -76,21 +78,8 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: SocketAddr,
 
-    /// PEM client certificate naming this node (reloaded when it changes).
-    #[arg(long, env = "MULTINIC_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "MULTINIC_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-
-    /// PEM CA bundle the controller's certificate must chain to.
-    #[arg(long, env = "MULTINIC_CA")]
-    pub ca: Option<PathBuf>,
-
-    /// Connect without TLS. Development only.
-    #[arg(long, env = "MULTINIC_INSECURE")]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Log format: json or text.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
@@ -116,10 +105,7 @@ impl Args {
             host_pid,
             test_pause_after_write,
             http_listen,
-            tls_cert,
-            tls_key,
-            ca,
-            insecure,
+            tls,
             log_format: _,
             log_level: _,
         } = self;
@@ -130,14 +116,11 @@ impl Args {
         let node: NodeName = node_name.parse().context("--node-name")?;
         let host_root = host_root.unwrap_or_else(default_host_root);
         let backend = detect_backend(backend, &host_root)?;
-        if insecure {
-            warn!("--insecure: talking to the controller without TLS");
-        } else {
-            let _ = (tls_cert, tls_key, ca);
-            bail!("mTLS is not available in this build yet; run with --insecure");
-        }
+        let controller = controller_url(&controller, !tls.insecure);
+        let transport = tls.transport(&controller, &state_dir)?;
         let config = AgentConfig {
-            controller: controller_url(&controller, !insecure),
+            controller,
+            transport,
             node,
             host_root,
             backend,
@@ -174,4 +157,127 @@ async fn signal_shutdown(shutdown: CancellationToken) {
         _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
     }
     shutdown.cancel();
+}
+
+/// TLS to the controller: a mounted certificate, or one obtained with a
+/// ServiceAccount token.
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// PEM client certificate naming this node (reloaded when it changes).
+    #[arg(long, env = "MULTINIC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (reloaded when it changes).
+    #[arg(long, env = "MULTINIC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle the controller's certificate must chain to (reloaded when it changes).
+    #[arg(long, env = "MULTINIC_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// Check the controller's certificate for this name instead of the host of --controller.
+    #[arg(long, env = "MULTINIC_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+
+    /// Projected ServiceAccount token (audience: the controller). Without
+    /// --tls-cert, the agent trades it at the controller's issuer for a
+    /// short-lived node certificate, renewed at half-life and kept in --state-dir.
+    #[arg(long, env = "MULTINIC_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+
+    /// The issuer's address (host:port or URL). Default: the host of --controller, port 50052.
+    #[arg(long, env = "MULTINIC_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// How often certificate, key and CA files are checked for changes.
+    #[arg(long, env = "MULTINIC_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// Connect without TLS. Development only: the controller then trusts
+    /// whatever node this agent names.
+    #[arg(long, env = "MULTINIC_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    fn transport(self, controller: &str, state_dir: &std::path::Path) -> anyhow::Result<AgentTransport> {
+        let Self {
+            tls_cert,
+            tls_key,
+            ca,
+            tls_server_name,
+            bootstrap_token_file,
+            issuer,
+            tls_reload_interval,
+            insecure,
+        } = self;
+        if insecure {
+            // The agent warns when it starts without TLS.
+            return Ok(AgentTransport::Insecure);
+        }
+        let Some(ca) = ca else {
+            bail!("TLS needs --ca, the CA bundle of the controller's certificate (or --insecure for development)");
+        };
+        let identity = match (tls_cert, tls_key, bootstrap_token_file) {
+            (Some(cert), Some(key), None) => AgentIdentity::Mounted { cert, key },
+            (None, None, Some(token_file)) => {
+                let issuer = match issuer {
+                    Some(issuer) => controller_url(&issuer, true),
+                    None => default_issuer_url(controller)?,
+                };
+                AgentIdentity::Bootstrap { token_file, issuer, state_dir: state_dir.to_owned() }
+            }
+            (Some(_), Some(_), Some(_)) => bail!("use either --tls-cert/--tls-key or --bootstrap-token-file, not both"),
+            _ => bail!(
+                "TLS needs a node certificate: --tls-cert and --tls-key, or --bootstrap-token-file (or --insecure)"
+            ),
+        };
+        Ok(AgentTransport::Tls(AgentTls {
+            ca,
+            identity,
+            server_name: tls_server_name,
+            reload_interval: tls_reload_interval,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(flags: &[&str]) -> anyhow::Result<AgentTransport> {
+        let mut argv = vec!["multinic-agent", "--controller", "controller.multinic.svc:50051"];
+        argv.extend(flags);
+        let args = Args::try_parse_from(argv)?;
+        let controller = controller_url(&args.controller, !args.tls.insecure);
+        args.tls.transport(&controller, &args.state_dir)
+    }
+
+    #[test]
+    fn tls_is_the_default_and_needs_a_ca_and_a_certificate_source() {
+        let err = transport(&[]).unwrap_err().to_string();
+        assert!(err.contains("--ca"), "{err}");
+        let err = transport(&["--ca", "ca.crt"]).unwrap_err().to_string();
+        assert!(err.contains("--tls-cert and --tls-key, or --bootstrap-token-file"), "{err}");
+        let both = ["--ca", "ca.crt", "--tls-cert", "c", "--tls-key", "k", "--bootstrap-token-file", "t"];
+        assert!(transport(&both).unwrap_err().to_string().contains("not both"));
+        assert!(matches!(transport(&["--insecure"]).unwrap(), AgentTransport::Insecure));
+    }
+
+    #[test]
+    fn mounted_and_bootstrap_identities() {
+        let AgentTransport::Tls(tls) = transport(&["--ca", "ca.crt", "--tls-cert", "c", "--tls-key", "k"]).unwrap()
+        else {
+            panic!("expected TLS")
+        };
+        assert!(matches!(tls.identity, AgentIdentity::Mounted { .. }));
+        let AgentTransport::Tls(tls) =
+            transport(&["--ca", "ca.crt", "--bootstrap-token-file", "/var/run/secrets/multinic/token"]).unwrap()
+        else {
+            panic!("expected TLS")
+        };
+        let AgentIdentity::Bootstrap { issuer, state_dir, .. } = tls.identity else { panic!("expected bootstrap") };
+        assert_eq!(issuer, "https://controller.multinic.svc:50052");
+        assert_eq!(state_dir, PathBuf::from("/var/lib/multinic"));
+    }
 }

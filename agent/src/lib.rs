@@ -22,6 +22,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod session;
 pub mod status;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -42,12 +43,15 @@ use crate::kernel::rtnl::Rtnetlink;
 use crate::reconcile::{ApplyMode, Reconciler};
 use crate::session::SessionConfig;
 use crate::status::AgentStatus;
+use crate::tls::AgentTransport;
 
 /// Everything a running agent needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// `http://host:port`.
+    /// `http://host:port`, or `https://host:port` with TLS.
     pub controller: String,
+    /// TLS (the binary's default) or plaintext (`--insecure`).
+    pub transport: AgentTransport,
     pub node: NodeName,
     /// The host's `/`, as mounted in the pod (`/host`), or `/`.
     pub host_root: PathBuf,
@@ -70,6 +74,7 @@ impl AgentConfig {
         let host_root = host_root.into();
         Self {
             controller: controller.into(),
+            transport: AgentTransport::Insecure,
             node,
             state_dir: host_root.join("var/lib/multinic"),
             host_root,
@@ -117,6 +122,7 @@ impl Agent {
     pub async fn run(&self, config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
         let AgentConfig {
             controller,
+            transport,
             node,
             host_root,
             backend,
@@ -163,8 +169,19 @@ impl Agent {
             host_pid,
             "agent starting"
         );
+        let tls = match &transport {
+            AgentTransport::Insecure => {
+                warn!("talking to the controller without TLS (--insecure)");
+                None
+            }
+            AgentTransport::Tls(tls) => match tls.client(&node, &shutdown).await? {
+                Some(client) => Some(client),
+                None => return Ok(()),
+            },
+        };
         let session = SessionConfig {
             controller,
+            tls,
             node,
             connect_timeout: Duration::from_secs(5),
             backoff_base: Duration::from_millis(250),

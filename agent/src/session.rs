@@ -23,6 +23,7 @@ use multinic_proto::v1::{self, AgentMessage, ControllerMessage};
 use multinic_proto::{
     AgentHello, AgentReport, DesiredPush, DesiredSet, InterfaceState, InterfaceStatus, MacAddress, NodeName, Outcome,
 };
+use multinic_tls::ClientTls;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,8 @@ impl Applied {
 pub struct SessionConfig {
     /// `http://host:port` (or `https://` with TLS).
     pub controller: String,
+    /// TLS with this node's certificate; `None` only with `--insecure`.
+    pub tls: Option<ClientTls>,
     pub node: NodeName,
     pub connect_timeout: Duration,
     pub backoff_base: Duration,
@@ -118,6 +121,8 @@ pub async fn run(
     }
 }
 
+/// A new connection for every stream, so that each one is checked against
+/// the newest certificates (both ours and the controller's CA).
 async fn connect(config: &SessionConfig) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(config.controller.clone())
         .map_err(|e| format!("invalid controller address {:?}: {e}", config.controller))?
@@ -126,7 +131,11 @@ async fn connect(config: &SessionConfig) -> Result<Channel, String> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    endpoint.connect().await.map_err(|e| format!("cannot connect to {}: {}", config.controller, error_chain(&e)))
+    let channel = match &config.tls {
+        Some(tls) => tls.connect(&endpoint).await,
+        None => endpoint.connect().await,
+    };
+    channel.map_err(|e| format!("cannot connect to {}: {}", config.controller, error_chain(&e)))
 }
 
 async fn stream_once(
@@ -389,8 +398,12 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // Wrappers often repeat their source's text: say it once.
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
         source = s.source();
     }
     text

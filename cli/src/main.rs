@@ -51,6 +51,8 @@ enum Command {
     /// Run the whole system locally: embedded SQLite, a controller and three
     /// agents in temporary folders; no root, no server to install.
     Demo(commands::demo::DemoArgs),
+    /// Make a development CA and controller, agent and operator certificates.
+    Certs(commands::certs::CertsArgs),
 }
 
 #[tokio::main]
@@ -62,6 +64,7 @@ async fn main() -> ExitCode {
         Command::Watch => commands::watch::run(&cli.connect, cli.output).await,
         Command::ConfirmRemovals { token } => commands::confirm::run(&cli.connect, token).await,
         Command::Demo(args) => commands::demo::run(args).await,
+        Command::Certs(args) => commands::certs::run(args),
     };
     match result {
         Ok(code) => code,

@@ -165,7 +165,7 @@ async fn a_fleet_with_problems_reads_clearly_and_exits_2() {
     let a = TestAgent::start(&controller.url(), "node-a").await;
     let b = TestAgent::start(&controller.url(), "node-b").await;
     let root = tempfile::tempdir().unwrap();
-    let c = TestAgent::start_with(root, &controller.url(), "node-c", |config| config.capacity = 1).await;
+    let c = TestAgent::start_adjusted(root, &controller.url(), "node-c", |config| config.capacity = 1).await;
     wait_for(&controller, "node-a", Convergence::Converged).await;
     wait_for(&controller, "node-b", Convergence::Converged).await;
     wait_for(&controller, "node-c", Convergence::Failed).await;

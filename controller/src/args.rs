@@ -8,10 +8,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use multinic_proto::runtime::{LogFormat, parse_duration};
+use multinic_tls::{CertificateAuthority, ServerTls, TrustDomain};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::issuer::token_review::{IN_CLUSTER_CA, IN_CLUSTER_TOKEN};
+use crate::issuer::{IssuancePolicy, IssuerConfig, TokenReviewer};
 use crate::store::{self, DatabaseConfig};
+use crate::tls::{TlsConfig, Transport};
 use crate::{Controller, ControllerConfig};
 
 /// Keeps the secondary NICs of every node in line with the multi_interface
@@ -75,22 +79,11 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_REMOVAL_WARMUP", default_value = "30s", value_parser = parse_duration)]
     pub removal_warmup: Duration,
 
-    /// PEM certificate chain the controller presents (reloaded when it changes).
-    #[arg(long, env = "MULTINIC_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "MULTINIC_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-
-    /// PEM CA bundle that agent and operator client certificates must chain to.
-    #[arg(long, env = "MULTINIC_CLIENT_CA")]
-    pub client_ca: Option<PathBuf>,
-
-    /// Serve plaintext gRPC without client certificates. Development only:
-    /// any peer can then claim to be any node.
-    #[arg(long, env = "MULTINIC_INSECURE")]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub issuer: IssuerArgs,
 
     /// Log format: json or text.
     #[arg(long, env = "LOG_FORMAT", default_value = "json")]
@@ -118,10 +111,8 @@ impl Args {
             max_removal_share,
             min_guarded_removals,
             removal_warmup,
-            tls_cert,
-            tls_key,
-            client_ca,
-            insecure,
+            tls,
+            issuer,
             log_format: _,
             log_level: _,
         } = self;
@@ -133,15 +124,7 @@ impl Args {
             }
             (None, None) => bail!("no database configured: set --database-url (DATABASE_URL) or DB_HOST"),
         };
-        if insecure {
-            warn!("--insecure: serving plaintext gRPC without client certificates; any peer can claim any node");
-        } else {
-            let given = [&tls_cert, &tls_key, &client_ca].iter().filter(|p| p.is_some()).count();
-            if given == 0 {
-                bail!("mTLS needs --tls-cert, --tls-key and --client-ca (or --insecure for development)");
-            }
-            bail!("mTLS is not available in this build yet; run with --insecure");
-        }
+        let transport = tls.transport(issuer)?;
         let store = store::connect(&database).context("database configuration")?;
         let election = crate::leader::for_database(&database).context("database configuration")?;
         info!(database = %database.redacted(), "using database");
@@ -156,6 +139,7 @@ impl Args {
                 min_removals: min_guarded_removals,
                 warmup: removal_warmup,
             },
+            transport,
         };
         let controller = Controller::bind(config, listen, http_listen).await?;
         info!(grpc = %controller.grpc_addr(), http = %controller.http_addr(), "listening");
@@ -186,4 +170,209 @@ pub async fn signal_shutdown(shutdown: CancellationToken) {
         _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
     }
     shutdown.cancel();
+}
+
+/// mTLS of the gRPC port.
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain the controller presents (reloaded when it changes).
+    #[arg(long, env = "MULTINIC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (reloaded when it changes).
+    #[arg(long, env = "MULTINIC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle that agent and operator client certificates must chain
+    /// to (reloaded when it changes; a bundle of old and new CA rotates a CA).
+    #[arg(long, env = "MULTINIC_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    /// SPIFFE trust domain of client identities
+    /// (spiffe://<trust-domain>/multinic/node/<node>, .../multinic/operator/<name>).
+    #[arg(long, env = "MULTINIC_TRUST_DOMAIN", default_value = multinic_tls::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: TrustDomain,
+
+    /// Connections end after this long (never later than half the client
+    /// certificate's remaining lifetime); agents reconnect at once.
+    #[arg(long, env = "MULTINIC_MAX_CONNECTION_AGE", default_value = "1h", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// How often certificate, key and CA files are checked for changes.
+    #[arg(long, env = "MULTINIC_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// TLS handshakes that take longer are dropped.
+    #[arg(long, env = "MULTINIC_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// Serve plaintext gRPC without client certificates. Development only:
+    /// any peer can then claim to be any node.
+    #[arg(long, env = "MULTINIC_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// Plaintext with --insecure (and a warning); otherwise mTLS, which needs
+    /// all three files.
+    pub fn transport(self, issuer: IssuerArgs) -> anyhow::Result<Transport> {
+        let Self {
+            tls_cert,
+            tls_key,
+            client_ca,
+            trust_domain,
+            max_connection_age,
+            tls_reload_interval,
+            tls_handshake_timeout,
+            insecure,
+        } = self;
+        if insecure {
+            // The controller itself warns when it starts serving plaintext.
+            if issuer.issuer_listen.is_some() {
+                bail!("--issuer-listen needs TLS: drop --insecure");
+            }
+            return Ok(Transport::Insecure);
+        }
+        let (Some(cert), Some(key), Some(client_ca)) = (tls_cert, tls_key, client_ca) else {
+            bail!("mTLS needs --tls-cert, --tls-key and --client-ca (or --insecure for development)");
+        };
+        let server =
+            ServerTls::from_files(&cert, &key, &client_ca, tls_reload_interval).context("controller TLS material")?;
+        let mut config = TlsConfig::new(server, trust_domain);
+        config.max_connection_age = max_connection_age;
+        config.handshake_timeout = tls_handshake_timeout;
+        config.issuer = issuer.config(tls_reload_interval)?;
+        if let Some(issuer) = &config.issuer {
+            let issuing = issuer.ca.borrow().cert_pem().to_owned();
+            let bundle = multinic_tls::pem::read(&client_ca)?;
+            let trusted = multinic_tls::pem::certificates(&bundle, "client CA")?;
+            let issuing = multinic_tls::pem::certificates(issuing.as_bytes(), "issuer CA")?;
+            if !issuing.iter().all(|c| trusted.contains(c)) {
+                warn!(client_ca = %client_ca.display(), "the issuer CA is not in --client-ca: issued node certificates will be refused");
+            }
+        }
+        Ok(Transport::Mutual(Box::new(config)))
+    }
+}
+
+/// Issuing node certificates for ServiceAccount tokens.
+#[derive(Debug, clap::Args)]
+pub struct IssuerArgs {
+    /// Serve the issuer (agents trade a projected ServiceAccount token for a
+    /// node certificate) on this address, with server-only TLS. Off when unset.
+    #[arg(long, env = "MULTINIC_ISSUER_LISTEN")]
+    pub issuer_listen: Option<SocketAddr>,
+
+    /// PEM certificate of the CA that signs node certificates (must be in --client-ca).
+    #[arg(long, env = "MULTINIC_ISSUER_CA_CERT")]
+    pub issuer_ca_cert: Option<PathBuf>,
+
+    /// PEM private key of --issuer-ca-cert.
+    #[arg(long, env = "MULTINIC_ISSUER_CA_KEY")]
+    pub issuer_ca_key: Option<PathBuf>,
+
+    /// Audience the agents' projected tokens are minted for.
+    #[arg(long, env = "MULTINIC_TOKEN_AUDIENCE", default_value = "multinic-controller")]
+    pub token_audience: String,
+
+    /// User name of the agents' ServiceAccount; tokens of anyone else are refused.
+    #[arg(
+        long,
+        env = "MULTINIC_AGENT_SERVICE_ACCOUNT",
+        default_value = "system:serviceaccount:multinic:multinic-agent"
+    )]
+    pub agent_service_account: String,
+
+    /// Lifetime of issued node certificates (agents renew at half-life).
+    #[arg(long, env = "MULTINIC_NODE_CERT_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub node_cert_lifetime: Duration,
+
+    /// TokenReview endpoint. Default: the in-cluster API server
+    /// (https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/apis/authentication.k8s.io/v1/tokenreviews).
+    #[arg(long, env = "MULTINIC_TOKEN_REVIEW_URL")]
+    pub token_review_url: Option<String>,
+
+    /// CA bundle of the API server (https TokenReview URLs).
+    #[arg(long, env = "MULTINIC_TOKEN_REVIEW_CA", default_value = IN_CLUSTER_CA)]
+    pub token_review_ca: PathBuf,
+
+    /// The controller's own ServiceAccount token, sent as bearer token with
+    /// every TokenReview (re-read each time).
+    #[arg(long, env = "MULTINIC_TOKEN_REVIEW_TOKEN_FILE", default_value = IN_CLUSTER_TOKEN)]
+    pub token_review_token_file: PathBuf,
+}
+
+impl IssuerArgs {
+    fn config(self, reload_interval: Duration) -> anyhow::Result<Option<IssuerConfig>> {
+        let Self {
+            issuer_listen,
+            issuer_ca_cert,
+            issuer_ca_key,
+            token_audience,
+            agent_service_account,
+            node_cert_lifetime,
+            token_review_url,
+            token_review_ca,
+            token_review_token_file,
+        } = self;
+        let Some(listen) = issuer_listen else { return Ok(None) };
+        let (Some(ca_cert), Some(ca_key)) = (issuer_ca_cert, issuer_ca_key) else {
+            bail!("--issuer-listen needs --issuer-ca-cert and --issuer-ca-key");
+        };
+        let ca = multinic_tls::live::watch_files("issuer CA", vec![ca_cert, ca_key], reload_interval, |f| {
+            let pem = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            CertificateAuthority::from_pem(&pem(&f[0]), &pem(&f[1])).map(std::sync::Arc::new)
+        })
+        .context("issuer CA")?;
+        let url = token_review_url
+            .or_else(TokenReviewer::in_cluster_url)
+            .context("no TokenReview endpoint: set --token-review-url or run in a pod")?;
+        let ca_pem = if url.starts_with("https://") {
+            Some(std::fs::read(&token_review_ca).with_context(|| format!("read {}", token_review_ca.display()))?)
+        } else {
+            None
+        };
+        let bearer = token_review_token_file.exists().then_some(token_review_token_file);
+        let reviewer = TokenReviewer::new(&url, ca_pem.as_deref(), bearer).map_err(anyhow::Error::msg)?;
+        let policy = IssuancePolicy {
+            audience: token_audience,
+            service_account: agent_service_account,
+            lifetime: node_cert_lifetime,
+        };
+        info!(url = %url, audience = %policy.audience, service_account = %policy.service_account, "token reviews");
+        Ok(Some(IssuerConfig { listen, ca, reviewer, policy }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(flags: &[&str]) -> anyhow::Result<Transport> {
+        let mut argv = vec!["multinic-controller", "--database-url", "sqlite:///tmp/x.db"];
+        argv.extend(flags);
+        let Args { tls, issuer, .. } = Args::try_parse_from(argv)?;
+        tls.transport(issuer)
+    }
+
+    #[test]
+    fn mtls_is_required_unless_insecure() {
+        let err = transport(&[]).unwrap_err().to_string();
+        assert!(err.contains("mTLS needs --tls-cert, --tls-key and --client-ca (or --insecure"), "{err}");
+        let err = transport(&["--tls-cert", "c", "--tls-key", "k"]).unwrap_err().to_string();
+        assert!(err.contains("--client-ca"), "{err}");
+        assert!(matches!(transport(&["--insecure"]).unwrap(), Transport::Insecure));
+        let err = transport(&["--insecure", "--issuer-listen", "0.0.0.0:50052"]).unwrap_err().to_string();
+        assert!(err.contains("needs TLS"), "{err}");
+    }
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let args = Args::try_parse_from(["multinic-controller", "--insecure"]).unwrap();
+        assert_eq!(args.tls.trust_domain.to_string(), "multinic.local");
+        assert_eq!(args.tls.max_connection_age, Duration::from_secs(3600));
+        assert_eq!(args.issuer.node_cert_lifetime, Duration::from_secs(86_400));
+        assert_eq!(args.issuer.token_audience, "multinic-controller");
+        assert!(Args::try_parse_from(["multinic-controller", "--trust-domain", "Bad/Domain"]).is_err());
+    }
 }

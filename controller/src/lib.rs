@@ -16,11 +16,13 @@ pub mod fleet;
 pub mod grpc;
 pub mod guard;
 pub mod http;
+pub mod issuer;
 pub mod leader;
 pub mod metrics;
 pub mod recorder;
 pub mod store;
 pub mod sync;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,13 +31,16 @@ use std::time::Duration;
 
 use multinic_proto::v1::agent_service_server::AgentServiceServer;
 use multinic_proto::v1::fleet_service_server::FleetServiceServer;
+use multinic_proto::v1::issuer_service_server::IssuerServiceServer;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tls::{AcceptPolicy, HandshakeStats, TlsConfig, Transport};
 
 /// Messages larger than this are refused (a desired set of 100 interfaces is
 /// a few KB).
@@ -53,6 +58,8 @@ pub struct ControllerConfig {
     pub drain_timeout: Duration,
     /// When mass removals are held back.
     pub guard: guard::GuardConfig,
+    /// mTLS (the default of the binary) or plaintext (`--insecure`).
+    pub transport: Transport,
 }
 
 impl std::fmt::Debug for ControllerConfig {
@@ -60,6 +67,7 @@ impl std::fmt::Debug for ControllerConfig {
         f.debug_struct("ControllerConfig")
             .field("store", &self.store.kind())
             .field("poll_interval", &self.poll_interval)
+            .field("tls", &matches!(self.transport, Transport::Mutual(_)))
             .finish_non_exhaustive()
     }
 }
@@ -84,6 +92,11 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS configuration: {source}")]
+    Tls {
+        #[source]
+        source: multinic_tls::Error,
+    },
 }
 
 /// A controller bound to its sockets, ready to serve.
@@ -92,19 +105,42 @@ pub struct Controller {
     config: ControllerConfig,
     grpc: TcpListener,
     http: TcpListener,
+    /// The issuer's own port (server-authenticated TLS only), when enabled.
+    issuer: Option<TcpListener>,
     fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
+    handshakes: Arc<HandshakeStats>,
 }
 
 impl Controller {
-    /// Binds the gRPC and HTTP listeners (port 0 picks a free port).
+    /// Binds the gRPC and HTTP listeners, and the issuer's when configured
+    /// (port 0 picks a free port).
     pub async fn bind(config: ControllerConfig, grpc: SocketAddr, http: SocketAddr) -> Result<Self, ServeError> {
         let grpc =
             TcpListener::bind(grpc).await.map_err(|source| ServeError::Bind { what: "gRPC", addr: grpc, source })?;
         let http =
             TcpListener::bind(http).await.map_err(|source| ServeError::Bind { what: "HTTP", addr: http, source })?;
+        let issuer = match &config.transport {
+            Transport::Mutual(tls) => match &tls.issuer {
+                Some(issuer) => Some(TcpListener::bind(issuer.listen).await.map_err(|source| ServeError::Bind {
+                    what: "issuer",
+                    addr: issuer.listen,
+                    source,
+                })?),
+                None => None,
+            },
+            Transport::Insecure => None,
+        };
         let fleet = Arc::new(Fleet::with_guard(config.guard));
-        Ok(Self { config, grpc, http, fleet, metrics: Arc::new(Metrics::new()) })
+        Ok(Self {
+            config,
+            grpc,
+            http,
+            issuer,
+            fleet,
+            metrics: Arc::new(Metrics::new()),
+            handshakes: Arc::new(HandshakeStats::default()),
+        })
     }
 
     /// The address agents and multinicctl connect to.
@@ -117,17 +153,30 @@ impl Controller {
         self.http.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// The issuer's address, when issuance is enabled.
+    pub fn issuer_addr(&self) -> Option<SocketAddr> {
+        self.issuer.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The fleet state (for in-process users such as the demo and tests).
     pub fn fleet(&self) -> Arc<Fleet> {
         self.fleet.clone()
     }
 
+    /// TLS handshake outcomes of the gRPC port.
+    pub fn handshakes(&self) -> Arc<HandshakeStats> {
+        self.handshakes.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then tells agents to reconnect,
     /// drains streams for at most the drain timeout, and returns.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServeError> {
-        let Self { config, grpc, http, fleet, metrics } = self;
-        let ControllerConfig { store, election, poll_interval, hello_timeout, drain_timeout, guard: _ } = config;
+        let Self { config, grpc, http, issuer, fleet, metrics, handshakes } = self;
+        let ControllerConfig { store, election, poll_interval, hello_timeout, drain_timeout, transport, guard: _ } =
+            config;
         let serving = Arc::new(AtomicBool::new(false));
+        // TLS configurations first: an error here must not leave tasks behind.
+        let transport = Prepared::new(transport)?;
 
         let (recorder, recorder_task) =
             recorder::spawn(store.clone(), fleet.clone(), metrics.clone(), shutdown.clone());
@@ -152,20 +201,58 @@ impl Controller {
 
         let agent_svc = grpc::AgentSvc::new(fleet.clone(), recorder, metrics.clone(), shutdown.clone(), hello_timeout);
         let fleet_svc = grpc::FleetSvc::new(fleet.clone(), shutdown.clone());
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         let grpc_shutdown = shutdown.clone();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Prepared::Mutual { tls, .. } = &transport {
+            // Idle and unary-only connections close at the cap too (GOAWAY);
+            // agent streams are ended by their handler a little earlier.
+            builder = builder.max_connection_age(tls.max_connection_age);
+        }
+        let router = builder
             .add_service(
                 AgentServiceServer::new(agent_svc)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(FleetServiceServer::new(fleet_svc).max_decoding_message_size(MAX_MESSAGE_BYTES))
-            .serve_with_incoming_shutdown(incoming, async move { grpc_shutdown.cancelled().await });
-        let server = tokio::spawn(server);
+            .add_service(FleetServiceServer::new(fleet_svc).max_decoding_message_size(MAX_MESSAGE_BYTES));
+        let signal = async move { grpc_shutdown.cancelled().await };
+        let (server, issuer_server) = match transport {
+            Prepared::Mutual { tls, grpc: config, issuer: issuer_config } => {
+                let policy = AcceptPolicy {
+                    trust_domain: Some(tls.trust_domain.clone()),
+                    max_connection_age: tls.max_connection_age,
+                    handshake_timeout: tls.handshake_timeout,
+                };
+                let incoming = tls::tls_incoming("grpc", grpc, config, policy, handshakes);
+                let issuer_server = match (issuer, &tls.issuer, issuer_config) {
+                    (Some(listener), Some(issuer), Some(config)) => {
+                        Some(serve_issuer(listener, issuer, config, &tls, shutdown.clone()))
+                    }
+                    _ => None,
+                };
+                info!(
+                    trust_domain = %tls.trust_domain,
+                    max_connection_age = ?tls.max_connection_age,
+                    issuer = issuer_server.is_some(),
+                    "gRPC requires TLS 1.3 with client certificates"
+                );
+                (tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal)), issuer_server)
+            }
+            Prepared::Insecure => {
+                warn!("serving plaintext gRPC without client certificates (--insecure): any peer can claim any node");
+                // Server::tcp_nodelay only applies to listeners tonic binds itself.
+                let incoming =
+                    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(grpc), |tcp| {
+                        tcp.inspect(|tcp| {
+                            let _ = tcp.set_nodelay(true);
+                        })
+                    });
+                (tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal)), None)
+            }
+        };
         serving.store(true, Ordering::Relaxed);
         info!(poll_interval = ?poll_interval, database = store.kind(), "controller serving");
 
@@ -179,6 +266,12 @@ impl Controller {
         let _ = poll.await;
         let _ = recorder_task.await;
         let _ = http_server.await;
+        if let Some(issuer) = issuer_server {
+            let abort = issuer.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), issuer).await.is_err() {
+                abort.abort();
+            }
+        }
         // Let a standby take over now rather than when our connection times out.
         election.release().await;
         match result {
@@ -195,4 +288,50 @@ impl Controller {
             }
         }
     }
+}
+
+/// The transport with its rustls configurations built.
+enum Prepared {
+    Insecure,
+    Mutual { tls: Box<TlsConfig>, grpc: Arc<rustls::ServerConfig>, issuer: Option<Arc<rustls::ServerConfig>> },
+}
+
+impl Prepared {
+    fn new(transport: Transport) -> Result<Self, ServeError> {
+        let tls = match transport {
+            Transport::Insecure => return Ok(Self::Insecure),
+            Transport::Mutual(tls) => tls,
+        };
+        let tls_err = |source| ServeError::Tls { source };
+        let grpc = tls.server.mutual_config().map_err(tls_err)?;
+        let issuer = match &tls.issuer {
+            Some(_) => Some(tls.server.server_auth_config().map_err(tls_err)?),
+            None => None,
+        };
+        Ok(Self::Mutual { tls, grpc, issuer })
+    }
+}
+
+/// Serves the issuer on its own listener: server-authenticated TLS only.
+fn serve_issuer(
+    listener: TcpListener,
+    issuer: &issuer::IssuerConfig,
+    config: Arc<rustls::ServerConfig>,
+    tls: &TlsConfig,
+    shutdown: CancellationToken,
+) -> JoinHandle<Result<(), tonic::transport::Error>> {
+    let listener_addr = listener.local_addr().ok();
+    let policy = AcceptPolicy {
+        trust_domain: None,
+        max_connection_age: tls.max_connection_age,
+        handshake_timeout: tls.handshake_timeout,
+    };
+    let incoming = tls::tls_incoming("issuer", listener, config, policy, Arc::new(HandshakeStats::default()));
+    let service = issuer::IssuerSvc::new(issuer.clone(), tls.trust_domain.clone());
+    let server = tonic::transport::Server::builder()
+        .max_connection_age(tls.max_connection_age)
+        .add_service(IssuerServiceServer::new(service).max_decoding_message_size(64 * 1024))
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await });
+    info!(listen = ?listener_addr, audience = %issuer.policy.audience, "issuing node certificates");
+    tokio::spawn(server)
 }

@@ -11,7 +11,7 @@ pub mod domain;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 
-/// Code generated from `proto/multinic/v1/multinic.proto`.
+/// Code generated from `proto/multinic/v1/multinic.proto` and `issuer.proto`.
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("multinic.v1");

@@ -3,10 +3,15 @@
 //!
 //! - [`mariadb::MariaDb`]: a private `mariadbd` on a free port.
 //! - [`netplan_generate`]: the real `netplan generate --root-dir` on a tree.
-//! - [`fleet`]: an in-process controller and agents over real sockets.
 //! - [`netns`]: a network namespace set up as a node, inspected with `ip -j`.
 //! - [`agent_process`]: the real agent binary run inside such a namespace.
 //! - [`fake_controller`]: a scripted controller that records what agents say.
+//! - [`process`]: the real controller binary as a child (SIGKILL, SIGTERM).
+//! - [`proxy`]: a Service stand-in routing to the ready replica.
+//! - [`fleet`]: an in-process controller and agents over real sockets,
+//!   plaintext or mTLS.
+//! - [`certs`]: a throwaway CA and certificates for mTLS tests.
+//! - [`token_review`]: a fake Kubernetes TokenReview endpoint.
 //!
 //! A test that needs something this machine lacks (root, `mariadbd`,
 //! `netplan`) calls [`require`]: on a developer machine it is skipped with a
@@ -14,19 +19,29 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent_process;
+pub mod certs;
 pub mod fake_controller;
 pub mod fleet;
 pub mod mariadb;
+pub mod netns;
 pub mod process;
 pub mod proxy;
+pub mod token_review;
 
 pub use sqlx;
-pub mod netns;
 
 use std::future::Future;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// Logs to stderr at the level in `TEST_LOG` (e.g. `TEST_LOG=debug`), when set:
+/// `TEST_LOG=info cargo nextest run ... --no-capture`.
+pub fn test_logging() {
+    if let Ok(level) = std::env::var("TEST_LOG") {
+        let _ = multinic_proto::runtime::init_logging(multinic_proto::runtime::LogFormat::Text, &level);
+    }
+}
 
 /// Whether we run in CI (`CI=true`), where nothing may be skipped.
 pub fn in_ci() -> bool {

@@ -10,12 +10,10 @@ use multinic_testkit::{netplan_generate, require_netplan};
 /// The testkit's schema is the shared fixture, byte for byte.
 #[test]
 fn schema_copy_matches_the_shared_fixture() {
-    // `shared/` sits beside the checkout, which may be nested (a git worktree).
-    let found = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .skip(2)
-        .map(|dir| dir.join("shared/fixtures/schema-mysql.sql"))
-        .find(|path| path.is_file());
+    // `shared/` sits beside the main checkout; git worktrees live deeper
+    // (e.g. wt/<branch>/), so look in every ancestor folder.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let found = manifest.ancestors().map(|dir| dir.join("shared/fixtures/schema-mysql.sql")).find(|p| p.is_file());
     let Some(Ok(shared)) = found.map(std::fs::read_to_string) else {
         assert!(!multinic_testkit::in_ci(), "CI=true: ../shared/fixtures/schema-mysql.sql is missing");
         eprintln!("!!!!!!!! SKIPPED: ../shared is not beside the checkout !!!!!!!!");

@@ -82,7 +82,8 @@ async fn every_metric_moves_with_its_event() {
     // An agent connects: connected agents, pushes, reports, rows, latency move.
     let agent_http = free_addr();
     let root = tempfile::tempdir().unwrap();
-    let agent = TestAgent::start_with(root, &controller.url(), "node-m", |c| c.http_listen = Some(agent_http)).await;
+    let agent =
+        TestAgent::start_adjusted(root, &controller.url(), "node-m", |c| c.http_listen = Some(agent_http)).await;
     let name: NodeName = "node-m".parse().unwrap();
     eventually(WAIT, "node-m converged", || async {
         controller.fleet.node(&name).filter(|n| n.convergence == Convergence::Converged).map(|_| ())

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use multinic_controller::fleet::Convergence;
 use multinic_proto::{ErrorCode, NodeName};
+use multinic_testkit::certs::TestPki;
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::{MariaDb, execute};
 use multinic_testkit::{eventually, netplan_generate, require_netplan};
@@ -79,9 +80,11 @@ async fn rows_become_files_and_outcomes_become_rows() {
     let a2 = insert(&pool, "p2", "node-a", "fa:16:3e:00:0a:02", None, None, 9000).await;
     let b1 = insert(&pool, "p3", "node-b", "fa:16:3e:00:0b:01", Some("10.20.0.7"), Some("10.20.0.0/16"), 1450).await;
 
-    let controller = TestController::start(&db.url(), POLL).await;
-    let node_a = TestAgent::start(&controller.url(), "node-a").await;
-    let node_b = TestAgent::start(&controller.url(), "node-b").await;
+    // Over mTLS, as in production (the other tests here run plaintext).
+    let pki = TestPki::new();
+    let controller = TestController::start_tls(&db.url(), POLL, &pki).await;
+    let node_a = TestAgent::start_tls(&controller.url(), "node-a", pki.agent_tls("node-a")).await;
+    let node_b = TestAgent::start_tls(&controller.url(), "node-b", pki.agent_tls("node-b")).await;
 
     // Rows for two nodes: files appear and every row reads 1.
     for id in [a1, a2, b1] {
@@ -182,8 +185,9 @@ async fn invalid_rows_stay_zero_with_a_reason_and_hurt_nobody() {
     let no_cidr = insert(&pool, "b3", "node-x", "fa:16:3e:00:0d:04", Some("10.9.0.6"), None, 1500).await;
     let no_node = insert(&pool, "b4", "", "fa:16:3e:00:0d:05", None, None, 1500).await;
 
-    let controller = TestController::start(&db.url(), POLL).await;
-    let node = TestAgent::start(&controller.url(), "node-x").await;
+    let pki = TestPki::new();
+    let controller = TestController::start_tls(&db.url(), POLL, &pki).await;
+    let node = TestAgent::start_tls(&controller.url(), "node-x", pki.agent_tls("node-x")).await;
     wait_success(&pool, good, 1).await;
     let name: NodeName = "node-x".parse().unwrap();
     let snapshot = eventually(WAIT, "node-x converged", || async {

@@ -5,7 +5,8 @@
 //! gRPC over loopback; each agent renders into its own temporary host root
 //! (`--apply none`). The demo then plays the OpenStack side: adds rows,
 //! changes an MTU, soft-deletes a row, re-inserts one with a new id, and
-//! shows what each step did.
+//! shows what each step did. Everything talks mTLS, with a throwaway CA made
+//! in the temporary folder: each agent's certificate names its node.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,10 +15,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use multinic_agent::tls::{AgentIdentity, AgentTls, AgentTransport};
 use multinic_agent::{Agent, AgentConfig};
 use multinic_controller::store::{self, DatabaseConfig};
+use multinic_controller::tls::{TlsConfig, Transport};
 use multinic_controller::{Controller, ControllerConfig};
 use multinic_proto::v1::fleet_service_client::FleetServiceClient;
+use multinic_tls::{CertificateAuthority, ClientTls, Identity, ServerTls, TrustDomain, Validity};
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -88,9 +92,15 @@ async fn run_in(base: &Path, timeout: Duration) -> anyhow::Result<()> {
     .execute(&db)
     .await?;
 
+    let pki = Pki::create(&base.join("pki"))?;
+    step(&format!(
+        "mTLS on: throwaway CA, controller, agent and operator certificates in {}",
+        base.join("pki").display()
+    ));
     let shutdown = CancellationToken::new();
     let database = DatabaseConfig::Url(url.clone());
     let store = store::connect(&database)?;
+    let server = ServerTls::from_files(&pki.file("controller.crt"), &pki.file("controller.key"), &pki.ca(), RELOAD)?;
     let config = ControllerConfig {
         store,
         election: multinic_controller::leader::for_database(&database)?,
@@ -98,6 +108,7 @@ async fn run_in(base: &Path, timeout: Duration) -> anyhow::Result<()> {
         hello_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(3),
         guard: multinic_controller::guard::GuardConfig { warmup: Duration::ZERO, ..Default::default() },
+        transport: Transport::Mutual(Box::new(TlsConfig::new(server, TrustDomain::default()))),
     };
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
     let controller = Controller::bind(config, loopback, loopback).await?;
@@ -111,16 +122,28 @@ async fn run_in(base: &Path, timeout: Duration) -> anyhow::Result<()> {
     for node in NODES {
         let root = base.join(node);
         std::fs::create_dir_all(root.join("etc/netplan"))?;
-        let config = AgentConfig::new(format!("http://{grpc}"), node.parse()?, &root);
+        let mut config = AgentConfig::new(format!("https://{grpc}"), node.parse()?, &root);
+        config.transport = AgentTransport::Tls(AgentTls {
+            ca: pki.ca(),
+            identity: AgentIdentity::Mounted {
+                cert: pki.file(&format!("agent-{node}.crt")),
+                key: pki.file(&format!("agent-{node}.key")),
+            },
+            server_name: None,
+            reload_interval: RELOAD,
+        });
         let agent = Agent::new(&config);
         let runner = agent.clone();
         let stop = shutdown.clone();
         agent_tasks.push(tokio::spawn(async move { runner.run(config, stop).await }));
-        step(&format!("Agent {node} started; host root {}", root.display()));
+        step(&format!(
+            "Agent {node} started (certificate spiffe://multinic.local/multinic/node/{node}); host root {}",
+            root.display()
+        ));
         roots.push(root);
         agents.push(agent);
     }
-    let fleet = connect(grpc, timeout).await?;
+    let fleet = connect(grpc, &pki, timeout).await?;
     let mut demo = Demo { db, fleet, roots, agents, timeout };
     let outcome = demo.scenario().await;
 
@@ -253,13 +276,48 @@ impl Demo {
     }
 }
 
-async fn connect(grpc: SocketAddr, timeout: Duration) -> anyhow::Result<FleetServiceClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
-        .connect_timeout(timeout)
-        .connect()
-        .await
-        .with_context(|| format!("connect to the demo controller at {grpc}"))?;
+/// `multinicctl` as operator "demo".
+async fn connect(grpc: SocketAddr, pki: &Pki, timeout: Duration) -> anyhow::Result<FleetServiceClient<Channel>> {
+    let tls = ClientTls::from_files(&pki.ca(), &pki.file("operator-demo.crt"), &pki.file("operator-demo.key"), RELOAD)?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))?.connect_timeout(timeout);
+    let channel = tls.connect(&endpoint).await.with_context(|| format!("connect to the demo controller at {grpc}"))?;
     Ok(FleetServiceClient::new(channel))
+}
+
+/// How often the demo's TLS files are checked for changes.
+const RELOAD: Duration = Duration::from_secs(5);
+
+/// The demo's throwaway PKI (what `multinicctl certs` makes).
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn create(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let day = Duration::from_secs(86_400);
+        let ca = CertificateAuthority::generate("multinic demo CA", day)?;
+        std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
+        let validity = Validity::starting_now(day);
+        let td = TrustDomain::default();
+        let controller = ca.server_certificate(&["localhost".into()], &["127.0.0.1".parse()?], validity)?;
+        controller.write(&dir.join("controller.crt"), &dir.join("controller.key"))?;
+        for node in NODES {
+            let cert = ca.client_certificate(&Identity::Node(node.parse()?), &td, validity)?;
+            cert.write(&dir.join(format!("agent-{node}.crt")), &dir.join(format!("agent-{node}.key")))?;
+        }
+        let operator = ca.client_certificate(&Identity::Operator("demo".parse()?), &td, validity)?;
+        operator.write(&dir.join("operator-demo.crt"), &dir.join("operator-demo.key"))?;
+        Ok(Self { dir: dir.to_owned() })
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
 }
 
 fn netplan_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {

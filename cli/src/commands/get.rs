@@ -81,7 +81,13 @@ pub async fn all_nodes(client: &mut FleetServiceClient<Channel>) -> anyhow::Resu
 
 /// A gRPC status as a one-line error.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+    // Transport failures (e.g. a refused TLS handshake) hide their reason in the source chain.
+    match std::error::Error::source(&status) {
+        Some(source) => {
+            anyhow::anyhow!("{:?}: {}: {}", status.code(), status.message(), crate::client::root_cause(source))
+        }
+        None => anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+    }
 }
 
 pub fn nodes_table(nodes: &[v1::NodeStatus], wide: bool) -> String {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod certs;
 pub mod confirm;
 pub mod demo;
 pub mod get;

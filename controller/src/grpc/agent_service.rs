@@ -20,13 +20,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::identity::Peer;
+use super::identity::{Peer, PeerConnection};
 use crate::fleet::{Fleet, Published};
 use crate::metrics::Metrics;
 use crate::recorder::RecorderHandle;
 
 /// How long a new stream may take to send Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Once a connection reached its age cap, how long its stream may still wait
+/// for the report of a push the agent is applying before it ends anyway.
+const AGE_REPORT_GRACE: Duration = Duration::from_secs(60);
 
 /// The `AgentService` implementation.
 #[derive(Debug, Clone)]
@@ -67,16 +70,29 @@ impl v1::agent_service_server::AgentService for AgentSvc {
                 "this controller replica is on standby; retry (the Service routes to the active one)",
             ));
         }
-        let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let connection = PeerConnection::of(&request);
+        let streams_end_at = connection.and_then(|c| c.streams_end_at);
+        let remote = connection.map(|c| c.remote).or_else(|| request.remote_addr());
+        let remote = remote.map(|a| a.to_string()).unwrap_or_default();
         let inbound = request.into_inner();
         // Small: newer desired sets coalesce in the node's watch channel, so a
         // slow agent only ever has the newest set waiting for it.
         let (tx, rx) = mpsc::channel(2);
-        let session = Session { svc: self.clone(), peer: peer.clone() };
+        let session = Session { svc: self.clone(), peer: peer.clone(), streams_end_at };
         let span = info_span!("agent_stream", peer = %peer, remote = %remote, node = tracing::field::Empty);
         tokio::spawn(session.run(inbound, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Asks the agent to reconnect at once (a planned reconnect, not a failure:
+/// the new connection is checked against current certificates), then ends
+/// the stream with a retryable status for clients that ignore the request.
+async fn ask_to_reconnect(tx: &Outbound) {
+    let reconnect =
+        v1::Reconnect { reason: "connection age limit reached: reconnect with fresh certificates".into(), after_ms: 0 };
+    let _ = tx.send(Ok(ControllerMessage { kind: Some(ControllerKind::Reconnect(reconnect)) })).await;
+    let _ = tx.send(Err(Status::unavailable("connection age limit reached: reconnect"))).await;
 }
 
 /// A push on this stream that a report may answer.
@@ -90,12 +106,19 @@ struct Sent {
 struct Session {
     svc: AgentSvc,
     peer: Peer,
+    /// The connection age cap: the stream ends then (once no push awaits
+    /// its report) and asks the agent to reconnect with fresh certificates.
+    streams_end_at: Option<tokio::time::Instant>,
 }
 
 impl Session {
     async fn run(self, mut inbound: Streaming<AgentMessage>, tx: Outbound) {
         let Some(hello) = self.hello(&mut inbound, &tx).await else { return };
-        let node = hello.node.clone();
+        // With mTLS the node is the certificate's (Hello was checked to match).
+        let node = match &self.peer {
+            Peer::Agent { node } => node.clone(),
+            _ => hello.node.clone(),
+        };
         tracing::Span::current().record("node", node.as_str());
         let fleet = &self.svc.fleet;
         let (session, mut published) = fleet.connect(&hello);
@@ -118,7 +141,15 @@ impl Session {
         }
         published.mark_changed();
 
+        let far = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+        let age_limit = tokio::time::sleep_until(self.streams_end_at.unwrap_or(far));
+        tokio::pin!(age_limit);
+        let mut aged = false;
         let end = loop {
+            if aged && sent.as_ref().is_none_or(|s: &Sent| s.answered) {
+                ask_to_reconnect(&tx).await;
+                break "connection age limit reached";
+            }
             tokio::select! {
                 () = self.svc.shutdown.cancelled() => {
                     let _ = tx.send(Ok(reconnect("controller shutting down"))).await;
@@ -130,7 +161,18 @@ impl Session {
                         break "lost the controller lock";
                     }
                 }
-                changed = published.changed() => {
+                () = &mut age_limit => {
+                    if aged {
+                        ask_to_reconnect(&tx).await;
+                        break "connection age limit reached (no report in time)";
+                    }
+                    // End at the top of the loop, or once the push being
+                    // applied is reported (at most AGE_REPORT_GRACE later).
+                    aged = true;
+                    age_limit.as_mut().reset(tokio::time::Instant::now() + AGE_REPORT_GRACE);
+                    debug!("connection age limit reached");
+                }
+                changed = published.changed(), if !aged => {
                     if changed.is_err() || !fleet.is_current(&node, session) {
                         let _ = tx.send(Err(Status::aborted("replaced by a newer stream from the same node"))).await;
                         break "replaced by a newer stream";
