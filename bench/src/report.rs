@@ -1,0 +1,258 @@
+//! The benchmark's results: one value type, printed as a table or as JSON.
+//!
+//! Pure: the runner fills a [`Report`]; this module only formats it. It
+//! never measures, and the table never shows a figure the JSON lacks.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::stats::Latency;
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub setup: Setup,
+    /// Time to connect every simulated agent and converge the fleet once.
+    pub initial: Initial,
+    pub convergence: Vec<Scenario>,
+    pub controller: Memory,
+    /// The same streams held by a bare tonic + rustls server (no state, no
+    /// database), measured the same way.
+    pub baseline: Option<Memory>,
+    /// Controller idle CPU with every agent connected, % of one core.
+    pub controller_idle_cpu_percent: f64,
+    pub db_idle: DbLoad,
+    pub db_change: DbLoad,
+    pub restarts: Vec<Restart>,
+    pub real_agents: Option<RealAgents>,
+}
+
+/// What ran, where.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Setup {
+    pub agents: usize,
+    pub rows: usize,
+    pub interfaces_per_node: usize,
+    pub poll_interval_ms: u64,
+    pub full_read_interval_s: u64,
+    pub cpus: usize,
+    /// 1, 5 and 15 minute load averages when the run started and ended.
+    pub load_start: [f64; 3],
+    pub load_end: [f64; 3],
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Initial {
+    pub connect_s: f64,
+    pub converge_s: f64,
+    pub pushes: u64,
+}
+
+/// One kind of database change, measured over several rounds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub nodes: usize,
+    pub rows: usize,
+    pub rounds: usize,
+    /// Change committed → the agent's report sent, per node.
+    pub report: Latency,
+    /// Change committed → `netplan_success` written, per row.
+    pub write: Latency,
+}
+
+/// Resident memory of a server with no agents and with all of them.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Memory {
+    pub rss_without_agents_mb: f64,
+    pub rss_with_agents_mb: f64,
+    pub per_agent_kb: f64,
+}
+
+/// The controller's cost to MariaDB (its own user's statistics).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DbLoad {
+    pub window_s: f64,
+    pub ticks: f64,
+    /// Statements of every kind (SELECT, UPDATE, BEGIN/COMMIT, ...) per poll tick.
+    pub statements_per_tick: f64,
+    pub selects_per_tick: f64,
+    pub updates_per_tick: f64,
+    pub rows_read_per_tick: f64,
+    pub bytes_sent_per_tick: f64,
+    /// The controller's connections (most seen during the window).
+    pub connections: usize,
+}
+
+/// Agents back and converged after the controller process restarted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Restart {
+    pub signal: String,
+    /// From the signal to every agent connected to the new process.
+    pub all_connected_s: f64,
+    /// ... and every node confirmed converged by it.
+    pub all_converged_s: f64,
+    pub pushes: u64,
+    pub rows_written: u64,
+}
+
+/// The real agent binary, idle.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RealAgents {
+    pub count: usize,
+    pub rss_mb_max: f64,
+    pub cpu_percent_max: f64,
+    pub window_s: f64,
+    /// TCP connections from the agents to the database port (must be 0).
+    pub db_connections: usize,
+    /// Database variables in the agents' environment or flags (must be empty).
+    pub db_settings: Vec<String>,
+}
+
+impl Report {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut t = Table::default();
+        let s = &self.setup;
+        t.title(format!(
+            "multinic fleet benchmark: {} agents over mTLS, {} rows, poll {} ms, full re-read every {} s, {} CPUs, load {} -> {}",
+            s.agents,
+            s.rows,
+            s.poll_interval_ms,
+            s.full_read_interval_s,
+            s.cpus,
+            load(s.load_start),
+            load(s.load_end)
+        ));
+        t.row(
+            "connect all agents / converge all",
+            format!(
+                "{:.1} s / {:.1} s, {} pushes",
+                self.initial.connect_s, self.initial.converge_s, self.initial.pushes
+            ),
+        );
+        for c in &self.convergence {
+            let what = format!("{} ({} nodes, {} rows, {} rounds)", c.name, c.nodes, c.rows, c.rounds);
+            t.row(&format!("convergence {what}: DB -> netplan_success"), latency(&c.write));
+            t.row("    DB -> agent report", latency(&c.report));
+        }
+        let mem = |m: &Memory| {
+            format!(
+                "{:.1} KB/agent ({:.0} MB idle, {:.0} MB with agents)",
+                m.per_agent_kb, m.rss_without_agents_mb, m.rss_with_agents_mb
+            )
+        };
+        t.row("controller RSS", mem(&self.controller));
+        if let Some(b) = &self.baseline {
+            t.row("bare tonic+rustls server RSS", mem(b));
+            if b.per_agent_kb > 0.0 {
+                t.row(
+                    "    controller / bare server per agent",
+                    format!("{:.2}x", self.controller.per_agent_kb / b.per_agent_kb),
+                );
+            }
+        }
+        t.row(
+            "controller CPU, idle, all agents connected",
+            format!("{:.2} % of one core", self.controller_idle_cpu_percent),
+        );
+        for (name, d) in [("idle", &self.db_idle), ("under change (100%)", &self.db_change)] {
+            t.row(
+                &format!("DB per poll tick, {name}"),
+                format!(
+                    "{:.2} statements ({:.2} SELECT, {:.2} UPDATE), {:.0} rows read, {:.0} bytes sent; {} connections",
+                    d.statements_per_tick,
+                    d.selects_per_tick,
+                    d.updates_per_tick,
+                    d.rows_read_per_tick,
+                    d.bytes_sent_per_tick,
+                    d.connections
+                ),
+            );
+        }
+        for r in &self.restarts {
+            t.row(
+                &format!("controller restart ({})", r.signal),
+                format!(
+                    "all connected {:.1} s, all converged {:.1} s, {} pushes, {} rows written",
+                    r.all_connected_s, r.all_converged_s, r.pushes, r.rows_written
+                ),
+            );
+        }
+        if let Some(a) = &self.real_agents {
+            t.row(
+                &format!("real agent binary, idle ({}, --apply none)", a.count),
+                format!(
+                    "RSS {:.1} MB, CPU {:.2} % (max of {}); DB connections {}, DB settings {}",
+                    a.rss_mb_max,
+                    a.cpu_percent_max,
+                    a.count,
+                    a.db_connections,
+                    if a.db_settings.is_empty() { "none".to_owned() } else { a.db_settings.join(",") }
+                ),
+            );
+        }
+        t.finish()
+    }
+}
+
+fn latency(l: &Latency) -> String {
+    format!(
+        "p50 {:.0} ms  p95 {:.0} ms  p99 {:.0} ms  max {:.0} ms  (n={})",
+        l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.n
+    )
+}
+
+fn load(l: [f64; 3]) -> String {
+    format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
+}
+
+/// Two left-aligned columns.
+#[derive(Default)]
+struct Table {
+    title: String,
+    rows: Vec<(String, String)>,
+}
+
+impl Table {
+    fn title(&mut self, title: String) {
+        self.title = title;
+    }
+
+    fn row(&mut self, name: &str, value: String) {
+        self.rows.push((name.to_owned(), value));
+    }
+
+    fn finish(self) -> String {
+        let width = self.rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+        let mut out = format!("{}\n", self.title);
+        for (name, value) in &self.rows {
+            let _ = writeln!(out, "  {name:<width$}  {value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_every_section() {
+        let report = Report {
+            convergence: vec![Scenario { name: "1 node".into(), nodes: 1, rows: 2, rounds: 3, ..Scenario::default() }],
+            baseline: Some(Memory { per_agent_kb: 40.0, ..Memory::default() }),
+            controller: Memory { per_agent_kb: 44.0, ..Memory::default() },
+            restarts: vec![Restart { signal: "SIGTERM".into(), ..Restart::default() }],
+            real_agents: Some(RealAgents { count: 3, ..RealAgents::default() }),
+            ..Report::default()
+        };
+        let table = report.table();
+        for needle in ["convergence 1 node", "1.10x", "SIGTERM", "real agent binary", "DB per poll tick, idle"] {
+            assert!(table.contains(needle), "{needle} missing from\n{table}");
+        }
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["convergence"][0]["rows"], 2);
+    }
+}
