@@ -61,6 +61,11 @@ pub struct Args {
     #[arg(long, env = "POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
+    /// The whole fleet is read at least this often, whatever the cheap
+    /// per-tick probe says (a safety net for writers that keep modified_at).
+    #[arg(long, env = "MULTINIC_FULL_READ_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub full_read_interval: Duration,
+
     /// How long shutdown waits for agent streams to drain.
     #[arg(long, env = "MULTINIC_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -107,6 +112,7 @@ impl Args {
             listen,
             http_listen,
             poll_interval,
+            full_read_interval,
             drain_timeout,
             max_removal_share,
             min_guarded_removals,
@@ -132,6 +138,7 @@ impl Args {
             store,
             election,
             poll_interval,
+            full_read_interval,
             hello_timeout: crate::grpc::agent_service::HELLO_TIMEOUT,
             drain_timeout,
             guard: crate::guard::GuardConfig {

@@ -82,78 +82,89 @@ struct ParsedRow<'a> {
 /// Computes every node's desired set from a snapshot.
 pub fn desired_fleet(snapshot: &FleetSnapshot) -> DesiredFleet {
     let mut fleet = DesiredFleet::default();
-    let mut by_node: BTreeMap<NodeName, BTreeMap<MacAddress, Vec<ParsedRow<'_>>>> = BTreeMap::new();
+    let mut by_node: BTreeMap<NodeName, Vec<&InterfaceRow>> = BTreeMap::new();
     let mut nodes_of_mac: BTreeMap<MacAddress, BTreeSet<NodeName>> = BTreeMap::new();
-
     for row in &snapshot.rows {
-        let node = match row.attached_node_name.as_deref().map(str::parse::<NodeName>) {
-            None => {
-                fleet.unattached.push(problem(row, None, ErrorCode::InvalidRow, "attached_node_name is NULL".into()));
-                continue;
-            }
-            Some(Err(e)) => {
-                fleet.unattached.push(problem(row, None, ErrorCode::InvalidRow, format!("attached_node_name: {e}")));
-                continue;
-            }
-            Some(Ok(node)) => node,
-        };
-        let mac = match row.macaddress.parse::<MacAddress>() {
-            Ok(mac) => mac,
-            Err(e) => {
-                let message = format!("macaddress: {e}");
-                entry(&mut fleet, &node).problems.push(problem(row, Some(&node), ErrorCode::InvalidRow, message));
-                continue;
-            }
-        };
-        nodes_of_mac.entry(mac).or_default().insert(node.clone());
-        let spec = row_spec(row, mac);
-        by_node.entry(node).or_default().entry(mac).or_default().push(ParsedRow { row, spec });
-    }
-
-    for (node, macs) in by_node {
-        let mut specs = BTreeMap::new();
-        let mut held = BTreeSet::new();
-        let mut rows_of = BTreeMap::new();
-        let mut problems = Vec::new();
-        for (mac, rows) in macs {
-            let others: Vec<&str> = nodes_of_mac[&mac].iter().filter(|n| **n != node).map(NodeName::as_str).collect();
-            match decide(&rows, &others) {
-                Ok(spec) => {
-                    specs.insert(mac, spec);
+        match row_node(row) {
+            Err(problem) => fleet.unattached.push(problem),
+            Ok(node) => {
+                if let Ok(mac) = row.macaddress.parse::<MacAddress>() {
+                    nodes_of_mac.entry(mac).or_default().insert(node.clone());
                 }
-                Err(row_problems) => {
-                    held.insert(mac);
-                    problems
-                        .extend(row_problems.into_iter().map(|(row, code, msg)| problem(row, Some(&node), code, msg)));
-                }
+                by_node.entry(node).or_default().push(row);
             }
-            // Problems of invalid rows next to a valid spec.
-            for parsed in &rows {
-                if let Err(e) = &parsed.spec
-                    && specs.contains_key(&mac)
-                {
-                    let msg = format!("{e}; this row is ignored, another row of MAC {mac} applies");
-                    problems.push(problem(parsed.row, Some(&node), ErrorCode::InvalidRow, msg));
-                }
-            }
-            let refs = rows
-                .iter()
-                .map(|p| RowRef {
-                    id: p.row.id,
-                    content: p.row.content(),
-                    netplan_success: p.row.netplan_success != 0,
-                    spec: p.spec.as_ref().ok().copied(),
-                })
-                .collect();
-            rows_of.insert(mac, refs);
         }
-        let desired = entry(&mut fleet, &node);
-        desired.set = DesiredSet::from_parts(specs, held);
-        desired.rows = rows_of;
-        desired.problems.extend(problems);
-        desired.problems.sort_by_key(|p| p.row_id);
+    }
+    for (node, mut rows) in by_node {
+        rows.sort_by_key(|r| r.id);
+        let desired = node_desired(&node, &rows, &|mac| nodes_of_mac.get(mac).into_iter().flatten().cloned().collect());
+        fleet.nodes.insert(node, desired);
     }
     fleet
+}
+
+/// The node a row is attached to, or the problem of a row attached to none.
+pub fn row_node(row: &InterfaceRow) -> Result<NodeName, RowProblem> {
+    match row.attached_node_name.as_deref().map(str::parse::<NodeName>) {
+        None => Err(problem(row, None, ErrorCode::InvalidRow, "attached_node_name is NULL".into())),
+        Some(Err(e)) => Err(problem(row, None, ErrorCode::InvalidRow, format!("attached_node_name: {e}"))),
+        Some(Ok(node)) => Ok(node),
+    }
+}
+
+/// One node's desired set from all of its rows (in id order). `nodes_of`
+/// names every node (this one included) that has a row with the MAC: a MAC
+/// on two nodes is held on both.
+pub fn node_desired(
+    node: &NodeName,
+    rows: &[&InterfaceRow],
+    nodes_of: &dyn Fn(&MacAddress) -> Vec<NodeName>,
+) -> NodeDesired {
+    let mut by_mac: BTreeMap<MacAddress, Vec<ParsedRow<'_>>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for row in rows {
+        match row.macaddress.parse::<MacAddress>() {
+            Ok(mac) => by_mac.entry(mac).or_default().push(ParsedRow { row, spec: row_spec(row, mac) }),
+            Err(e) => problems.push(problem(row, Some(node), ErrorCode::InvalidRow, format!("macaddress: {e}"))),
+        }
+    }
+    let mut specs = BTreeMap::new();
+    let mut held = BTreeSet::new();
+    let mut rows_of = BTreeMap::new();
+    for (mac, rows) in by_mac {
+        let all = nodes_of(&mac);
+        let others: Vec<&str> = all.iter().filter(|n| *n != node).map(NodeName::as_str).collect();
+        match decide(&rows, &others) {
+            Ok(spec) => {
+                specs.insert(mac, spec);
+            }
+            Err(row_problems) => {
+                held.insert(mac);
+                problems.extend(row_problems.into_iter().map(|(row, code, msg)| problem(row, Some(node), code, msg)));
+            }
+        }
+        // Problems of invalid rows next to a valid spec.
+        for parsed in &rows {
+            if let Err(e) = &parsed.spec
+                && specs.contains_key(&mac)
+            {
+                let msg = format!("{e}; this row is ignored, another row of MAC {mac} applies");
+                problems.push(problem(parsed.row, Some(node), ErrorCode::InvalidRow, msg));
+            }
+        }
+        let refs = rows
+            .iter()
+            .map(|p| RowRef {
+                id: p.row.id,
+                content: p.row.content(),
+                netplan_success: p.row.netplan_success != 0,
+                spec: p.spec.as_ref().ok().copied(),
+            })
+            .collect();
+        rows_of.insert(mac, refs);
+    }
+    problems.sort_by_key(|p| p.row_id);
+    NodeDesired { set: DesiredSet::from_parts(specs, held), rows: rows_of, problems }
 }
 
 type Problems<'a> = Vec<(&'a InterfaceRow, ErrorCode, String)>;
@@ -221,10 +232,6 @@ fn row_spec(row: &InterfaceRow, mac: MacAddress) -> Result<InterfaceSpec, ParseE
 
 fn problem(row: &InterfaceRow, node: Option<&NodeName>, code: ErrorCode, message: String) -> RowProblem {
     RowProblem { row_id: row.id, node: node.cloned(), mac: row.macaddress.clone(), code, message }
-}
-
-fn entry<'a>(fleet: &'a mut DesiredFleet, node: &NodeName) -> &'a mut NodeDesired {
-    fleet.nodes.entry(node.clone()).or_insert_with(NodeDesired::empty)
 }
 
 #[cfg(test)]

@@ -60,6 +60,16 @@ pub struct Counts {
     pub removals: usize,
 }
 
+impl Counts {
+    /// The totals with one node's share `old` replaced by `new`.
+    pub fn replace(self, old: Counts, new: Counts) -> Counts {
+        Counts {
+            present: self.present.saturating_sub(old.present) + new.present,
+            removals: self.removals.saturating_sub(old.removals) + new.removals,
+        }
+    }
+}
+
 /// Decides whether removals go ahead.
 pub fn verdict(config: &GuardConfig, counts: Counts, warming_up: Option<Duration>, confirmed: bool) -> Verdict {
     if counts.removals == 0 || confirmed {

@@ -1,18 +1,23 @@
 //! multinic-controller: the only component with database credentials.
 //!
-//! It polls `multi_interface` once per interval for the whole fleet, computes
-//! each node's desired set, pushes changed sets to the nodes' agents over
-//! gRPC, and records the agents' outcomes in `netplan_success`.
+//! It probes `multi_interface` once per interval, reads only the rows that
+//! changed (the whole fleet at start and now and then), recomputes the
+//! desired sets of the nodes those rows touch, pushes changed sets to the
+//! nodes' agents over gRPC, and records the agents' outcomes in
+//! `netplan_success`.
 //!
 //! ```text
-//! Store::read_fleet ─▶ desired_fleet (pure) ─▶ Fleet::publish ─▶ agent sessions ─▶ agents
-//!                                                  Fleet::record ◀─ reports ◀──────┘
-//!                            Store::record ◀─ recorder (batched, conditional)
+//! Store::probe ─▶ ChangeTracker (pure) ─▶ Store::read_changed | read_fleet ─▶ FleetRows (pure)
+//!   ─▶ node_desired (pure, touched nodes) ─▶ Fleet::publish_nodes ─▶ agent sessions ─▶ agents
+//!                                              Fleet::record ◀─ reports ◀──────┘
+//!                 Store::record ◀─ recorder (batched multi-row conditional UPDATEs)
 //! ```
 
 pub mod args;
+pub mod change;
 pub mod desired;
 pub mod fleet;
+pub mod fleet_rows;
 pub mod grpc;
 pub mod guard;
 pub mod http;
@@ -53,6 +58,8 @@ pub struct ControllerConfig {
     /// Who may act: a MariaDB named lock, or always this process (SQLite).
     pub election: Arc<dyn leader::Election>,
     pub poll_interval: Duration,
+    /// The whole fleet is read at least this often, whatever the probe says.
+    pub full_read_interval: Duration,
     pub hello_timeout: Duration,
     /// How long shutdown waits for streams to drain.
     pub drain_timeout: Duration,
@@ -172,23 +179,33 @@ impl Controller {
     /// drains streams for at most the drain timeout, and returns.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let Self { config, grpc, http, issuer, fleet, metrics, handshakes } = self;
-        let ControllerConfig { store, election, poll_interval, hello_timeout, drain_timeout, transport, guard: _ } =
-            config;
+        let ControllerConfig {
+            store,
+            election,
+            poll_interval,
+            full_read_interval,
+            hello_timeout,
+            drain_timeout,
+            transport,
+            guard: _,
+        } = config;
         let serving = Arc::new(AtomicBool::new(false));
         // TLS configurations first: an error here must not leave tasks behind.
         let transport = Prepared::new(transport)?;
 
-        let (recorder, recorder_task) =
+        let recorder::Recorder { handle: recorder, task: recorder_task, recorded } =
             recorder::spawn(store.clone(), fleet.clone(), metrics.clone(), shutdown.clone());
-        let poll = tokio::spawn(sync::poll_loop(
-            store.clone(),
-            election.clone(),
-            fleet.clone(),
-            recorder.clone(),
-            metrics.clone(),
-            poll_interval,
-            shutdown.clone(),
-        ));
+        let poll_loop = sync::PollLoop {
+            store: store.clone(),
+            election: election.clone(),
+            fleet: fleet.clone(),
+            recorder: recorder.clone(),
+            recorded,
+            metrics: metrics.clone(),
+            interval: poll_interval,
+            full_read_interval,
+        };
+        let poll = tokio::spawn(poll_loop.run(shutdown.clone()));
 
         let http_state = http::HttpState { fleet: fleet.clone(), metrics: metrics.clone(), serving: serving.clone() };
         let http_shutdown = shutdown.clone();

@@ -20,6 +20,7 @@ pub struct Metrics {
     registry: Registry,
     pub db_poll_duration: Histogram,
     pub db_poll_errors: Counter,
+    pub db_reads: Family<Labels, Counter>,
     pub db_write_errors: Counter,
     pub db_up: Gauge,
     pub invalid_rows: Gauge,
@@ -48,6 +49,7 @@ impl Metrics {
         let m = Self {
             db_poll_duration: db_poll_duration.clone(),
             db_poll_errors: Counter::default(),
+            db_reads: Family::default(),
             db_write_errors: Counter::default(),
             db_up: Gauge::default(),
             invalid_rows: Gauge::default(),
@@ -64,10 +66,15 @@ impl Metrics {
         };
         registry.register(
             "db_poll_duration_seconds",
-            "Time to read the whole fleet from the database",
+            "Time of one poll: the probe and whatever it decided to read",
             db_poll_duration,
         );
         registry.register("db_poll_errors", "Database reads that failed", m.db_poll_errors.clone());
+        registry.register(
+            "db_reads",
+            "Database reads by kind: probe (every tick), changed (recently modified rows), full (the whole fleet)",
+            m.db_reads.clone(),
+        );
         registry.register("db_write_errors", "netplan_success writes that failed", m.db_write_errors.clone());
         registry.register("db_up", "1 when the last database read succeeded", m.db_up.clone());
         registry.register("invalid_rows", "Active rows rejected by validation", m.invalid_rows.clone());

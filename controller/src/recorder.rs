@@ -1,9 +1,13 @@
 //! Turns agents' reports into `netplan_success` writes, batched.
 //!
 //! Sessions and the poll loop only mark nodes dirty; one task computes the
-//! writes every dirty node calls for and applies them in one transaction.
-//! A failed write is retried; a write already made is not repeated while the
-//! database still shows the old value in a snapshot read before it landed.
+//! writes the dirty nodes call for and applies them together (one
+//! transaction, a few hundred rows per statement). Work is per dirty node,
+//! never per fleet. A failed write is retried. A write already made is not
+//! repeated while the controller's copy of the row still shows the old
+//! value; every write made is handed back to the poll loop, which notes it
+//! in its copy of the rows (a read that started before the write cannot
+//! undo it: the poll loop applies writes after each read).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -18,107 +22,89 @@ use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::store::{RowContent, RowUpdate, Store};
 
-enum Dirty {
-    Node(NodeName),
-    All,
-}
-
 /// Marks nodes whose rows may need a write.
 #[derive(Debug, Clone)]
 pub struct RecorderHandle {
-    tx: mpsc::UnboundedSender<Dirty>,
+    tx: mpsc::UnboundedSender<Vec<NodeName>>,
 }
 
-impl std::fmt::Debug for Dirty {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Node(n) => write!(f, "Node({n})"),
-            Self::All => f.write_str("All"),
+impl RecorderHandle {
+    /// The node's reports (or rows) changed.
+    pub fn dirty(&self, node: NodeName) {
+        let _ = self.tx.send(vec![node]);
+    }
+
+    /// These nodes' rows changed.
+    pub fn dirty_nodes(&self, nodes: Vec<NodeName>) {
+        if !nodes.is_empty() {
+            let _ = self.tx.send(nodes);
         }
     }
 }
 
-impl RecorderHandle {
-    /// The node's reports changed.
-    pub fn dirty(&self, node: NodeName) {
-        let _ = self.tx.send(Dirty::Node(node));
-    }
-
-    /// A new snapshot arrived: every node's rows may need a write.
-    pub fn all_dirty(&self) {
-        let _ = self.tx.send(Dirty::All);
-    }
+/// The running recorder.
+#[derive(Debug)]
+pub struct Recorder {
+    pub handle: RecorderHandle,
+    pub task: tokio::task::JoinHandle<()>,
+    /// Every batch of writes that landed, for the poll loop's copy of the rows.
+    pub recorded: mpsc::UnboundedReceiver<Vec<RowUpdate>>,
 }
 
 /// Starts the recorder task.
-pub fn spawn(
-    store: Arc<dyn Store>,
-    fleet: Arc<Fleet>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> (RecorderHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(store: Arc<dyn Store>, fleet: Arc<Fleet>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Recorder {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(store, fleet, metrics, rx, shutdown));
-    (RecorderHandle { tx }, task)
+    let (recorded_tx, recorded) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(store, fleet, metrics, rx, recorded_tx, shutdown));
+    Recorder { handle: RecorderHandle { tx }, task, recorded }
 }
+
+/// Writes made, per node, by row id, with the content they were for.
+type Written = HashMap<NodeName, HashMap<i64, (RowContent, bool)>>;
 
 async fn run(
     store: Arc<dyn Store>,
     fleet: Arc<Fleet>,
     metrics: Arc<Metrics>,
-    mut rx: mpsc::UnboundedReceiver<Dirty>,
+    mut rx: mpsc::UnboundedReceiver<Vec<NodeName>>,
+    recorded: mpsc::UnboundedSender<Vec<RowUpdate>>,
     shutdown: CancellationToken,
 ) {
     const RETRY: Duration = Duration::from_secs(1);
-    // Writes made, by row id, with the content they were for.
-    let mut written: HashMap<i64, (RowContent, bool)> = HashMap::new();
+    let mut written = Written::new();
     let mut pending: BTreeSet<NodeName> = BTreeSet::new();
-    let mut all = false;
     loop {
-        if pending.is_empty() && !all {
+        if pending.is_empty() {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(d) => take(d, &mut pending, &mut all),
+                    Some(nodes) => pending.extend(nodes),
                     None => return,
                 },
                 () = shutdown.cancelled() => return,
             }
         }
-        while let Ok(d) = rx.try_recv() {
-            take(d, &mut pending, &mut all);
+        while let Ok(nodes) = rx.try_recv() {
+            pending.extend(nodes);
         }
-        let nodes: Vec<NodeName> = if all { fleet.node_names() } else { pending.iter().cloned().collect() };
-        let wanted: Vec<RowUpdate> = nodes.iter().flat_map(|node| fleet.row_updates(node)).collect();
-        if all {
-            // A row whose fresh snapshot no longer calls for the write we made
-            // shows our value (or changed): forget it. Keep the rest, read
-            // before our write landed, so the write is not repeated.
-            written.retain(|id, (content, success)| {
-                wanted.iter().any(|u| u.id == *id && u.content == *content && u.success == *success)
-            });
-        }
-        let updates: Vec<RowUpdate> = wanted
-            .into_iter()
-            .filter(|u| !matches!(written.get(&u.id), Some((c, s)) if *c == u.content && *s == u.success))
-            .collect();
+        let nodes = std::mem::take(&mut pending);
+        let updates = wanted_writes(&fleet, &nodes, &mut written);
         if updates.is_empty() {
-            pending.clear();
-            all = false;
             continue;
         }
-        match store.record(&updates).await {
+        let rows: Vec<RowUpdate> = updates.iter().map(|(_, u)| u.clone()).collect();
+        match store.record(&rows).await {
             Ok(changed) => {
-                debug!(rows = updates.len(), changed, "recorded netplan_success");
-                metrics.rows_recorded(&updates);
-                for RowUpdate { id, success, content } in updates {
-                    written.insert(id, (content, success));
+                debug!(rows = rows.len(), changed, nodes = nodes.len(), "recorded netplan_success");
+                metrics.rows_recorded(&rows);
+                for (node, RowUpdate { id, success, content }) in updates {
+                    written.entry(node).or_default().insert(id, (content, success));
                 }
-                pending.clear();
-                all = false;
+                let _ = recorded.send(rows);
             }
             Err(error) => {
                 metrics.db_write_errors.inc();
-                warn!(rows = updates.len(), error = %error, "cannot record netplan_success; retrying");
+                warn!(rows = rows.len(), error = %error, "cannot record netplan_success; retrying");
+                pending.extend(nodes);
                 tokio::select! {
                     () = tokio::time::sleep(RETRY) => {}
                     () = shutdown.cancelled() => return,
@@ -128,11 +114,30 @@ async fn run(
     }
 }
 
-fn take(d: Dirty, pending: &mut BTreeSet<NodeName>, all: &mut bool) {
-    match d {
-        Dirty::Node(n) => {
-            pending.insert(n);
+/// The writes `nodes` call for now, minus those already made. A write made
+/// is forgotten once the node's rows no longer call for it (the copy shows
+/// our value, or the row changed).
+fn wanted_writes(fleet: &Fleet, nodes: &BTreeSet<NodeName>, written: &mut Written) -> Vec<(NodeName, RowUpdate)> {
+    let mut out = Vec::new();
+    for node in nodes {
+        let wanted = fleet.row_updates(node);
+        if let Some(made) = written.get_mut(node) {
+            made.retain(|id, (content, success)| {
+                wanted.iter().any(|u| u.id == *id && u.content == *content && u.success == *success)
+            });
+            if made.is_empty() {
+                written.remove(node);
+            }
         }
-        Dirty::All => *all = true,
+        let made = written.get(node);
+        out.extend(
+            wanted
+                .into_iter()
+                .filter(|u| {
+                    !made.is_some_and(|m| matches!(m.get(&u.id), Some((c, s)) if *c == u.content && *s == u.success))
+                })
+                .map(|u| (node.clone(), u)),
+        );
     }
+    out
 }

@@ -83,6 +83,7 @@ impl TestController {
             store,
             election,
             poll_interval: poll,
+            full_read_interval: Duration::from_secs(60),
             hello_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             guard,

@@ -105,6 +105,7 @@ async fn run_in(base: &Path, timeout: Duration) -> anyhow::Result<()> {
         store,
         election: multinic_controller::leader::for_database(&database)?,
         poll_interval: Duration::from_millis(300),
+        full_read_interval: Duration::from_secs(60),
         hello_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(3),
         guard: multinic_controller::guard::GuardConfig { warmup: Duration::ZERO, ..Default::default() },

@@ -6,7 +6,8 @@
 //! agent's reports. It never reads the database.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::Stream;
@@ -39,6 +40,10 @@ pub struct AgentSvc {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     hello_timeout: Duration,
+    /// Streams open now, and when shutdown began (spreads the reconnects
+    /// asked for at shutdown).
+    streams: Arc<AtomicUsize>,
+    streams_at_shutdown: Arc<OnceLock<usize>>,
 }
 
 impl AgentSvc {
@@ -49,7 +54,15 @@ impl AgentSvc {
         shutdown: CancellationToken,
         hello_timeout: Duration,
     ) -> Self {
-        Self { fleet, recorder, metrics, shutdown, hello_timeout }
+        Self {
+            fleet,
+            recorder,
+            metrics,
+            shutdown,
+            hello_timeout,
+            streams: Arc::default(),
+            streams_at_shutdown: Arc::default(),
+        }
     }
 }
 
@@ -122,6 +135,7 @@ impl Session {
         tracing::Span::current().record("node", node.as_str());
         let fleet = &self.svc.fleet;
         let (session, mut published) = fleet.connect(&hello);
+        let _open = OpenStream::new(&self.svc.streams);
         let mut active = fleet.subscribe_active();
         info!(
             agent_version = %hello.agent_version,
@@ -152,12 +166,14 @@ impl Session {
             }
             tokio::select! {
                 () = self.svc.shutdown.cancelled() => {
-                    let _ = tx.send(Ok(reconnect("controller shutting down"))).await;
+                    let streams = *self.svc.streams_at_shutdown.get_or_init(|| self.svc.streams.load(Ordering::Relaxed));
+                    let after = shutdown_reconnect_delay(streams, fastrand::f64());
+                    let _ = tx.send(Ok(reconnect("controller shutting down", after))).await;
                     break "controller shutting down";
                 }
                 _ = active.changed() => {
                     if !*active.borrow_and_update() {
-                        let _ = tx.send(Ok(reconnect("this replica lost the controller lock"))).await;
+                        let _ = tx.send(Ok(reconnect("this replica lost the controller lock", RECONNECT_AFTER))).await;
                         break "lost the controller lock";
                     }
                 }
@@ -179,6 +195,16 @@ impl Session {
                     }
                     let Some(current) = published.borrow_and_update().clone() else { continue };
                     if agent_digest.as_ref() == Some(current.set.digest()) {
+                        // The agent connected before this set was first
+                        // published (a controller just started): its Hello
+                        // is its report, as if the set had been there.
+                        if sent.is_none()
+                            && let Some(adopted) = fleet.adopt(session, &hello)
+                        {
+                            debug!(generation = adopted.generation, "agent already has the desired set; nothing to push");
+                            sent = Some(Sent { published: adopted, nonce: 0, answered: true });
+                            self.svc.recorder.dirty(node.clone());
+                        }
                         continue;
                     }
                     let nonce = fastrand::u64(1..);
@@ -318,9 +344,50 @@ impl Session {
     }
 }
 
-/// Tells the agent to reconnect (to whichever replica is active) after ~1 s.
-fn reconnect(reason: &str) -> ControllerMessage {
-    ControllerMessage {
-        kind: Some(ControllerKind::Reconnect(v1::Reconnect { reason: reason.to_owned(), after_ms: 1000 })),
+/// How long agents wait before reconnecting to another replica.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// Tells the agent to reconnect (to whichever replica is active) after
+/// `after` (it waits between once and twice that, jittered).
+fn reconnect(reason: &str, after: Duration) -> ControllerMessage {
+    let after_ms = u32::try_from(after.as_millis()).unwrap_or(u32::MAX);
+    ControllerMessage { kind: Some(ControllerKind::Reconnect(v1::Reconnect { reason: reason.to_owned(), after_ms })) }
+}
+
+/// The delay asked of one agent at shutdown: [`RECONNECT_AFTER`] plus a
+/// share (`spread`, in 0..1) of half a millisecond per open stream, so that
+/// a whole fleet does not hand the next controller every TLS handshake in
+/// the same second (10,000 agents come back over about 1 to 12 s).
+pub fn shutdown_reconnect_delay(streams: usize, spread: f64) -> Duration {
+    let window = Duration::from_micros(500).saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
+    RECONNECT_AFTER + window.mul_f64(spread.clamp(0.0, 1.0))
+}
+
+/// Counts an open stream while it lives.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn new(streams: &Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_reconnects_spread_with_the_fleet() {
+        assert_eq!(shutdown_reconnect_delay(0, 0.7), RECONNECT_AFTER);
+        assert_eq!(shutdown_reconnect_delay(10_000, 0.0), RECONNECT_AFTER);
+        assert_eq!(shutdown_reconnect_delay(10_000, 1.0), RECONNECT_AFTER + Duration::from_secs(5));
+        assert_eq!(shutdown_reconnect_delay(10_000, 2.0), RECONNECT_AFTER + Duration::from_secs(5), "clamped");
     }
 }

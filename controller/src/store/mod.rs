@@ -5,6 +5,7 @@
 //! by the embedded demo and tests) and the only column it ever writes is
 //! `netplan_success`, conditionally on the content it reports.
 
+mod dialect;
 mod sql;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
+pub use dialect::{Dialect, RECORD_CHUNK};
 pub use sql::SqlStore;
 
 /// One active row of `multi_interface`, exactly as stored (no normalisation:
@@ -56,6 +58,53 @@ pub struct RowContent {
 #[derive(Debug, Clone, Default)]
 pub struct FleetSnapshot {
     pub rows: Vec<InterfaceRow>,
+}
+
+/// A cheap summary of the tables (aggregates only, no rows), compared from
+/// one poll to the next to tell whether anything changed.
+///
+/// It cannot see everything: an UPDATE that keeps `modified_at` (a writer
+/// setting it explicitly) changes none of these figures, and `modified_at`
+/// has a resolution of one second. The poll loop therefore re-reads recently
+/// modified rows for a while after every change, and the whole fleet now
+/// and then.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableProbe {
+    /// Rows of `multi_interface`, soft-deleted ones included.
+    pub rows: i64,
+    /// Rows with `deleted_at IS NULL`.
+    pub active: i64,
+    pub max_id: i64,
+    /// Newest `modified_at`, Unix seconds.
+    pub max_modified: Option<i64>,
+    /// `multi_subnet`'s row count and newest `modified_at`; `None` when the
+    /// table does not exist.
+    pub subnets: Option<(i64, Option<i64>)>,
+    /// The database's clock when probed, Unix seconds (not a table figure).
+    pub now: i64,
+}
+
+impl TableProbe {
+    /// Whether the tables look the same as in `other` (the clock aside).
+    pub fn same_tables(&self, other: &Self) -> bool {
+        Self { now: 0, ..*self } == Self { now: 0, ..*other }
+    }
+}
+
+/// A row modified recently, as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    pub row: InterfaceRow,
+    /// Soft-deleted (`deleted_at` set): the row is no longer active.
+    pub deleted: bool,
+}
+
+/// The rows modified since a point in time, and the tables' probe, both
+/// read in one transaction (one consistent view).
+#[derive(Debug, Clone, Default)]
+pub struct ChangedRows {
+    pub probe: TableProbe,
+    pub rows: Vec<RowChange>,
 }
 
 /// Set `netplan_success` of row `id` to `success`, if it still holds `content`.
@@ -105,7 +154,15 @@ pub trait Store: Send + Sync + 'static {
     /// Every active row of `multi_interface` (with `multi_subnet.cidr`).
     async fn read_fleet(&self) -> Result<FleetSnapshot, StoreError>;
 
-    /// Applies the updates in one transaction; returns how many rows changed.
+    /// Aggregates of the tables: one statement, no rows sent.
+    async fn probe(&self) -> Result<TableProbe, StoreError>;
+
+    /// Every row (soft-deleted ones included) whose `modified_at` is at or
+    /// after `since` (Unix seconds), with a probe of the same view.
+    async fn read_changed(&self, since: i64) -> Result<ChangedRows, StoreError>;
+
+    /// Applies the updates in one transaction, a few hundred rows per
+    /// statement; returns how many rows changed.
     async fn record(&self, updates: &[RowUpdate]) -> Result<u64, StoreError>;
 
     /// Checks the database answers.

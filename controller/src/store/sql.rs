@@ -1,35 +1,18 @@
 //! The SQL implementation of [`Store`], shared by MySQL/MariaDB and SQLite.
 //!
-//! Both speak `?` placeholders and the same SELECT/UPDATE text, so one
-//! generic implementation serves both; only the table-existence probe
-//! differs by dialect.
+//! Both speak `?` placeholders and nearly the same SQL, so one generic
+//! implementation serves both; the statements that differ by dialect
+//! (timestamps, null-safe equality, the table-existence probe) come from
+//! [`super::dialect`]. Every write is conditional on the exact content it
+//! reports on and keeps `modified_at` as it was.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use async_trait::async_trait;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
-use super::{FleetSnapshot, InterfaceRow, RowUpdate, Store, StoreError};
-
-const SELECT_WITH_SUBNET: &str = "\
-    SELECT i.id, i.macaddress, i.attached_node_name, i.address, i.cidr, s.cidr AS subnet_cidr, \
-           i.mtu, i.netplan_success \
-    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id \
-    WHERE i.deleted_at IS NULL ORDER BY i.id";
-
-const SELECT_WITHOUT_SUBNET: &str = "\
-    SELECT id, macaddress, attached_node_name, address, cidr, NULL AS subnet_cidr, mtu, netplan_success \
-    FROM multi_interface WHERE deleted_at IS NULL ORDER BY id";
-
-/// Writes only `netplan_success`, keeps `modified_at` as it was (so our writes
-/// are not mistaken for changes by anyone watching it), and lands only if the
-/// row is still active and still holds the content the outcome is about.
-const UPDATE_SUCCESS: &str = "\
-    UPDATE multi_interface SET netplan_success = ?, modified_at = modified_at \
-    WHERE id = ? AND deleted_at IS NULL AND netplan_success <> ? AND macaddress = ? \
-      AND ((address IS NULL AND ? IS NULL) OR address = ?) \
-      AND ((cidr IS NULL AND ? IS NULL) OR cidr = ?) \
-      AND ((mtu IS NULL AND ? IS NULL) OR mtu = ?)";
+use super::dialect::{Dialect, RECORD_CHUNK};
+use super::{ChangedRows, FleetSnapshot, InterfaceRow, RowChange, RowUpdate, Store, StoreError, TableProbe};
 
 const SUBNET_UNKNOWN: u8 = 0;
 const SUBNET_PRESENT: u8 = 1;
@@ -39,28 +22,39 @@ const SUBNET_ABSENT: u8 = 2;
 #[derive(Debug)]
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
-    kind: &'static str,
+    dialect: Dialect,
     /// Whether `multi_subnet` exists; probed once, again after a read error.
     subnet_table: AtomicU8,
 }
 
+/// One row of the probe statement.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ProbeRow {
+    total_rows: i64,
+    active: i64,
+    max_id: i64,
+    max_modified: Option<i64>,
+    subnet_rows: Option<i64>,
+    subnet_modified: Option<i64>,
+    now: i64,
+}
+
+/// One row of the changed-rows statement.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ChangedRow {
+    #[sqlx(flatten)]
+    row: InterfaceRow,
+    deleted: i64,
+}
+
 impl<DB: Database> SqlStore<DB> {
     pub fn new(pool: Pool<DB>, kind: &'static str) -> Self {
-        Self { pool, kind, subnet_table: AtomicU8::new(SUBNET_UNKNOWN) }
+        Self { pool, dialect: Dialect::of(kind), subnet_table: AtomicU8::new(SUBNET_UNKNOWN) }
     }
 
     /// The pool, for tests and the demo that need to run their own SQL.
     pub fn pool(&self) -> &Pool<DB> {
         &self.pool
-    }
-
-    fn subnet_probe(&self) -> &'static str {
-        if self.kind == "sqlite" {
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'multi_subnet'"
-        } else {
-            "SELECT COUNT(*) FROM information_schema.tables \
-             WHERE table_schema = DATABASE() AND table_name = 'multi_subnet'"
-        }
     }
 }
 
@@ -72,6 +66,8 @@ where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'r> InterfaceRow: FromRow<'r, DB::Row>,
+    for<'r> ProbeRow: FromRow<'r, DB::Row>,
+    for<'r> ChangedRow: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
@@ -80,25 +76,37 @@ where
     DB::QueryResult: RowsAffected,
 {
     async fn read_fleet(&self) -> Result<FleetSnapshot, StoreError> {
-        let mut subnet = self.subnet_table.load(Ordering::Relaxed);
-        if subnet == SUBNET_UNKNOWN {
-            let (count,): (i64,) = sqlx::query_as(self.subnet_probe())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|source| StoreError::Read { source })?;
-            subnet = if count > 0 { SUBNET_PRESENT } else { SUBNET_ABSENT };
-            self.subnet_table.store(subnet, Ordering::Relaxed);
-        }
-        let query = if subnet == SUBNET_PRESENT { SELECT_WITH_SUBNET } else { SELECT_WITHOUT_SUBNET };
-        match sqlx::query_as::<_, InterfaceRow>(query).fetch_all(&self.pool).await {
+        let subnet = self.subnet_table().await?;
+        match sqlx::query_as::<_, InterfaceRow>(self.dialect.select_fleet(subnet)).fetch_all(&self.pool).await {
             Ok(rows) => Ok(FleetSnapshot { rows }),
-            Err(source) => {
-                // The table layout may have changed (multi_subnet created or
-                // dropped): probe again next time.
-                self.subnet_table.store(SUBNET_UNKNOWN, Ordering::Relaxed);
-                Err(StoreError::Read { source })
-            }
+            Err(source) => Err(self.read_failed(source)),
         }
+    }
+
+    async fn probe(&self) -> Result<TableProbe, StoreError> {
+        let subnet = self.subnet_table().await?;
+        match sqlx::query_as::<_, ProbeRow>(self.dialect.probe(subnet)).fetch_one(&self.pool).await {
+            Ok(row) => Ok(row.into()),
+            Err(source) => Err(self.read_failed(source)),
+        }
+    }
+
+    async fn read_changed(&self, since: i64) -> Result<ChangedRows, StoreError> {
+        let subnet = self.subnet_table().await?;
+        let read = |source| StoreError::Read { source };
+        // One transaction: the probe and the rows describe the same view
+        // (InnoDB's consistent snapshot; SQLite's read transaction).
+        let mut tx = self.pool.begin().await.map_err(read)?;
+        let probe = sqlx::query_as::<_, ProbeRow>(self.dialect.probe(subnet)).fetch_one(&mut *tx).await;
+        let rows =
+            sqlx::query_as::<_, ChangedRow>(self.dialect.select_changed(subnet)).bind(since).fetch_all(&mut *tx).await;
+        let (probe, rows) = match (probe, rows) {
+            (Ok(probe), Ok(rows)) => (probe, rows),
+            (Err(source), _) | (_, Err(source)) => return Err(self.read_failed(source)),
+        };
+        tx.commit().await.map_err(read)?;
+        let rows = rows.into_iter().map(|c| RowChange { row: c.row, deleted: c.deleted != 0 }).collect();
+        Ok(ChangedRows { probe: probe.into(), rows })
     }
 
     async fn record(&self, updates: &[RowUpdate]) -> Result<u64, StoreError> {
@@ -108,24 +116,26 @@ where
         let fail = |source| StoreError::Record { rows: updates.len(), source };
         let mut tx = self.pool.begin().await.map_err(fail)?;
         let mut changed = 0;
-        for update in updates {
-            let success = i64::from(update.success);
-            let c = &update.content;
-            let result = sqlx::query(UPDATE_SUCCESS)
-                .bind(success)
-                .bind(update.id)
-                .bind(success)
-                .bind(c.macaddress.clone())
-                .bind(c.address.clone())
-                .bind(c.address.clone())
-                .bind(c.cidr.clone())
-                .bind(c.cidr.clone())
-                .bind(c.mtu)
-                .bind(c.mtu)
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
-            changed += result.rows_affected();
+        for success in [true, false] {
+            let same: Vec<&RowUpdate> = updates.iter().filter(|u| u.success == success).collect();
+            for chunk in same.chunks(RECORD_CHUNK) {
+                let value = i64::from(success);
+                let sql = self.dialect.record(chunk.len());
+                let mut query = sqlx::query(&sql).bind(value).bind(value);
+                for update in chunk {
+                    query = query.bind(update.id);
+                }
+                for update in chunk {
+                    let c = &update.content;
+                    query = query
+                        .bind(update.id)
+                        .bind(c.macaddress.clone())
+                        .bind(c.address.clone())
+                        .bind(c.cidr.clone())
+                        .bind(c.mtu);
+                }
+                changed += query.execute(&mut *tx).await.map_err(fail)?.rows_affected();
+            }
         }
         tx.commit().await.map_err(fail)?;
         Ok(changed)
@@ -137,7 +147,49 @@ where
     }
 
     fn kind(&self) -> &'static str {
-        self.kind
+        self.dialect.kind()
+    }
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+{
+    /// Whether `multi_subnet` exists (asked once, and again after an error).
+    async fn subnet_table(&self) -> Result<bool, StoreError> {
+        let mut subnet = self.subnet_table.load(Ordering::Relaxed);
+        if subnet == SUBNET_UNKNOWN {
+            let (count,): (i64,) = sqlx::query_as(self.dialect.subnet_table_exists())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|source| StoreError::Read { source })?;
+            subnet = if count > 0 { SUBNET_PRESENT } else { SUBNET_ABSENT };
+            self.subnet_table.store(subnet, Ordering::Relaxed);
+        }
+        Ok(subnet == SUBNET_PRESENT)
+    }
+
+    /// The table layout may have changed (multi_subnet created or dropped):
+    /// ask again next time.
+    fn read_failed(&self, source: sqlx::Error) -> StoreError {
+        self.subnet_table.store(SUBNET_UNKNOWN, Ordering::Relaxed);
+        StoreError::Read { source }
+    }
+}
+
+impl From<ProbeRow> for TableProbe {
+    fn from(p: ProbeRow) -> Self {
+        Self {
+            rows: p.total_rows,
+            active: p.active,
+            max_id: p.max_id,
+            max_modified: p.max_modified,
+            subnets: p.subnet_rows.map(|rows| (rows, p.subnet_modified)),
+            now: p.now,
+        }
     }
 }
 

@@ -1,0 +1,436 @@
+//! The controller's memory of the fleet: per node, the desired set published
+//! to its agent, the agent's session, and what the agent last reported.
+//!
+//! The poll loop publishes; agent sessions subscribe, push and record; the
+//! recorder turns reports into row updates; the fleet service reads. Nothing
+//! here does I/O, and no lock is held across an await.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
+
+use dashmap::DashMap;
+use multinic_proto::{AgentHello, AgentReport, MacAddress, NodeName};
+use tokio::sync::{broadcast, watch};
+
+use crate::desired::{DesiredFleet, NodeDesired, RowProblem};
+use crate::guard::{Counts, GuardConfig};
+use crate::store::RowUpdate;
+
+mod node;
+mod removals;
+#[cfg(test)]
+mod tests;
+
+pub use node::{Applied, Convergence, InterfaceRecord, Published, SessionInfo};
+use node::{NodeEntry, apply_report, present_in};
+use removals::GuardState;
+pub use removals::{ConfirmError, GuardStatus};
+
+/// The state of the database link, for readiness and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbStatus {
+    /// Whether the last poll succeeded.
+    pub up: bool,
+    /// The last poll's error, if it failed.
+    pub error: Option<String>,
+    /// When the last successful poll finished.
+    pub last_success: Option<SystemTime>,
+    /// Whether any poll has ever succeeded (until then nothing is pushed).
+    pub synced: bool,
+}
+
+/// A consistent copy of one node's state, for status views.
+#[derive(Debug, Clone)]
+pub struct NodeSnapshot {
+    pub name: NodeName,
+    pub convergence: Convergence,
+    pub in_db: bool,
+    pub published: Option<Arc<Published>>,
+    pub desired: Arc<NodeDesired>,
+    pub session: Option<SessionInfo>,
+    pub last_seen: Option<SystemTime>,
+    pub applied: Option<Applied>,
+    pub interfaces: BTreeMap<MacAddress, InterfaceRecord>,
+    /// Removals the mass-deletion guard holds on this node.
+    pub guarded: BTreeSet<MacAddress>,
+}
+
+/// Counts over the fleet, for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    pub nodes: usize,
+    pub connected: usize,
+    pub converged: usize,
+    pub pending: usize,
+    pub failed: usize,
+    pub waiting: usize,
+}
+
+/// Why a report was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("session {session} of node {node} was replaced by a newer connection")]
+    SessionReplaced { node: NodeName, session: u64 },
+    #[error("node {node} is unknown")]
+    UnknownNode { node: NodeName },
+}
+
+/// The fleet's state.
+#[derive(Debug)]
+pub struct Fleet {
+    nodes: DashMap<NodeName, NodeEntry>,
+    db: RwLock<DbStatus>,
+    unattached: RwLock<Arc<Vec<RowProblem>>>,
+    session_seq: AtomicU64,
+    /// Names of nodes whose state changed, for watchers.
+    changes: broadcast::Sender<NodeName>,
+    /// Serialises publishes (one poll loop, but tests may publish too).
+    publish_lock: Mutex<()>,
+    /// Whether this replica holds the controller lock and may act.
+    active: watch::Sender<bool>,
+    guard_config: GuardConfig,
+    /// The mass-deletion guard. Lock order: this mutex, then map shards;
+    /// never a shard and then this mutex.
+    guard: Mutex<GuardState>,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fleet {
+    pub fn new() -> Self {
+        Self {
+            nodes: DashMap::new(),
+            db: RwLock::new(DbStatus::default()),
+            unattached: RwLock::new(Arc::new(Vec::new())),
+            session_seq: AtomicU64::new(0),
+            changes: broadcast::channel(1024).0,
+            publish_lock: Mutex::new(()),
+            active: watch::channel(false).0,
+            guard_config: GuardConfig::default(),
+            guard: Mutex::new(GuardState::default()),
+        }
+    }
+
+    /// A fleet whose mass-deletion guard uses `config`.
+    pub fn with_guard(config: GuardConfig) -> Self {
+        Self { guard_config: config, ..Self::new() }
+    }
+
+    /// Marks this replica active (holding the controller lock) or standby;
+    /// returns whether that changed. Agent sessions end when it turns false.
+    pub fn set_active(&self, active: bool) -> bool {
+        let changed = self.active.send_if_modified(|current| std::mem::replace(current, active) != active);
+        if changed && active {
+            lock(&self.guard).activated = Some(Instant::now());
+        }
+        changed
+    }
+
+    /// Whether this replica may act (read, push, record).
+    pub fn is_active(&self) -> bool {
+        *self.active.borrow()
+    }
+
+    /// Changes of [`Fleet::is_active`].
+    pub fn subscribe_active(&self) -> watch::Receiver<bool> {
+        self.active.subscribe()
+    }
+
+    /// Takes a new good read of the whole database: every node's rows. See
+    /// [`Fleet::publish_nodes`]; nodes missing from `fleet` have no rows.
+    pub fn publish(&self, fleet: DesiredFleet) -> Vec<NodeName> {
+        let DesiredFleet { nodes, unattached } = fleet;
+        let mut all: BTreeMap<NodeName, Option<NodeDesired>> =
+            self.nodes.iter().map(|e| (e.key().clone(), None)).collect();
+        all.extend(nodes.into_iter().map(|(name, desired)| (name, Some(desired))));
+        self.publish_nodes(all, Some(unattached))
+    }
+
+    /// Takes a good read of some nodes' rows (`None`: the node has no rows
+    /// now); every other node keeps what it has. Publishes the sets that
+    /// changed and returns their nodes. `unattached`, when given, replaces
+    /// the rows that name no valid node.
+    ///
+    /// A node that disappeared from the database gets the empty set (its
+    /// agent removes our interfaces); a node with neither rows nor an agent
+    /// is forgotten. The work is proportional to the nodes given, unless the
+    /// mass-deletion guard's verdict flips (then every node is revisited).
+    pub fn publish_nodes(
+        &self,
+        nodes: BTreeMap<NodeName, Option<NodeDesired>>,
+        unattached: Option<Vec<RowProblem>>,
+    ) -> Vec<NodeName> {
+        let _serial = lock(&self.publish_lock);
+        if let Some(unattached) = unattached {
+            *write(&self.unattached) = Arc::new(unattached);
+        }
+        let first_sync = {
+            let mut db = write(&self.db);
+            db.up = true;
+            db.error = None;
+            db.last_success = Some(SystemTime::now());
+            !std::mem::replace(&mut db.synced, true)
+        };
+        let mut g = lock(&self.guard);
+        let mut totals = g.totals;
+        let mut touched = Vec::with_capacity(nodes.len());
+        let mut forget = Vec::new();
+        for (name, desired) in nodes {
+            let mut entry = match desired {
+                Some(desired) => {
+                    let mut entry = self.nodes.entry(name.clone()).or_insert_with(NodeEntry::new);
+                    entry.in_db = true;
+                    entry.desired = Arc::new(desired);
+                    entry
+                }
+                None => {
+                    let Some(mut entry) = self.nodes.get_mut(&name) else { continue };
+                    entry.in_db = false;
+                    entry.desired = Arc::new(NodeDesired::empty());
+                    if entry.session.is_none() {
+                        forget.push(name.clone());
+                    }
+                    entry
+                }
+            };
+            totals = totals.replace(entry.counts, entry.guard_counts());
+            // What the guard counted is now the node's share of the totals.
+            entry.counts = entry.guard_counts();
+            drop(entry);
+            touched.push(name);
+        }
+        for name in forget {
+            if let Some((_, gone)) = self.nodes.remove_if(&name, |_, e| e.session.is_none() && !e.in_db) {
+                totals = totals.replace(gone.counts, Counts::default());
+            }
+        }
+        let was_holding = g.holding.is_some();
+        let hold = self.judge(&mut g, totals);
+        let mut changed = Vec::new();
+        if hold != was_holding || first_sync {
+            self.refresh_all(&mut g, &mut changed);
+        } else {
+            g.totals = totals;
+            for name in touched {
+                if let Some(mut entry) = self.nodes.get_mut(&name)
+                    && entry.refresh(hold, true)
+                {
+                    changed.push(name);
+                }
+            }
+        }
+        drop(g);
+        for name in &changed {
+            let _ = self.changes.send(name.clone());
+        }
+        changed
+    }
+
+    /// Records a good poll that changed nothing.
+    pub fn db_ok(&self) {
+        let mut db = write(&self.db);
+        db.up = true;
+        db.error = None;
+        db.last_success = Some(SystemTime::now());
+    }
+
+    /// Rows rejected by validation, across the fleet.
+    pub fn invalid_rows(&self) -> usize {
+        let attached: usize = self.nodes.iter().map(|e| e.desired.problems.len()).sum();
+        attached + read(&self.unattached).len()
+    }
+
+    /// Records a failed poll. The published sets stay as they are.
+    pub fn db_failed(&self, error: String) {
+        let mut db = write(&self.db);
+        db.up = false;
+        db.error = Some(error);
+    }
+
+    pub fn db_status(&self) -> DbStatus {
+        read(&self.db).clone()
+    }
+
+    /// Registers an agent's new stream; a previous session of the node is
+    /// replaced. Returns the session id and the node's published set.
+    pub fn connect(&self, hello: &AgentHello) -> (u64, watch::Receiver<Option<Arc<Published>>>) {
+        let id = self.session_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut entry = self.nodes.entry(hello.node.clone()).or_insert_with(NodeEntry::new);
+        entry.present = present_in(&hello.interfaces);
+        let now = SystemTime::now();
+        entry.session = Some(SessionInfo {
+            id,
+            agent_version: hello.agent_version.clone(),
+            backend: hello.backend.clone(),
+            apply_mode: hello.apply_mode.clone(),
+            since: now,
+        });
+        entry.last_seen = Some(now);
+        let rx = entry.published.subscribe();
+        drop(entry);
+        // What the agent has may change what the guard holds, and a node the
+        // database does not know gets the empty set.
+        self.node_changed(&hello.node);
+        let _ = self.changes.send(hello.node.clone());
+        (id, rx)
+    }
+
+    /// Takes the agent's Hello as its report when it already processed the
+    /// published set (e.g. after a controller restart): nothing is pushed.
+    /// Returns the published set it adopted.
+    pub fn adopt(&self, session: u64, hello: &AgentHello) -> Option<Arc<Published>> {
+        let mut entry = self.nodes.get_mut(&hello.node)?;
+        if entry.session.as_ref().map(|s| s.id) != Some(session) {
+            return None;
+        }
+        let published = entry.published.borrow().clone()?;
+        if hello.applied_digest.as_ref() != Some(published.set.digest()) {
+            return None;
+        }
+        let generation = published.generation;
+        apply_report(&mut entry, &published, generation, &hello.interfaces);
+        drop(entry);
+        self.node_changed(&hello.node);
+        let _ = self.changes.send(hello.node.clone());
+        Some(published)
+    }
+
+    /// Records an agent's report on `pushed` (the set its nonce names).
+    pub fn record(
+        &self,
+        node: &NodeName,
+        session: u64,
+        pushed: &Published,
+        report: &AgentReport,
+    ) -> Result<(), RecordError> {
+        let mut entry = self.nodes.get_mut(node).ok_or_else(|| RecordError::UnknownNode { node: node.clone() })?;
+        if entry.session.as_ref().map(|s| s.id) != Some(session) {
+            return Err(RecordError::SessionReplaced { node: node.clone(), session });
+        }
+        apply_report(&mut entry, pushed, pushed.generation, &report.interfaces);
+        drop(entry);
+        self.node_changed(node);
+        let _ = self.changes.send(node.clone());
+        Ok(())
+    }
+
+    /// Marks the session's stream as gone (unless a newer one replaced it).
+    pub fn disconnect(&self, node: &NodeName, session: u64) {
+        if let Some(mut entry) = self.nodes.get_mut(node)
+            && entry.session.as_ref().map(|s| s.id) == Some(session)
+        {
+            entry.session = None;
+            entry.last_seen = Some(SystemTime::now());
+        }
+        let _ = self.changes.send(node.clone());
+    }
+
+    /// Whether `session` is still the node's current session.
+    pub fn is_current(&self, node: &NodeName, session: u64) -> bool {
+        self.nodes.get(node).is_some_and(|e| e.session.as_ref().map(|s| s.id) == Some(session))
+    }
+
+    /// Notes traffic from the node's agent.
+    pub fn seen(&self, node: &NodeName) {
+        if let Some(mut entry) = self.nodes.get_mut(node) {
+            entry.last_seen = Some(SystemTime::now());
+        }
+    }
+
+    /// The `netplan_success` writes that the node's reports call for: 1 for
+    /// rows whose exact content the agent applied, 0 for rows it failed,
+    /// refused or waits for, and 0 for invalid rows. Only rows whose stored
+    /// value differs are returned.
+    pub fn row_updates(&self, node: &NodeName) -> Vec<RowUpdate> {
+        let Some(entry) = self.nodes.get(node) else { return Vec::new() };
+        let mut updates = Vec::new();
+        for (mac, rows) in &entry.desired.rows {
+            let held = entry.desired.set.is_held(mac);
+            let record = entry.interfaces.get(mac);
+            for row in rows {
+                let wanted = match (row.spec, record) {
+                    (None, _) => Some(false),
+                    (Some(_), _) if held => None,
+                    (Some(spec), Some(record)) if record.spec == Some(spec) => record.status.state.netplan_success(),
+                    _ => None,
+                };
+                if let Some(success) = wanted
+                    && success != row.netplan_success
+                {
+                    updates.push(RowUpdate { id: row.id, success, content: row.content.clone() });
+                }
+            }
+        }
+        updates
+    }
+
+    /// Every node's name, in order.
+    pub fn node_names(&self) -> Vec<NodeName> {
+        let mut names: Vec<NodeName> = self.nodes.iter().map(|e| e.key().clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// A copy of one node's state.
+    pub fn node(&self, name: &NodeName) -> Option<NodeSnapshot> {
+        let entry = self.nodes.get(name)?;
+        Some(NodeSnapshot {
+            name: name.clone(),
+            convergence: entry.convergence(),
+            in_db: entry.in_db,
+            published: entry.published.borrow().clone(),
+            desired: entry.desired.clone(),
+            session: entry.session.clone(),
+            last_seen: entry.last_seen,
+            applied: entry.applied.clone(),
+            interfaces: entry.interfaces.clone(),
+            guarded: entry.guarded.clone(),
+        })
+    }
+
+    /// Counts by convergence state.
+    pub fn counts(&self) -> FleetCounts {
+        let mut counts = FleetCounts::default();
+        for entry in &self.nodes {
+            counts.nodes += 1;
+            counts.connected += usize::from(entry.session.is_some());
+            match entry.convergence() {
+                Convergence::Converged => counts.converged += 1,
+                Convergence::Pending => counts.pending += 1,
+                Convergence::Failed => counts.failed += 1,
+                Convergence::Waiting => counts.waiting += 1,
+            }
+        }
+        counts
+    }
+
+    /// Rows that name no valid node.
+    pub fn unattached(&self) -> Arc<Vec<RowProblem>> {
+        read(&self.unattached).clone()
+    }
+
+    /// Node names as their state changes.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<NodeName> {
+        self.changes.subscribe()
+    }
+}
+
+// A poisoned lock only means another thread panicked while holding it; the
+// data (plain status values) is still consistent, so keep going.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

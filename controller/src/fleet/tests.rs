@@ -1,0 +1,164 @@
+//! The fleet's rules, on plain values.
+
+use super::*;
+use crate::desired::desired_fleet;
+use crate::store::{FleetSnapshot, InterfaceRow};
+use multinic_proto::{Digest, ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, Outcome};
+
+fn row(id: i64, node: &str, mac: &str, mtu: i64, success: i64) -> InterfaceRow {
+    InterfaceRow {
+        id,
+        macaddress: mac.into(),
+        attached_node_name: Some(node.into()),
+        address: None,
+        cidr: None,
+        subnet_cidr: None,
+        mtu: Some(mtu),
+        netplan_success: success,
+    }
+}
+
+fn hello(node: &str, digest: Option<Digest>) -> AgentHello {
+    AgentHello {
+        node: node.parse().unwrap(),
+        agent_version: "t".into(),
+        backend: "netplan".into(),
+        apply_mode: "none".into(),
+        applied_digest: digest,
+        interfaces: vec![],
+    }
+}
+
+fn applied_report(p: &Published) -> AgentReport {
+    AgentReport {
+        generation: p.generation,
+        nonce: 1,
+        digest: Some(p.set.digest().clone()),
+        outcome: Outcome::Applied,
+        interfaces: p
+            .set
+            .iter()
+            .enumerate()
+            .map(|(i, s)| InterfaceStatus::applied(s.mac, InterfaceName::new(i as u8, 10).unwrap()))
+            .collect(),
+        error: String::new(),
+    }
+}
+
+#[test]
+fn publish_only_changes_and_bumps_generation() {
+    let fleet = Fleet::new();
+    let snap = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
+    assert_eq!(fleet.publish(desired_fleet(&snap)).len(), 1);
+    assert!(fleet.publish(desired_fleet(&snap)).is_empty(), "same content, no publish");
+    let snap2 = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 9000, 0)] };
+    assert_eq!(fleet.publish(desired_fleet(&snap2)).len(), 1);
+    let node = fleet.node(&"a".parse().unwrap()).unwrap();
+    assert_eq!(node.published.unwrap().generation, 2);
+}
+
+#[test]
+fn report_drives_row_updates_for_exact_content_only() {
+    let fleet = Fleet::new();
+    let a: NodeName = "a".parse().unwrap();
+    let snap = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
+    fleet.publish(desired_fleet(&snap));
+    let (session, rx) = fleet.connect(&hello("a", None));
+    let pushed = rx.borrow().clone().unwrap();
+    fleet.record(&a, session, &pushed, &applied_report(&pushed)).unwrap();
+    let updates = fleet.row_updates(&a);
+    assert_eq!(updates.len(), 1);
+    assert!(updates[0].success);
+    assert_eq!(fleet.node(&a).unwrap().convergence, Convergence::Converged);
+
+    // The row changes: the old report must not mark the new content.
+    let snap2 = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 9000, 1)] };
+    fleet.publish(desired_fleet(&snap2));
+    assert!(fleet.row_updates(&a).is_empty());
+    assert_eq!(fleet.node(&a).unwrap().convergence, Convergence::Pending);
+
+    // A re-inserted row (new id) with already-applied content gets 1.
+    let snap3 = FleetSnapshot { rows: vec![row(7, "a", "fa:16:3e:00:00:01", 1500, 0)] };
+    fleet.publish(desired_fleet(&snap3));
+    let updates = fleet.row_updates(&a);
+    assert_eq!(updates.iter().map(|u| (u.id, u.success)).collect::<Vec<_>>(), vec![(7, true)]);
+}
+
+#[test]
+fn failed_interfaces_and_invalid_rows_read_zero() {
+    let fleet = Fleet::new();
+    let a: NodeName = "a".parse().unwrap();
+    let snap =
+        FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 1), row(2, "a", "fa:16:3e:00:00:02", 0, 1)] };
+    fleet.publish(desired_fleet(&snap));
+    let (session, rx) = fleet.connect(&hello("a", None));
+    let pushed = rx.borrow().clone().unwrap();
+    let mac: MacAddress = "fa:16:3e:00:00:01".parse().unwrap();
+    let report = AgentReport {
+        generation: pushed.generation,
+        nonce: 1,
+        digest: Some(pushed.set.digest().clone()),
+        outcome: Outcome::Partial,
+        interfaces: vec![InterfaceStatus::problem(
+            mac,
+            None,
+            InterfaceState::Refused,
+            ErrorCode::CapacityExceeded,
+            "full",
+        )],
+        error: String::new(),
+    };
+    fleet.record(&a, session, &pushed, &report).unwrap();
+    let mut updates: Vec<_> = fleet.row_updates(&a).into_iter().map(|u| (u.id, u.success)).collect();
+    updates.sort();
+    assert_eq!(updates, vec![(1, false), (2, false)]);
+    assert_eq!(fleet.node(&a).unwrap().convergence, Convergence::Failed);
+}
+
+#[test]
+fn replaced_sessions_cannot_record() {
+    let fleet = Fleet::new();
+    let a: NodeName = "a".parse().unwrap();
+    fleet.publish(desired_fleet(&FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] }));
+    let (old, rx) = fleet.connect(&hello("a", None));
+    let (_new, _) = fleet.connect(&hello("a", None));
+    let pushed = rx.borrow().clone().unwrap();
+    assert!(matches!(
+        fleet.record(&a, old, &pushed, &applied_report(&pushed)),
+        Err(RecordError::SessionReplaced { .. })
+    ));
+    fleet.disconnect(&a, old);
+    assert!(fleet.node(&a).unwrap().session.is_some(), "the old stream's end keeps the new session");
+}
+
+#[test]
+fn nodes_leaving_the_db_get_the_empty_set_or_are_forgotten() {
+    let fleet = Fleet::new();
+    let snap = FleetSnapshot {
+        rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0), row(2, "b", "fa:16:3e:00:00:02", 1500, 0)],
+    };
+    fleet.publish(desired_fleet(&snap));
+    let _ = fleet.connect(&hello("a", None));
+    let changed = fleet.publish(desired_fleet(&FleetSnapshot::default()));
+    assert_eq!(changed, vec!["a".parse::<NodeName>().unwrap()]);
+    let a = fleet.node(&"a".parse().unwrap()).unwrap();
+    assert!(a.published.unwrap().set.is_empty());
+    assert!(fleet.node(&"b".parse().unwrap()).is_none());
+}
+
+#[test]
+fn adopt_takes_hello_when_digest_matches() {
+    let fleet = Fleet::new();
+    let snap = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
+    fleet.publish(desired_fleet(&snap));
+    let digest = fleet.node(&"a".parse().unwrap()).unwrap().published.unwrap().set.digest().clone();
+    let mut h = hello("a", Some(digest));
+    h.interfaces =
+        vec![InterfaceStatus::applied("fa:16:3e:00:00:01".parse().unwrap(), InterfaceName::new(0, 10).unwrap())];
+    let (session, _) = fleet.connect(&h);
+    assert!(fleet.adopt(session, &h).is_some());
+    assert_eq!(fleet.node(&"a".parse().unwrap()).unwrap().convergence, Convergence::Converged);
+    let other = hello("a", None);
+    let (session, _) = fleet.connect(&other);
+    assert!(fleet.adopt(session, &other).is_none());
+}

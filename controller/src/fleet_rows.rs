@@ -1,0 +1,269 @@
+//! The controller's copy of the active rows, kept in step with the database
+//! by full and incremental reads, and which nodes each change touches.
+//!
+//! Exists so that a change to a few rows costs work for a few nodes: a row
+//! change touches its node (before and after) and every node that shares
+//! its MAC (a MAC on two nodes is held on both). Only touched nodes have
+//! their desired state recomputed. Pure: no I/O, no clock. It never drops
+//! a row because of what a read lacks: the poll loop only gives it reads
+//! that succeeded.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use multinic_proto::{MacAddress, NodeName};
+
+use crate::desired::{NodeDesired, RowProblem, node_desired, row_node};
+use crate::store::{FleetSnapshot, InterfaceRow, RowChange, RowContent};
+
+/// The active rows, indexed by node and by MAC.
+#[derive(Debug, Default)]
+pub struct FleetRows {
+    rows: HashMap<i64, InterfaceRow>,
+    /// Row ids of each node (rows whose node name is valid).
+    by_node: HashMap<NodeName, BTreeSet<i64>>,
+    /// The nodes that have rows with a MAC, with how many rows each.
+    by_mac: HashMap<MacAddress, BTreeMap<NodeName, usize>>,
+    /// Rows that name no valid node.
+    unattached: BTreeSet<i64>,
+}
+
+/// What a change touched.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Touched {
+    /// Nodes whose desired state must be recomputed.
+    pub nodes: BTreeSet<NodeName>,
+    /// Whether the rows naming no valid node changed.
+    pub unattached: bool,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && !self.unattached
+    }
+}
+
+impl FleetRows {
+    /// Every active row of a full read.
+    pub fn from_snapshot(snapshot: FleetSnapshot) -> Self {
+        let mut rows = Self::default();
+        for row in snapshot.rows {
+            rows.insert(row, &mut Touched::default());
+        }
+        rows
+    }
+
+    /// How many active rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Applies rows modified recently (as they are now); rows that did not
+    /// actually change touch nothing.
+    pub fn apply(&mut self, changes: Vec<RowChange>) -> Touched {
+        let mut touched = Touched::default();
+        for RowChange { row, deleted } in changes {
+            match (self.rows.get(&row.id), deleted) {
+                (None, true) => {}
+                (Some(old), false) if *old == row => {}
+                (_, true) => self.remove(row.id, &mut touched),
+                (_, false) => {
+                    self.remove(row.id, &mut touched);
+                    self.insert(row, &mut touched);
+                }
+            }
+        }
+        touched
+    }
+
+    /// Makes the copy equal to a full read: rows that differ, appeared or
+    /// went away touch their nodes.
+    pub fn replace(&mut self, snapshot: FleetSnapshot) -> Touched {
+        let fresh: HashMap<i64, InterfaceRow> = snapshot.rows.into_iter().map(|r| (r.id, r)).collect();
+        let gone: Vec<i64> = self.rows.keys().filter(|id| !fresh.contains_key(id)).copied().collect();
+        let mut changes: Vec<RowChange> = gone
+            .into_iter()
+            .filter_map(|id| self.rows.get(&id).map(|row| RowChange { row: row.clone(), deleted: true }))
+            .collect();
+        changes.extend(fresh.into_values().map(|row| RowChange { row, deleted: false }));
+        self.apply(changes)
+    }
+
+    /// Notes a `netplan_success` the controller wrote, if the row still holds
+    /// the content it was written for.
+    pub fn recorded(&mut self, id: i64, content: &RowContent, success: bool) -> Touched {
+        let mut touched = Touched::default();
+        if let Some(row) = self.rows.get(&id)
+            && row.content() == *content
+            && (row.netplan_success != 0) != success
+        {
+            let mut row = row.clone();
+            row.netplan_success = i64::from(success);
+            self.remove(id, &mut touched);
+            self.insert(row, &mut touched);
+        }
+        touched
+    }
+
+    /// The desired state of `node` (`None`: the node has no rows).
+    pub fn desired(&self, node: &NodeName) -> Option<NodeDesired> {
+        let ids = self.by_node.get(node)?;
+        let rows: Vec<&InterfaceRow> = ids.iter().filter_map(|id| self.rows.get(id)).collect();
+        let nodes_of = |mac: &MacAddress| -> Vec<NodeName> {
+            self.by_mac.get(mac).map(|n| n.keys().cloned().collect()).unwrap_or_default()
+        };
+        Some(node_desired(node, &rows, &nodes_of))
+    }
+
+    /// The desired state of each touched node.
+    pub fn desired_of(&self, nodes: &BTreeSet<NodeName>) -> BTreeMap<NodeName, Option<NodeDesired>> {
+        nodes.iter().map(|n| (n.clone(), self.desired(n))).collect()
+    }
+
+    /// The problems of rows that name no valid node, in row order.
+    pub fn unattached(&self) -> Vec<RowProblem> {
+        self.unattached.iter().filter_map(|id| self.rows.get(id)).filter_map(|r| row_node(r).err()).collect()
+    }
+
+    fn insert(&mut self, row: InterfaceRow, touched: &mut Touched) {
+        match row_node(&row) {
+            Err(_) => {
+                self.unattached.insert(row.id);
+                touched.unattached = true;
+            }
+            Ok(node) => {
+                if let Ok(mac) = row.macaddress.parse::<MacAddress>() {
+                    let nodes = self.by_mac.entry(mac).or_default();
+                    touched.nodes.extend(nodes.keys().cloned());
+                    *nodes.entry(node.clone()).or_default() += 1;
+                }
+                self.by_node.entry(node.clone()).or_default().insert(row.id);
+                touched.nodes.insert(node);
+            }
+        }
+        self.rows.insert(row.id, row);
+    }
+
+    fn remove(&mut self, id: i64, touched: &mut Touched) {
+        let Some(row) = self.rows.remove(&id) else { return };
+        let Ok(node) = row_node(&row) else {
+            self.unattached.remove(&id);
+            touched.unattached = true;
+            return;
+        };
+        if let Ok(mac) = row.macaddress.parse::<MacAddress>()
+            && let Some(nodes) = self.by_mac.get_mut(&mac)
+        {
+            touched.nodes.extend(nodes.keys().cloned());
+            if let Some(count) = nodes.get_mut(&node) {
+                *count -= 1;
+                if *count == 0 {
+                    nodes.remove(&node);
+                }
+            }
+            if nodes.is_empty() {
+                self.by_mac.remove(&mac);
+            }
+        }
+        if let Some(ids) = self.by_node.get_mut(&node) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_node.remove(&node);
+            }
+        }
+        touched.nodes.insert(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::desired_fleet;
+
+    fn row(id: i64, node: &str, mac: &str, mtu: i64) -> InterfaceRow {
+        InterfaceRow {
+            id,
+            macaddress: mac.into(),
+            attached_node_name: Some(node.into()),
+            address: None,
+            cidr: None,
+            subnet_cidr: None,
+            mtu: Some(mtu),
+            netplan_success: 0,
+        }
+    }
+
+    fn names(t: &Touched) -> Vec<&str> {
+        t.nodes.iter().map(NodeName::as_str).collect()
+    }
+
+    fn same_as_full(rows: &FleetRows, all: Vec<InterfaceRow>) {
+        let full = desired_fleet(&FleetSnapshot { rows: all });
+        for (node, desired) in &full.nodes {
+            assert_eq!(rows.desired(node).as_ref(), Some(desired), "{node}");
+        }
+        assert_eq!(rows.by_node.len(), full.nodes.len());
+        assert_eq!(rows.unattached(), full.unattached);
+    }
+
+    #[test]
+    fn a_change_touches_its_node_and_the_nodes_sharing_its_mac() {
+        let all = vec![row(1, "a", "fa:16:3e:00:00:01", 1500), row(2, "b", "fa:16:3e:00:00:02", 1500)];
+        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: all.clone() });
+        same_as_full(&rows, all);
+
+        let t = rows.apply(vec![RowChange { row: row(1, "a", "fa:16:3e:00:00:01", 1500), deleted: false }]);
+        assert!(t.is_empty(), "an unchanged row touches nothing");
+
+        // b takes a's MAC: both are touched (the MAC is held on both now).
+        let t = rows.apply(vec![RowChange { row: row(2, "b", "fa:16:3e:00:00:01", 1500), deleted: false }]);
+        assert_eq!(names(&t), vec!["a", "b"]);
+        let a = rows.desired(&"a".parse().unwrap()).unwrap();
+        assert_eq!(a.set.held().len(), 1);
+        same_as_full(&rows, vec![row(1, "a", "fa:16:3e:00:00:01", 1500), row(2, "b", "fa:16:3e:00:00:01", 1500)]);
+
+        // Soft-deleted: b has no rows left; a gets its MAC back.
+        let t = rows.apply(vec![RowChange { row: row(2, "b", "fa:16:3e:00:00:01", 1500), deleted: true }]);
+        assert_eq!(names(&t), vec!["a", "b"]);
+        assert!(rows.desired(&"b".parse().unwrap()).is_none());
+        assert_eq!(rows.desired(&"a".parse().unwrap()).unwrap().set.len(), 1);
+        same_as_full(&rows, vec![row(1, "a", "fa:16:3e:00:00:01", 1500)]);
+    }
+
+    #[test]
+    fn a_row_moving_nodes_touches_both() {
+        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500)] });
+        let t = rows.apply(vec![RowChange { row: row(1, "c", "fa:16:3e:00:00:01", 1500), deleted: false }]);
+        assert_eq!(names(&t), vec!["a", "c"]);
+        assert!(rows.desired(&"a".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn replace_finds_what_differs_and_what_went() {
+        let all = vec![row(1, "a", "fa:16:3e:00:00:01", 1500), row(2, "b", "fa:16:3e:00:00:02", 1500)];
+        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: all });
+        let mut unattached = row(3, "x", "fa:16:3e:00:00:03", 1500);
+        unattached.attached_node_name = None;
+        let next = vec![row(1, "a", "fa:16:3e:00:00:01", 9000), unattached];
+        let t = rows.replace(FleetSnapshot { rows: next.clone() });
+        assert_eq!(names(&t), vec!["a", "b"]);
+        assert!(t.unattached);
+        same_as_full(&rows, next.clone());
+        assert!(rows.replace(FleetSnapshot { rows: next }).is_empty());
+    }
+
+    #[test]
+    fn recorded_values_follow_the_content_they_were_written_for() {
+        let r = row(1, "a", "fa:16:3e:00:00:01", 1500);
+        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: vec![r.clone()] });
+        let stale = RowContent { mtu: Some(9000), ..r.content() };
+        assert!(rows.recorded(1, &stale, true).is_empty(), "written for other content");
+        assert_eq!(names(&rows.recorded(1, &r.content(), true)), vec!["a"]);
+        assert!(rows.recorded(1, &r.content(), true).is_empty(), "already known");
+        let a = rows.desired(&"a".parse().unwrap()).unwrap();
+        assert!(a.rows.values().flatten().all(|r| r.netplan_success));
+    }
+}
