@@ -56,6 +56,8 @@ pub struct Scenario {
     pub nodes: usize,
     pub rows: usize,
     pub rounds: usize,
+    /// The controller's pushes per round (newest wins: one per changed node).
+    pub pushes_per_round: f64,
     /// Change committed → the agent's report sent, per node.
     pub report: Latency,
     /// Change committed → `netplan_success` written, per row.
@@ -95,6 +97,11 @@ pub struct Restart {
     pub all_converged_s: f64,
     pub pushes: u64,
     pub rows_written: u64,
+    /// The controller's statements from the signal until converged (plus
+    /// two poll intervals): none of them may be per agent.
+    pub db_statements: i64,
+    pub db_updates: i64,
+    pub window_s: f64,
 }
 
 /// The real agent binary, idle.
@@ -136,6 +143,7 @@ impl Report {
             let what = format!("{} ({} nodes, {} rows, {} rounds)", c.name, c.nodes, c.rows, c.rounds);
             t.row(&format!("convergence {what}: DB -> netplan_success"), latency(&c.write));
             t.row("    DB -> agent report", latency(&c.report));
+            t.row("    pushes per round", format!("{:.0}", c.pushes_per_round));
         }
         let mem = |m: &Memory| {
             format!(
@@ -175,8 +183,8 @@ impl Report {
             t.row(
                 &format!("controller restart ({})", r.signal),
                 format!(
-                    "all connected {:.1} s, all converged {:.1} s, {} pushes, {} rows written",
-                    r.all_connected_s, r.all_converged_s, r.pushes, r.rows_written
+                    "all connected {:.1} s, all converged {:.1} s, {} pushes, {} rows written; DB: {} statements ({} UPDATE) in {:.0} s",
+                    r.all_connected_s, r.all_converged_s, r.pushes, r.rows_written, r.db_statements, r.db_updates, r.window_s
                 ),
             );
         }

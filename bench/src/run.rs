@@ -91,7 +91,7 @@ async fn phases(bench: &mut Bench<'_>, real: Vec<(usize, String)>) -> Result<Rep
             rows: 0,
             interfaces_per_node: config.interfaces_per_node,
             poll_interval_ms: u64::try_from(config.poll_interval.as_millis()).unwrap_or(u64::MAX),
-            full_read_interval_s: config.full_read_interval.map_or(0, |d| d.as_secs()),
+            full_read_interval_s: config.full_read_interval.map_or(60, |d| d.as_secs()),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             load_start: [0.0; 3],
             load_end: [0.0; 3],
@@ -142,7 +142,7 @@ async fn phases(bench: &mut Bench<'_>, real: Vec<(usize, String)>) -> Result<Rep
     progress(&format!("controller: {:.1} KB per agent; measuring idle", report.controller.per_agent_kb));
 
     (report.db_idle, report.controller_idle_cpu_percent) = scenario::idle(bench, &controller).await?;
-    report.convergence = scenario::convergence(bench, &mut report.db_change).await?;
+    report.convergence = scenario::convergence(bench, &controller, &mut report.db_change).await?;
     for signal in config.restarts.clone() {
         let (next, restart) = scenario::restart(bench, controller, &options, &fleet, signal).await?;
         controller = next;

@@ -34,7 +34,11 @@ pub(crate) async fn idle(bench: &mut Bench<'_>, controller: &ServerProcess) -> R
 }
 
 /// Every change scenario; fills `db_change` from the 100% rounds.
-pub(crate) async fn convergence(bench: &mut Bench<'_>, db_change: &mut DbLoad) -> Result<Vec<Scenario>, BenchError> {
+pub(crate) async fn convergence(
+    bench: &mut Bench<'_>,
+    controller: &ServerProcess,
+    db_change: &mut DbLoad,
+) -> Result<Vec<Scenario>, BenchError> {
     let n = bench.agents.len();
     let rounds = bench.config.rounds;
     let mut rng = fastrand::Rng::with_seed(7);
@@ -51,22 +55,22 @@ pub(crate) async fn convergence(bench: &mut Bench<'_>, db_change: &mut DbLoad) -
         (bench.progress)(&format!("convergence: {name}, {count} rounds"));
         let mut scenario = Scenario { name: name.into(), nodes, rounds: count, ..Scenario::default() };
         let (mut writes, mut reports) = (Vec::new(), Vec::new());
+        let pushes_before = controller.metrics().await?.pushes;
         for _ in 0..count {
             mtu += 1;
             let mut chosen: Vec<Arc<SimAgent>> = bench.agents.clone();
             rng.shuffle(&mut chosen);
             chosen.truncate(nodes);
-            let stats_before = db::user_stats(&mut bench.root).await?;
             let round = round(bench, &chosen, mtu, &mut rng).await?;
             if nodes == n {
-                let stats = db::user_stats(&mut bench.root).await?.since(&stats_before);
-                let d = load(stats, round.elapsed, bench.config.poll_interval, round.connections);
+                let d = load(round.stats, round.elapsed, bench.config.poll_interval, round.connections);
                 *db_change = DbLoad { connections: d.connections.max(db_change.connections), ..d };
             }
             scenario.rows = round.rows;
             writes.extend(round.writes);
             reports.extend(round.reports);
         }
+        scenario.pushes_per_round = (controller.metrics().await?.pushes - pushes_before) as f64 / count as f64;
         scenario.write = Latency::of(&writes);
         scenario.report = Latency::of(&reports);
         out.push(scenario);
@@ -77,6 +81,8 @@ pub(crate) async fn convergence(bench: &mut Bench<'_>, db_change: &mut DbLoad) -
 /// One round's samples.
 struct Round {
     rows: usize,
+    /// The controller's statements from the change until every row was written.
+    stats: UserStats,
     writes: Vec<Duration>,
     reports: Vec<Duration>,
     elapsed: Duration,
@@ -93,25 +99,30 @@ async fn round(
     db::clear_write_log(&mut bench.root).await?;
     tokio::time::sleep(poll.mul_f64(rng.f64())).await;
     let names: Vec<&str> = chosen.iter().map(|a| a.node.as_str()).collect();
+    let stats_before = db::user_stats(&mut bench.root).await?;
     let (rows, t0) = db::change_nodes(&bench.pool, &names, mtu).await?;
     let started = Instant::now();
     let deadline = started + bench.config.timeout;
     let mut connections = 0;
-    loop {
+    let logged = loop {
         let (ones, zeros) = db::write_counts(&mut bench.root).await?;
         if zeros > 0 {
             return Err(BenchError::Check(format!("{zeros} row(s) were recorded netplan_success = 0")));
         }
         if u64::try_from(ones).unwrap_or(0) >= rows {
-            break;
+            break ones + zeros;
         }
         connections = connections.max(db::connections(&mut bench.root).await?);
         if Instant::now() > deadline {
             return Err(BenchError::Timeout { what: format!("{rows} rows recorded after a change ({ones} so far)") });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
     let elapsed = started.elapsed();
+    let mut stats = db::user_stats(&mut bench.root).await?.since(&stats_before);
+    // MariaDB counts the write log's trigger INSERTs as the controller's
+    // UPDATE commands: take them out.
+    stats.updates -= logged;
     let writes: Vec<Duration> =
         db::writes_of_one(&mut bench.root).await?.iter().map(|(_, at)| db::since_us(t0, *at)).collect();
     let reports =
@@ -119,13 +130,13 @@ async fn round(
     if reports.len() != chosen.len() {
         return Err(BenchError::Check(format!("{} of {} changed nodes reported", reports.len(), chosen.len())));
     }
-    Ok(Round { rows: usize::try_from(rows).unwrap_or(0), writes, reports, elapsed, connections })
+    Ok(Round { rows: usize::try_from(rows).unwrap_or(0), stats, writes, reports, elapsed, connections })
 }
 
 /// Stops the controller with `signal`, starts the binary again on the same
 /// port, and times the fleet back to connected and converged.
 pub(crate) async fn restart(
-    bench: &Bench<'_>,
+    bench: &mut Bench<'_>,
     controller: ServerProcess,
     options: &ControllerOptions,
     fleet: &SimFleet,
@@ -134,6 +145,7 @@ pub(crate) async fn restart(
     let n = bench.agents.len() as u64;
     (bench.progress)(&format!("restart with {signal}"));
     let grpc = controller.grpc;
+    let stats_before = db::user_stats(&mut bench.root).await?;
     let started = Instant::now();
     controller.stop(signal, Duration::from_secs(30)).await?;
     let next = ServerProcess::controller(options, grpc)?;
@@ -151,6 +163,7 @@ pub(crate) async fn restart(
     // Let late writes land before counting them.
     tokio::time::sleep(bench.config.poll_interval * 2).await;
     let metrics = next.metrics().await?;
+    let stats = db::user_stats(&mut bench.root).await?.since(&stats_before);
     if db::pending_rows(&bench.pool, SIM_PREFIX).await? != 0 {
         return Err(BenchError::Check("rows lost their netplan_success over a restart".into()));
     }
@@ -160,6 +173,9 @@ pub(crate) async fn restart(
         all_converged_s,
         pushes: metrics.pushes,
         rows_written: metrics.rows_recorded,
+        db_statements: stats.statements(),
+        db_updates: stats.updates,
+        window_s: started.elapsed().as_secs_f64(),
     };
     Ok((next, restart))
 }

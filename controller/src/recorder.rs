@@ -141,3 +141,67 @@ fn wanted_writes(fleet: &Fleet, nodes: &BTreeSet<NodeName>, written: &mut Writte
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::desired_fleet;
+    use crate::store::{FleetSnapshot, InterfaceRow};
+    use multinic_proto::{AgentHello, AgentReport, InterfaceName, InterfaceStatus, Outcome};
+
+    fn snapshot(success: i64) -> FleetSnapshot {
+        FleetSnapshot {
+            rows: vec![InterfaceRow {
+                id: 1,
+                macaddress: "fa:16:3e:00:00:01".into(),
+                attached_node_name: Some("a".into()),
+                address: None,
+                cidr: None,
+                subnet_cidr: None,
+                mtu: Some(1500),
+                netplan_success: success,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_write_is_not_repeated_until_the_rows_show_it() {
+        let fleet = Fleet::new();
+        let a: NodeName = "a".parse().unwrap();
+        fleet.publish(desired_fleet(&snapshot(0)));
+        let hello = AgentHello {
+            node: a.clone(),
+            agent_version: "t".into(),
+            backend: "netplan".into(),
+            apply_mode: "none".into(),
+            applied_digest: None,
+            interfaces: vec![],
+        };
+        let (session, rx) = fleet.connect(&hello);
+        let pushed = rx.borrow().clone().unwrap();
+        let status =
+            InterfaceStatus::applied(pushed.set.iter().next().unwrap().mac, InterfaceName::new(0, 10).unwrap());
+        let report = AgentReport {
+            generation: pushed.generation,
+            nonce: 1,
+            digest: Some(pushed.set.digest().clone()),
+            outcome: Outcome::Applied,
+            interfaces: vec![status],
+            error: String::new(),
+        };
+        fleet.record(&a, session, &pushed, &report).unwrap();
+
+        let nodes: BTreeSet<NodeName> = [a.clone()].into();
+        let mut written = Written::new();
+        let first = wanted_writes(&fleet, &nodes, &mut written);
+        assert_eq!(first.iter().map(|(_, u)| (u.id, u.success)).collect::<Vec<_>>(), vec![(1, true)]);
+        for (node, u) in first {
+            written.entry(node).or_default().insert(u.id, (u.content, u.success));
+        }
+        assert!(wanted_writes(&fleet, &nodes, &mut written).is_empty(), "made already: not repeated");
+        assert_eq!(written.len(), 1, "remembered while the rows still show 0");
+        fleet.publish(desired_fleet(&snapshot(1)));
+        assert!(wanted_writes(&fleet, &nodes, &mut written).is_empty());
+        assert!(written.is_empty(), "forgotten once the rows show it");
+    }
+}

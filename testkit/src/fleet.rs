@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::TestPki;
 
+/// The controller's default `--full-read-interval`.
+pub const DEFAULT_FULL_READ: Duration = Duration::from_secs(60);
+
 /// A controller serving on loopback.
 #[derive(Debug)]
 pub struct TestController {
@@ -41,6 +44,12 @@ impl TestController {
     pub async fn start(database_url: &str, poll: Duration) -> Self {
         Self::start_full(database_url, poll, "127.0.0.1:0".parse().unwrap(), Transport::Insecure, GuardConfig::off())
             .await
+    }
+
+    /// Starts a plaintext controller that reads the whole fleet every `full_read`.
+    pub async fn start_reading(database_url: &str, poll: Duration, full_read: Duration) -> Self {
+        let any = "127.0.0.1:0".parse().unwrap();
+        Self::launch(database_url, poll, full_read, any, Transport::Insecure, GuardConfig::off()).await
     }
 
     /// Starts a controller whose gRPC listener is `grpc` (e.g. the address of
@@ -75,6 +84,17 @@ impl TestController {
         transport: Transport,
         guard: GuardConfig,
     ) -> Self {
+        Self::launch(database_url, poll, DEFAULT_FULL_READ, grpc, transport, guard).await
+    }
+
+    async fn launch(
+        database_url: &str,
+        poll: Duration,
+        full_read: Duration,
+        grpc: SocketAddr,
+        transport: Transport,
+        guard: GuardConfig,
+    ) -> Self {
         let database = DatabaseConfig::Url(database_url.to_owned());
         let store = store::connect(&database).expect("store");
         let election = multinic_controller::leader::for_database(&database).expect("election");
@@ -83,7 +103,7 @@ impl TestController {
             store,
             election,
             poll_interval: poll,
-            full_read_interval: Duration::from_secs(60),
+            full_read_interval: full_read,
             hello_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             guard,

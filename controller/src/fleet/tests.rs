@@ -162,3 +162,71 @@ fn adopt_takes_hello_when_digest_matches() {
     let (session, _) = fleet.connect(&other);
     assert!(fleet.adopt(session, &other).is_none());
 }
+
+fn mac(i: u8) -> MacAddress {
+    MacAddress::from_octets([0xfa, 0x16, 0x3e, 0, 0, i]).unwrap()
+}
+
+fn node_rows(rows: Vec<InterfaceRow>, node: &str) -> Option<NodeDesired> {
+    desired_fleet(&FleetSnapshot { rows }).nodes.remove(&node.parse::<NodeName>().unwrap())
+}
+
+#[test]
+fn partial_publishes_touch_only_the_nodes_given() {
+    let fleet = Fleet::new();
+    let (a, b): (NodeName, NodeName) = ("a".parse().unwrap(), "b".parse().unwrap());
+    let snap = FleetSnapshot {
+        rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0), row(2, "b", "fa:16:3e:00:00:02", 1500, 0)],
+    };
+    fleet.publish(desired_fleet(&snap));
+    let changed = fleet
+        .publish_nodes([(a.clone(), node_rows(vec![row(1, "a", "fa:16:3e:00:00:01", 9000, 0)], "a"))].into(), None);
+    assert_eq!(changed, vec![a.clone()]);
+    assert_eq!(fleet.node(&a).unwrap().published.unwrap().generation, 2);
+    assert_eq!(fleet.node(&b).unwrap().published.unwrap().generation, 1, "b untouched");
+
+    // A node without rows: forgotten without an agent, the empty set with one.
+    let _ = fleet.connect(&hello("a", None));
+    fleet.publish_nodes([(a.clone(), None), (b.clone(), None)].into(), Some(vec![]));
+    assert!(fleet.node(&b).is_none());
+    let a_now = fleet.node(&a).unwrap();
+    assert!(!a_now.in_db && a_now.published.unwrap().set.is_empty());
+}
+
+#[test]
+fn the_guard_follows_partial_publishes() {
+    let config = GuardConfig { max_share: 0.5, min_removals: 1, warmup: std::time::Duration::ZERO };
+    let fleet = Fleet::with_guard(config);
+    fleet.set_active(true);
+    let rows_of = |node: &str, first: u8| {
+        (first..first + 2).map(|i| row(i64::from(i), node, &mac(i).to_string(), 1500, 0)).collect::<Vec<_>>()
+    };
+    let mut all = rows_of("a", 1);
+    all.extend(rows_of("b", 3));
+    fleet.publish(desired_fleet(&FleetSnapshot { rows: all }));
+    for (node, first) in [("a", 1u8), ("b", 3)] {
+        let mut h = hello(node, None);
+        h.interfaces = (first..first + 2)
+            .map(|i| InterfaceStatus::applied(mac(i), InterfaceName::new(i - first, 10).unwrap()))
+            .collect();
+        let _ = fleet.connect(&h);
+    }
+    assert_eq!(fleet.guard_status().removals_held, 0);
+
+    // Every row of a goes: half of what agents have, not more: released.
+    let (a, b): (NodeName, NodeName) = ("a".parse().unwrap(), "b".parse().unwrap());
+    fleet.publish_nodes([(a.clone(), None)].into(), None);
+    assert_eq!(fleet.guard_status().removals_held, 0);
+    assert!(fleet.node(&a).unwrap().published.unwrap().set.is_empty());
+
+    // And b's too: over the guard, held on both nodes (a's set is revisited).
+    fleet.publish_nodes([(b.clone(), None)].into(), None);
+    let status = fleet.guard_status();
+    assert_eq!(status.removals_held, 4, "{status:?}");
+    assert_eq!(fleet.node(&a).unwrap().published.unwrap().set.held().len(), 2);
+
+    // b's rows come back: the rest is below the guard again.
+    fleet.publish_nodes([(b.clone(), node_rows(rows_of("b", 3), "b"))].into(), None);
+    assert_eq!(fleet.guard_status().removals_held, 0);
+    assert!(fleet.node(&a).unwrap().published.unwrap().set.held().is_empty());
+}

@@ -355,11 +355,12 @@ fn reconnect(reason: &str, after: Duration) -> ControllerMessage {
 }
 
 /// The delay asked of one agent at shutdown: [`RECONNECT_AFTER`] plus a
-/// share (`spread`, in 0..1) of half a millisecond per open stream, so that
-/// a whole fleet does not hand the next controller every TLS handshake in
-/// the same second (10,000 agents come back over about 1 to 12 s).
+/// share (`spread`, in 0..1) of a quarter millisecond per open stream, so
+/// that a whole fleet does not hand the next controller every TLS handshake
+/// in the same second (agents wait once to twice the delay: 10,000 of them
+/// come back over about 1 to 7 s).
 pub fn shutdown_reconnect_delay(streams: usize, spread: f64) -> Duration {
-    let window = Duration::from_micros(500).saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
+    let window = Duration::from_micros(250).saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
     RECONNECT_AFTER + window.mul_f64(spread.clamp(0.0, 1.0))
 }
 
@@ -387,7 +388,7 @@ mod tests {
     fn shutdown_reconnects_spread_with_the_fleet() {
         assert_eq!(shutdown_reconnect_delay(0, 0.7), RECONNECT_AFTER);
         assert_eq!(shutdown_reconnect_delay(10_000, 0.0), RECONNECT_AFTER);
-        assert_eq!(shutdown_reconnect_delay(10_000, 1.0), RECONNECT_AFTER + Duration::from_secs(5));
-        assert_eq!(shutdown_reconnect_delay(10_000, 2.0), RECONNECT_AFTER + Duration::from_secs(5), "clamped");
+        assert_eq!(shutdown_reconnect_delay(10_000, 1.0), RECONNECT_AFTER + Duration::from_millis(2500));
+        assert_eq!(shutdown_reconnect_delay(10_000, 2.0), RECONNECT_AFTER + Duration::from_millis(2500), "clamped");
     }
 }
