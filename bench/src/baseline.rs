@@ -2,8 +2,9 @@
 //! configuration as the controller, holding agent streams and nothing else.
 //!
 //! It speaks `AgentService.Sync` just enough for the simulated agents: it
-//! waits for Hello, pushes one fixed desired set, and reads reports until
-//! the stream ends. No fleet state, no database, no logging per stream.
+//! pushes one fixed desired set and reads what the agent sends until the
+//! stream ends. No fleet state, no queue, no database, no logging per
+//! stream.
 //! What the controller's memory per stream costs above this is what the
 //! controller adds. It must never grow features: it is the floor.
 
@@ -93,20 +94,13 @@ struct Bare {
 impl AgentService for Bare {
     type SyncStream = Pin<Box<dyn Stream<Item = Result<ControllerMessage, Status>> + Send>>;
 
+    /// The push goes out at once and the stream then stays open; a task
+    /// reads (and drops) what the agent sends until it goes away.
     async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(2);
-        let push = self.push.clone();
-        tokio::spawn(async move {
-            if !matches!(inbound.message().await, Ok(Some(_))) {
-                return;
-            }
-            if tx.send(Ok((*push).clone())).await.is_err() {
-                return;
-            }
-            while let Ok(Some(_)) = inbound.message().await {}
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        let push = futures::stream::once(std::future::ready(Ok((*self.push).clone())));
+        Ok(Response::new(Box::pin(futures::StreamExt::chain(push, futures::stream::pending()))))
     }
 }
 

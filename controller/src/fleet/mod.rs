@@ -389,7 +389,7 @@ impl Fleet {
             session: entry.session.clone(),
             last_seen: entry.last_seen,
             applied: entry.applied.clone(),
-            interfaces: entry.interfaces.clone(),
+            interfaces: entry.interfaces.to_map(),
             guarded: entry.guarded.clone(),
         })
     }

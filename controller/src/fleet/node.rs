@@ -96,7 +96,7 @@ pub(super) struct NodeEntry {
     pub(super) session: Option<SessionInfo>,
     pub(super) last_seen: Option<SystemTime>,
     pub(super) applied: Option<Applied>,
-    pub(super) interfaces: BTreeMap<MacAddress, InterfaceRecord>,
+    pub(super) interfaces: Records,
     /// MACs the agent says it has (from Hello and reports).
     pub(super) present: BTreeSet<MacAddress>,
     /// Removals the mass-deletion guard holds back on this node now.
@@ -116,7 +116,7 @@ impl NodeEntry {
             session: None,
             last_seen: None,
             applied: None,
-            interfaces: BTreeMap::new(),
+            interfaces: Records::default(),
             present: BTreeSet::new(),
             guarded: BTreeSet::new(),
             counts: Counts::default(),
@@ -180,6 +180,23 @@ impl NodeEntry {
     }
 }
 
+/// What an agent reported, by MAC: a short sorted list. A node has a
+/// handful of interfaces, and a map's node would reserve room for eleven
+/// records (about 1 KB) for each of ten thousand nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Records(Vec<(MacAddress, InterfaceRecord)>);
+
+impl Records {
+    pub(super) fn get(&self, mac: &MacAddress) -> Option<&InterfaceRecord> {
+        self.0.binary_search_by(|(m, _)| m.cmp(mac)).ok().map(|i| &self.0[i].1)
+    }
+
+    /// A copy for status views.
+    pub(super) fn to_map(&self) -> BTreeMap<MacAddress, InterfaceRecord> {
+        self.0.iter().cloned().collect()
+    }
+}
+
 /// Stores per-interface statuses for `pushed`, keeping `since` for unchanged states.
 pub(super) fn apply_report(entry: &mut NodeEntry, pushed: &Published, generation: u64, statuses: &[InterfaceStatus]) {
     let now = SystemTime::now();
@@ -197,7 +214,7 @@ pub(super) fn apply_report(entry: &mut NodeEntry, pushed: &Published, generation
         };
         interfaces.insert(status.mac, InterfaceRecord { status: status.clone(), spec, since });
     }
-    entry.interfaces = interfaces;
+    entry.interfaces = Records(interfaces.into_iter().collect());
     // Held MACs the agent did not mention stay present: it keeps them.
     let kept: BTreeSet<MacAddress> = entry.present.intersection(pushed.set.held()).copied().collect();
     entry.present = present_in(statuses).union(&kept).copied().collect();
