@@ -3,7 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use multinic_agent::args::Args;
 
-#[tokio::main]
+// One thread: the agent's work is a stream and a few timers; applies run on
+// the blocking pool. Worker threads would only add memory.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Err(e) = multinic_proto::runtime::init_logging(args.log_format, &args.log_level) {

@@ -17,13 +17,24 @@ pub const USER_HZ: u64 = 100;
 
 /// Resident set size in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> Result<u64, BenchError> {
-    let path = PathBuf::from(format!("/proc/{pid}/status"));
-    let text = std::fs::read_to_string(&path).map_err(|source| BenchError::Proc { path: path.clone(), source })?;
-    parse_vm_rss(&text).ok_or_else(|| BenchError::Parse { what: path.display().to_string(), text: "no VmRSS".into() })
+    status_bytes(pid, "VmRSS:")
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// The anonymous part of the resident set (`RssAnon`): the process's own
+/// memory, without the clean pages of its binary and libraries.
+pub fn rss_anon_bytes(pid: u32) -> Result<u64, BenchError> {
+    status_bytes(pid, "RssAnon:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Result<u64, BenchError> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    let text = std::fs::read_to_string(&path).map_err(|source| BenchError::Proc { path: path.clone(), source })?;
+    parse_kb(&text, field)
+        .ok_or_else(|| BenchError::Parse { what: path.display().to_string(), text: format!("no {field}") })
+}
+
+fn parse_kb(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -105,8 +116,8 @@ mod tests {
 
     #[test]
     fn parses_status_and_stat() {
-        assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t  4200 kB\n"), Some(4200 * 1024));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert_eq!(parse_kb("Name:\tx\nVmRSS:\t  4200 kB\n", "VmRSS:"), Some(4200 * 1024));
+        assert_eq!(parse_kb("Name:\tx\n", "VmRSS:"), None);
         let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1 1 1";
         assert_eq!(parse_stat_ticks(stat), Some(325));
     }

@@ -83,6 +83,7 @@ impl RealAgentFleet {
             let cpu = crate::stats::cpu_percent(ticks, procfs::USER_HZ, elapsed);
             report.cpu_percent_max = report.cpu_percent_max.max(cpu);
             report.rss_mb_max = report.rss_mb_max.max(procfs::rss_bytes(*pid)? as f64 / 1_048_576.0);
+            report.rss_anon_mb_max = report.rss_anon_mb_max.max(procfs::rss_anon_bytes(*pid)? as f64 / 1_048_576.0);
             report.db_connections += procfs::remote_ports(*pid)?.iter().filter(|p| **p == db_port).count();
             for name in procfs::environment_names(*pid)? {
                 if is_db_setting(&name) && !report.db_settings.contains(&name) {

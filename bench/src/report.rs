@@ -109,6 +109,8 @@ pub struct Restart {
 pub struct RealAgents {
     pub count: usize,
     pub rss_mb_max: f64,
+    /// Of that, the anonymous part (not the binary's clean pages).
+    pub rss_anon_mb_max: f64,
     pub cpu_percent_max: f64,
     pub window_s: f64,
     /// TCP connections from the agents to the database port (must be 0).
@@ -192,8 +194,9 @@ impl Report {
             t.row(
                 &format!("real agent binary, idle ({}, --apply none)", a.count),
                 format!(
-                    "RSS {:.1} MB, CPU {:.2} % (max of {}); DB connections {}, DB settings {}",
+                    "RSS {:.1} MB ({:.1} MB anonymous), CPU {:.2} % (max of {}); DB connections {}, DB settings {}",
                     a.rss_mb_max,
+                    a.rss_anon_mb_max,
                     a.cpu_percent_max,
                     a.count,
                     a.db_connections,
