@@ -179,7 +179,7 @@ async fn stream_once(
     loop {
         let waiting = applied.as_ref().map(Applied::waiting).unwrap_or_default();
         let message = tokio::select! {
-            () = shutdown.cancelled() => return StreamEnd::Shutdown,
+            () = shutdown.cancelled() => return close(tx, inbound).await,
             message = inbound.message() => message,
             () = tokio::time::sleep(WAITING_POLL), if !waiting.is_empty() => {
                 if let Some(report) = recheck_waiting(&waiting, applied, nonce, reconciler, status).await {
@@ -209,6 +209,20 @@ async fn stream_once(
             return StreamEnd::Reconnect(after);
         }
     }
+}
+
+/// Ends the stream on shutdown without losing a report just sent: our half
+/// closes, and the controller closes its half once it has read (and
+/// recorded) everything before the end. Waits at most two seconds.
+async fn close(tx: mpsc::Sender<AgentMessage>, mut inbound: Streaming<ControllerMessage>) -> StreamEnd {
+    drop(tx);
+    let drained =
+        tokio::time::timeout(Duration::from_secs(2), async { while let Ok(Some(_)) = inbound.message().await {} })
+            .await;
+    if drained.is_err() {
+        debug!("the controller did not close the stream within 2s; leaving anyway");
+    }
+    StreamEnd::Shutdown
 }
 
 /// The newest push among `first` and whatever else already arrived, and a

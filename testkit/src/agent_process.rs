@@ -100,6 +100,13 @@ impl AgentProcess {
         }
     }
 
+    /// SIGTERM, as the kubelet sends before stopping a pod.
+    pub fn terminate(&mut self) {
+        if let Some(pid) = self.child.as_ref().map(Child::id) {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+
     /// Waits up to `timeout` for the agent to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;

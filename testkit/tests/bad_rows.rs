@@ -71,7 +71,14 @@ async fn every_kind_of_bad_row_is_named_and_contained() {
         ("outside", n("node-a"), "fa:16:3e:00:50:31", Some("10.51.0.6"), Some("10.50.0.0/24"), Some(1500)),
         ("bad-cidr", n("node-a"), "fa:16:3e:00:50:32", Some("10.50.0.7"), Some("10.50.0.0/40"), Some(1500)),
         ("mixed-family", n("node-a"), "fa:16:3e:00:50:33", Some("2001:db8::7"), Some("10.50.0.0/24"), Some(1500)),
-        ("v6-small-mtu", n("node-a"), "fa:16:3e:00:50:34", Some("2001:db8:50::8"), Some("2001:db8:50::/64"), Some(1200)),
+        (
+            "v6-small-mtu",
+            n("node-a"),
+            "fa:16:3e:00:50:34",
+            Some("2001:db8:50::8"),
+            Some("2001:db8:50::/64"),
+            Some(1200),
+        ),
         // MTUs.
         ("mtu-zero", n("node-b"), "fa:16:3e:00:50:40", None, None, Some(0)),
         ("mtu-negative", n("node-b"), "fa:16:3e:00:50:41", None, None, Some(-1500)),
@@ -128,7 +135,8 @@ async fn every_kind_of_bad_row_is_named_and_contained() {
     ];
     for (port, code, needle) in expect {
         let id = ids[port];
-        let (got, message) = problems.get(&id).unwrap_or_else(|| panic!("no problem for {port} (row {id}): {problems:?}"));
+        let (got, message) =
+            problems.get(&id).unwrap_or_else(|| panic!("no problem for {port} (row {id}): {problems:?}"));
         assert_eq!(*got, code, "{port}: {message}");
         assert!(message.contains(needle), "{port}: {message:?} lacks {needle:?}");
     }
