@@ -135,7 +135,8 @@ async fn connect(config: &SessionConfig) -> Result<Channel, String> {
         Some(tls) => tls.connect(&endpoint).await,
         None => endpoint.connect().await,
     };
-    channel.map_err(|e| format!("cannot connect to {}: {}", config.controller, error_chain(&e)))
+    channel
+        .map_err(|e| format!("cannot connect to {}: {}", config.controller, multinic_proto::runtime::error_chain(&e)))
 }
 
 async fn stream_once(
@@ -405,20 +406,4 @@ async fn recheck_waiting(
         error: String::new(),
     };
     Some(v1::Report::from(&report))
-}
-
-/// An error with its sources, on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        // Wrappers often repeat their source's text: say it once.
-        let next = s.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
