@@ -41,17 +41,13 @@ async fn a_node_cut_off_keeps_its_state_and_catches_up() {
     let port = kernel.forward_to(controller.grpc);
     let root = tempfile::Builder::new().prefix("multinic-host-").tempdir().unwrap();
     let state = tempfile::Builder::new().prefix("multinic-state-").tempdir().unwrap();
-    let agent = AgentProcess::start(&AgentOptions {
-        binary: PathBuf::from(env!("CARGO_BIN_EXE_multinic-agent")),
-        namespace: kernel.name().to_owned(),
-        controller: format!("127.0.0.1:{port}"),
-        host_root: root.path().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-        apply: "netlink".into(),
-        backend: "netplan".into(),
-        extra_args: Vec::new(),
-        env: Vec::new(),
-    });
+    let agent = AgentProcess::start(&AgentOptions::netlink(
+        PathBuf::from(env!("CARGO_BIN_EXE_multinic-agent")),
+        kernel.name(),
+        format!("127.0.0.1:{port}"),
+        root.path(),
+        state.path(),
+    ));
     eventually(WAIT, "the row applied", || async { (success(&pool).await == 1).then_some(()) }).await;
     let applied = kernel.link("multinic0").expect("applied");
     assert_eq!((applied.mtu, applied.addresses.clone()), (1500, vec!["10.70.0.5/24".to_owned()]));

@@ -36,18 +36,17 @@ async fn sigterm_mid_apply_finishes_the_apply_then_exits_zero() {
     let state = tempfile::Builder::new().prefix("multinic-state-").tempdir().unwrap();
     let marker = dir.path().join("paused");
     let mut agent = AgentProcess::start(&AgentOptions {
-        binary: PathBuf::from(env!("CARGO_BIN_EXE_multinic-agent")),
-        namespace: kernel.name().to_owned(),
-        controller: format!("127.0.0.1:{port}"),
-        host_root: root.path().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-        apply: "netlink".into(),
-        backend: "netplan".into(),
-        extra_args: Vec::new(),
         env: vec![
             ("MULTINIC_TEST_PAUSE_AFTER_WRITE".into(), marker.display().to_string()),
             ("MULTINIC_TEST_PAUSE_SECONDS".into(), "3".into()),
         ],
+        ..AgentOptions::netlink(
+            PathBuf::from(env!("CARGO_BIN_EXE_multinic-agent")),
+            kernel.name(),
+            format!("127.0.0.1:{port}"),
+            root.path(),
+            state.path(),
+        )
     });
     eventually(WAIT, "the agent is mid-apply", || async { marker.exists().then_some(()) }).await;
     assert!(std::fs::read_dir(state.path().join("journal")).unwrap().count() > 0, "a change is in flight");

@@ -32,6 +32,23 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
 }
 
+impl AgentOptions {
+    /// `--apply netlink --backend netplan`, no extra flags or environment.
+    pub fn netlink(binary: PathBuf, namespace: &str, controller: String, host_root: &Path, state_dir: &Path) -> Self {
+        Self {
+            binary,
+            namespace: namespace.to_owned(),
+            controller,
+            host_root: host_root.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            apply: "netlink".into(),
+            backend: "netplan".into(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
 /// A running agent process.
 #[derive(Debug)]
 pub struct AgentProcess {
