@@ -291,6 +291,7 @@ def test_controller_tls_material(rendered):
         certs = {c["metadata"]["name"]: c["spec"] for c in out.all("Certificate")}
         assert certs["multinic-issuer-ca"]["isCA"] is True
         assert certs["multinic-issuer-ca"]["privateKey"]["encoding"] == "PKCS8", "the issuer reads PKCS#8 keys only"
+        assert certs["multinic-issuer-ca"]["privateKey"]["rotationPolicy"] == "Never", "renewal keeps node certs valid"
         assert f"multinic-controller.{NAMESPACE}.svc" in certs["multinic-controller-tls"]["dnsNames"]
         assert certs["multinic-operator-alice"]["uris"] == ["spiffe://multinic.local/multinic/operator/alice"]
         assert not out.all("Secret") or all(s["metadata"]["name"] == "multinic-database" for s in out.all("Secret"))
