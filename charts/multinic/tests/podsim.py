@@ -58,7 +58,10 @@ PR_SET_NO_NEW_PRIVS = 38
 
 
 def sh(*cmd: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), check=True, text=True, capture_output=True, **kwargs)
+    result = subprocess.run(list(cmd), text=True, capture_output=True, **kwargs)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
 
 
 def wait_for(what: str, check, timeout: float = 60.0):
@@ -398,7 +401,10 @@ class Simulation:
     def database(self, env: dict[str, str]) -> None:
         data = self.work / "db"
         install = [self.spec["mariadb_install_db"], "--no-defaults", f"--datadir={data}",
-                   "--auth-root-authentication-method=normal", "--skip-test-db", "--user=root"]
+                   "--auth-root-authentication-method=normal", "--skip-test-db", "--user=root",
+                   # No host name lookup: inside the pod network it goes to the
+                   # stand-in DNS and can time out under load.
+                   "--skip-name-resolve"]
         sh(*install)
         self.db_socket = self.work / "db.sock"
         log = open(self.work / "mariadbd.log", "w")
