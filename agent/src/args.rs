@@ -10,7 +10,6 @@ use clap::Parser;
 use multinic_proto::runtime::{LogFormat, parse_duration};
 use multinic_proto::{DEFAULT_CAPACITY, MAX_CAPACITY, NodeName};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use crate::backend::{BackendChoice, detect_backend};
 use crate::reconcile::ApplyMode;
@@ -133,7 +132,7 @@ impl Args {
             pause_after_write: test_pause_after_write,
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal_shutdown(shutdown.clone()));
+        tokio::spawn(multinic_proto::runtime::signal_shutdown(shutdown.clone()));
         let agent = Agent::new(&config);
         agent.run(config, shutdown).await
     }
@@ -143,20 +142,6 @@ impl Args {
 fn short_hostname() -> anyhow::Result<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").context("read /proc/sys/kernel/hostname")?;
     Ok(name.trim().split('.').next().unwrap_or_default().to_owned())
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn signal_shutdown(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        warn!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
-    }
-    shutdown.cancel();
 }
 
 /// TLS to the controller: a mounted certificate, or one obtained with a

@@ -15,8 +15,10 @@ async fn main() -> ExitCode {
     match args.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "multinic-agent failed");
-            eprintln!("multinic-agent: {e:#}");
+            // Each error says its cause once, however the layers wrap it.
+            let error = multinic_proto::runtime::error_chain(e.as_ref());
+            tracing::error!(error = %error, "multinic-agent failed");
+            eprintln!("multinic-agent: {error}");
             ExitCode::FAILURE
         }
     }

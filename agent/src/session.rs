@@ -135,7 +135,8 @@ async fn connect(config: &SessionConfig) -> Result<Channel, String> {
         Some(tls) => tls.connect(&endpoint).await,
         None => endpoint.connect().await,
     };
-    channel.map_err(|e| format!("cannot connect to {}: {}", config.controller, error_chain(&e)))
+    channel
+        .map_err(|e| format!("cannot connect to {}: {}", config.controller, multinic_proto::runtime::error_chain(&e)))
 }
 
 async fn stream_once(
@@ -179,7 +180,7 @@ async fn stream_once(
     loop {
         let waiting = applied.as_ref().map(Applied::waiting).unwrap_or_default();
         let message = tokio::select! {
-            () = shutdown.cancelled() => return StreamEnd::Shutdown,
+            () = shutdown.cancelled() => return close(tx, inbound).await,
             message = inbound.message() => message,
             () = tokio::time::sleep(WAITING_POLL), if !waiting.is_empty() => {
                 if let Some(report) = recheck_waiting(&waiting, applied, nonce, reconciler, status).await {
@@ -209,6 +210,20 @@ async fn stream_once(
             return StreamEnd::Reconnect(after);
         }
     }
+}
+
+/// Ends the stream on shutdown without losing a report just sent: our half
+/// closes, and the controller closes its half once it has read (and
+/// recorded) everything before the end. Waits at most two seconds.
+async fn close(tx: mpsc::Sender<AgentMessage>, mut inbound: Streaming<ControllerMessage>) -> StreamEnd {
+    drop(tx);
+    let drained =
+        tokio::time::timeout(Duration::from_secs(2), async { while let Ok(Some(_)) = inbound.message().await {} })
+            .await;
+    if drained.is_err() {
+        debug!("the controller did not close the stream within 2s; leaving anyway");
+    }
+    StreamEnd::Shutdown
 }
 
 /// The newest push among `first` and whatever else already arrived, and a
@@ -391,20 +406,4 @@ async fn recheck_waiting(
         error: String::new(),
     };
     Some(v1::Report::from(&report))
-}
-
-/// An error with its sources, on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        // Wrappers often repeat their source's text: say it once.
-        let next = s.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }

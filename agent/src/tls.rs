@@ -208,7 +208,11 @@ impl Bootstrap {
         let endpoint = Endpoint::from_shared(self.issuer.clone())?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(20));
-        let channel = self.issuer_tls.connect(&endpoint).await.map_err(|e| anyhow::anyhow!(chain(&e)))?;
+        let channel = self
+            .issuer_tls
+            .connect(&endpoint)
+            .await
+            .map_err(|e| anyhow::anyhow!(multinic_proto::runtime::error_chain(&e)))?;
         let request = IssueNodeCertificateRequest { token: token.trim().to_owned(), csr_pem };
         let response = IssuerServiceClient::new(channel)
             .issue_node_certificate(request)
@@ -262,19 +266,4 @@ impl Bootstrap {
         let key = certified_key(pem.cert_pem.as_bytes(), pem.key_pem.as_bytes(), "node certificate")?;
         Ok(Issued { pem, info, key })
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        // Wrappers often repeat their source's text: say it once.
-        let next = s.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }

@@ -67,17 +67,13 @@ async fn a_nic_plugged_in_later_waits_then_is_applied_alone() {
     let port = kernel.forward_to(controller.grpc);
     let root = tempfile::Builder::new().prefix("multinic-host-").tempdir().unwrap();
     let state = tempfile::Builder::new().prefix("multinic-state-").tempdir().unwrap();
-    let agent = AgentProcess::start(&AgentOptions {
-        binary: PathBuf::from(env!("CARGO_BIN_EXE_multinic-agent")),
-        namespace: kernel.name().to_owned(),
-        controller: format!("127.0.0.1:{port}"),
-        host_root: root.path().to_path_buf(),
-        state_dir: state.path().to_path_buf(),
-        apply: "netlink".into(),
-        backend: "netplan".into(),
-        extra_args: Vec::new(),
-        env: Vec::new(),
-    });
+    let agent = AgentProcess::start(&AgentOptions::netlink(
+        PathBuf::from(env!("CARGO_BIN_EXE_multinic-agent")),
+        kernel.name(),
+        format!("127.0.0.1:{port}"),
+        root.path(),
+        state.path(),
+    ));
 
     wait_success(&pool, row_a, &agent).await;
     let node: NodeName = NODE.parse().unwrap();

@@ -69,7 +69,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", multinic_proto::runtime::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -151,7 +151,7 @@ impl Args {
         let controller = Controller::bind(config, listen, http_listen).await?;
         info!(grpc = %controller.grpc_addr(), http = %controller.http_addr(), "listening");
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal_shutdown(shutdown.clone()));
+        tokio::spawn(multinic_proto::runtime::signal_shutdown(shutdown.clone()));
         controller.serve(shutdown).await?;
         info!("controller stopped");
         Ok(())
@@ -163,20 +163,6 @@ fn parse_share(s: &str) -> Result<f64, String> {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not a share between 0 and 1 (e.g. 0.5)")),
     }
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-pub async fn signal_shutdown(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        warn!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
-    }
-    shutdown.cancel();
 }
 
 /// mTLS of the gRPC port.

@@ -22,6 +22,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Set once the gRPC server accepts connections; cleared on shutdown.
     pub serving: Arc<AtomicBool>,
+    /// TLS handshake counts of the gRPC port.
+    pub handshakes: Arc<crate::tls::HandshakeStats>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -52,6 +54,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     state.metrics.set_counts(&state.fleet.counts(), state.fleet.db_status().up);
+    state.metrics.set_handshakes(&state.handshakes);
     let held = state.fleet.guard_status().removals_held;
     state.metrics.removals_held.set(i64::try_from(held).unwrap_or(i64::MAX));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())

@@ -207,7 +207,12 @@ impl Controller {
         };
         let poll = tokio::spawn(poll_loop.run(shutdown.clone()));
 
-        let http_state = http::HttpState { fleet: fleet.clone(), metrics: metrics.clone(), serving: serving.clone() };
+        let http_state = http::HttpState {
+            fleet: fleet.clone(),
+            metrics: metrics.clone(),
+            serving: serving.clone(),
+            handshakes: handshakes.clone(),
+        };
         let http_shutdown = shutdown.clone();
         let http_server = tokio::spawn(async move {
             axum::serve(http, http::router(http_state))

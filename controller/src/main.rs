@@ -13,8 +13,10 @@ async fn main() -> ExitCode {
     match args.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "multinic-controller failed");
-            eprintln!("multinic-controller: {e:#}");
+            // Each error says its cause once, however the layers wrap it.
+            let error = multinic_proto::runtime::error_chain(e.as_ref());
+            tracing::error!(error = %error, "multinic-controller failed");
+            eprintln!("multinic-controller: {error}");
             ExitCode::FAILURE
         }
     }

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub convergence_seconds: Histogram,
     pub rejected_messages: Family<Labels, Counter>,
     pub removals_held: Gauge,
+    pub tls_handshakes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -62,6 +63,7 @@ impl Metrics {
             convergence_seconds: convergence_seconds.clone(),
             rejected_messages: Family::default(),
             removals_held: Gauge::default(),
+            tls_handshakes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -90,6 +92,11 @@ impl Metrics {
             convergence_seconds,
         );
         registry.register("rejected_messages", "Agent messages refused, by reason", m.rejected_messages.clone());
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the gRPC port, by result (accepted, refused, timed_out)",
+            m.tls_handshakes.clone(),
+        );
         registry.register(
             "removals_held",
             "Interface removals held back by the mass-deletion guard",
@@ -124,6 +131,16 @@ impl Metrics {
         set("waiting", counts.waiting);
         self.agents_connected.set(i64::try_from(counts.connected).unwrap_or(i64::MAX));
         self.db_up.set(i64::from(db_up));
+    }
+
+    /// Copies the accept loop's handshake counts into the metrics.
+    pub fn set_handshakes(&self, stats: &crate::tls::HandshakeStats) {
+        use std::sync::atomic::Ordering;
+        for (result, value) in
+            [("accepted", stats.accepted()), ("refused", stats.refused()), ("timed_out", stats.timed_out())]
+        {
+            self.tls_handshakes.get_or_create(&vec![("result", result)]).inner().store(value, Ordering::Relaxed);
+        }
     }
 
     /// The text exposition format.

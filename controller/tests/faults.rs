@@ -126,3 +126,26 @@ async fn sigkill_of_the_active_replica_hands_over_to_the_standby() {
         agent.stop().await;
     }
 }
+
+/// The predecessor exited when the database was not there at start-up. The
+/// controller starts anyway, stays alive (liveness 200, readiness 503), and
+/// becomes ready by itself when the database appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_the_database_is_down_and_becomes_ready_when_it_appears() {
+    let Some(mut db) = MariaDb::start().await else { return };
+    db.stop();
+    let logs = tempfile::tempdir().unwrap();
+    let controller =
+        ControllerProcess::start(Path::new(BINARY), &db.url(), free_addr(), &logs.path().join("c.log"), &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        multinic_testkit::http_get_checked(controller.http, "/healthz").await,
+        Some(200),
+        "{}",
+        controller.log()
+    );
+    assert_eq!(multinic_testkit::http_get_checked(controller.http, "/readyz").await, Some(503));
+    db.restart().await;
+    controller.wait_ready().await;
+    assert!(controller.log().contains("cannot reach the database"), "{}", controller.log());
+}

@@ -8,7 +8,6 @@
 
 pub mod convert;
 pub mod domain;
-#[cfg(feature = "runtime")]
 pub mod runtime;
 
 /// Code generated from `proto/multinic/v1/multinic.proto` and `issuer.proto`.

@@ -1,15 +1,18 @@
-//! Process plumbing shared by the multinic binaries: logging set-up and the
-//! value parsers their flags use. Nothing here knows the domain.
+//! Process plumbing shared by the multinic binaries: logging set-up, signals,
+//! error text and the value parsers their flags use. Nothing here knows the
+//! domain. (Logging and signals need the `runtime` feature.)
 
 use std::time::Duration;
 
 /// Log output format (`--log-format`).
+#[cfg(feature = "runtime")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
     Text,
 }
 
+#[cfg(feature = "runtime")]
 impl std::str::FromStr for LogFormat {
     type Err = String;
 
@@ -24,6 +27,7 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the global tracing subscriber. `level` is a filter such as
 /// `info` or `multinic_agent=debug,info` (what `LOG_LEVEL` holds).
+#[cfg(feature = "runtime")]
 pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -39,6 +43,37 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
         LogFormat::Text => builder.with_target(false).try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT (what Kubernetes and a terminal send).
+#[cfg(feature = "runtime")]
+pub async fn signal_shutdown(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    }
+    shutdown.cancel();
+}
+
+/// An error and its sources on one line; a source whose text the wrapper
+/// already ends with is said once.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Parses `500ms`, `2s`, `1m`, `1h`, or a bare number of seconds (`30`, as the

@@ -32,6 +32,23 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
 }
 
+impl AgentOptions {
+    /// `--apply netlink --backend netplan`, no extra flags or environment.
+    pub fn netlink(binary: PathBuf, namespace: &str, controller: String, host_root: &Path, state_dir: &Path) -> Self {
+        Self {
+            binary,
+            namespace: namespace.to_owned(),
+            controller,
+            host_root: host_root.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            apply: "netlink".into(),
+            backend: "netplan".into(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
 /// A running agent process.
 #[derive(Debug)]
 pub struct AgentProcess {
@@ -97,6 +114,13 @@ impl AgentProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, as the kubelet sends before stopping a pod.
+    pub fn terminate(&mut self) {
+        if let Some(pid) = self.child.as_ref().map(Child::id) {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         }
     }
 

@@ -165,18 +165,7 @@ pub async fn channel(url: &str, tls: &ClientTls) -> Result<tonic::transport::Cha
 
 /// An error with its sources, on one line.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        // Wrappers often repeat their source's text: say it once.
-        let next = s.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
+    multinic_proto::runtime::error_chain(error)
 }
 
 /// A folder laid out like a mounted Kubernetes Secret: each file is a

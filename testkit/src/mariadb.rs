@@ -209,7 +209,7 @@ async fn template() -> PathBuf {
     let mut cmd = Command::new(crate::which("mariadb-install-db").expect("mariadb-install-db"));
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
-        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if crate::is_root() {

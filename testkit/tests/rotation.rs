@@ -177,6 +177,25 @@ async fn streams_end_with_a_planned_reconnect_before_their_certificate_does() {
     let lived = stream_until_reconnect(&controller, &pki.client_tls(&files)).await;
     assert!(lived < Duration::from_secs(3), "{lived:?}");
 
+    // An operator's watch ends at the cap too, with a retryable status.
+    let operator = pki.client_tls(&pki.operator("alice"));
+    let started = Instant::now();
+    let channel = channel(&controller.url(), &operator).await.unwrap();
+    let mut watch = multinic_proto::v1::fleet_service_client::FleetServiceClient::new(channel)
+        .watch(v1::WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let end = loop {
+        match tokio::time::timeout(WAIT, watch.message()).await.expect("the watch ends in time") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
     // Half the remaining lifetime of the peer's certificate, whatever the cap.
     let mut tls = pki.controller_tls();
     tls.max_connection_age = Duration::from_secs(3600);

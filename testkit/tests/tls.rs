@@ -137,6 +137,15 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     let agent = pki.agent_with("node-a", expired());
     let err = first_answer(&url, &pki.client_tls(&agent), "node-a").await.unwrap_err();
     assert!(controller.fleet.node(&"node-a".parse().unwrap()).is_none_or(|n| n.session.is_none()), "{err:?}");
+
+    // The refusals are in the metrics.
+    let (_, metrics) = multinic_testkit::http_get(controller.http, "/metrics").await;
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("multinic_controller_tls_handshakes_total{result=\"refused\"} "))
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(refused >= 4.0, "{refused}");
     controller.stop().await;
 }
 

@@ -212,7 +212,7 @@ impl Reconciler {
             return statuses;
         }
         if let Some(marker) = &self.pause_after_write {
-            pause_forever(marker);
+            pause(marker);
         }
         let verdicts = self.verify_settled(run, &pending);
         let mut rolled_back = Vec::new();
@@ -341,12 +341,18 @@ impl Reconciler {
 }
 
 /// The test hook: marks the spot and stops here until killed.
-fn pause_forever(marker: &std::path::Path) -> ! {
+/// Test hook: creates `marker`, then stops for `MULTINIC_TEST_PAUSE_SECONDS`
+/// (so a test can stop the agent mid-apply) or, when unset, forever (so a
+/// test can kill it there).
+fn pause(marker: &std::path::Path) {
     warn!(marker = %marker.display(), "test hook: paused after writing, before verifying");
     if let Err(e) = std::fs::write(marker, std::process::id().to_string()) {
         warn!(error = %e, "test hook: cannot create the marker");
     }
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+    match std::env::var("MULTINIC_TEST_PAUSE_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()) {
+        Some(seconds) => std::thread::sleep(Duration::from_secs(seconds)),
+        None => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
     }
 }

@@ -126,8 +126,10 @@ fn render(s: &v1::FleetSummary, attention: &[v1::NodeStatus], wide: bool) -> Str
         "Nodes:      {} known, {} agents connected\nConverged:  {} converged, {} pending, {} failed\nDatabase:   {db}\nBad rows:   {}\n",
         s.nodes_known, s.agents_connected, s.nodes_converged, s.nodes_pending, s.nodes_failed, s.invalid_rows,
     ));
-    if attention.is_empty() {
+    if attention.is_empty() && s.db_up {
         out.push_str("\nAll nodes converged.\n");
+    } else if attention.is_empty() {
+        out.push_str("\nEvery node has its last desired state; changes wait until the database is back.\n");
     } else {
         out.push_str("\nNodes that need attention:\n");
         out.push_str(&attention_table(attention, wide));

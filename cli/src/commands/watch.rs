@@ -10,23 +10,42 @@ use crate::client::ConnectArgs;
 use crate::view::{Format, NodeView, Table, colors_enabled, convergence};
 
 pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCode> {
-    let mut client = connect.fleet().await?;
-    let mut events = client.watch(WatchRequest {}).await.map_err(status_error)?.into_inner();
     let colors = colors_enabled();
     let mut header = true;
-    while let Some(event) = events.message().await.map_err(status_error)? {
-        let Some(node) = event.node else { continue };
-        match format {
-            Format::Json => println!("{}", serde_json::to_string(&NodeView::from(&node))?),
-            Format::Yaml => print!("---\n{}", serde_yaml::to_string(&NodeView::from(&node))?),
-            Format::Table | Format::Wide => {
-                print!("{}", line(&node, header, colors));
-                header = false;
-            }
+    loop {
+        let mut client = connect.fleet().await?;
+        let mut events = client.watch(WatchRequest {}).await.map_err(status_error)?.into_inner();
+        match stream(&mut events, format, colors, &mut header).await {
+            // The controller asks watchers to come back (connection age cap,
+            // certificate rotation): watch again, seamlessly.
+            Err(status) if status.code() == tonic::Code::Unavailable => continue,
+            Err(status) => return Err(status_error(status)),
+            Ok(()) => break,
         }
     }
     eprintln!("the controller ended the watch (it may be restarting); run the command again");
     Ok(ExitCode::FAILURE)
+}
+
+async fn stream(
+    events: &mut tonic::Streaming<v1::FleetEvent>,
+    format: Format,
+    colors: bool,
+    header: &mut bool,
+) -> Result<(), tonic::Status> {
+    while let Some(event) = events.message().await? {
+        let Some(node) = event.node else { continue };
+        let view = NodeView::from(&node);
+        match format {
+            Format::Json => println!("{}", serde_json::to_string(&view).unwrap_or_default()),
+            Format::Yaml => print!("---\n{}", serde_yaml::to_string(&view).unwrap_or_default()),
+            Format::Table | Format::Wide => {
+                print!("{}", line(&node, *header, colors));
+                *header = false;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One table line per event; the header only before the first.

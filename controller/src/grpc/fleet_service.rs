@@ -117,6 +117,9 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
 
     async fn watch(&self, request: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         self.authorize(&request)?;
+        // Like agent streams, a watch ends at its connection's age cap so the
+        // operator reconnects with current certificates.
+        let ends_at = super::identity::PeerConnection::of(&request).and_then(|c| c.streams_end_at);
         let mut changes = self.fleet.subscribe_changes();
         let (tx, rx) = mpsc::channel(64);
         let fleet = self.fleet.clone();
@@ -133,9 +136,16 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
             if tx.send(Ok(FleetEvent { node: None, summary: Some(summary) })).await.is_err() {
                 return;
             }
+            let far = tokio::time::Instant::now() + std::time::Duration::from_secs(10 * 365 * 86_400);
+            let deadline = tokio::time::sleep_until(ends_at.unwrap_or(far));
+            tokio::pin!(deadline);
             loop {
                 let name = tokio::select! {
                     () = shutdown.cancelled() => return,
+                    () = &mut deadline => {
+                        let _ = tx.send(Err(Status::unavailable("connection age limit reached: watch again"))).await;
+                        return;
+                    }
                     change = changes.recv() => match change {
                         Ok(name) => name,
                         Err(broadcast::error::RecvError::Lagged(_)) => continue,

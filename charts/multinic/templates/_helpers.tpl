@@ -1,0 +1,181 @@
+{{/*
+Names, labels and the small decisions several templates share.
+*/}}
+
+{{- define "multinic.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 42 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name: 42 characters at most, so that "<fullname>-controller-metrics"
+is still a valid Service name (63).
+*/}}
+{{- define "multinic.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 42 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 42 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 42 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "multinic.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "multinic.labels" -}}
+helm.sh/chart: {{ include "multinic.chart" . }}
+app.kubernetes.io/name: {{ include "multinic.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: multinic
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "controller"). */}}
+{{- define "multinic.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "multinic.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Labels of one component's objects: (dict "root" $ "component" "agent"). */}}
+{{- define "multinic.componentLabels" -}}
+{{ include "multinic.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "multinic.controller.fullname" -}}
+{{- printf "%s-controller" (include "multinic.fullname" .) }}
+{{- end }}
+
+{{- define "multinic.agent.fullname" -}}
+{{- printf "%s-agent" (include "multinic.fullname" .) }}
+{{- end }}
+
+{{- define "multinic.controller.serviceAccountName" -}}
+{{- if .Values.controller.serviceAccount.create }}
+{{- default (include "multinic.controller.fullname" .) .Values.controller.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.controller.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The agents' ServiceAccount. Never "default": the issuer certifies a node for
+any token of this account, so it must be the agents' alone.
+*/}}
+{{- define "multinic.agent.serviceAccountName" -}}
+{{- $name := default (include "multinic.agent.fullname" .) .Values.agent.serviceAccount.name }}
+{{- if not .Values.agent.serviceAccount.create }}
+{{- $name = required "agent.serviceAccount.name is required when agent.serviceAccount.create is false" .Values.agent.serviceAccount.name }}
+{{- end }}
+{{- if eq $name "default" }}
+{{- fail "agent.serviceAccount.name must not be \"default\": the issuer gives a node certificate to any pod with a token of this ServiceAccount" }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/* The in-cluster DNS name of the controller's gRPC Service. */}}
+{{- define "multinic.controller.host" -}}
+{{- printf "%s.%s.svc" (include "multinic.controller.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/* DNS names of the controller's server certificate. */}}
+{{- define "multinic.controller.dnsNames" -}}
+{{- $svc := include "multinic.controller.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $names := list (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) (printf "%s.%s" $svc $ns) $svc }}
+{{- toJson (concat $names .Values.tls.extraDNSNames) }}
+{{- end }}
+
+{{/* An image reference: (dict "image" .Values.controller.image "root" $). */}}
+{{- define "multinic.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Names of the TLS objects. */}}
+{{- define "multinic.caBundleName" -}}
+{{- printf "%s-ca-bundle" (include "multinic.fullname" .) }}
+{{- end }}
+
+{{/* The Secret with the CA that signs node certificates (tls.crt, tls.key). */}}
+{{- define "multinic.issuerCASecret" -}}
+{{- if eq .Values.tls.mode "existingSecrets" }}
+{{- required "tls.existingSecrets.issuerCA is required with tls.mode=existingSecrets" .Values.tls.existingSecrets.issuerCA }}
+{{- else }}
+{{- printf "%s-issuer-ca" (include "multinic.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the controller's server certificate (tls.crt, tls.key). */}}
+{{- define "multinic.controllerTLSSecret" -}}
+{{- if eq .Values.tls.mode "existingSecrets" }}
+{{- required "tls.existingSecrets.controllerTLS is required with tls.mode=existingSecrets" .Values.tls.existingSecrets.controllerTLS }}
+{{- else }}
+{{- printf "%s-controller-tls" (include "multinic.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether the controller's --client-ca comes from the chart's ConfigMap
+("true") or from the node-signing CA Secret's tls.crt ("").
+*/}}
+{{- define "multinic.clientCAFromConfigMap" -}}
+{{- if or (eq .Values.tls.mode "helm") .Values.tls.clientCABundle }}true{{ end }}
+{{- end }}
+
+{{/* The database Secret's name, and whether the chart makes it. */}}
+{{- define "multinic.databaseSecret" -}}
+{{- default (printf "%s-database" (include "multinic.fullname" .)) .Values.database.existingSecret }}
+{{- end }}
+
+{{/*
+How the controller reaches the database: "url" (DATABASE_URL from a Secret)
+or "parts" (DB_HOST ... and DB_PASSWORD from a Secret). Fails on an
+incomplete configuration.
+*/}}
+{{- define "multinic.databaseMode" -}}
+{{- $db := .Values.database }}
+{{- if and $db.url $db.existingSecret }}
+{{- fail "database: set either url or existingSecret (with existingSecretUrlKey), not both" }}
+{{- else if or $db.url (and $db.existingSecret $db.existingSecretUrlKey) }}
+{{- "url" }}
+{{- else if $db.host }}
+{{- if not (or $db.password $db.existingSecret) }}
+{{- fail "database: set database.password or database.existingSecret (the Secret holding the password)" }}
+{{- end }}
+{{- "parts" }}
+{{- else }}
+{{- fail "database: set database.host (with user, name and password or existingSecret), database.url, or database.existingSecret with existingSecretUrlKey" }}
+{{- end }}
+{{- end }}
+
+{{/* Capabilities the agent adds in its apply mode. */}}
+{{- define "multinic.agent.capabilities" -}}
+{{- toJson (index .Values.agent.capabilities .Values.agent.applyMode) }}
+{{- end }}
+
+{{/* Host folders the agent mounts under /host, by backend. */}}
+{{- define "multinic.agent.hostDirs" -}}
+{{- $dirs := list }}
+{{- if has .Values.agent.backend (list "auto" "netplan") }}
+{{- $dirs = append $dirs "/etc/netplan" }}
+{{- end }}
+{{- if has .Values.agent.backend (list "auto" "wicked") }}
+{{- $dirs = concat $dirs (list "/etc/sysconfig/network" "/etc/udev/rules.d") }}
+{{- end }}
+{{- toJson $dirs }}
+{{- end }}
