@@ -57,12 +57,14 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: SocketAddr,
 
-    /// How often the whole fleet is read from the database (e.g. 500ms, 2s).
+    /// How often the database is probed for changes (e.g. 500ms, 2s): two
+    /// small statements when nothing changed, else only the changed rows.
     #[arg(long, env = "POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
     /// The whole fleet is read at least this often, whatever the cheap
-    /// per-tick probe says (a safety net for writers that keep modified_at).
+    /// per-tick probe says (a safety net for writers that keep modified_at;
+    /// 0s reads the whole fleet every tick).
     #[arg(long, env = "MULTINIC_FULL_READ_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub full_read_interval: Duration,
 
