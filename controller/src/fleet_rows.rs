@@ -184,16 +184,7 @@ mod tests {
     use crate::desired::desired_fleet;
 
     fn row(id: i64, node: &str, mac: &str, mtu: i64) -> InterfaceRow {
-        InterfaceRow {
-            id,
-            macaddress: mac.into(),
-            attached_node_name: Some(node.into()),
-            address: None,
-            cidr: None,
-            subnet_cidr: None,
-            mtu: Some(mtu),
-            netplan_success: 0,
-        }
+        InterfaceRow::plain(id, node, mac, mtu, 0)
     }
 
     fn names(t: &Touched) -> Vec<&str> {

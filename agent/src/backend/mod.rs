@@ -7,6 +7,9 @@
 pub mod netplan;
 pub mod wicked;
 
+#[cfg(test)]
+mod test_support;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

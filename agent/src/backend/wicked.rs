@@ -126,23 +126,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn name(i: u8) -> InterfaceName {
-        InterfaceName::new(i, 10).unwrap()
-    }
+    use crate::backend::test_support::{name, spec};
 
-    fn spec(mac: &str, address: Option<&str>, mtu: i64) -> InterfaceSpec {
-        InterfaceSpec::new(mac.parse().unwrap(), address.map(|a| a.parse().unwrap()), Mtu::new(mtu).unwrap()).unwrap()
-    }
-
-    /// Golden files in `testdata/wicked/`; `UPDATE_GOLDEN=1 cargo test` rewrites them.
     fn golden(file: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/wicked").join(file);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(actual, expected, "golden file {file} differs; UPDATE_GOLDEN=1 refreshes it");
+        crate::backend::test_support::golden("wicked", file, actual);
     }
 
     fn files_of(n: InterfaceName, s: &InterfaceSpec) -> BTreeMap<PathBuf, String> {

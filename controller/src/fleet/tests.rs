@@ -6,16 +6,7 @@ use crate::store::{FleetSnapshot, InterfaceRow};
 use multinic_proto::{Digest, ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, Outcome};
 
 fn row(id: i64, node: &str, mac: &str, mtu: i64, success: i64) -> InterfaceRow {
-    InterfaceRow {
-        id,
-        macaddress: mac.into(),
-        attached_node_name: Some(node.into()),
-        address: None,
-        cidr: None,
-        subnet_cidr: None,
-        mtu: Some(mtu),
-        netplan_success: success,
-    }
+    InterfaceRow::plain(id, node, mac, mtu, success)
 }
 
 fn hello(node: &str, digest: Option<Digest>) -> AgentHello {

@@ -34,6 +34,22 @@ pub struct InterfaceRow {
 }
 
 impl InterfaceRow {
+    /// A row of `node` with only a MAC and an MTU (no address): the shape
+    /// most unit tests need.
+    #[cfg(test)]
+    pub(crate) fn plain(id: i64, node: &str, mac: &str, mtu: i64, netplan_success: i64) -> Self {
+        Self {
+            id,
+            macaddress: mac.into(),
+            attached_node_name: Some(node.into()),
+            address: None,
+            cidr: None,
+            subnet_cidr: None,
+            mtu: Some(mtu),
+            netplan_success,
+        }
+    }
+
     /// The content a `netplan_success` write is conditional on.
     pub fn content(&self) -> RowContent {
         RowContent {
