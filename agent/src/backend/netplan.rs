@@ -124,7 +124,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::backend::test_support::{name, spec};
+    use crate::backend::test_support::{any_spec, name, spec};
 
     fn golden(file: &str, actual: &str) {
         crate::backend::test_support::golden("netplan", file, actual);
@@ -161,21 +161,6 @@ mod tests {
         for (what, text) in cases {
             assert!(parse(name(0), p, &text).is_err(), "{what} parsed");
         }
-    }
-
-    fn any_spec() -> impl Strategy<Value = InterfaceSpec> {
-        let mac = proptest::array::uniform6(any::<u8>()).prop_map(|mut o| {
-            o[0] = (o[0] & 0xfe) | 0x02;
-            MacAddress::from_octets(o).unwrap()
-        });
-        let v4 = (1u8..=223, any::<u8>(), any::<u8>(), 1u8..=254, 8u8..=30)
-            .prop_map(|(a, b, c, d, p)| format!("{a}.{b}.{c}.{d}/{p}").parse::<IfaceAddr>().ok());
-        let v6 = (1u16..0xfeff, any::<u16>(), 1u16.., 16u8..=127)
-            .prop_map(|(a, b, c, p)| format!("{a:x}:{b:x}::{c:x}/{p}").parse::<IfaceAddr>().ok());
-        let address = prop_oneof![Just(None), v4, v6];
-        (mac, address, 1280i64..=9216).prop_map(|(mac, address, mtu)| {
-            InterfaceSpec::new(mac, address.filter(|a| !a.addr().is_loopback()), Mtu::new(mtu).unwrap()).unwrap()
-        })
     }
 
     proptest! {

@@ -126,7 +126,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::backend::test_support::{name, spec};
+    use crate::backend::test_support::{any_spec, name, spec};
 
     fn golden(file: &str, actual: &str) {
         crate::backend::test_support::golden("wicked", file, actual);
@@ -187,21 +187,6 @@ mod tests {
         let mut only_ifcfg = good.clone();
         only_ifcfg.remove(&rule_path(n));
         assert!(Wicked.parse(n, &only_ifcfg).unwrap_err().to_string().contains("missing"));
-    }
-
-    fn any_spec() -> impl Strategy<Value = InterfaceSpec> {
-        let mac = proptest::array::uniform6(any::<u8>()).prop_map(|mut o| {
-            o[0] = (o[0] & 0xfe) | 0x02;
-            MacAddress::from_octets(o).unwrap()
-        });
-        let v4 = (1u8..=223, any::<u8>(), any::<u8>(), 1u8..=254, 8u8..=30)
-            .prop_map(|(a, b, c, d, p)| format!("{a}.{b}.{c}.{d}/{p}").parse::<IfaceAddr>().ok());
-        let v6 = (1u16..0xfeff, any::<u16>(), 1u16.., 16u8..=127)
-            .prop_map(|(a, b, c, p)| format!("{a:x}:{b:x}::{c:x}/{p}").parse::<IfaceAddr>().ok());
-        let address = prop_oneof![Just(None), v4, v6];
-        (mac, address, 1280i64..=9216).prop_map(|(mac, address, mtu)| {
-            InterfaceSpec::new(mac, address.filter(|a| !a.addr().is_loopback()), Mtu::new(mtu).unwrap()).unwrap()
-        })
     }
 
     proptest! {
