@@ -11,6 +11,7 @@ use multinic_testkit::eventually;
 use multinic_testkit::fleet::TestController;
 use multinic_testkit::mariadb::MariaDb;
 use multinic_testkit::netns::{self, TestNode};
+use multinic_testkit::rows::NewRow;
 use sqlx::MySqlPool;
 
 const MAC: &str = "fa:16:3e:00:07:01";
@@ -27,14 +28,7 @@ async fn a_node_cut_off_keeps_its_state_and_catches_up() {
     }
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
-    sqlx::query(
-        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
-         VALUES ('p', 's', ?, 'node-under-test', '10.70.0.5', '10.70.0.0/24', 1500)",
-    )
-    .bind(MAC)
-    .execute(&pool)
-    .await
-    .unwrap();
+    NewRow::new("p", "node-under-test", MAC).address(Some("10.70.0.5"), Some("10.70.0.0/24")).insert(&pool).await;
     let controller = TestController::start(&db.url(), Duration::from_millis(200)).await;
     let mut kernel = TestNode::new();
     kernel.add_nic("eth1", MAC);

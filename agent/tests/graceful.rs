@@ -9,6 +9,7 @@ use multinic_testkit::agent_process::{AgentOptions, AgentProcess};
 use multinic_testkit::eventually;
 use multinic_testkit::fleet::TestController;
 use multinic_testkit::netns::{self, TestNode};
+use multinic_testkit::rows::NewRow;
 
 const MAC: &str = "fa:16:3e:00:08:01";
 const WAIT: Duration = Duration::from_secs(30);
@@ -20,14 +21,11 @@ async fn sigterm_mid_apply_finishes_the_apply_then_exits_zero() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (url, pool) = multinic_testkit::sqlite_db(dir.path()).await;
-    sqlx::query(
-        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
-         VALUES ('p', 's', ?, 'node-under-test', '10.80.0.5', '10.80.0.0/24', 9000)",
-    )
-    .bind(MAC)
-    .execute(&pool)
-    .await
-    .unwrap();
+    NewRow::new("p", "node-under-test", MAC)
+        .address(Some("10.80.0.5"), Some("10.80.0.0/24"))
+        .mtu(9000)
+        .insert_sqlite(&pool)
+        .await;
     let controller = TestController::start(&url, Duration::from_millis(200)).await;
     let mut kernel = TestNode::new();
     kernel.add_nic("eth1", MAC);

@@ -13,6 +13,7 @@ use multinic_testkit::agent_process::{AgentOptions, AgentProcess};
 use multinic_testkit::fleet::TestController;
 use multinic_testkit::mariadb::MariaDb;
 use multinic_testkit::netns::{self, TestNode};
+use multinic_testkit::rows::{NewRow, netplan_success};
 use multinic_testkit::{eventually, netplan_generate, require_netplan};
 use serde_json::Value;
 use sqlx::MySqlPool;
@@ -22,33 +23,9 @@ const A: &str = "fa:16:3e:00:03:01";
 const B: &str = "fa:16:3e:00:03:02";
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn insert(pool: &MySqlPool, port: &str, mac: &str, address: &str, cidr: &str) -> i64 {
-    let result = sqlx::query(
-        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
-         VALUES (?, 'subnet-1', ?, ?, ?, ?, 1500)",
-    )
-    .bind(port)
-    .bind(mac)
-    .bind(NODE)
-    .bind(address)
-    .bind(cidr)
-    .execute(pool)
-    .await
-    .unwrap();
-    i64::try_from(result.last_insert_id()).unwrap()
-}
-
 async fn wait_success(pool: &MySqlPool, id: i64, agent: &AgentProcess) {
     let what = format!("row {id} netplan_success = 1; agent log:\n{}", agent.log_text());
-    eventually(WAIT, &what, || async move {
-        let v: i64 = sqlx::query_scalar("SELECT netplan_success FROM multi_interface WHERE id = ?")
-            .bind(id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        (v == 1).then_some(())
-    })
-    .await;
+    eventually(WAIT, &what, || async move { (netplan_success(pool, id).await == 1).then_some(()) }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,8 +35,8 @@ async fn a_nic_plugged_in_later_waits_then_is_applied_alone() {
     }
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
-    let row_a = insert(&pool, "p-a", A, "10.40.0.5", "10.40.0.0/24").await;
-    let row_b = insert(&pool, "p-b", B, "10.41.0.5", "10.41.0.0/24").await;
+    let row_a = NewRow::new("p-a", NODE, A).address(Some("10.40.0.5"), Some("10.40.0.0/24")).insert(&pool).await;
+    let row_b = NewRow::new("p-b", NODE, B).address(Some("10.41.0.5"), Some("10.41.0.0/24")).insert(&pool).await;
     let controller = TestController::start(&db.url(), Duration::from_millis(200)).await;
 
     let mut kernel = TestNode::new();

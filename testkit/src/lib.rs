@@ -26,6 +26,7 @@ pub mod mariadb;
 pub mod netns;
 pub mod process;
 pub mod proxy;
+pub mod rows;
 pub mod token_review;
 
 pub use sqlx;

@@ -10,6 +10,7 @@ use multinic_proto::v1::controller_message::Kind as ControllerKind;
 use multinic_proto::v1::{self, AgentMessage, ControllerMessage};
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::MariaDb;
+use multinic_testkit::rows::NewRow;
 use multinic_testkit::{eventually, http_get};
 use sqlx::MySqlPool;
 use tokio::sync::mpsc;
@@ -76,15 +77,7 @@ async fn bad_streams_get_clear_statuses_and_hurt_nobody() {
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
     for (port, node, mac) in [("good", "node-good", "fa:16:3e:00:40:01"), ("evil", "node-evil", "fa:16:3e:00:40:02")] {
-        sqlx::query(
-            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu) VALUES (?, 's', ?, ?, 1500)",
-        )
-        .bind(port)
-        .bind(mac)
-        .bind(node)
-        .execute(&pool)
-        .await
-        .unwrap();
+        NewRow::new(port, node, mac).insert(&pool).await;
     }
     let controller = TestController::start(&db.url(), Duration::from_millis(150)).await;
     controller.wait_active().await;

@@ -10,6 +10,7 @@ use multinic_controller::fleet::Convergence;
 use multinic_proto::{ErrorCode, NodeName};
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::MariaDb;
+use multinic_testkit::rows::NewRow;
 use multinic_testkit::{eventually, netplan_generate, require_netplan};
 use sqlx::MySqlPool;
 
@@ -21,21 +22,8 @@ type Row = (&'static str, Option<String>, &'static str, Option<&'static str>, Op
 async fn insert(pool: &MySqlPool, rows: &[Row]) -> BTreeMap<&'static str, i64> {
     let mut ids = BTreeMap::new();
     for (port, node, mac, address, cidr, mtu) in rows {
-        let id = sqlx::query(
-            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
-             VALUES (?, 's', ?, ?, ?, ?, ?)",
-        )
-        .bind(port)
-        .bind(mac)
-        .bind(node)
-        .bind(address)
-        .bind(cidr)
-        .bind(mtu)
-        .execute(pool)
-        .await
-        .unwrap()
-        .last_insert_id();
-        ids.insert(*port, i64::try_from(id).unwrap());
+        let id = NewRow::new(port, "", mac).node(node.as_deref()).address(*address, *cidr).mtu(*mtu).insert(pool).await;
+        ids.insert(*port, id);
     }
     ids
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::MariaDb;
 use multinic_testkit::proxy::{Backend, ServiceProxy};
+use multinic_testkit::rows::NewRow;
 use multinic_testkit::{eventually, http_get};
 use sqlx::MySqlPool;
 
@@ -30,15 +31,7 @@ async fn one_replica_is_active_and_the_other_takes_over() {
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
     for n in 0..3 {
-        sqlx::query(
-            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu) VALUES (?, 's', ?, ?, 1500)",
-        )
-        .bind(format!("p{n}"))
-        .bind(format!("fa:16:3e:00:20:{n:02x}"))
-        .bind(format!("node-{n}"))
-        .execute(&pool)
-        .await
-        .unwrap();
+        NewRow::new(&format!("p{n}"), &format!("node-{n}"), &format!("fa:16:3e:00:20:{n:02x}")).insert(&pool).await;
     }
     let first = TestController::start(&db.url(), POLL).await;
     eventually(WAIT, "the first replica is ready", || async { ready(&first).await.then_some(()) }).await;

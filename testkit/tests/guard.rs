@@ -11,6 +11,7 @@ use multinic_proto::v1::fleet_service_client::FleetServiceClient;
 use multinic_proto::v1::{ConfirmRemovalsRequest, GetSummaryRequest};
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::{MariaDb, execute};
+use multinic_testkit::rows::NewRow;
 use multinic_testkit::{eventually, http_get};
 use sqlx::MySqlPool;
 
@@ -24,15 +25,9 @@ fn guard() -> GuardConfig {
 async fn seed(pool: &MySqlPool) {
     for node in 0..4 {
         for i in 0..2 {
-            sqlx::query(
-                "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu) VALUES (?, 's', ?, ?, 1500)",
-            )
-            .bind(format!("p{node}{i}"))
-            .bind(format!("fa:16:3e:00:3{node}:0{i}"))
-            .bind(format!("node-{node}"))
-            .execute(pool)
-            .await
-            .unwrap();
+            NewRow::new(&format!("p{node}{i}"), &format!("node-{node}"), &format!("fa:16:3e:00:3{node}:0{i}"))
+                .insert(pool)
+                .await;
         }
     }
 }

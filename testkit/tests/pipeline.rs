@@ -9,48 +9,16 @@ use multinic_proto::{ErrorCode, NodeName};
 use multinic_testkit::certs::TestPki;
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::{MariaDb, execute};
+use multinic_testkit::rows::{NewRow, netplan_success};
 use multinic_testkit::{eventually, netplan_generate, require_netplan};
 use sqlx::MySqlPool;
 
 const POLL: Duration = Duration::from_millis(200);
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn insert(
-    pool: &MySqlPool,
-    port: &str,
-    node: &str,
-    mac: &str,
-    address: Option<&str>,
-    cidr: Option<&str>,
-    mtu: i64,
-) -> i64 {
-    let result = sqlx::query(
-        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
-         VALUES (?, 'subnet-1', ?, ?, ?, ?, ?)",
-    )
-    .bind(port)
-    .bind(mac)
-    .bind(node)
-    .bind(address)
-    .bind(cidr)
-    .bind(mtu)
-    .execute(pool)
-    .await
-    .unwrap();
-    i64::try_from(result.last_insert_id()).unwrap()
-}
-
-async fn success(pool: &MySqlPool, id: i64) -> i64 {
-    sqlx::query_scalar::<_, i64>("SELECT netplan_success FROM multi_interface WHERE id = ?")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 async fn wait_success(pool: &MySqlPool, id: i64, want: i64) {
     eventually(WAIT, &format!("row {id} netplan_success = {want}"), || async move {
-        (success(pool, id).await == want).then_some(())
+        (netplan_success(pool, id).await == want).then_some(())
     })
     .await;
 }
@@ -67,18 +35,16 @@ async fn rows_become_files_and_outcomes_become_rows() {
     let Some(db) = MariaDb::start().await else { return };
     let check_netplan = require_netplan();
     let pool = db.pool().await;
-    let a1 = insert(
-        &pool,
-        "p1",
-        "node-a.novalocal",
-        "FA:16:3E:00:0A:01",
-        Some("192.168.10.5"),
-        Some("192.168.10.0/24"),
-        1500,
-    )
-    .await;
-    let a2 = insert(&pool, "p2", "node-a", "fa:16:3e:00:0a:02", None, None, 9000).await;
-    let b1 = insert(&pool, "p3", "node-b", "fa:16:3e:00:0b:01", Some("10.20.0.7"), Some("10.20.0.0/16"), 1450).await;
+    let a1 = NewRow::new("p1", "node-a.novalocal", "FA:16:3E:00:0A:01")
+        .address(Some("192.168.10.5"), Some("192.168.10.0/24"))
+        .insert(&pool)
+        .await;
+    let a2 = NewRow::new("p2", "node-a", "fa:16:3e:00:0a:02").mtu(9000).insert(&pool).await;
+    let b1 = NewRow::new("p3", "node-b", "fa:16:3e:00:0b:01")
+        .address(Some("10.20.0.7"), Some("10.20.0.0/16"))
+        .mtu(1450)
+        .insert(&pool)
+        .await;
 
     // Over mTLS, as in production (the other tests here run plaintext).
     let pki = TestPki::new();
@@ -129,8 +95,11 @@ async fn rows_become_files_and_outcomes_become_rows() {
     let writes = node_b.writes();
     execute(&mut db.connection().await, &format!("UPDATE multi_interface SET deleted_at = NOW() WHERE id = {b1}"))
         .await;
-    let b1_new =
-        insert(&pool, "p3-new", "node-b", "fa:16:3e:00:0b:01", Some("10.20.0.7"), Some("10.20.0.0/16"), 1450).await;
+    let b1_new = NewRow::new("p3-new", "node-b", "fa:16:3e:00:0b:01")
+        .address(Some("10.20.0.7"), Some("10.20.0.0/16"))
+        .mtu(1450)
+        .insert(&pool)
+        .await;
     // The delete and the insert may land in different polls; either way the
     // new row must be marked without the node's file being rewritten.
     wait_success(&pool, b1_new, 1).await;
@@ -150,7 +119,10 @@ async fn rows_become_files_and_outcomes_become_rows() {
 async fn reinsert_in_one_transaction_writes_nothing() {
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
-    let id = insert(&pool, "p1", "node-r", "fa:16:3e:00:0c:01", Some("10.1.0.5"), Some("10.1.0.0/24"), 1500).await;
+    let id = NewRow::new("p1", "node-r", "fa:16:3e:00:0c:01")
+        .address(Some("10.1.0.5"), Some("10.1.0.0/24"))
+        .insert(&pool)
+        .await;
     let controller = TestController::start(&db.url(), POLL).await;
     let node = TestAgent::start(&controller.url(), "node-r").await;
     wait_success(&pool, id, 1).await;
@@ -179,11 +151,14 @@ async fn reinsert_in_one_transaction_writes_nothing() {
 async fn invalid_rows_stay_zero_with_a_reason_and_hurt_nobody() {
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
-    let good = insert(&pool, "g", "node-x", "fa:16:3e:00:0d:01", Some("10.9.0.5"), Some("10.9.0.0/24"), 1500).await;
-    let bad_mac = insert(&pool, "b1", "node-x", "fa-16-3e-00-0d-02", None, None, 1500).await;
-    let mtu_zero = insert(&pool, "b2", "node-x", "fa:16:3e:00:0d:03", None, None, 0).await;
-    let no_cidr = insert(&pool, "b3", "node-x", "fa:16:3e:00:0d:04", Some("10.9.0.6"), None, 1500).await;
-    let no_node = insert(&pool, "b4", "", "fa:16:3e:00:0d:05", None, None, 1500).await;
+    let good = NewRow::new("g", "node-x", "fa:16:3e:00:0d:01")
+        .address(Some("10.9.0.5"), Some("10.9.0.0/24"))
+        .insert(&pool)
+        .await;
+    let bad_mac = NewRow::new("b1", "node-x", "fa-16-3e-00-0d-02").insert(&pool).await;
+    let mtu_zero = NewRow::new("b2", "node-x", "fa:16:3e:00:0d:03").mtu(0).insert(&pool).await;
+    let no_cidr = NewRow::new("b3", "node-x", "fa:16:3e:00:0d:04").address(Some("10.9.0.6"), None).insert(&pool).await;
+    let no_node = NewRow::new("b4", "", "fa:16:3e:00:0d:05").insert(&pool).await;
 
     let pki = TestPki::new();
     let controller = TestController::start_tls(&db.url(), POLL, &pki).await;
@@ -203,7 +178,7 @@ async fn invalid_rows_stay_zero_with_a_reason_and_hurt_nobody() {
     let unattached = controller.fleet.unattached();
     assert_eq!(unattached.iter().map(|p| p.row_id).collect::<Vec<_>>(), vec![no_node]);
     for id in [bad_mac, mtu_zero, no_cidr, no_node] {
-        assert_eq!(success(&pool, id).await, 0, "row {id}");
+        assert_eq!(netplan_success(&pool, id).await, 0, "row {id}");
     }
     assert!(node.netplan_file(0).is_some());
     assert!(node.netplan_file(1).is_none(), "invalid rows render nothing");
@@ -215,7 +190,10 @@ async fn invalid_rows_stay_zero_with_a_reason_and_hurt_nobody() {
 async fn a_database_outage_deletes_nothing_and_heals_itself() {
     let Some(mut db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
-    let id = insert(&pool, "p1", "node-d", "fa:16:3e:00:0e:01", Some("10.3.0.5"), Some("10.3.0.0/24"), 1500).await;
+    let id = NewRow::new("p1", "node-d", "fa:16:3e:00:0e:01")
+        .address(Some("10.3.0.5"), Some("10.3.0.0/24"))
+        .insert(&pool)
+        .await;
     let controller = TestController::start(&db.url(), POLL).await;
     let node = TestAgent::start(&controller.url(), "node-d").await;
     wait_success(&pool, id, 1).await;
@@ -266,16 +244,9 @@ async fn queries_per_poll_do_not_grow_with_the_fleet() {
     for nodes in [2usize, 60] {
         execute(&mut db.connection().await, "DELETE FROM multi_interface").await;
         for n in 0..nodes {
-            insert(
-                &pool,
-                &format!("p{nodes}-{n}"),
-                &format!("node-{n}"),
-                &format!("fa:16:3e:00:{:02x}:01", n),
-                None,
-                None,
-                1500,
-            )
-            .await;
+            NewRow::new(&format!("p{nodes}-{n}"), &format!("node-{n}"), &format!("fa:16:3e:00:{:02x}:01", n))
+                .insert(&pool)
+                .await;
         }
         let controller = TestController::start(&db.url(), Duration::from_millis(100)).await;
         // Let the first poll (the whole fleet) and the re-reads of recently

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use multinic_proto::{InterfaceState, NodeName};
 use multinic_testkit::fleet::{TestAgent, TestController};
+use multinic_testkit::rows::NewRow;
 use multinic_testkit::{eventually, is_root, require};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,13 +38,7 @@ async fn a_read_only_folder_fails_its_node_clearly_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let (url, pool) = multinic_testkit::sqlite_db(dir.path()).await;
     for (port, node, mac) in [("ro", "node-ro", "fa:16:3e:00:60:01"), ("ok", "node-ok", "fa:16:3e:00:60:02")] {
-        sqlx::query("INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu) VALUES (?, 's', ?, ?, 1500)")
-            .bind(port)
-            .bind(mac)
-            .bind(node)
-            .execute(&pool)
-            .await
-            .unwrap();
+        NewRow::new(port, node, mac).insert_sqlite(&pool).await;
     }
     let ro_root = tempfile::tempdir().unwrap();
     let _read_only = ReadOnly::mount(&ro_root.path().join("etc/netplan"));

@@ -17,6 +17,7 @@ use multinic_testkit::certs::{RELOAD, SecretDir, TestPki, channel, pem};
 use multinic_testkit::eventually;
 use multinic_testkit::fleet::{TestAgent, TestController, sqlite_database};
 use multinic_testkit::mariadb::MariaDb;
+use multinic_testkit::rows::{NewRow, netplan_success};
 use multinic_tls::{Identity, ServerTls, Validity};
 use sqlx::MySqlPool;
 use tokio::sync::mpsc;
@@ -25,20 +26,6 @@ use tonic::Code;
 
 const POLL: Duration = Duration::from_millis(100);
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn insert(pool: &MySqlPool, port: &str, mac: &str, mtu: i64) -> i64 {
-    let result = sqlx::query(
-        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
-         VALUES (?, 'subnet-1', ?, 'node-r', NULL, NULL, ?)",
-    )
-    .bind(port)
-    .bind(mac)
-    .bind(mtu)
-    .execute(pool)
-    .await
-    .unwrap();
-    i64::try_from(result.last_insert_id()).unwrap()
-}
 
 async fn set_mtu(pool: &MySqlPool, id: i64, mtu: i64) {
     sqlx::query("UPDATE multi_interface SET mtu = ?, netplan_success = 0 WHERE id = ?")
@@ -52,12 +39,7 @@ async fn set_mtu(pool: &MySqlPool, id: i64, mtu: i64) {
 async fn wait_applied(pool: &MySqlPool, ids: &[i64]) {
     for &id in ids {
         eventually(WAIT, &format!("row {id} netplan_success = 1"), || async move {
-            let v: i64 = sqlx::query_scalar("SELECT netplan_success FROM multi_interface WHERE id = ?")
-                .bind(id)
-                .fetch_one(pool)
-                .await
-                .unwrap();
-            (v == 1).then_some(())
+            (netplan_success(pool, id).await == 1).then_some(())
         })
         .await;
     }
@@ -113,7 +95,7 @@ async fn rotating_every_certificate_and_ca_loses_nothing_and_needs_no_restart() 
         reload_interval: RELOAD,
     };
     let agent = TestAgent::start_tls(&controller.url(), "node-r", agent_tls).await;
-    let r1 = insert(&pool, "p1", "fa:16:3e:00:0f:01", 1500).await;
+    let r1 = NewRow::new("p1", "node-r", "fa:16:3e:00:0f:01").insert(&pool).await;
     wait_applied(&pool, &[r1]).await;
 
     // 1. Both sides trust old and new CA.
@@ -152,7 +134,7 @@ async fn rotating_every_certificate_and_ca_loses_nothing_and_needs_no_restart() 
     tokio::time::sleep(RELOAD * 4).await;
     reconnects(&controller, 2).await;
     set_mtu(&pool, r1, 1400).await;
-    let r2 = insert(&pool, "p2", "fa:16:3e:00:0f:02", 1500).await;
+    let r2 = NewRow::new("p2", "node-r", "fa:16:3e:00:0f:02").insert(&pool).await;
     wait_applied(&pool, &[r1, r2]).await;
     assert!(agent.netplan_file(0).unwrap().contains("mtu: 1400"));
     assert!(agent.netplan_file(1).is_some());

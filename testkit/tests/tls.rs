@@ -12,6 +12,7 @@ use multinic_proto::v1::{self, AgentMessage, GetSummaryRequest};
 use multinic_testkit::certs::{CertFiles, TestPki, channel, error_chain, expired};
 use multinic_testkit::eventually;
 use multinic_testkit::fleet::{TestController, sqlite_database};
+use multinic_testkit::rows::NewRow;
 use multinic_tls::{ClientTls, Identity, TrustDomain, Validity};
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
@@ -24,16 +25,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Rows for node-a and node-b.
 async fn two_nodes(pool: &SqlitePool) {
     for (port, node, mac) in [("pa", "node-a", "fa:16:3e:00:0a:01"), ("pb", "node-b", "fa:16:3e:00:0b:01")] {
-        sqlx::query(
-            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
-             VALUES (?, 's', ?, ?, NULL, NULL, 1500)",
-        )
-        .bind(port)
-        .bind(mac)
-        .bind(node)
-        .execute(pool)
-        .await
-        .unwrap();
+        NewRow::new(port, node, mac).insert_sqlite(pool).await;
     }
 }
 

@@ -1,0 +1,82 @@
+//! Rows of `multi_interface` for tests, written the way the OpenStack side
+//! writes them.
+
+use sqlx::{MySqlPool, SqlitePool};
+
+const INSERT: &str = "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) \
+                      VALUES (?, 's', ?, ?, ?, ?, ?)";
+
+/// One row to insert: a port of a node with a MAC, MTU 1500 and no address
+/// unless set.
+#[derive(Debug, Clone)]
+pub struct NewRow<'a> {
+    port: &'a str,
+    node: Option<&'a str>,
+    mac: &'a str,
+    address: Option<&'a str>,
+    cidr: Option<&'a str>,
+    mtu: Option<i64>,
+}
+
+impl<'a> NewRow<'a> {
+    pub fn new(port: &'a str, node: &'a str, mac: &'a str) -> Self {
+        Self { port, node: Some(node), mac, address: None, cidr: None, mtu: Some(1500) }
+    }
+
+    /// `attached_node_name`, NULL included.
+    pub fn node(mut self, node: Option<&'a str>) -> Self {
+        self.node = node;
+        self
+    }
+
+    pub fn address(mut self, address: Option<&'a str>, cidr: Option<&'a str>) -> Self {
+        self.address = address;
+        self.cidr = cidr;
+        self
+    }
+
+    /// `mtu`, NULL included.
+    pub fn mtu(mut self, mtu: impl Into<Option<i64>>) -> Self {
+        self.mtu = mtu.into();
+        self
+    }
+
+    /// Inserts into MariaDB; the new row's id.
+    pub async fn insert(&self, pool: &MySqlPool) -> i64 {
+        let result = sqlx::query(INSERT)
+            .bind(self.port)
+            .bind(self.mac)
+            .bind(self.node)
+            .bind(self.address)
+            .bind(self.cidr)
+            .bind(self.mtu)
+            .execute(pool)
+            .await
+            .unwrap_or_else(|e| panic!("insert {self:?}: {e}"));
+        i64::try_from(result.last_insert_id()).unwrap()
+    }
+
+    /// Inserts into SQLite; the new row's id.
+    pub async fn insert_sqlite(&self, pool: &SqlitePool) -> i64 {
+        sqlx::query(INSERT)
+            .bind(self.port)
+            .bind(self.mac)
+            .bind(self.node)
+            .bind(self.address)
+            .bind(self.cidr)
+            .bind(self.mtu)
+            .execute(pool)
+            .await
+            .unwrap_or_else(|e| panic!("insert {self:?}: {e}"))
+            .last_insert_rowid()
+    }
+}
+
+/// `netplan_success` of the row with this id.
+pub async fn netplan_success(pool: &MySqlPool, id: i64) -> i64 {
+    sqlx::query_scalar("SELECT netplan_success FROM multi_interface WHERE id = ?")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
