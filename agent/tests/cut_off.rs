@@ -11,15 +11,10 @@ use multinic_testkit::eventually;
 use multinic_testkit::fleet::TestController;
 use multinic_testkit::mariadb::MariaDb;
 use multinic_testkit::netns::{self, TestNode};
-use multinic_testkit::rows::NewRow;
-use sqlx::MySqlPool;
+use multinic_testkit::rows::{NewRow, netplan_success_of_port};
 
 const MAC: &str = "fa:16:3e:00:07:01";
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn success(pool: &MySqlPool) -> i64 {
-    sqlx::query_scalar("SELECT netplan_success FROM multi_interface WHERE port_id = 'p'").fetch_one(pool).await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_keeps_its_state_and_catches_up() {
@@ -42,7 +37,8 @@ async fn a_node_cut_off_keeps_its_state_and_catches_up() {
         root.path(),
         state.path(),
     ));
-    eventually(WAIT, "the row applied", || async { (success(&pool).await == 1).then_some(()) }).await;
+    eventually(WAIT, "the row applied", || async { (netplan_success_of_port(&pool, "p").await == 1).then_some(()) })
+        .await;
     let applied = kernel.link("multinic0").expect("applied");
     assert_eq!((applied.mtu, applied.addresses.clone()), (1500, vec!["10.70.0.5/24".to_owned()]));
     let file = root.path().join("etc/netplan/90-multinic0.yaml");
@@ -59,12 +55,12 @@ async fn a_node_cut_off_keeps_its_state_and_catches_up() {
     // Meanwhile the node keeps exactly what it had.
     assert_eq!(kernel.link("multinic0").unwrap(), applied, "the node's state is kept while cut off");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), file_before);
-    assert_eq!(success(&pool).await, 0);
+    assert_eq!(netplan_success_of_port(&pool, "p").await, 0);
 
     kernel.ip(&["link", "set", "lo", "up"]);
     let restored = Instant::now();
     let what = format!("the change arrives after the link returns; agent log:\n{}", agent.log_text());
-    eventually(WAIT, &what, || async { (success(&pool).await == 1).then_some(()) }).await;
+    eventually(WAIT, &what, || async { (netplan_success_of_port(&pool, "p").await == 1).then_some(()) }).await;
     eprintln!("cut off for {:?}; caught up {:?} after the link returned", restored - cut, restored.elapsed());
     let now = kernel.link("multinic0").unwrap();
     assert_eq!((now.mtu, now.addresses.clone(), now.up), (1400, vec!["10.70.0.5/24".to_owned()], true));

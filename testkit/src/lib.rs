@@ -165,3 +165,18 @@ pub async fn http_get_checked(addr: std::net::SocketAddr, path: &str) -> Option<
     stream.read_to_string(&mut response).await.ok()?;
     response.split_whitespace().nth(1).and_then(|c| c.parse().ok())
 }
+
+/// The Hello a fresh agent of `node` sends first (netplan, `--apply none`,
+/// nothing applied yet), for tests that speak the agent protocol by hand.
+pub fn hello_message(node: &str) -> multinic_proto::v1::AgentMessage {
+    use multinic_proto::v1;
+    v1::AgentMessage {
+        kind: Some(v1::agent_message::Kind::Hello(v1::Hello {
+            node_name: node.into(),
+            agent_version: "test".into(),
+            backend: "netplan".into(),
+            apply_mode: "none".into(),
+            ..Default::default()
+        })),
+    }
+}

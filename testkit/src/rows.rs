@@ -80,3 +80,12 @@ pub async fn netplan_success(pool: &MySqlPool, id: i64) -> i64 {
         .await
         .unwrap()
 }
+
+/// `netplan_success` of the row of this `port_id`.
+pub async fn netplan_success_of_port(pool: &MySqlPool, port: &str) -> i64 {
+    sqlx::query_scalar("SELECT netplan_success FROM multi_interface WHERE port_id = ?")
+        .bind(port)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

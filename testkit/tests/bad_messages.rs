@@ -9,28 +9,15 @@ use multinic_proto::v1::agent_service_client::AgentServiceClient;
 use multinic_proto::v1::controller_message::Kind as ControllerKind;
 use multinic_proto::v1::{self, AgentMessage, ControllerMessage};
 use multinic_testkit::fleet::{TestAgent, TestController};
+use multinic_testkit::hello_message;
 use multinic_testkit::mariadb::MariaDb;
-use multinic_testkit::rows::NewRow;
+use multinic_testkit::rows::{NewRow, netplan_success_of_port};
 use multinic_testkit::{eventually, http_get};
-use sqlx::MySqlPool;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn hello(node: &str) -> AgentMessage {
-    AgentMessage {
-        kind: Some(AgentKind::Hello(v1::Hello {
-            node_name: node.into(),
-            agent_version: "test".into(),
-            backend: "netplan".into(),
-            applied_digest: String::new(),
-            interfaces: vec![],
-            apply_mode: "none".into(),
-        })),
-    }
-}
 
 /// Opens a stream, sends `first`, returns the sender and the response stream
 /// (or the status the call itself failed with).
@@ -56,14 +43,6 @@ async fn ending(stream: &mut Streaming<ControllerMessage>) -> tonic::Status {
             Err(status) => return status,
         }
     }
-}
-
-async fn success(pool: &MySqlPool, port: &str) -> i64 {
-    sqlx::query_scalar("SELECT netplan_success FROM multi_interface WHERE port_id = ?")
-        .bind(port)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 async fn rejected(controller: &TestController, reason: &str) -> f64 {
@@ -92,13 +71,13 @@ async fn bad_streams_get_clear_statuses_and_hurt_nobody() {
     assert!(status.message().contains("must be Hello"), "{}", status.message());
 
     // A Hello naming an impossible node.
-    let (_tx, stream) = open(&url, Some(hello("bad_node!"))).await;
+    let (_tx, stream) = open(&url, Some(hello_message("bad_node!"))).await;
     let status = ending(&mut stream.unwrap()).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("bad_node!"), "{}", status.message());
 
     // A message over the size limit.
-    let mut huge = hello("node-evil");
+    let mut huge = hello_message("node-evil");
     if let Some(AgentKind::Hello(h)) = &mut huge.kind {
         h.agent_version = "x".repeat(400 * 1024);
     }
@@ -122,7 +101,7 @@ async fn bad_streams_get_clear_statuses_and_hurt_nobody() {
     }
 
     // A well-formed Hello, then reports the controller must not believe.
-    let (tx, stream) = open(&url, Some(hello("node-evil"))).await;
+    let (tx, stream) = open(&url, Some(hello_message("node-evil"))).await;
     let mut stream = stream.unwrap();
     let push = match stream.message().await.unwrap().unwrap().kind {
         Some(ControllerKind::Desired(push)) => push,
@@ -162,13 +141,15 @@ async fn bad_streams_get_clear_statuses_and_hurt_nobody() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(success(&pool, "evil").await, 0, "no believable report yet");
+    assert_eq!(netplan_success_of_port(&pool, "evil").await, 0, "no believable report yet");
 
     // The right report is recorded; the good node was never disturbed.
     tx.send(applied(push.nonce, &push.digest, &mac)).await.unwrap();
-    eventually(WAIT, "the evil node's row recorded", || async { (success(&pool, "evil").await == 1).then_some(()) })
-        .await;
-    assert_eq!(success(&pool, "good").await, 1);
+    eventually(WAIT, "the evil node's row recorded", || async {
+        (netplan_success_of_port(&pool, "evil").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(netplan_success_of_port(&pool, "good").await, 1);
     assert_eq!(good.writes(), 1);
     drop(tx);
 

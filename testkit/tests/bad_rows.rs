@@ -10,7 +10,7 @@ use multinic_controller::fleet::Convergence;
 use multinic_proto::{ErrorCode, NodeName};
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::MariaDb;
-use multinic_testkit::rows::NewRow;
+use multinic_testkit::rows::{NewRow, netplan_success_of_port};
 use multinic_testkit::{eventually, netplan_generate, require_netplan};
 use sqlx::MySqlPool;
 
@@ -131,21 +131,11 @@ async fn every_kind_of_bad_row_is_named_and_contained() {
     assert_eq!(problems.len(), expect.len(), "{problems:?}");
 
     // Bad rows stay 0; good rows on the same nodes reach 1.
-    let success = |port: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT netplan_success FROM multi_interface WHERE port_id = ?")
-                .bind(port)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
     for port in ["good-a", "good-v6", "good-b"] {
-        eventually(WAIT, port, || async { (success(port).await == 1).then_some(()) }).await;
+        eventually(WAIT, port, || async { (netplan_success_of_port(&pool, port).await == 1).then_some(()) }).await;
     }
     for (port, _, _) in expect {
-        assert_eq!(success(port).await, 0, "{port}");
+        assert_eq!(netplan_success_of_port(&pool, port).await, 0, "{port}");
     }
     let files_a: Vec<String> = (0..10).filter_map(|i| a.netplan_file(i)).collect();
     assert_eq!(files_a.len(), 2, "node-a renders its two good rows only");

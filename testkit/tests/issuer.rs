@@ -7,14 +7,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use multinic_agent::tls::{AgentIdentity, AgentTls, AgentTransport};
-use multinic_proto::v1::agent_message::Kind as AgentKind;
 use multinic_proto::v1::agent_service_client::AgentServiceClient;
 use multinic_proto::v1::controller_message::Kind as ControllerKind;
 use multinic_proto::v1::issuer_service_client::IssuerServiceClient;
-use multinic_proto::v1::{self, AgentMessage, IssueNodeCertificateRequest};
+use multinic_proto::v1::{self, IssueNodeCertificateRequest};
 use multinic_testkit::certs::{CertFiles, RELOAD, TestPki, channel};
 use multinic_testkit::eventually;
 use multinic_testkit::fleet::{TestAgent, TestController, sqlite_database};
+use multinic_testkit::hello_message;
 use multinic_testkit::token_review::{AUDIENCE, CONTROLLER_TOKEN, FakeTokenReview, TokenIdentity, issuer_config};
 use multinic_tls::{CertificateInfo, ClientTls, Identity, KeyedCertificate};
 use rcgen::{CertificateParams, KeyPair, SanType};
@@ -128,13 +128,7 @@ async fn first_answer(
 ) -> Result<v1::ControllerMessage, tonic::Status> {
     let channel = channel(&controller.url(), &pki.client_tls(files)).await.map_err(tonic::Status::unavailable)?;
     let (tx, rx) = mpsc::channel(2);
-    let hello = v1::Hello {
-        node_name: node.into(),
-        backend: "netplan".into(),
-        apply_mode: "none".into(),
-        ..Default::default()
-    };
-    tx.send(AgentMessage { kind: Some(AgentKind::Hello(hello)) }).await.unwrap();
+    tx.send(hello_message(node)).await.unwrap();
     let mut inbound = AgentServiceClient::new(channel).sync(ReceiverStream::new(rx)).await?.into_inner();
     let first = tokio::time::timeout(WAIT, inbound.message()).await.expect("an answer")?;
     first.ok_or_else(|| tonic::Status::aborted("closed"))

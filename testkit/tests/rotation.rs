@@ -16,6 +16,7 @@ use multinic_proto::v1::{self, AgentMessage};
 use multinic_testkit::certs::{RELOAD, SecretDir, TestPki, channel, pem};
 use multinic_testkit::eventually;
 use multinic_testkit::fleet::{TestAgent, TestController, sqlite_database};
+use multinic_testkit::hello_message;
 use multinic_testkit::mariadb::MariaDb;
 use multinic_testkit::rows::{NewRow, netplan_success};
 use multinic_tls::{Identity, ServerTls, Validity};
@@ -201,13 +202,7 @@ async fn stream_until_reconnect(controller: &TestController, tls: &multinic_tls:
     let started = Instant::now();
     let channel = channel(&controller.url(), tls).await.unwrap();
     let (tx, rx) = mpsc::channel(4);
-    let hello = v1::Hello {
-        node_name: "node-a".into(),
-        backend: "netplan".into(),
-        apply_mode: "none".into(),
-        ..Default::default()
-    };
-    tx.send(AgentMessage { kind: Some(AgentKind::Hello(hello)) }).await.unwrap();
+    tx.send(hello_message("node-a")).await.unwrap();
     let mut inbound = AgentServiceClient::new(channel).sync(ReceiverStream::new(rx)).await.unwrap().into_inner();
     loop {
         let message = tokio::time::timeout(WAIT, inbound.message()).await.expect("stream ends in time").unwrap();

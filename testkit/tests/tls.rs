@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use multinic_proto::v1::agent_message::Kind as AgentKind;
 use multinic_proto::v1::agent_service_client::AgentServiceClient;
 use multinic_proto::v1::controller_message::Kind as ControllerKind;
 use multinic_proto::v1::fleet_service_client::FleetServiceClient;
-use multinic_proto::v1::{self, AgentMessage, GetSummaryRequest};
+use multinic_proto::v1::{self, GetSummaryRequest};
 use multinic_testkit::certs::{CertFiles, TestPki, channel, error_chain, expired};
 use multinic_testkit::eventually;
 use multinic_testkit::fleet::{TestController, sqlite_database};
+use multinic_testkit::hello_message;
 use multinic_testkit::rows::NewRow;
 use multinic_tls::{ClientTls, Identity, TrustDomain, Validity};
 use sqlx::SqlitePool;
@@ -38,25 +38,12 @@ async fn fleet_summary(url: &str, tls: &ClientTls) -> Result<v1::FleetSummary, S
         .map_err(|s| format!("{:?}: {}: {}", s.code(), s.message(), error_chain(&s)))
 }
 
-fn hello(node: &str) -> AgentMessage {
-    AgentMessage {
-        kind: Some(AgentKind::Hello(v1::Hello {
-            node_name: node.into(),
-            agent_version: "test".into(),
-            backend: "netplan".into(),
-            applied_digest: String::new(),
-            interfaces: Vec::new(),
-            apply_mode: "none".into(),
-        })),
-    }
-}
-
 /// Opens an agent stream presenting `tls` and saying Hello as `node`; the
 /// status of the refusal or the first message.
 async fn first_answer(url: &str, tls: &ClientTls, node: &str) -> Result<v1::ControllerMessage, tonic::Status> {
     let channel = channel(url, tls).await.map_err(tonic::Status::unavailable)?;
     let (tx, rx) = mpsc::channel(4);
-    tx.send(hello(node)).await.unwrap();
+    tx.send(hello_message(node)).await.unwrap();
     let mut inbound = AgentServiceClient::new(channel).sync(ReceiverStream::new(rx)).await?.into_inner();
     let first = tokio::time::timeout(WAIT, inbound.message()).await.expect("an answer");
     drop(tx);
