@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use multinic_proto::NodeName;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -168,13 +169,19 @@ impl PollLoop {
         let desired = copy.desired_of(&touched.nodes);
         let unattached = touched.unattached.then(|| copy.unattached());
         let changed = self.fleet.publish_nodes(desired, unattached);
+        self.published(&changed, read, touched.nodes.into_iter().collect());
+        Ok(tick)
+    }
+
+    /// After a publish: metrics and a log line for the sets that changed,
+    /// and the recorder looks again at the nodes that were read.
+    fn published(&self, changed: &[NodeName], read: &str, read_nodes: Vec<NodeName>) {
         self.metrics.record_poll_ok(self.fleet.invalid_rows());
         if !changed.is_empty() {
             info!(nodes = changed.len(), read, "desired sets changed");
-            self.metrics.changes_seen(&changed);
+            self.metrics.changes_seen(changed);
         }
-        self.recorder.dirty_nodes(touched.nodes.into_iter().collect());
-        Ok(tick)
+        self.recorder.dirty_nodes(read_nodes);
     }
 
     /// Reads the whole fleet. The first time, every node is published;
@@ -204,12 +211,7 @@ impl PollLoop {
         }
         let nodes: Vec<_> = desired.nodes.keys().cloned().collect();
         let changed = self.fleet.publish(desired);
-        self.metrics.record_poll_ok(self.fleet.invalid_rows());
-        if !changed.is_empty() {
-            info!(nodes = changed.len(), "desired sets changed");
-            self.metrics.changes_seen(&changed);
-        }
-        self.recorder.dirty_nodes(nodes);
+        self.published(&changed, "full", nodes);
         *rows = Some(FleetRows::from_snapshot(snapshot));
         // Already published: nothing more is touched.
         Ok(Touched::default())
