@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use multinic_proto::{MacAddress, NodeName};
 
-use crate::desired::{NodeDesired, RowProblem, node_desired, row_node};
+use crate::desired::{DesiredFleet, NodeDesired, RowProblem, node_desired, row_node};
 use crate::store::{FleetSnapshot, InterfaceRow, RowChange, RowContent};
 
 /// The active rows, indexed by node and by MAC.
@@ -118,6 +118,18 @@ impl FleetRows {
         Some(node_desired(node, &rows, &nodes_of))
     }
 
+    /// Every node's desired state and the unattached rows: what
+    /// [`crate::desired::desired_fleet`] makes of the same rows.
+    pub fn desired_fleet(&self) -> DesiredFleet {
+        let nodes = self.by_node.keys().filter_map(|n| Some((n.clone(), self.desired(n)?))).collect();
+        DesiredFleet { nodes, unattached: self.unattached() }
+    }
+
+    /// One active row, by id.
+    pub fn row(&self, id: i64) -> Option<&InterfaceRow> {
+        self.rows.get(&id)
+    }
+
     /// The desired state of each touched node.
     pub fn desired_of(&self, nodes: &BTreeSet<NodeName>) -> BTreeMap<NodeName, Option<NodeDesired>> {
         nodes.iter().map(|n| (n.clone(), self.desired(n))).collect()
@@ -198,6 +210,7 @@ mod tests {
         }
         assert_eq!(rows.by_node.len(), full.nodes.len());
         assert_eq!(rows.unattached(), full.unattached);
+        assert_eq!(rows.desired_fleet(), full);
     }
 
     #[test]

@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::dialect::{Dialect, RECORD_CHUNK};
-use super::{ChangedRows, FleetSnapshot, InterfaceRow, RowChange, RowUpdate, Store, StoreError, TableProbe};
+use super::{
+    ChangedRows, FleetRead, FleetSnapshot, InterfaceRow, RowChange, RowUpdate, Store, StoreError, SubnetCidrs,
+    SubnetSignal, TableProbe, Tally,
+};
 
 const SUBNET_UNKNOWN: u8 = 0;
 const SUBNET_PRESENT: u8 = 1;
@@ -30,13 +33,19 @@ pub struct SqlStore<DB: Database> {
 /// One row of the probe statement.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ProbeRow {
-    total_rows: i64,
-    active: i64,
     max_id: i64,
-    max_modified: Option<i64>,
+    updated: Option<i64>,
+    subnet_updated: Option<i64>,
     subnet_rows: Option<i64>,
     subnet_modified: Option<i64>,
     now: i64,
+}
+
+/// One row of the tally statement.
+#[derive(Debug, sqlx::FromRow)]
+pub struct TallyRow {
+    total_rows: i64,
+    max_id: i64,
 }
 
 /// One row of the changed-rows statement.
@@ -67,18 +76,42 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'r> InterfaceRow: FromRow<'r, DB::Row>,
     for<'r> ProbeRow: FromRow<'r, DB::Row>,
+    for<'r> TallyRow: FromRow<'r, DB::Row>,
     for<'r> ChangedRow: FromRow<'r, DB::Row>,
     for<'r> (i64,): FromRow<'r, DB::Row>,
+    for<'r> (String, Option<String>): FromRow<'r, DB::Row>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
     DB::QueryResult: RowsAffected,
 {
-    async fn read_fleet(&self) -> Result<FleetSnapshot, StoreError> {
+    async fn read_fleet(&self) -> Result<FleetRead, StoreError> {
         let subnet = self.subnet_table().await?;
-        match sqlx::query_as::<_, InterfaceRow>(self.dialect.select_fleet(subnet)).fetch_all(&self.pool).await {
-            Ok(rows) => Ok(FleetSnapshot { rows }),
+        let read = |source| StoreError::Read { source };
+        // One transaction: the tally and the rows describe the same view.
+        let mut tx = self.pool.begin().await.map_err(read)?;
+        let tally = sqlx::query_as::<_, TallyRow>(self.dialect.tally()).fetch_one(&mut *tx).await;
+        let rows = sqlx::query_as::<_, InterfaceRow>(self.dialect.select_fleet(subnet)).fetch_all(&mut *tx).await;
+        let subnets = match subnet {
+            true => sqlx::query_as(self.dialect.select_subnets()).fetch_all(&mut *tx).await.map(Some),
+            false => Ok(None),
+        };
+        let (tally, rows, subnets) = match (tally, rows, subnets) {
+            (Ok(tally), Ok(rows), Ok(subnets)) => (tally, rows, subnets),
+            (Err(source), _, _) | (_, Err(source), _) | (_, _, Err(source)) => return Err(self.read_failed(source)),
+        };
+        tx.commit().await.map_err(read)?;
+        let subnets = subnets.map(|s: Vec<(String, Option<String>)>| s.into_iter().collect());
+        Ok(FleetRead { snapshot: FleetSnapshot { rows }, tally: tally.into(), subnets })
+    }
+
+    async fn read_subnets(&self) -> Result<Option<SubnetCidrs>, StoreError> {
+        if !self.subnet_table().await? {
+            return Ok(None);
+        }
+        match sqlx::query_as::<_, (String, Option<String>)>(self.dialect.select_subnets()).fetch_all(&self.pool).await {
+            Ok(rows) => Ok(Some(rows.into_iter().collect())),
             Err(source) => Err(self.read_failed(source)),
         }
     }
@@ -86,27 +119,30 @@ where
     async fn probe(&self) -> Result<TableProbe, StoreError> {
         let subnet = self.subnet_table().await?;
         match sqlx::query_as::<_, ProbeRow>(self.dialect.probe(subnet)).fetch_one(&self.pool).await {
-            Ok(row) => Ok(row.into()),
+            Ok(row) => Ok(row.probe(subnet)),
             Err(source) => Err(self.read_failed(source)),
         }
     }
 
-    async fn read_changed(&self, since: i64) -> Result<ChangedRows, StoreError> {
+    async fn read_changed(&self, since: i64, after_id: i64) -> Result<ChangedRows, StoreError> {
         let subnet = self.subnet_table().await?;
         let read = |source| StoreError::Read { source };
-        // One transaction: the probe and the rows describe the same view
+        // One transaction: the tally and the rows describe the same view
         // (InnoDB's consistent snapshot; SQLite's read transaction).
         let mut tx = self.pool.begin().await.map_err(read)?;
-        let probe = sqlx::query_as::<_, ProbeRow>(self.dialect.probe(subnet)).fetch_one(&mut *tx).await;
-        let rows =
-            sqlx::query_as::<_, ChangedRow>(self.dialect.select_changed(subnet)).bind(since).fetch_all(&mut *tx).await;
-        let (probe, rows) = match (probe, rows) {
-            (Ok(probe), Ok(rows)) => (probe, rows),
+        let tally = sqlx::query_as::<_, TallyRow>(self.dialect.tally()).fetch_one(&mut *tx).await;
+        let rows = sqlx::query_as::<_, ChangedRow>(self.dialect.select_changed(subnet))
+            .bind(since)
+            .bind(after_id)
+            .fetch_all(&mut *tx)
+            .await;
+        let (tally, rows) = match (tally, rows) {
+            (Ok(tally), Ok(rows)) => (tally, rows),
             (Err(source), _) | (_, Err(source)) => return Err(self.read_failed(source)),
         };
         tx.commit().await.map_err(read)?;
         let rows = rows.into_iter().map(|c| RowChange { row: c.row, deleted: c.deleted != 0 }).collect();
-        Ok(ChangedRows { probe: probe.into(), rows })
+        Ok(ChangedRows { tally: tally.into(), rows })
     }
 
     async fn record(&self, updates: &[RowUpdate]) -> Result<u64, StoreError> {
@@ -180,16 +216,21 @@ where
     }
 }
 
-impl From<ProbeRow> for TableProbe {
-    fn from(p: ProbeRow) -> Self {
-        Self {
-            rows: p.total_rows,
-            active: p.active,
-            max_id: p.max_id,
-            max_modified: p.max_modified,
-            subnets: p.subnet_rows.map(|rows| (rows, p.subnet_modified)),
-            now: p.now,
-        }
+impl ProbeRow {
+    /// The probe, knowing whether `multi_subnet` exists.
+    fn probe(self, subnet_table: bool) -> TableProbe {
+        let subnets = subnet_table.then_some(match (self.subnet_updated, self.subnet_rows) {
+            (Some(at), _) => SubnetSignal::Written(at),
+            (None, Some(rows)) => SubnetSignal::Counted { rows, max_modified: self.subnet_modified },
+            (None, None) => SubnetSignal::Unknown,
+        });
+        TableProbe { max_id: self.max_id, updated: self.updated, subnets, now: self.now }
+    }
+}
+
+impl From<TallyRow> for Tally {
+    fn from(t: TallyRow) -> Self {
+        Self { rows: t.total_rows, max_id: t.max_id }
     }
 }
 
