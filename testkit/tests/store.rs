@@ -6,8 +6,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use multinic_controller::store::{self, DatabaseConfig, RECORD_CHUNK, RowUpdate, Store, SubnetSignal};
-use multinic_testkit::mariadb::MariaDb;
+use multinic_controller::store::{self, DatabaseConfig, Dialect, RECORD_CHUNK, RowUpdate, Store, SubnetSignal};
+use multinic_testkit::mariadb::{MariaDb, execute};
+use sqlx::Row;
 use multinic_testkit::sqlite_db;
 
 /// Runs SQL as the OpenStack side; returns the single integer a query gives, if any.
@@ -144,4 +145,49 @@ async fn exercise(store: Arc<dyn Store>, db: impl Writer, knows_writes: bool) {
     // A soft-deleted row is never written.
     let again = [RowUpdate { id: r2.id, success: true, content: r2.content() }];
     assert_eq!(store.record(&again).await.unwrap(), 0);
+}
+
+/// We never run DDL against the real database, but an operator may add an
+/// index on `modified_at`: the changed-rows read then uses it (a range read
+/// instead of a scan) and returns the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_changed_reads_use_an_index_on_modified_at_once_an_operator_adds_one() {
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    let writer = MySqlWriter(pool.clone());
+    writer
+        .exec(
+            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, modified_at, deleted_at) \
+             SELECT CONCAT('old-', seq), 's', '02:00:00:00:00:01', 'gone', '2020-01-01 00:00:00', NOW() \
+             FROM seq_1_to_5000",
+        )
+        .await;
+    let store = store::connect(&DatabaseConfig::Url(db.url())).unwrap();
+    let max_id = store.probe().await.unwrap().max_id;
+    writer.exec("UPDATE multi_interface SET mtu = 9000 WHERE port_id = 'old-17'").await;
+    let now = store.probe().await.unwrap().now;
+    let sql = Dialect::MySql.select_changed(true);
+    let key = || async {
+        let plan = sqlx::query(&format!("EXPLAIN {sql}"))
+            .bind(now - 5)
+            .bind(max_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.get::<Option<String>, _>("table").as_deref() == Some("i"))
+            .unwrap();
+        (plan.get::<Option<String>, _>("type"), plan.get::<Option<String>, _>("key"))
+    };
+    let read = store.read_changed(now - 5, max_id).await.unwrap();
+    let updated = writer.int("SELECT id FROM multi_interface WHERE port_id = 'old-17'").await;
+    assert_eq!(read.rows.iter().map(|c| c.row.id).collect::<Vec<_>>(), vec![updated]);
+    assert_eq!(key().await, (Some("ALL".into()), None), "without an index: one scan");
+
+    execute(&mut db.root().await, "ALTER TABLE multinic.multi_interface ADD INDEX idx_modified (modified_at)").await;
+    let (kind, key) = key().await;
+    assert!(key.as_deref().is_some_and(|k| k.contains("idx_modified")), "{kind:?} {key:?}");
+    let again = store.read_changed(now - 5, max_id).await.unwrap();
+    assert_eq!(again.rows, read.rows);
+    assert_eq!(again.tally, read.tally);
 }
