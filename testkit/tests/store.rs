@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use multinic_controller::store::{self, DatabaseConfig, Dialect, RECORD_CHUNK, RowUpdate, Store, SubnetSignal};
 use multinic_testkit::mariadb::{MariaDb, execute};
-use sqlx::Row;
 use multinic_testkit::sqlite_db;
+use sqlx::Row;
 
 /// Runs SQL as the OpenStack side; returns the single integer a query gives, if any.
 trait Writer {

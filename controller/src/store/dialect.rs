@@ -20,8 +20,13 @@ pub const RECORD_CHUNK: usize = 500;
 /// only there: the executable comment is skipped by MariaDB and MySQL 5.7)
 /// it turns off the cache of `information_schema.TABLES` statistics, which
 /// would otherwise show an `UPDATE_TIME` up to a day old.
-pub const MYSQL_SESSION_SETUP: &str =
-    "SET @multinic_session = 1 /*!80000 , SESSION information_schema_stats_expiry = 0 */";
+/// It also lets `GROUP_CONCAT` return up to 4 MiB (half a million ids) for
+/// the changed-rows scan; a longer list is detected and read otherwise.
+pub const MYSQL_SESSION_SETUP: &str = "SET SESSION group_concat_max_len = 4194304 \
+     /*!80000 , SESSION information_schema_stats_expiry = 0 */";
+
+/// Ids per `id IN (…)` statement of the changed rows.
+pub const IDS_CHUNK: usize = 5000;
 
 /// Which SQL to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,11 +89,22 @@ const TALLY: &str = "/* multinic tally */ \
     SELECT (SELECT COUNT(*) FROM multi_interface) AS total_rows, \
            (SELECT COALESCE(MAX(id), 0) FROM multi_interface) AS max_id";
 
-// Rows modified at or after a Unix time, or inserted after an id,
-// soft-deleted ones included. `modified_at >= FROM_UNIXTIME(?)` (UTC: the
-// pool's sessions run at +00:00) lets MariaDB use an index on modified_at
-// when an operator has added one (an index-merge union with the primary
-// key); without one it is one scan.
+// Without an index on modified_at, one scan of the table counts it and
+// lists the ids of the rows modified at or after a Unix time or inserted
+// after an id (UNIX_TIMESTAMP of a TIMESTAMP column reads its stored value:
+// measured twice as fast as the count and the rows read apart); the rows
+// are then read by id. The condition is given twice: `?, ?, ?, ?`.
+const SCAN_CHANGED_MYSQL: &str = "/* multinic scan */ \
+    SELECT COUNT(*) AS total_rows, COALESCE(MAX(id), 0) AS max_id, \
+           CAST(COALESCE(SUM(UNIX_TIMESTAMP(modified_at) >= ? OR id > ?), 0) AS SIGNED) AS changed, \
+           GROUP_CONCAT(IF(UNIX_TIMESTAMP(modified_at) >= ? OR id > ?, id, NULL)) AS ids \
+    FROM multi_interface";
+
+// With an index on modified_at (an operator may add one): the rows modified
+// at or after a Unix time, or inserted after an id, soft-deleted ones
+// included. `modified_at >= FROM_UNIXTIME(?)` (UTC: the pool's sessions
+// run at +00:00) lets MariaDB read two ranges (an index-merge union with the
+// primary key). Also the fallback when the scan's id list is cut short.
 const CHANGED_MYSQL_WITH_SUBNET: &str = "/* multinic changed */ \
     SELECT i.id, i.macaddress, i.attached_node_name, i.address, i.cidr, s.cidr AS subnet_cidr, \
            i.mtu, i.netplan_success, CAST(i.deleted_at IS NOT NULL AS SIGNED) AS deleted \
@@ -124,18 +140,52 @@ impl Dialect {
         }
     }
 
-    /// Whether `multi_subnet` exists: one row, a count.
-    pub fn subnet_table_exists(self) -> &'static str {
+    /// Whether `multi_subnet` exists, and whether an index of
+    /// `multi_interface` begins with `modified_at`: one row, two counts.
+    /// (SQLite is never asked for an index: it always reads the plain way.)
+    pub fn layout(self) -> &'static str {
         match self {
             Self::Sqlite => {
                 "/* multinic tables */ \
-                 SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'multi_subnet'"
+                 SELECT (SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'multi_subnet'), 0"
             }
             Self::MySql => {
-                "/* multinic tables */ SELECT COUNT(*) FROM information_schema.tables \
-                 WHERE table_schema = DATABASE() AND table_name = 'multi_subnet'"
+                "/* multinic tables */ \
+                 SELECT (SELECT COUNT(*) FROM information_schema.TABLES \
+                          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'multi_subnet'), \
+                        (SELECT COUNT(*) FROM information_schema.STATISTICS \
+                          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'multi_interface' \
+                            AND COLUMN_NAME = 'modified_at' AND SEQ_IN_INDEX = 1)"
             }
         }
+    }
+
+    /// The one-scan count and changed-id list (MySQL/MariaDB without an
+    /// index on `modified_at`; `None` otherwise).
+    pub fn scan_changed(self, indexed: bool) -> Option<&'static str> {
+        (self == Self::MySql && !indexed).then_some(SCAN_CHANGED_MYSQL)
+    }
+
+    /// The rows with the given ids (`n` placeholders).
+    pub fn select_ids(self, subnet: bool, n: usize) -> String {
+        let ids = vec!["?"; n].join(", ");
+        let (deleted, join, prefix) = match (self, subnet) {
+            (Self::MySql, true) => (
+                "CAST(i.deleted_at IS NOT NULL AS SIGNED)",
+                "LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id",
+                "s.cidr",
+            ),
+            (Self::Sqlite, true) => {
+                ("(i.deleted_at IS NOT NULL)", "LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id", "s.cidr")
+            }
+            (Self::MySql, false) => ("CAST(i.deleted_at IS NOT NULL AS SIGNED)", "", "NULL"),
+            (Self::Sqlite, false) => ("(i.deleted_at IS NOT NULL)", "", "NULL"),
+        };
+        format!(
+            "/* multinic changed */ SELECT i.id, i.macaddress, i.attached_node_name, i.address, i.cidr, \
+             {prefix} AS subnet_cidr, i.mtu, i.netplan_success, {deleted} AS deleted \
+             FROM multi_interface i {join} WHERE i.id IN ({ids})"
+        )
     }
 
     /// Every active row.
@@ -224,6 +274,8 @@ mod tests {
         for subnet in [true, false] {
             assert_eq!(Dialect::MySql.select_changed(subnet).matches('?').count(), 2);
             assert_eq!(Dialect::Sqlite.select_changed(subnet).matches('?').count(), 2);
+            assert_eq!(Dialect::MySql.select_ids(subnet, 3).matches('?').count(), 3);
+            assert!(Dialect::Sqlite.select_ids(subnet, 1).contains("WHERE i.id IN (?)"));
             assert!(Dialect::Sqlite.probe(subnet).contains("strftime"));
             assert!(Dialect::MySql.probe(subnet).contains("UPDATE_TIME"));
         }
@@ -237,6 +289,15 @@ mod tests {
             assert!(!probe.contains("MAX(modified_at)) AS SIGNED) FROM multi_interface"), "{probe}");
             assert!(probe.contains("MAX(id), 0) FROM multi_interface"), "{probe}");
         }
+    }
+
+    #[test]
+    fn one_scan_only_without_an_index_on_mysql() {
+        let scan = Dialect::MySql.scan_changed(false).unwrap();
+        assert_eq!(scan.matches('?').count(), 4);
+        assert!(scan.contains("UNIX_TIMESTAMP(modified_at) >= ?"), "reads the stored value");
+        assert_eq!(Dialect::MySql.scan_changed(true), None);
+        assert_eq!(Dialect::Sqlite.scan_changed(false), None);
     }
 
     #[test]
