@@ -7,8 +7,11 @@
 //! thousand rows and at a million. Otherwise the rows modified shortly
 //! before the last read, or inserted since, are read with a count of the
 //! table; the whole fleet is read at the start, after any failed read, when
-//! `multi_subnet` changes, when a read does not add up (a hard delete), and
-//! every `full_every` as a safety net for writers that keep `modified_at`.
+//! a cidr of `multi_subnet` changes (its cidrs are read and compared
+//! whenever its signal moves), when a read does not add up (a hard delete),
+//! and every `full_every` as a safety net for writers that keep
+//! `modified_at` (a tick later when the tick it falls on has a change to
+//! read: the change is published first).
 //!
 //! MariaDB's `UPDATE_TIME` is the start, in whole seconds, of the last
 //! transaction that committed a change to the table (ours included), kept
@@ -88,7 +91,8 @@ impl ChangeReason {
 pub enum FullReason {
     /// First read, after a failed read, or after standing by.
     Start,
-    /// The safety net.
+    /// The safety net (put off by one tick when that tick has a change to
+    /// read, so that the change is published first).
     Periodic,
     /// A cidr of `multi_subnet` changed, or the table appeared or went.
     Subnets,
@@ -126,11 +130,14 @@ pub struct ChangeTracker {
     full_every: Duration,
     seen: Option<Seen>,
     last_full: Option<Instant>,
+    /// The periodic full read was due at a tick that read changes instead:
+    /// it is read at the next tick, whatever that tick's probe says.
+    full_owed: bool,
 }
 
 impl ChangeTracker {
     pub fn new(full_every: Duration) -> Self {
-        Self { full_every, seen: None, last_full: None }
+        Self { full_every, seen: None, last_full: None, full_owed: false }
     }
 
     /// What to read, given this tick's probe.
@@ -139,7 +146,7 @@ impl ChangeTracker {
             return ReadPlan::Full(FullReason::Start);
         };
         let last = &seen.probe;
-        if now.saturating_duration_since(last_full) >= self.full_every {
+        if self.full_owed {
             return ReadPlan::Full(FullReason::Periodic);
         }
         if probe.now < last.now {
@@ -161,21 +168,36 @@ impl ChangeTracker {
         };
         let why = why.or((probe.max_id != seen.tally.max_id).then_some(ChangeReason::Inserted));
         let rows = why.map(|why| RowWindow { since: since.max(0), after_id: seen.tally.max_id, why });
-        if subnets || rows.is_some() { ReadPlan::Changes { subnets, rows } } else { ReadPlan::Nothing }
+        let changes = subnets || rows.is_some();
+        // A change is read (and published) before a periodic full read:
+        // the full read of a large fleet takes long, and the change would
+        // wait for all of it.
+        match (changes, now.saturating_duration_since(last_full) >= self.full_every) {
+            (true, _) => ReadPlan::Changes { subnets, rows },
+            (false, true) => ReadPlan::Full(FullReason::Periodic),
+            (false, false) => ReadPlan::Nothing,
+        }
+    }
+
+    /// Whether the periodic full read is due at `now`.
+    fn full_due(&self, now: Instant) -> bool {
+        self.last_full.is_some_and(|at| now.saturating_duration_since(at) >= self.full_every)
     }
 
     /// Nothing changed (or `multi_subnet` was checked and had not): the
-    /// copy of the rows is current as of `probe`.
-    pub fn quiet(&mut self, probe: TableProbe) {
+    /// copy of the rows is current as of `probe`, taken at `now`.
+    pub fn quiet(&mut self, probe: TableProbe, now: Instant) {
         if let Some(seen) = self.seen.as_mut() {
             seen.probe = probe;
         }
+        self.full_owed = self.full_due(now);
     }
 
     /// A full read succeeded; `probe` was taken before it.
     pub fn read_full(&mut self, probe: TableProbe, tally: Tally, now: Instant) {
         self.seen = Some(Seen { probe, tally });
         self.last_full = Some(now);
+        self.full_owed = false;
     }
 
     /// Whether a changed read accounts for every row: the table's count
@@ -189,15 +211,18 @@ impl ChangeTracker {
         i64::try_from(inserted).is_ok_and(|n| seen.tally.rows.saturating_add(n) == changed.tally.rows)
     }
 
-    /// A changed read that adds up succeeded; `probe` was taken before it.
-    pub fn read_changed(&mut self, probe: TableProbe, tally: Tally) {
+    /// A changed read that adds up succeeded; `probe` was taken before it,
+    /// at `now`.
+    pub fn read_changed(&mut self, probe: TableProbe, tally: Tally, now: Instant) {
         self.seen = Some(Seen { probe, tally });
+        self.full_owed = self.full_due(now);
     }
 
     /// A read failed, or this replica stood by: start over with a full read.
     pub fn reset(&mut self) {
         self.seen = None;
         self.last_full = None;
+        self.full_owed = false;
     }
 }
 
@@ -256,7 +281,7 @@ mod tests {
         for now in [T + 2, T + 4, T + 50] {
             let p = probe(10, Some(T - 100), now);
             assert_eq!(tracker.plan(&p, t0), ReadPlan::Nothing);
-            tracker.quiet(p);
+            tracker.quiet(p, t0);
         }
     }
 
@@ -266,13 +291,13 @@ mod tests {
         // A commit whose transaction began at T + 1.
         let p = probe(10, Some(T + 1), T + 2);
         assert_eq!(changed(tracker.plan(&p, t0)), (T - RECENT, ChangeReason::Written));
-        tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
+        tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
         // Same last write, but another transaction of second T + 1 may
         // still commit without moving it: read until RECENT has passed.
         for now in [T + 4, T + 6, T + 8] {
             let p = probe(10, Some(T + 1), now);
             assert_eq!(changed(tracker.plan(&p, t0)).1, ChangeReason::Recent, "at {now}");
-            tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
+            tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
         }
         // Looked at T + 8, more than RECENT after T + 1: trusted.
         let p = probe(10, Some(T + 1), T + 10);
@@ -293,15 +318,15 @@ mod tests {
         for now in [T + 2, T + 4, T + 60] {
             let p = probe(10, None, now);
             assert_eq!(changed(tracker.plan(&p, t0)).1, ChangeReason::Unknown);
-            tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
+            tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
         }
         // Known again (a write): read once, then quiet once it is old.
         let p = probe(10, Some(T + 70), T + 71);
         assert_eq!(changed(tracker.plan(&p, t0)), (T + 55, ChangeReason::Written));
-        tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
+        tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
         let p = probe(10, Some(T + 70), T + 80);
         assert_eq!(changed(tracker.plan(&p, t0)).1, ChangeReason::Recent, "last looked at within RECENT of it");
-        tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
+        tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
         assert_eq!(tracker.plan(&probe(10, Some(T + 70), T + 82), t0), ReadPlan::Nothing);
     }
 
@@ -317,7 +342,17 @@ mod tests {
     fn full_reads_when_needed() {
         let (mut tracker, t0) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
         let later = probe(10, Some(T - 100), T + 100);
-        assert_eq!(tracker.plan(&later, t0 + Duration::from_secs(60)), ReadPlan::Full(FullReason::Periodic));
+        let minute = t0 + Duration::from_secs(60);
+        assert_eq!(tracker.plan(&later, minute), ReadPlan::Full(FullReason::Periodic));
+        // Due, but this tick has a write to read: that first, the full read
+        // at the next tick whatever it finds.
+        let written = probe(10, Some(T + 99), T + 100);
+        assert_eq!(changed(tracker.plan(&written, minute)).1, ChangeReason::Written);
+        tracker.read_changed(written, Tally { rows: 10, max_id: 10 }, minute);
+        let next = probe(10, Some(T + 101), T + 102);
+        assert_eq!(tracker.plan(&next, minute), ReadPlan::Full(FullReason::Periodic));
+        tracker.read_full(next, Tally { rows: 10, max_id: 10 }, minute);
+        assert_eq!(changed(tracker.plan(&probe(10, Some(T + 103), T + 104), minute)).1, ChangeReason::Written);
         assert_eq!(tracker.plan(&probe(10, Some(T - 100), T - 1), t0), ReadPlan::Full(FullReason::Clock));
         tracker.reset();
         assert_eq!(tracker.plan(&later, t0), ReadPlan::Full(FullReason::Start));

@@ -80,7 +80,7 @@ impl RowFeed {
             (_, None) => return self.full(probe, FullReason::Start, now).await,
             (ReadPlan::Full(reason), _) => return self.full(probe, reason, now).await,
             (ReadPlan::Nothing, _) => {
-                self.tracker.quiet(probe);
+                self.tracker.quiet(probe, now);
                 return Ok(FeedRead::Nothing);
             }
             (ReadPlan::Changes { subnets, rows }, _) => (subnets, rows),
@@ -89,7 +89,7 @@ impl RowFeed {
             return self.full(probe, FullReason::Subnets, now).await;
         }
         let Some(RowWindow { since, after_id, why }) = window else {
-            self.tracker.quiet(probe);
+            self.tracker.quiet(probe, now);
             return Ok(FeedRead::Changed { subnets, rows: None, touched: Touched::default() });
         };
         let changed = self.store.read_changed(since, after_id).await?;
@@ -99,7 +99,7 @@ impl RowFeed {
         }
         let tally = changed.tally;
         let touched = self.rows.as_mut().map(|copy| copy.apply(changed.rows)).unwrap_or_default();
-        self.tracker.read_changed(probe, tally);
+        self.tracker.read_changed(probe, tally, now);
         Ok(FeedRead::Changed { subnets, rows: Some(why), touched })
     }
 
