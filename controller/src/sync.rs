@@ -3,10 +3,11 @@
 //! the nodes those rows touch.
 //!
 //! See [`crate::change`] for when it reads nothing, the recently modified
-//! rows, or the whole fleet, and [`crate::feed`] for the reading itself. A failed read changes nothing that was
-//! published: agents keep their last good desired set, the controller
-//! reports the database as down, and the next good tick reads the whole
-//! fleet again. It never publishes anything from a read that failed.
+//! rows, or the whole fleet, and [`crate::feed`] for the reading itself. A
+//! failed read changes nothing that was published: agents keep their last
+//! good desired set, the controller reports the database as down, and the
+//! next good tick reads the whole fleet again. It never publishes anything
+//! from a read that failed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
