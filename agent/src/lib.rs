@@ -134,6 +134,7 @@ impl Agent {
             host_pid,
             pause_after_write,
         } = config;
+        self.status.metrics().set_info(node.as_str(), backend.as_str(), apply.as_str());
         Journal::new(&state_dir).check(&host_root)?;
         // Before anything else, and before connecting: undo interrupted changes.
         let reconciler = self.reconciler.clone();

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub connected: Gauge,
     /// Files written and removed.
     pub file_changes: Counter,
+    // --- What the alerting rules need (issue 19).
+    /// Always 1; its labels name the node (alerts about an agent name its
+    /// node through this series) and the agent's version and settings.
+    pub info: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 impl Default for Metrics {
@@ -53,6 +57,7 @@ impl Metrics {
             reconnects: Counter::default(),
             connected: Gauge::default(),
             file_changes: Counter::default(),
+            info: Family::default(),
         };
         registry.register("applies", "Desired states processed, by outcome", m.applies.clone());
         registry.register("apply_duration_seconds", "Time to carry out one desired state", m.apply_duration.clone());
@@ -70,7 +75,25 @@ impl Metrics {
         registry.register("reconnects", "Streams to the controller reopened", m.reconnects.clone());
         registry.register("connected", "1 while the stream to the controller is up", m.connected.clone());
         registry.register("file_changes", "Files written or removed", m.file_changes.clone());
+        registry.register(
+            "info",
+            "Always 1: the agent's node, version, backend and apply mode as labels",
+            m.info.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Sets the `info` series (once, at start: these never change while
+    /// the agent runs).
+    pub fn set_info(&self, node: &str, backend: &str, apply: &str) {
+        self.info.clear();
+        let labels = vec![
+            ("node", node.to_owned()),
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("backend", backend.to_owned()),
+            ("apply", apply.to_owned()),
+        ];
+        self.info.get_or_create(&labels).set(1);
     }
 
     /// The text exposition format.

@@ -13,6 +13,7 @@
 //!                 Store::record ◀─ recorder (batched multi-row conditional UPDATEs)
 //! ```
 
+pub mod alert_metrics;
 pub mod args;
 pub mod change;
 pub mod desired;
@@ -190,6 +191,7 @@ impl Controller {
             guard: _,
         } = config;
         let serving = Arc::new(AtomicBool::new(false));
+        let certificates = alert_metrics::WatchedCertificates::of(&transport);
         // TLS configurations first: an error here must not leave tasks behind.
         let transport = Prepared::new(transport)?;
 
@@ -212,6 +214,7 @@ impl Controller {
             metrics: metrics.clone(),
             serving: serving.clone(),
             handshakes: handshakes.clone(),
+            certificates,
         };
         let http_shutdown = shutdown.clone();
         let http_server = tokio::spawn(async move {

@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 
 use multinic_proto::NodeName;
 
+use crate::alert_metrics::AlertMetrics;
 use crate::fleet::FleetCounts;
 use crate::store::RowUpdate;
 
@@ -34,6 +35,8 @@ pub struct Metrics {
     pub rejected_messages: Family<Labels, Counter>,
     pub removals_held: Gauge,
     pub tls_handshakes: Family<Labels, Counter>,
+    // --- What the alerting rules need (issue 19), kept in its own module.
+    pub alerts: AlertMetrics,
 }
 
 impl Default for Metrics {
@@ -64,6 +67,7 @@ impl Metrics {
             rejected_messages: Family::default(),
             removals_held: Gauge::default(),
             tls_handshakes: Family::default(),
+            alerts: AlertMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -78,7 +82,11 @@ impl Metrics {
             m.db_reads.clone(),
         );
         registry.register("db_write_errors", "netplan_success writes that failed", m.db_write_errors.clone());
-        registry.register("db_up", "1 when the last database read succeeded", m.db_up.clone());
+        registry.register(
+            "db_up",
+            "1 when the database answered the last poll (a standby: its lock check)",
+            m.db_up.clone(),
+        );
         registry.register("invalid_rows", "Active rows rejected by validation", m.invalid_rows.clone());
         registry.register("desired_changes", "Node desired sets that changed", m.desired_changes.clone());
         registry.register("pushes", "Desired states pushed to agents", m.pushes.clone());
@@ -102,7 +110,9 @@ impl Metrics {
             "Interface removals held back by the mass-deletion guard",
             m.removals_held.clone(),
         );
-        Self { registry, ..m }
+        // --- What the alerting rules need (issue 19).
+        let alerts = AlertMetrics::register(&mut registry);
+        Self { registry, alerts, ..m }
     }
 
     pub fn record_poll_ok(&self, invalid_rows: usize) {

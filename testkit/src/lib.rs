@@ -8,6 +8,7 @@
 //! - [`fake_controller`]: a scripted controller that records what agents say.
 //! - [`process`]: the real controller binary as a child (SIGKILL, SIGTERM).
 //! - [`proxy`]: a Service stand-in routing to the ready replica.
+//! - [`scrape`]: `/metrics` scraped and parsed.
 //! - [`fleet`]: an in-process controller and agents over real sockets,
 //!   plaintext or mTLS.
 //! - [`certs`]: a throwaway CA and certificates for mTLS tests.
@@ -27,6 +28,7 @@ pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod rows;
+pub mod scrape;
 pub mod token_review;
 
 pub use sqlx;

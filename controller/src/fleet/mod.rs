@@ -410,6 +410,30 @@ impl Fleet {
         counts
     }
 
+    /// The nodes that are not converged, in name order, with why: a node
+    /// with rows whose agent has no stream is `disconnected` (whatever it
+    /// last reported), any other its [`Convergence`] when that is not
+    /// converged. For the per-node alerting metric.
+    pub fn unconverged_nodes(&self) -> Vec<(NodeName, &'static str)> {
+        let mut out: Vec<(NodeName, &'static str)> = self
+            .nodes
+            .iter()
+            .filter_map(|entry| {
+                let state = if entry.in_db && entry.session.is_none() {
+                    "disconnected"
+                } else {
+                    match entry.convergence() {
+                        Convergence::Converged => return None,
+                        other => other.as_str(),
+                    }
+                };
+                Some((entry.key().clone(), state))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Rows that name no valid node.
     pub fn unattached(&self) -> Arc<Vec<RowProblem>> {
         read(&self.unattached).clone()

@@ -221,3 +221,40 @@ fn the_guard_follows_partial_publishes() {
     assert_eq!(fleet.guard_status().removals_held, 0);
     assert!(fleet.node(&a).unwrap().published.unwrap().set.held().is_empty());
 }
+
+#[test]
+fn unconverged_nodes_name_each_node_that_is_not_converged_and_why() {
+    let fleet = Fleet::new();
+    let snap = FleetSnapshot {
+        rows: vec![
+            row(1, "a", "fa:16:3e:00:00:01", 1500, 0),
+            row(2, "b", "fa:16:3e:00:00:02", 1500, 0),
+            row(3, "c", "fa:16:3e:00:00:03", 1500, 0),
+        ],
+    };
+    fleet.publish(desired_fleet(&snap));
+    let name = |n: &str| n.parse::<NodeName>().unwrap();
+    // Nobody connected yet: every node with rows is disconnected.
+    let all: Vec<_> = ["a", "b", "c"].iter().map(|n| (name(n), "disconnected")).collect();
+    assert_eq!(fleet.unconverged_nodes(), all);
+
+    // a applies everything, b is pushed to but has not answered, c stays away;
+    // d has no rows: its agent gets the empty set and is pending until it says so.
+    let (session, rx) = fleet.connect(&hello("a", None));
+    let pushed = rx.borrow().clone().unwrap();
+    fleet.record(&name("a"), session, &pushed, &applied_report(&pushed)).unwrap();
+    let (b_session, _) = fleet.connect(&hello("b", None));
+    let _ = fleet.connect(&hello("d", None));
+    assert_eq!(
+        fleet.unconverged_nodes(),
+        vec![(name("b"), "pending"), (name("c"), "disconnected"), (name("d"), "pending")]
+    );
+
+    // b's agent goes away after a converged report: disconnected, not converged.
+    let pushed_b = fleet.node(&name("b")).unwrap().published.unwrap();
+    fleet.record(&name("b"), b_session, &pushed_b, &applied_report(&pushed_b)).unwrap();
+    assert!(fleet.unconverged_nodes().iter().all(|(n, _)| n != &name("b")), "b converged");
+    fleet.disconnect(&name("b"), b_session);
+    assert!(fleet.unconverged_nodes().contains(&(name("b"), "disconnected")));
+    assert!(fleet.unconverged_nodes().iter().all(|(n, _)| n != &name("a")), "a stays converged");
+}
