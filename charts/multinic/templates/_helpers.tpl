@@ -179,3 +179,38 @@ incomplete configuration.
 {{- end }}
 {{- toJson $dirs }}
 {{- end }}
+
+{{/*
+PromQL label matchers of the controller's and the agents' series, as the
+chart's ServiceMonitor and PodMonitor label them (the Prometheus Operator
+names a ServiceMonitor's job after the Service, a PodMonitor's
+"<namespace>/<name>"), unless metrics.prometheusRule sets its own.
+*/}}
+{{- define "multinic.rules.controllerSelector" -}}
+{{- with .Values.metrics.prometheusRule.controllerSelector }}{{ . }}{{ else -}}
+job="{{ include "multinic.controller.fullname" . }}-metrics", namespace="{{ .Release.Namespace }}"
+{{- end }}
+{{- end }}
+
+{{- define "multinic.rules.agentSelector" -}}
+{{- with .Values.metrics.prometheusRule.agentSelector }}{{ . }}{{ else -}}
+job="{{ .Release.Namespace }}/{{ include "multinic.agent.fullname" . }}", namespace="{{ .Release.Namespace }}"
+{{- end }}
+{{- end }}
+
+{{/*
+The part every alert shares: for, labels, and the runbook link.
+(dict "root" $ "name" "MultinicDatabaseUnreachable" "alert" .Values...databaseUnreachable)
+*/}}
+{{- define "multinic.rules.common" -}}
+for: {{ .alert.for }}
+labels:
+  severity: {{ .alert.severity | quote }}
+  {{- with .root.Values.metrics.prometheusRule.alertLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{- define "multinic.rules.runbook" -}}
+runbook_url: {{ printf "%s#%s" .root.Values.metrics.prometheusRule.runbookUrl (lower .name) | quote }}
+{{- end }}

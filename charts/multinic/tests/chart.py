@@ -79,7 +79,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "dry-run": {"database": DATABASE, "agent": {"applyMode": "none", "backend": "wicked"}},
     "monitoring": {
         "database": DATABASE,
-        "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+        "metrics": {
+            "serviceMonitor": {"enabled": True},
+            "podMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+            "grafanaDashboard": {"enabled": True},
+        },
         "controller": {"podDisruptionBudget": {"enabled": True}, "replicas": 3},
     },
 }
