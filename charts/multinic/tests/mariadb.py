@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-from chart import REPO
+from chart import REPO, terminate
 
 SCHEMA = REPO / "testkit" / "sql" / "schema-mysql.sql"
 USER = "multinic"
@@ -91,13 +90,8 @@ class MariaDB:
 
     def stop(self) -> None:
         """SIGTERM, as an outage that keeps the data."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            terminate(self.process, timeout=30)
         self.process = None
 
     def sql(self, statements: str, database: str | None = None) -> str:

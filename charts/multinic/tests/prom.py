@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from chart import Rendered, need
+from chart import Rendered, need, terminate
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -116,13 +116,7 @@ class Prometheus:
         self.wait(lambda: self.get_status("/-/ready") == 200, "Prometheus ready", 60)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def get_status(self, path: str) -> int | None:
         try:

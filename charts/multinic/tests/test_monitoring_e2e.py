@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from chart import DATABASE, NAMESPACE, binary, merge, need, render
+from chart import DATABASE, NAMESPACE, binary, merge, need, render, terminate
 from mariadb import MariaDB, available, free_port
 from prom import (
     Prometheus,
@@ -70,13 +69,7 @@ class Process:
                                       stderr=subprocess.STDOUT, env={"PATH": os.environ.get("PATH", "")})
 
     def stop(self) -> None:
-        if self.child.poll() is None:
-            self.child.send_signal(signal.SIGTERM)
-            try:
-                self.child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
+        terminate(self.child)
 
     def tail(self) -> str:
         return self.log.read_text()[-4000:] if self.log.exists() else ""

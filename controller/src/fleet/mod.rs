@@ -410,28 +410,30 @@ impl Fleet {
         counts
     }
 
-    /// The nodes that are not converged, in name order, with why: a node
-    /// with rows whose agent has no stream is `disconnected` (whatever it
-    /// last reported), any other its [`Convergence`] when that is not
-    /// converged. For the per-node alerting metric.
-    pub fn unconverged_nodes(&self) -> Vec<(NodeName, &'static str)> {
-        let mut out: Vec<(NodeName, &'static str)> = self
-            .nodes
-            .iter()
-            .filter_map(|entry| {
-                let state = if entry.in_db && entry.session.is_none() {
-                    "disconnected"
-                } else {
-                    match entry.convergence() {
-                        Convergence::Converged => return None,
-                        other => other.as_str(),
-                    }
-                };
-                Some((entry.key().clone(), state))
-            })
-            .collect();
-        out.sort();
-        out
+    /// The first `limit` nodes by name that are not converged, with why: a
+    /// node with rows whose agent has no stream is `disconnected` (whatever
+    /// it last reported), any other its [`Convergence`] when that is not
+    /// converged. For the per-node alerting metric; a name is copied only
+    /// while it is among the first `limit`.
+    pub fn unconverged_nodes(&self, limit: usize) -> Vec<(NodeName, &'static str)> {
+        let mut first: std::collections::BinaryHeap<(NodeName, &'static str)> = std::collections::BinaryHeap::new();
+        for entry in &self.nodes {
+            let state = if entry.in_db && entry.session.is_none() {
+                "disconnected"
+            } else {
+                match entry.convergence() {
+                    Convergence::Converged => continue,
+                    other => other.as_str(),
+                }
+            };
+            if first.len() < limit {
+                first.push((entry.key().clone(), state));
+            } else if first.peek().is_some_and(|(last, _)| entry.key() < last) {
+                first.pop();
+                first.push((entry.key().clone(), state));
+            }
+        }
+        first.into_sorted_vec()
     }
 
     /// Rows that name no valid node.

@@ -236,7 +236,7 @@ fn unconverged_nodes_name_each_node_that_is_not_converged_and_why() {
     let name = |n: &str| n.parse::<NodeName>().unwrap();
     // Nobody connected yet: every node with rows is disconnected.
     let all: Vec<_> = ["a", "b", "c"].iter().map(|n| (name(n), "disconnected")).collect();
-    assert_eq!(fleet.unconverged_nodes(), all);
+    assert_eq!(fleet.unconverged_nodes(usize::MAX), all);
 
     // a applies everything, b is pushed to but has not answered, c stays away;
     // d has no rows: its agent gets the empty set and is pending until it says so.
@@ -246,15 +246,18 @@ fn unconverged_nodes_name_each_node_that_is_not_converged_and_why() {
     let (b_session, _) = fleet.connect(&hello("b", None));
     let _ = fleet.connect(&hello("d", None));
     assert_eq!(
-        fleet.unconverged_nodes(),
+        fleet.unconverged_nodes(usize::MAX),
         vec![(name("b"), "pending"), (name("c"), "disconnected"), (name("d"), "pending")]
     );
 
     // b's agent goes away after a converged report: disconnected, not converged.
     let pushed_b = fleet.node(&name("b")).unwrap().published.unwrap();
     fleet.record(&name("b"), b_session, &pushed_b, &applied_report(&pushed_b)).unwrap();
-    assert!(fleet.unconverged_nodes().iter().all(|(n, _)| n != &name("b")), "b converged");
+    assert!(fleet.unconverged_nodes(usize::MAX).iter().all(|(n, _)| n != &name("b")), "b converged");
     fleet.disconnect(&name("b"), b_session);
-    assert!(fleet.unconverged_nodes().contains(&(name("b"), "disconnected")));
-    assert!(fleet.unconverged_nodes().iter().all(|(n, _)| n != &name("a")), "a stays converged");
+    assert!(fleet.unconverged_nodes(usize::MAX).contains(&(name("b"), "disconnected")));
+    assert!(fleet.unconverged_nodes(usize::MAX).iter().all(|(n, _)| n != &name("a")), "a stays converged");
+    // A limit keeps the first by name.
+    assert_eq!(fleet.unconverged_nodes(2), vec![(name("b"), "disconnected"), (name("c"), "disconnected")]);
+    assert!(fleet.unconverged_nodes(0).is_empty());
 }
