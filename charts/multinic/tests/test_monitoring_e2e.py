@@ -127,16 +127,16 @@ def system(tmp_path):
     processes: dict[str, Process] = {"controller": Process(controller_argv, tmp_path / "controller.log")}
     agent_ports = {node: free_port() for node in NODES}
 
-    def start_agent(name: str, node: str, certificate: str, port: int | None) -> None:
-        """An agent of `node` presenting `certificate`'s node certificate."""
+    def start_agent(name: str, node: str, certificate: str, port: int) -> None:
+        """An agent of `node` presenting `certificate`'s node certificate,
+        serving HTTP on 127.0.0.1:`port` (only the nodes' are scraped)."""
         root = tmp_path / name
         (root / "state").mkdir(parents=True, exist_ok=True)
-        http = ["--http-listen", f"127.0.0.1:{port}"] if port else []
         processes[name] = Process([
             str(agent_bin), "--controller", f"https://127.0.0.1:{grpc}", "--node-name", node,
             "--apply", "none", "--backend", "netplan", "--host-root", str(root), "--state-dir", str(root / "state"),
             "--log-format", "text", "--ca", str(pki / "ca.crt"), "--tls-cert", str(pki / f"agent-{certificate}.crt"),
-            "--tls-key", str(pki / f"agent-{certificate}.key"), *http,
+            "--tls-key", str(pki / f"agent-{certificate}.key"), "--http-listen", f"127.0.0.1:{port}",
         ], tmp_path / f"{name}.log")
     out = render(VALUES)
     work = tmp_path / "prometheus"
@@ -208,7 +208,7 @@ def test_alerts_fire_and_resolve_with_the_database_and_the_dashboard_queries_hol
 
     # An impostor: node-a's certificate, Hello naming node-x. Refused and
     # counted; nothing else changes.
-    system["start_agent"]("impostor", "node-x", "node-a", None)
+    system["start_agent"]("impostor", "node-x", "node-a", free_port())
     prom.wait(lambda: value(prom, 'multinic_controller_rejected_messages_total{reason="wrong_node"}'),
               "the impostor's Hello counted as rejected", 60)
     processes["impostor"].stop()
