@@ -12,7 +12,7 @@ use multinic_proto::{DEFAULT_CAPACITY, MAX_CAPACITY, NodeName};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendChoice, detect_backend};
-use crate::reconcile::ApplyMode;
+use crate::reconcile::ApplyChoice;
 use crate::tls::{AgentIdentity, AgentTls, AgentTransport, default_issuer_url};
 use crate::{Agent, AgentConfig, controller_url, default_host_root};
 
@@ -40,13 +40,16 @@ pub struct Args {
     pub backend: BackendChoice,
 
     /// How changes are applied; each is verified through netlink and rolled
-    /// back per interface on failure. host: write the files, rename by MAC
-    /// through netlink, then run `netplan apply` or `wicked ifreload` in the
-    /// host's namespaces (entered through PID 1; needs hostPID). netlink:
-    /// write the files and set name, MTU, addresses and link state directly
-    /// (no network daemon needed). none: render the files only (dry run).
-    #[arg(long, env = "MULTINIC_APPLY", default_value = "host")]
-    pub apply: ApplyMode,
+    /// back per interface on failure. auto: the backend's default (netplan:
+    /// netlink; wicked: host). netlink: write the files (for boot) and set
+    /// name, MTU, addresses and link state directly; no network daemon is
+    /// called, nothing else on the node changes. host: write the files,
+    /// rename by MAC through netlink, then run `wicked ifreload` of exactly
+    /// the changed interfaces in the host's namespaces (entered through PID
+    /// 1; needs hostPID); refused with netplan, whose only apply is
+    /// whole-host. none: render the files only (dry run).
+    #[arg(long, env = "MULTINIC_APPLY", default_value = "auto")]
+    pub apply: ApplyChoice,
 
     /// How many multinicN names this node has (multinic0..multinic{N-1}).
     #[arg(long, env = "MULTINIC_CAPACITY", default_value_t = DEFAULT_CAPACITY,
@@ -115,6 +118,7 @@ impl Args {
         let node: NodeName = node_name.parse().context("--node-name")?;
         let host_root = host_root.unwrap_or_else(default_host_root);
         let backend = detect_backend(backend, &host_root)?;
+        let apply = apply.resolve(backend).map_err(anyhow::Error::msg)?;
         let controller = controller_url(&controller, !tls.insecure);
         let transport = tls.transport(&controller, &state_dir)?;
         let config = AgentConfig {
@@ -247,6 +251,31 @@ mod tests {
         let both = ["--ca", "ca.crt", "--tls-cert", "c", "--tls-key", "k", "--bootstrap-token-file", "t"];
         assert!(transport(&both).unwrap_err().to_string().contains("not both"));
         assert!(matches!(transport(&["--insecure"]).unwrap(), AgentTransport::Insecure));
+    }
+
+    #[test]
+    fn apply_auto_follows_the_backend_and_host_is_refused_on_netplan() {
+        use crate::backend::BackendKind;
+        use crate::reconcile::ApplyMode;
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["multinic-agent", "--controller", "c:1"];
+            argv.extend(flags);
+            Args::try_parse_from(argv).unwrap().apply
+        };
+        assert_eq!(parse(&[]), ApplyChoice::Auto, "auto is the default");
+        assert_eq!(parse(&[]).resolve(BackendKind::Netplan).unwrap(), ApplyMode::Netlink);
+        assert_eq!(parse(&[]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
+        let err = parse(&["--apply", "host"]).resolve(BackendKind::Netplan).unwrap_err();
+        assert!(err.contains("not offered with the netplan backend") && err.contains("--apply netlink"), "{err}");
+        assert_eq!(parse(&["--apply", "host"]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
+        for mode in ["netlink", "none"] {
+            for backend in [BackendKind::Netplan, BackendKind::Wicked] {
+                assert_eq!(parse(&["--apply", mode]).resolve(backend).unwrap().as_str(), mode);
+            }
+        }
+        let argv = ["multinic-agent", "--controller", "c:1", "--apply", "hots"];
+        let err = Args::try_parse_from(argv).unwrap_err().to_string();
+        assert!(err.contains("expected auto, host, netlink or none"), "{err}");
     }
 
     #[test]

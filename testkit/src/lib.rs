@@ -5,6 +5,10 @@
 //! - [`netplan_generate`]: the real `netplan generate --root-dir` on a tree.
 //! - [`netns`]: a network namespace set up as a node, inspected with `ip -j`.
 //! - [`agent_process`]: the real agent binary run inside such a namespace.
+//! - [`confined`]: a host in such a namespace whose real network daemon
+//!   runs confined; [`networkd`]: systemd-networkd driven by netplan on it.
+//! - [`bystanders`]: what a node carries besides our NICs (a CNI's routes,
+//!   a VIP, rules) and the snapshot that proves an apply left it alone.
 //! - [`fake_controller`]: a scripted controller that records what agents say.
 //! - [`process`]: the real controller binary as a child (SIGKILL, SIGTERM).
 //! - [`proxy`]: a Service stand-in routing to the ready replica.
@@ -19,11 +23,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent_process;
+pub mod bystanders;
 pub mod certs;
+pub mod confined;
 pub mod fake_controller;
 pub mod fleet;
 pub mod mariadb;
 pub mod netns;
+pub mod networkd;
 pub mod process;
 pub mod proxy;
 pub mod rows;

@@ -53,17 +53,24 @@ impl TestNode {
     /// A namespace with `lo` up and `ens3` (MAC [`PRIMARY_MAC`]) holding
     /// [`PRIMARY_V4`] and [`PRIMARY_V6`] with IPv4 and IPv6 default routes.
     pub fn new() -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("mnt-{}-{n}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let node = Self { name, forwarders: Vec::new() };
-        node.ip(&["link", "set", "lo", "up"]);
+        let node = Self::bare();
         node.add_nic(PRIMARY, PRIMARY_MAC);
         node.ip(&["link", "set", PRIMARY, "up"]);
         node.ip(&["addr", "add", PRIMARY_V4, "dev", PRIMARY]);
         node.ip(&["-6", "addr", "add", PRIMARY_V6, "dev", PRIMARY, "nodad"]);
         node.ip(&["route", "add", "default", "via", "192.168.77.1", "dev", PRIMARY]);
         node.ip(&["-6", "route", "add", "default", "via", "fd77::1", "dev", PRIMARY]);
+        node
+    }
+
+    /// A namespace with only `lo` up: for nodes whose primary NIC a real
+    /// network daemon configures (see [`crate::networkd`]).
+    pub fn bare() -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("mnt-{}-{n}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let node = Self { name, forwarders: Vec::new() };
+        node.ip(&["link", "set", "lo", "up"]);
         node
     }
 

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use multinic_proto::{InterfaceName, InterfaceSpec};
 
+use crate::reconcile::ApplyMode;
+
 /// Which network configuration system the host uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -50,12 +52,44 @@ pub struct HostCommand {
 }
 
 impl BackendKind {
-    /// What the host runs after our files of `names` changed: `netplan apply`
-    /// (netplan has no per-interface apply), or a udev rule reload and
-    /// `wicked ifreload` of exactly those interfaces.
+    /// What `--apply auto` means here. netplan: `netlink` (the file is
+    /// written for boot, the runtime state set through netlink; no daemon is
+    /// asked to do anything). wicked: `host` (`wicked ifreload` of exactly
+    /// the changed interfaces).
+    pub fn default_apply(self) -> ApplyMode {
+        match self {
+            Self::Netplan => ApplyMode::Netlink,
+            Self::Wicked => ApplyMode::Host,
+        }
+    }
+
+    /// Why `--apply host` is refused on this backend, if it is: the host's
+    /// tool cannot apply one interface without disturbing the others.
+    ///
+    /// netplan has no per-interface apply. Measured against the real
+    /// systemd-networkd (docs/node-daemons.md): `netplan apply` regenerates
+    /// and reconfigures every link networkd manages, which drops every route
+    /// through them that networkd did not add (a CNI's) and foreign addresses
+    /// (a VIP); even handing networkd only our NIC's own units removes a
+    /// CNI's blackhole routes and policy rules in networkd's default
+    /// configuration.
+    pub fn host_apply_refusal(self) -> Option<&'static str> {
+        match self {
+            Self::Netplan => Some(
+                "netplan has no per-interface apply, and networkd reconfiguring links removes other state on the \
+                 node (routes through a reconfigured NIC, a CNI's blackhole routes and policy rules)",
+            ),
+            Self::Wicked => None,
+        }
+    }
+
+    /// What the host runs after our files of `names` changed, in host mode:
+    /// a udev rule reload and `wicked ifreload` of exactly those interfaces.
+    /// Nothing for netplan, where host mode is refused
+    /// ([`Self::host_apply_refusal`]).
     pub fn apply_commands(self, names: &[InterfaceName]) -> Vec<HostCommand> {
         match self {
-            Self::Netplan => vec![HostCommand { program: "netplan", args: vec!["apply".into()] }],
+            Self::Netplan => Vec::new(),
             Self::Wicked => {
                 let mut ifreload = vec!["ifreload".to_owned()];
                 ifreload.extend(names.iter().map(ToString::to_string));
@@ -192,8 +226,7 @@ mod tests {
     #[test]
     fn apply_commands_name_the_interfaces_where_the_backend_can() {
         let names = [InterfaceName::new(0, 10).unwrap(), InterfaceName::new(3, 10).unwrap()];
-        let netplan = BackendKind::Netplan.apply_commands(&names);
-        assert_eq!(netplan, vec![HostCommand { program: "netplan", args: vec!["apply".into()] }]);
+        assert_eq!(BackendKind::Netplan.apply_commands(&names), Vec::new(), "no whole-host netplan apply");
         let wicked = BackendKind::Wicked.apply_commands(&names);
         assert_eq!(wicked[1].program, "wicked");
         assert_eq!(wicked[1].args, vec!["ifreload", "multinic0", "multinic3"]);

@@ -33,8 +33,10 @@ use crate::plan::{Action, Current, plan};
 /// How the agent applies what it renders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyMode {
-    /// Files, then the host's own tool (`netplan apply`, `wicked ifreload`)
-    /// run in the host's namespaces; renames by netlink first.
+    /// Files, then the host's own tool for exactly the changed interfaces
+    /// (`wicked ifreload <names>`) run in the host's namespaces; renames by
+    /// netlink first. Not offered on netplan nodes (see
+    /// [`BackendKind::host_apply_refusal`]).
     Host,
     /// Files, then the runtime state set directly through netlink.
     Netlink,
@@ -71,6 +73,46 @@ impl std::str::FromStr for ApplyMode {
             "netlink" => Ok(Self::Netlink),
             "none" => Ok(Self::None),
             other => Err(format!("unknown apply mode {other:?}: expected host, netlink or none")),
+        }
+    }
+}
+
+/// `--apply`: a mode, or `auto` for the backend's own default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyChoice {
+    Auto,
+    Mode(ApplyMode),
+}
+
+impl ApplyChoice {
+    /// The mode to run with on `backend`: `auto` is the backend's default
+    /// ([`BackendKind::default_apply`]); a mode the backend cannot run
+    /// without disturbing the rest of the node is refused, saying why.
+    pub fn resolve(self, backend: BackendKind) -> Result<ApplyMode, String> {
+        let mode = match self {
+            Self::Auto => return Ok(backend.default_apply()),
+            Self::Mode(mode) => mode,
+        };
+        match (mode, backend.host_apply_refusal()) {
+            (ApplyMode::Host, Some(why)) => Err(format!(
+                "--apply host is not offered with the {backend} backend: {why}; use --apply {} (what auto chooses there)",
+                backend.default_apply().as_str()
+            )),
+            _ => Ok(mode),
+        }
+    }
+}
+
+impl std::str::FromStr for ApplyChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            other => other
+                .parse()
+                .map(Self::Mode)
+                .map_err(|_| format!("unknown apply mode {other:?}: expected auto, host, netlink or none")),
         }
     }
 }
