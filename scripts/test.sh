@@ -19,6 +19,10 @@ have mariadbd || need+=(mariadb-server)
 have netplan || need+=(netplan.io)
 have ip || need+=(iproute2)
 have buildah || need+=(buildah)
+# The real network daemons the agent's tests run confined (docs/testing.md).
+[ -x /lib/systemd/systemd-networkd ] || need+=(systemd)
+have dbus-daemon || need+=(dbus)
+have udevadm || need+=(udev)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
