@@ -326,9 +326,14 @@ impl Reconciler {
         let mut problems = Vec::new();
         let mut changed = false;
         for file in &entry.files {
-            let now = read_text(&self.files.abs(&file.path), OUR_FILE_LIMIT, Links::Refuse);
-            if matches!(&now, Ok(now) if *now == file.contents) {
-                continue;
+            match read_text(&self.files.abs(&file.path), OUR_FILE_LIMIT, Links::Refuse) {
+                Ok(now) if now == file.contents => continue,
+                // Something we never write took the path meanwhile: it is not ours to replace.
+                Err(e) if e.is_damaged() => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+                _ => {}
             }
             changed = true;
             let restored = match &file.contents {

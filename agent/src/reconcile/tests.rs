@@ -498,3 +498,19 @@ fn a_rollback_that_cannot_restore_says_so_and_keeps_the_journal_until_a_verified
     assert_eq!(state_of(&out, 1).0, InterfaceState::Applied, "{out:?}");
     assert!(r.journal.pending().unwrap().is_empty());
 }
+
+#[test]
+fn a_rollback_never_replaces_something_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    let name = InterfaceName::new(0, 10).unwrap();
+    let path = crate::backend::netplan::path(name);
+    let entry = Entry::new(name, mac(1), vec![SavedFile { path: path.clone(), contents: None }], None);
+    assert!(r.journal.record(&entry).unwrap());
+    std::fs::create_dir_all(r.files.abs(&path).parent().unwrap()).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(r.files.abs(&path)).status().unwrap().success());
+
+    assert_eq!(r.recover(), 0, "not rolled back");
+    assert!(std::fs::symlink_metadata(r.files.abs(&path)).is_ok(), "the FIFO is left where it is");
+    assert_eq!(r.journal.pending().unwrap().len(), 1, "the entry is kept");
+}
