@@ -77,8 +77,20 @@ pub struct Args {
     pub test_pause_after_write: Option<PathBuf>,
 
     /// HTTP address of /healthz, /readyz, /metrics and GET / (health JSON).
-    #[arg(long, env = "MULTINIC_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
-    pub http_listen: SocketAddr,
+    /// Default: 0.0.0.0:8080, or 0.0.0.0:<--health-port> when that is set.
+    #[arg(long, env = "MULTINIC_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// The predecessor's setting, for manifests that still set it: serve
+    /// HTTP on 0.0.0.0:<port>. --http-listen (MULTINIC_HTTP_LISTEN) wins when both are set.
+    #[arg(long, env = "HEALTH_PORT")]
+    pub health_port: Option<u16>,
+
+    /// An apply (one desired state) still running after this makes the
+    /// agent unready (/readyz 503, GET / unhealthy, the apply_overdue
+    /// metric) until it ends; a shutdown waits for an apply only within it.
+    #[arg(long, env = "MULTINIC_APPLY_DEADLINE", default_value = "3m", value_parser = parse_duration)]
+    pub apply_deadline: Duration,
 
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -107,6 +119,8 @@ impl Args {
             host_pid,
             test_pause_after_write,
             http_listen,
+            health_port,
+            apply_deadline,
             tls,
             log_format: _,
             log_level: _,
@@ -130,16 +144,24 @@ impl Args {
             apply,
             capacity,
             state_dir,
-            http_listen: Some(http_listen),
+            http_listen: Some(http_address(http_listen, health_port)),
             node_ips: node_ip,
             host_pid,
             pause_after_write: test_pause_after_write,
+            apply_deadline,
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(multinic_proto::runtime::signal_shutdown(shutdown.clone()));
         let agent = Agent::new(&config);
         agent.run(config, shutdown).await
     }
+}
+
+/// `--http-listen`, else the predecessor's `HEALTH_PORT` on every address,
+/// else `0.0.0.0:8080`.
+fn http_address(http_listen: Option<SocketAddr>, health_port: Option<u16>) -> SocketAddr {
+    let any = IpAddr::from([0, 0, 0, 0]);
+    http_listen.unwrap_or_else(|| SocketAddr::new(any, health_port.unwrap_or(8080)))
 }
 
 /// The host name up to the first dot.
@@ -276,6 +298,26 @@ mod tests {
         let argv = ["multinic-agent", "--controller", "c:1", "--apply", "hots"];
         let err = Args::try_parse_from(argv).unwrap_err().to_string();
         assert!(err.contains("expected auto, host, netlink or none"), "{err}");
+    }
+
+    #[test]
+    fn the_predecessors_health_port_is_accepted_and_http_listen_wins() {
+        let address = |flags: &[&str]| {
+            let mut argv = vec!["multinic-agent", "--controller", "c:50051"];
+            argv.extend(flags);
+            let args = Args::try_parse_from(argv).unwrap();
+            http_address(args.http_listen, args.health_port).to_string()
+        };
+        assert_eq!(address(&[]), "0.0.0.0:8080");
+        assert_eq!(address(&["--health-port", "9090"]), "0.0.0.0:9090");
+        assert_eq!(address(&["--health-port", "9090", "--http-listen", "127.0.0.1:9737"]), "127.0.0.1:9737");
+        let command = <Args as clap::CommandFactory>::command();
+        let env = |id: &str| {
+            command.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_env()).map(|e| e.to_owned())
+        };
+        assert_eq!(env("health_port").as_deref(), Some(std::ffi::OsStr::new("HEALTH_PORT")));
+        assert_eq!(env("http_listen").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_HTTP_LISTEN")));
+        assert_eq!(env("apply_deadline").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_APPLY_DEADLINE")));
     }
 
     #[test]

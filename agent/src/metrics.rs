@@ -30,7 +30,9 @@ pub struct Metrics {
     pub reconnects: Counter,
     /// 1 while the stream to the controller is established.
     pub connected: Gauge,
-    /// Files written and removed.
+    /// 1 while an apply runs past its deadline (`--apply-deadline`).
+    pub apply_overdue: Gauge,
+    /// Files written and removed, and files whose mode or owner was put right.
     pub file_changes: Counter,
 }
 
@@ -52,6 +54,7 @@ impl Metrics {
             interfaces: Family::default(),
             reconnects: Counter::default(),
             connected: Gauge::default(),
+            apply_overdue: Gauge::default(),
             file_changes: Counter::default(),
         };
         registry.register("applies", "Desired states processed, by outcome", m.applies.clone());
@@ -69,7 +72,16 @@ impl Metrics {
         registry.register("interfaces", "Interfaces of the last desired state, by state", m.interfaces.clone());
         registry.register("reconnects", "Streams to the controller reopened", m.reconnects.clone());
         registry.register("connected", "1 while the stream to the controller is up", m.connected.clone());
-        registry.register("file_changes", "Files written or removed", m.file_changes.clone());
+        registry.register(
+            "apply_overdue",
+            "1 while an apply runs past its deadline (the agent is then not ready)",
+            m.apply_overdue.clone(),
+        );
+        registry.register(
+            "file_changes",
+            "Files written or removed, and files whose mode or owner was put right",
+            m.file_changes.clone(),
+        );
         Self { registry, ..m }
     }
 

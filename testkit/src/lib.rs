@@ -138,8 +138,14 @@ pub fn require_netplan() -> bool {
 
 /// `GET path` over plain HTTP/1.1; returns the status code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    http_get_over(stream, path).await
+}
+
+/// `GET path` over plain HTTP/1.1 on a connection already made (e.g. inside
+/// a test namespace); returns the status code and the body.
+pub async fn http_get_over(mut stream: tokio::net::TcpStream, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write request");
     let mut response = String::new();

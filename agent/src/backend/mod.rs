@@ -168,11 +168,11 @@ impl std::str::FromStr for BackendChoice {
 /// Why no backend could be chosen.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
-    #[error("cannot read {path} to choose a backend (set --backend): {source}")]
+    #[error("cannot choose a backend from {path} (set --backend)")]
     Read {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("{os} uses {backend}, which this build does not support yet")]
     Unsupported { os: String, backend: &'static str },
@@ -186,8 +186,17 @@ pub fn detect_backend(choice: BackendChoice, host_root: &Path) -> Result<Backend
         BackendChoice::Netplan => Ok(BackendKind::Netplan),
         BackendChoice::Wicked => Ok(BackendKind::Wicked),
         BackendChoice::Auto => {
+            use crate::files::{Links, OTHER_FILE_LIMIT, ReadError, read_text};
             let path = host_root.join("etc/os-release");
-            let text = std::fs::read_to_string(&path)
+            // Often a link (to ../usr/lib/os-release): followed, but only to
+            // a regular file of a sane size.
+            let text = read_text(&path, OTHER_FILE_LIMIT, Links::Follow)
+                .and_then(|text| {
+                    text.ok_or_else(|| ReadError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::from_raw_os_error(nix::libc::ENOENT),
+                    })
+                })
                 .map_err(|source| DetectError::Read { path: path.display().to_string(), source })?;
             backend_for_os_release(&text)
         }
@@ -246,5 +255,23 @@ mod tests {
         let sles16 =
             "NAME=\"SLES\"\nVERSION_ID=\"16.0\"\nID=\"sles\"\nPRETTY_NAME=\"SUSE Linux Enterprise Server 16.0\"\n";
         assert!(backend_for_os_release(sles16).unwrap_err().to_string().contains("NetworkManager"));
+    }
+
+    #[test]
+    fn os_release_may_be_a_link_to_a_file_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("usr/lib")).unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("usr/lib/os-release"), "ID=ubuntu\n").unwrap();
+        let etc = dir.path().join("etc/os-release");
+        std::os::unix::fs::symlink("../usr/lib/os-release", &etc).unwrap();
+        assert_eq!(detect_backend(BackendChoice::Auto, dir.path()).unwrap(), BackendKind::Netplan);
+
+        std::fs::remove_file(&etc).unwrap();
+        let err = detect_backend(BackendChoice::Auto, dir.path()).unwrap_err();
+        assert!(multinic_proto::runtime::error_chain(&err).contains("No such file"), "{err:?}");
+        assert!(std::process::Command::new("mkfifo").arg(&etc).status().unwrap().success());
+        let err = multinic_proto::runtime::error_chain(&detect_backend(BackendChoice::Auto, dir.path()).unwrap_err());
+        assert!(err.contains("etc/os-release is a FIFO") && err.contains("set --backend"), "{err}");
     }
 }
