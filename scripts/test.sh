@@ -19,6 +19,10 @@ have mariadbd || need+=(mariadb-server)
 have netplan || need+=(netplan.io)
 have ip || need+=(iproute2)
 have buildah || need+=(buildah)
+# The real network daemons the agent's tests run confined (docs/testing.md).
+[ -x /lib/systemd/systemd-networkd ] || need+=(systemd)
+have dbus-daemon || need+=(dbus)
+have udevadm || need+=(udev)
 # promtool (the alert rules' checks and unit tests) and prometheus (the
 # end-to-end alert test runs its own server on loopback).
 { have promtool && have prometheus; } || need+=(prometheus)

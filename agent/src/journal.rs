@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use multinic_proto::{InterfaceName, MacAddress};
 use serde::{Deserialize, Serialize};
 
-use crate::files::{FileError, write_atomic};
+use crate::files::{FileError, Links, OTHER_FILE_LIMIT, read_text, write_atomic};
 use crate::kernel::{KernelAddr, LinkState, LinkTarget};
 
 /// The journal format version written by this build.
@@ -191,8 +191,9 @@ impl Journal {
             let item = item.map_err(|source| JournalError::Io { operation: "list", path: self.dir.clone(), source })?;
             let file_name = item.file_name().to_string_lossy().into_owned();
             let Some(interface) = file_name.strip_suffix(".json").filter(|n| !n.starts_with('.')) else { continue };
-            let entry = fs::read_to_string(item.path())
+            let entry = read_text(&item.path(), OTHER_FILE_LIMIT, Links::Refuse)
                 .map_err(|e| e.to_string())
+                .and_then(|text| text.ok_or_else(|| "removed while being read".to_owned()))
                 .and_then(|text| serde_json::from_str::<Entry>(&text).map_err(|e| e.to_string()))
                 .and_then(|entry| {
                     if entry.version != VERSION {
@@ -288,6 +289,14 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert!(pending[0].1.is_err());
         journal.set_aside("multinic1").unwrap();
+        assert!(journal.pending().unwrap().is_empty());
+
+        // Something that is not a file is reported without being opened.
+        let fifo = std::process::Command::new("mkfifo").arg(journal.dir().join("multinic2.json")).status().unwrap();
+        assert!(fifo.success());
+        let pending = journal.pending().unwrap();
+        assert!(pending[0].1.as_ref().unwrap_err().contains("is a FIFO"), "{pending:?}");
+        journal.set_aside("multinic2").unwrap();
         assert!(journal.pending().unwrap().is_empty());
     }
 

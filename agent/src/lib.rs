@@ -66,7 +66,13 @@ pub struct AgentConfig {
     pub host_pid: u32,
     /// Test hook: create this file and stop after writing, before verifying.
     pub pause_after_write: Option<PathBuf>,
+    /// An apply running longer makes the agent unready until it ends.
+    pub apply_deadline: Duration,
 }
+
+/// `--apply-deadline` by default: above what a slow host apply takes (the
+/// host tool's 120 s limit, then up to 30 s for the daemon to settle).
+pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(180);
 
 impl AgentConfig {
     /// A config with defaults, for tests and the demo.
@@ -85,6 +91,7 @@ impl AgentConfig {
             node_ips: Vec::new(),
             host_pid: HostNamespaces::HOST_PID,
             pause_after_write: None,
+            apply_deadline: DEFAULT_APPLY_DEADLINE,
         }
     }
 }
@@ -133,6 +140,7 @@ impl Agent {
             node_ips,
             host_pid,
             pause_after_write,
+            apply_deadline,
         } = config;
         self.status.metrics().set_info(node.as_str(), backend.as_str(), apply.as_str());
         Journal::new(&state_dir).check(&host_root)?;
@@ -168,6 +176,7 @@ impl Agent {
             capacity,
             node_ips = ?node_ips,
             host_pid,
+            apply_deadline = ?apply_deadline,
             "agent starting"
         );
         let tls = match &transport {
@@ -187,8 +196,9 @@ impl Agent {
             connect_timeout: Duration::from_secs(5),
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
+            apply_deadline,
         };
-        session::run(session, self.reconciler.clone(), self.status.clone(), shutdown).await;
+        session::run(session, self.reconciler.clone(), self.status.clone(), shutdown).await?;
         info!("agent stopped");
         Ok(())
     }

@@ -30,7 +30,9 @@ pub struct Metrics {
     pub reconnects: Counter,
     /// 1 while the stream to the controller is established.
     pub connected: Gauge,
-    /// Files written and removed.
+    /// 1 while an apply runs past its deadline (`--apply-deadline`).
+    pub apply_overdue: Gauge,
+    /// Files written and removed, and files whose mode or owner was put right.
     pub file_changes: Counter,
     // --- What the alerting rules need (issue 19).
     /// Always 1; its labels name the node (alerts about an agent name its
@@ -56,6 +58,7 @@ impl Metrics {
             interfaces: Family::default(),
             reconnects: Counter::default(),
             connected: Gauge::default(),
+            apply_overdue: Gauge::default(),
             file_changes: Counter::default(),
             info: Family::default(),
         };
@@ -74,7 +77,16 @@ impl Metrics {
         registry.register("interfaces", "Interfaces of the last desired state, by state", m.interfaces.clone());
         registry.register("reconnects", "Streams to the controller reopened", m.reconnects.clone());
         registry.register("connected", "1 while the stream to the controller is up", m.connected.clone());
-        registry.register("file_changes", "Files written or removed", m.file_changes.clone());
+        registry.register(
+            "apply_overdue",
+            "1 while an apply runs past its deadline (the agent is then not ready)",
+            m.apply_overdue.clone(),
+        );
+        registry.register(
+            "file_changes",
+            "Files written or removed, and files whose mode or owner was put right",
+            m.file_changes.clone(),
+        );
         registry.register(
             "info",
             "Always 1: the agent's node, version, backend and apply mode as labels",

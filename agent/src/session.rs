@@ -10,6 +10,17 @@
 //! just that interface and sends an unsolicited Report for the same push
 //! (same generation and digest; the nonce of the last push on this stream,
 //! or 0 when the controller adopted our Hello instead of pushing).
+//!
+//! Every apply is watched: past `--apply-deadline` the agent says so and is
+//! not ready until the apply ends (it cannot be cancelled: it may be inside
+//! a host command or the kernel). On shutdown an apply in flight is waited
+//! for while it is within its deadline, at most [`SHUTDOWN_WAIT`]; then the
+//! agent stops without it and the journal rolls it back at the next start.
+//!
+//! Backoff starts over once a stream was established: it stayed open
+//! [`ESTABLISHED_AFTER`] (the controller refuses a bad Hello at once), or
+//! carried a push and our report. A controller that accepts and drops
+//! streams sooner (crash-looping) keeps the delay growing to its cap.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -29,7 +40,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backoff::{Backoff, jitter};
 use crate::reconcile::{Reconciler, Scope};
@@ -37,8 +48,11 @@ use crate::status::{AgentStatus, Processed};
 
 /// Largest message accepted from the controller.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-/// A stream that lived this long counts as healthy: backoff starts over.
-const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// A stream open this long was established: backoff starts over.
+pub const ESTABLISHED_AFTER: Duration = Duration::from_secs(5);
+/// How long a shutdown waits for an apply in flight (under Kubernetes'
+/// default grace period of 30 s), if the apply is within its deadline.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 /// How often the links are checked while an interface waits for its MAC.
 pub const WAITING_POLL: Duration = Duration::from_secs(1);
 
@@ -69,7 +83,15 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// An apply running longer makes the agent unready until it ends.
+    pub apply_deadline: Duration,
 }
+
+/// The agent stopped while an apply was still running (it could not be
+/// cancelled); the journal rolls back what it changed at the next start.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped with an apply still running: {0}")]
+pub struct ApplyAbandoned(pub String);
 
 /// Why a stream ended.
 #[derive(Debug)]
@@ -79,6 +101,29 @@ enum StreamEnd {
     Reconnect(Duration),
     /// The stream closed or failed.
     Lost(String),
+    /// Shutdown came while an apply was still running and it did not end in time.
+    Abandoned(String),
+}
+
+/// How far a stream got, for the backoff.
+#[derive(Debug, Default)]
+struct StreamLife {
+    /// When the controller accepted the stream.
+    opened: Option<Instant>,
+    /// Whether a push of the controller was answered with a report.
+    answered: bool,
+}
+
+impl StreamLife {
+    fn established(&self) -> bool {
+        established(self.opened.map(|t| t.elapsed()), self.answered)
+    }
+}
+
+/// Whether a stream open for `open_for` (`None`: never accepted) that
+/// carried a push and its report or not counts as established.
+fn established(open_for: Option<Duration>, answered: bool) -> bool {
+    answered || open_for.is_some_and(|d| d >= ESTABLISHED_AFTER)
 }
 
 /// Runs sessions until `shutdown` is cancelled.
@@ -87,25 +132,26 @@ pub async fn run(
     reconciler: Arc<Reconciler>,
     status: Arc<AgentStatus>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), ApplyAbandoned> {
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut attempt = 0u64;
     let mut applied = None;
     loop {
         attempt += 1;
-        let started = Instant::now();
+        let mut life = StreamLife::default();
         let span = info_span!("stream", node = %config.node, attempt);
-        let end = stream_once(&config, &reconciler, &status, &shutdown, &mut applied).instrument(span).await;
+        let end = stream_once(&config, &reconciler, &status, &shutdown, &mut applied, &mut life).instrument(span).await;
         status.set_connected(false);
         let delay = match end {
-            StreamEnd::Shutdown => return,
+            StreamEnd::Shutdown => return Ok(()),
+            StreamEnd::Abandoned(why) => return Err(ApplyAbandoned(why)),
             StreamEnd::Reconnect(after) => {
                 info!(after = ?after, "controller asked us to reconnect");
                 backoff.reset();
                 jitter(after.max(Duration::from_millis(100)) * 2)
             }
             StreamEnd::Lost(reason) => {
-                if started.elapsed() >= HEALTHY_AFTER {
+                if life.established() {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
@@ -116,7 +162,7 @@ pub async fn run(
         status.count_reconnect();
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
         }
     }
 }
@@ -145,6 +191,7 @@ async fn stream_once(
     status: &Arc<AgentStatus>,
     shutdown: &CancellationToken,
     applied: &mut Option<Applied>,
+    life: &mut StreamLife,
 ) -> StreamEnd {
     let channel = tokio::select! {
         result = connect(config) => match result {
@@ -173,6 +220,8 @@ async fn stream_once(
         Err(status) => return StreamEnd::Lost(format!("{:?}: {}", status.code(), status.message())),
     };
     status.set_connected(true);
+    life.opened = Some(Instant::now());
+    let watch = Watch { status, shutdown, deadline: config.apply_deadline };
     info!(controller = %config.controller, applied_digest = processed.digest.as_ref().map_or("", |d| d.short()), "connected to the controller");
     // The nonce of the last push on this stream; 0 until one arrives (what
     // the controller expects when it adopted our Hello).
@@ -183,7 +232,11 @@ async fn stream_once(
             () = shutdown.cancelled() => return close(tx, inbound).await,
             message = inbound.message() => message,
             () = tokio::time::sleep(WAITING_POLL), if !waiting.is_empty() => {
-                if let Some(report) = recheck_waiting(&waiting, applied, nonce, reconciler, status).await {
+                let report = match recheck_waiting(&waiting, applied, nonce, reconciler, &watch).await {
+                    Ok(report) => report,
+                    Err(why) => return StreamEnd::Abandoned(why),
+                };
+                if let Some(report) = report {
                     debug!(nonce, "sending an unsolicited report: a waiting NIC appeared");
                     if tx.send(AgentMessage { kind: Some(AgentKind::Report(report)) }).await.is_err() {
                         return StreamEnd::Lost("the stream closed while reporting".into());
@@ -200,11 +253,15 @@ async fn stream_once(
         let (desired, reconnect) = newest(message, &mut inbound);
         if let Some(desired) = desired {
             nonce = desired.nonce;
-            let report = apply_push(&desired, reconciler, status, applied).await;
+            let report = match apply_push(&desired, reconciler, &watch, applied).await {
+                Ok(report) => report,
+                Err(why) => return StreamEnd::Abandoned(why),
+            };
             debug!(nonce = desired.nonce, "sending report");
             if tx.send(AgentMessage { kind: Some(AgentKind::Report(report)) }).await.is_err() {
                 return StreamEnd::Lost("the stream closed while reporting".into());
             }
+            life.answered = true;
         }
         if let Some(after) = reconnect {
             return StreamEnd::Reconnect(after);
@@ -251,13 +308,69 @@ fn newest(
     (desired, reconnect)
 }
 
-/// Applies one push and builds the report.
+/// What watches an apply: the status it marks, the shutdown signal and the deadline.
+struct Watch<'a> {
+    status: &'a Arc<AgentStatus>,
+    shutdown: &'a CancellationToken,
+    deadline: Duration,
+}
+
+/// Why watched work gave no result.
+enum Unfinished {
+    Panicked(String),
+    /// Shutdown came and the work did not end in time.
+    Abandoned(String),
+}
+
+/// Runs `work` (an apply of `generation`) on the blocking pool and waits for
+/// it: past the deadline the agent turns unready, says why, and keeps
+/// waiting; on shutdown it waits only while the apply is within its
+/// deadline, at most [`SHUTDOWN_WAIT`].
+async fn watched<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+    generation: u64,
+    watch: &Watch<'_>,
+) -> Result<T, Unfinished> {
+    let started = tokio::time::Instant::now();
+    let overdue_at = started + watch.deadline;
+    watch.status.apply_started(generation, watch.deadline);
+    let mut task = tokio::task::spawn_blocking(work);
+    let mut overdue = false;
+    let mut give_up_at: Option<tokio::time::Instant> = None;
+    let result = loop {
+        tokio::select! {
+            joined = &mut task => break joined.map_err(|e| Unfinished::Panicked(e.to_string())),
+            () = tokio::time::sleep_until(overdue_at), if !overdue => {
+                overdue = true;
+                error!(generation, deadline = ?watch.deadline, "the apply has not finished within its deadline; not ready until it does");
+            }
+            () = watch.shutdown.cancelled(), if give_up_at.is_none() => {
+                let at = overdue_at.min(tokio::time::Instant::now() + SHUTDOWN_WAIT);
+                info!(generation, wait = ?at.saturating_duration_since(tokio::time::Instant::now()), "stopping: waiting for the apply in flight");
+                give_up_at = Some(at);
+            }
+            () = tokio::time::sleep_until(give_up_at.unwrap_or(overdue_at)), if give_up_at.is_some() => {
+                let running = started.elapsed();
+                error!(generation, running = ?running, "stopping without the apply in flight; the journal rolls back what it changed at the next start");
+                break Err(Unfinished::Abandoned(format!("the apply of generation {generation} had run for {running:?}")));
+            }
+        }
+    };
+    if overdue && result.is_ok() {
+        info!(generation, took = ?started.elapsed(), "the overdue apply finished");
+    }
+    watch.status.apply_finished();
+    result
+}
+
+/// Applies one push and builds the report; `Err` when shutdown gave up on it.
 async fn apply_push(
     msg: &v1::DesiredState,
     reconciler: &Arc<Reconciler>,
-    status: &Arc<AgentStatus>,
+    watch: &Watch<'_>,
     applied: &mut Option<Applied>,
-) -> v1::Report {
+) -> Result<v1::Report, String> {
+    let status = watch.status;
     let push = match DesiredPush::try_from(msg) {
         Ok(push) => push,
         Err(e) => {
@@ -273,7 +386,7 @@ async fn apply_push(
                 error: e.to_string(),
             };
             status.record_apply(Outcome::Rejected, std::time::Duration::ZERO, None);
-            return v1::Report::from(&report);
+            return Ok(v1::Report::from(&report));
         }
     };
     let span = info_span!("apply", generation = push.generation, digest = push.set.digest().short());
@@ -283,10 +396,11 @@ async fn apply_push(
     // The blocking thread enters the apply span itself (a span does not
     // follow a closure onto another thread), so every line carries it.
     let inner = span.clone();
-    let outcome = tokio::task::spawn_blocking(move || inner.in_scope(|| worker.reconcile(&set))).await;
+    let outcome = watched(move || inner.in_scope(|| worker.reconcile(&set)), push.generation, watch).await;
     let outcome = match outcome {
         Ok(outcome) => outcome,
-        Err(e) => {
+        Err(Unfinished::Abandoned(why)) => return Err(why),
+        Err(Unfinished::Panicked(e)) => {
             *applied = None;
             let report = AgentReport {
                 generation: push.generation,
@@ -296,7 +410,7 @@ async fn apply_push(
                 interfaces: Vec::new(),
                 error: format!("internal error while applying: {e}"),
             };
-            return v1::Report::from(&report);
+            return Ok(v1::Report::from(&report));
         }
     };
     let result = Outcome::of(&outcome.statuses);
@@ -330,47 +444,54 @@ async fn apply_push(
         interfaces: outcome.statuses,
         error: String::new(),
     };
-    v1::Report::from(&report)
+    Ok(v1::Report::from(&report))
 }
 
 /// Applies the waiting interfaces whose NIC appeared, and only them; the
-/// report for the last push, updated, when any did.
+/// report for the last push, updated, when any did (`Err` when shutdown
+/// gave up on the apply).
 async fn recheck_waiting(
     waiting: &BTreeSet<MacAddress>,
     applied: &mut Option<Applied>,
     nonce: u64,
     reconciler: &Arc<Reconciler>,
-    status: &Arc<AgentStatus>,
-) -> Option<v1::Report> {
+    watch: &Watch<'_>,
+) -> Result<Option<v1::Report>, String> {
+    let status = watch.status;
     let worker = reconciler.clone();
     let macs = waiting.clone();
     let appeared = match tokio::task::spawn_blocking(move || worker.present(&macs)).await {
         Ok(Ok(appeared)) if !appeared.is_empty() => appeared,
-        Ok(Ok(_)) => return None,
+        Ok(Ok(_)) => return Ok(None),
         Ok(Err(e)) => {
             debug!(error = %e, "cannot read links to look for waiting NICs");
-            return None;
+            return Ok(None);
         }
         Err(e) => {
             warn!(error = %e, "looking for waiting NICs panicked");
-            return None;
+            return Ok(None);
         }
     };
-    let last = applied.as_mut()?;
+    let Some(last) = applied.as_mut() else { return Ok(None) };
     let span =
         info_span!("apply", generation = last.generation, digest = last.set.digest().short(), trigger = "appeared");
     let (set, worker, only) = (last.set.clone(), reconciler.clone(), appeared.clone());
     let inner = span.clone();
-    let outcome =
-        match tokio::task::spawn_blocking(move || inner.in_scope(|| worker.reconcile_in(&set, Scope::Only(&only))))
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                warn!(error = %e, "applying an appeared NIC panicked");
-                return None;
-            }
-        };
+    let generation = last.generation;
+    let outcome = match watched(
+        move || inner.in_scope(|| worker.reconcile_in(&set, Scope::Only(&only))),
+        generation,
+        watch,
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(Unfinished::Abandoned(why)) => return Err(why),
+        Err(Unfinished::Panicked(e)) => {
+            warn!(error = %e, "applying an appeared NIC panicked");
+            return Ok(None);
+        }
+    };
     for new in outcome.statuses.iter() {
         match last.statuses.iter_mut().find(|s| s.mac == new.mac) {
             Some(old) => *old = new.clone(),
@@ -405,5 +526,18 @@ async fn recheck_waiting(
         interfaces: last.statuses.clone(),
         error: String::new(),
     };
-    Some(v1::Report::from(&report))
+    Ok(Some(v1::Report::from(&report)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_counts_as_established_once_it_lasted_or_carried_a_push() {
+        assert!(!established(None, false), "never accepted");
+        assert!(!established(Some(Duration::from_millis(300)), false), "accepted, then dropped: a crash loop");
+        assert!(established(Some(ESTABLISHED_AFTER), false), "open long enough");
+        assert!(established(Some(Duration::from_millis(300)), true), "a push and its report went through");
+    }
 }

@@ -32,6 +32,7 @@ use tonic::transport::Endpoint;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::backoff::Backoff;
+use crate::files::{Links, OTHER_FILE_LIMIT, read_text};
 
 /// The issuer's default port on the controller's host.
 pub const DEFAULT_ISSUER_PORT: u16 = 50052;
@@ -202,7 +203,11 @@ impl Bootstrap {
 
     /// One request: new key, CSR, token, and a check of what came back.
     async fn issue(&self) -> anyhow::Result<Issued> {
-        let token = std::fs::read_to_string(&self.token_file)
+        // A projected token is a link into the volume's current data: followed,
+        // but only to a regular file of a sane size.
+        let token = read_text(&self.token_file, OTHER_FILE_LIMIT, Links::Follow)
+            .map_err(anyhow::Error::from)
+            .and_then(|token| token.ok_or_else(|| anyhow::anyhow!("not found")))
             .map_err(|e| anyhow::anyhow!("cannot read the token {}: {e}", self.token_file.display()))?;
         let (key_pem, csr_pem) = multinic_tls::new_key_and_csr()?;
         let endpoint = Endpoint::from_shared(self.issuer.clone())?
@@ -225,8 +230,15 @@ impl Bootstrap {
     /// A certificate kept from an earlier run, if it still names this node,
     /// matches its key and is before its half-life.
     fn load_saved(&self) -> Option<Issued> {
-        let cert_pem = std::fs::read_to_string(&self.cert_path).ok()?;
-        let key_pem = std::fs::read_to_string(&self.key_path).ok()?;
+        let saved = |path: &std::path::Path| match read_text(path, OTHER_FILE_LIMIT, Links::Refuse) {
+            Ok(text) => text,
+            Err(e) => {
+                warn!(error = %e, "ignoring the saved node certificate");
+                None
+            }
+        };
+        let cert_pem = saved(&self.cert_path)?;
+        let key_pem = saved(&self.key_path)?;
         match self.check(KeyedCertificate { cert_pem, key_pem }) {
             Ok(saved) if saved.info.half_life() > SystemTime::now() => {
                 info!(serial = %saved.info.serial, path = %self.cert_path.display(), "using the saved node certificate");

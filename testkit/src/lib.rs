@@ -5,6 +5,10 @@
 //! - [`netplan_generate`]: the real `netplan generate --root-dir` on a tree.
 //! - [`netns`]: a network namespace set up as a node, inspected with `ip -j`.
 //! - [`agent_process`]: the real agent binary run inside such a namespace.
+//! - [`confined`]: a host in such a namespace whose real network daemon
+//!   runs confined; [`networkd`]: systemd-networkd driven by netplan on it.
+//! - [`bystanders`]: what a node carries besides our NICs (a CNI's routes,
+//!   a VIP, rules) and the snapshot that proves an apply left it alone.
 //! - [`fake_controller`]: a scripted controller that records what agents say.
 //! - [`process`]: the real controller binary as a child (SIGKILL, SIGTERM).
 //! - [`proxy`]: a Service stand-in routing to the ready replica.
@@ -20,11 +24,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent_process;
+pub mod bystanders;
 pub mod certs;
+pub mod confined;
 pub mod fake_controller;
 pub mod fleet;
 pub mod mariadb;
 pub mod netns;
+pub mod networkd;
 pub mod process;
 pub mod proxy;
 pub mod rows;
@@ -133,8 +140,14 @@ pub fn require_netplan() -> bool {
 
 /// `GET path` over plain HTTP/1.1; returns the status code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    http_get_over(stream, path).await
+}
+
+/// `GET path` over plain HTTP/1.1 on a connection already made (e.g. inside
+/// a test namespace); returns the status code and the body.
+pub async fn http_get_over(mut stream: tokio::net::TcpStream, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write request");
     let mut response = String::new();

@@ -12,6 +12,7 @@ use tracing::{error, info, info_span, warn};
 
 use super::{ApplyMode, Reconciler, Run};
 use crate::backend::RenderedFile;
+use crate::files::{Links, OUR_FILE_LIMIT, read_text};
 use crate::journal::{Entry, SavedFile};
 use crate::kernel::diff::{LinkTarget, Step, mtu_allowed, rename_steps, verify};
 use crate::kernel::facts::{LinkMatch, find_link};
@@ -65,6 +66,9 @@ impl Reconciler {
                 return fail(ErrorCode::MtuRejected, format!("{why}; nothing changed"));
             }
             if write.is_none() && verify(link, &target).is_ok() {
+                // Verified as desired: an entry an incomplete rollback kept
+                // for this interface has nothing left to restore.
+                self.forget_obsolete(name);
                 return Some(InterfaceStatus::applied(spec.mac, name));
             }
         } else if write.is_none() {
@@ -85,8 +89,8 @@ impl Reconciler {
             && let Err(e) = files.iter().try_for_each(|f| self.files.write_atomic(&f.path, &f.contents))
         {
             warn!(error = %e, "cannot write interface files; rolling back");
-            self.rollback_in(run, &entry);
-            return fail(ErrorCode::WriteFailed, format!("{e}; previous files restored"));
+            let rolled_back = self.rollback_in(run, &entry, "previous files restored");
+            return fail(ErrorCode::WriteFailed, format!("{e}; {rolled_back}"));
         }
         let Some(link) = link else {
             self.commit(&entry);
@@ -94,9 +98,9 @@ impl Reconciler {
         };
         if let Err(e) = self.runtime_before_host(link, &target) {
             warn!(error = %e, "cannot apply; rolling back");
-            self.rollback_in(run, &entry);
+            let rolled_back = self.rollback_in(run, &entry, "rolled back to the previous state");
             let code = if matches!(e.step, Step::Mtu(_)) { ErrorCode::MtuRejected } else { ErrorCode::ApplyFailed };
-            return fail(code, format!("{e}; rolled back to the previous state"));
+            return fail(code, format!("{e}; {rolled_back}"));
         }
         run.pending.push(Pending { name, spec: *spec, entry });
         None
@@ -165,16 +169,16 @@ impl Reconciler {
         run.changing();
         if let Err(e) = self.backend.paths(name).iter().try_for_each(|p| self.files.remove(p)) {
             warn!(error = %e, "cannot remove interface files; rolling back");
-            self.rollback_in(run, &entry);
-            return fail(ErrorCode::WriteFailed, format!("{e}; files restored"));
+            let rolled_back = self.rollback_in(run, &entry, "files restored");
+            return fail(ErrorCode::WriteFailed, format!("{e}; {rolled_back}"));
         }
         if let (Some(link), Some(kernel)) = (link, &self.kernel) {
             let undone =
                 LinkTarget { name: link.name.clone(), mtu: link.mtu, up: false, addresses: Default::default() };
             if let Err(e) = converge(kernel.as_ref(), link.index, &undone) {
                 warn!(error = %e, "cannot undo the runtime state; rolling back");
-                self.rollback_in(run, &entry);
-                return fail(ErrorCode::ApplyFailed, format!("{e}; files and runtime state restored"));
+                let rolled_back = self.rollback_in(run, &entry, "files and runtime state restored");
+                return fail(ErrorCode::ApplyFailed, format!("{e}; {rolled_back}"));
             }
         }
         self.commit(&entry);
@@ -196,13 +200,13 @@ impl Reconciler {
                 error!(error = %e, "host apply failed; rolling back the changed interfaces");
                 for p in pending.drain(..) {
                     let _span = info_span!("interface", interface = %p.name, mac = %p.spec.mac).entered();
-                    self.rollback_in(run, &p.entry);
+                    let rolled_back = self.rollback_in(run, &p.entry, "rolled back to the previous state");
                     statuses.push(InterfaceStatus::problem(
                         p.spec.mac,
                         Some(p.name),
                         InterfaceState::Failed,
                         ErrorCode::ApplyFailed,
-                        format!("{e}; rolled back to the previous state"),
+                        format!("{e}; {rolled_back}"),
                     ));
                 }
                 self.host_apply_after_rollback(&names);
@@ -226,14 +230,14 @@ impl Reconciler {
                 }
                 Err(why) => {
                     warn!(reason = %why, "verification failed; rolling back");
-                    self.rollback_in(run, &p.entry);
+                    let note = self.rollback_in(run, &p.entry, "rolled back to the previous state");
                     rolled_back.push(p.name);
                     statuses.push(InterfaceStatus::problem(
                         p.spec.mac,
                         Some(p.name),
                         InterfaceState::Failed,
                         ErrorCode::VerifyFailed,
-                        format!("after apply: {why}; rolled back to the previous state"),
+                        format!("after apply: {why}; {note}"),
                     ));
                 }
             }
@@ -284,7 +288,7 @@ impl Reconciler {
     }
 
     /// The current files of `name`, as a journal records them.
-    fn saved_files(&self, name: InterfaceName) -> Result<Vec<SavedFile>, crate::files::FileError> {
+    fn saved_files(&self, name: InterfaceName) -> Result<Vec<SavedFile>, crate::files::ReadError> {
         let paths = self.backend.paths(name);
         let found = self.files.read_existing(&paths)?;
         Ok(paths.into_iter().map(|path| SavedFile { contents: found.get(&path).cloned(), path }).collect())
@@ -296,18 +300,42 @@ impl Reconciler {
         }
     }
 
-    fn rollback_in(&self, run: &mut Run, entry: &Entry) {
+    /// Rolls `entry` back and says what happened, for the report: `restored`
+    /// when something was put back, that nothing had changed, or that the
+    /// rollback is incomplete (the entry then stays in the journal).
+    fn rollback_in(&self, run: &mut Run, entry: &Entry, restored: &str) -> String {
         run.rollbacks += 1;
-        if let Err(e) = self.rollback(entry) {
-            error!(error = %e, "rollback incomplete; the journal entry is kept for the next start");
+        match self.rollback(entry) {
+            Ok(true) => restored.to_owned(),
+            Ok(false) => "nothing had changed".to_owned(),
+            Err(e) => {
+                error!(error = %e, "rollback incomplete; the journal entry is kept for the next start");
+                format!(
+                    "rollback incomplete ({e}); the journal keeps the previous state, restored at the next start \
+                     or replaced by the next verified change"
+                )
+            }
         }
     }
 
     /// Restores the files and (same boot, same NIC) the runtime state of
-    /// `entry`, then forgets it.
-    pub(super) fn rollback(&self, entry: &Entry) -> Result<(), String> {
+    /// `entry`, then forgets it. Returns whether anything had to be put back
+    /// (a file already as journaled is left alone, so a change that failed
+    /// before its first write restores nothing, even on a read-only folder).
+    pub(super) fn rollback(&self, entry: &Entry) -> Result<bool, String> {
         let mut problems = Vec::new();
+        let mut changed = false;
         for file in &entry.files {
+            match read_text(&self.files.abs(&file.path), OUR_FILE_LIMIT, Links::Refuse) {
+                Ok(now) if now == file.contents => continue,
+                // Something we never write took the path meanwhile: it is not ours to replace.
+                Err(e) if e.is_damaged() => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+                _ => {}
+            }
+            changed = true;
             let restored = match &file.contents {
                 Some(contents) => self.files.write_atomic(&file.path, contents),
                 None => self.files.remove(&file.path),
@@ -316,6 +344,7 @@ impl Reconciler {
                 problems.push(e.to_string());
             }
         }
+        let changes_before = self.netlink_changes();
         if let (Some(saved), Some(kernel), true) = (&entry.link, &self.kernel, self.apply != ApplyMode::None) {
             if entry.same_boot() {
                 match kernel.read() {
@@ -333,10 +362,20 @@ impl Reconciler {
                 info!("journaled during an earlier boot; only files restored");
             }
         }
+        changed |= self.netlink_changes() > changes_before;
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
-        self.journal.clear(&entry.interface).map_err(|e| e.to_string())
+        self.journal.clear(&entry.interface).map_err(|e| e.to_string())?;
+        Ok(changed)
+    }
+
+    /// Drops the journal entry of `name`, verified as desired, if one was
+    /// kept by an incomplete rollback.
+    fn forget_obsolete(&self, name: InterfaceName) {
+        if let Err(e) = self.journal.clear(&name.to_string()) {
+            warn!(error = %e, "cannot remove an obsolete journal entry");
+        }
     }
 }
 

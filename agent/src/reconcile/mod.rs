@@ -9,6 +9,7 @@
 //! no netlink request. This module never touches a NIC the planner refused
 //! (protected, foreign, over capacity) and never a file outside our paths.
 
+mod foreign;
 mod interface;
 #[cfg(test)]
 mod tests;
@@ -23,7 +24,7 @@ use multinic_proto::{DesiredSet, ErrorCode, InterfaceName, InterfaceState, Inter
 use tracing::{info, info_span, warn};
 
 use crate::backend::{Backend, BackendKind};
-use crate::files::{FileError, HostFiles};
+use crate::files::{HostFiles, ReadError};
 use crate::hostns::HostNamespaces;
 use crate::journal::Journal;
 use crate::kernel::facts::{LinkMatch, find_link, node_facts};
@@ -33,8 +34,10 @@ use crate::plan::{Action, Current, plan};
 /// How the agent applies what it renders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyMode {
-    /// Files, then the host's own tool (`netplan apply`, `wicked ifreload`)
-    /// run in the host's namespaces; renames by netlink first.
+    /// Files, then the host's own tool for exactly the changed interfaces
+    /// (`wicked ifreload <names>`) run in the host's namespaces; renames by
+    /// netlink first. Not offered on netplan nodes (see
+    /// [`BackendKind::host_apply_refusal`]).
     Host,
     /// Files, then the runtime state set directly through netlink.
     Netlink,
@@ -75,6 +78,46 @@ impl std::str::FromStr for ApplyMode {
     }
 }
 
+/// `--apply`: a mode, or `auto` for the backend's own default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyChoice {
+    Auto,
+    Mode(ApplyMode),
+}
+
+impl ApplyChoice {
+    /// The mode to run with on `backend`: `auto` is the backend's default
+    /// ([`BackendKind::default_apply`]); a mode the backend cannot run
+    /// without disturbing the rest of the node is refused, saying why.
+    pub fn resolve(self, backend: BackendKind) -> Result<ApplyMode, String> {
+        let mode = match self {
+            Self::Auto => return Ok(backend.default_apply()),
+            Self::Mode(mode) => mode,
+        };
+        match (mode, backend.host_apply_refusal()) {
+            (ApplyMode::Host, Some(why)) => Err(format!(
+                "--apply host is not offered with the {backend} backend: {why}; use --apply {} (what auto chooses there)",
+                backend.default_apply().as_str()
+            )),
+            _ => Ok(mode),
+        }
+    }
+}
+
+impl std::str::FromStr for ApplyChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            other => other
+                .parse()
+                .map(Self::Mode)
+                .map_err(|_| format!("unknown apply mode {other:?}: expected auto, host, netlink or none")),
+        }
+    }
+}
+
 /// Which desired MACs a reconcile acts on.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {
@@ -101,7 +144,8 @@ pub struct Outcome {
     pub statuses: Vec<InterfaceStatus>,
     /// File writes plus netlink changes: zero for a push that changed nothing.
     pub changes: usize,
-    /// Files written or removed (journal files not counted).
+    /// Files written or removed, and files of ours whose mode or owner was
+    /// put right (journal files not counted).
     pub file_writes: u64,
     /// Mutating netlink requests sent (failed ones included).
     pub netlink_changes: u64,
@@ -187,12 +231,23 @@ impl Reconciler {
         self.kernel.as_ref().map_or(0, |k| k.changes())
     }
 
-    /// Our files on the host, by name.
-    pub fn current(&self) -> Result<BTreeMap<InterfaceName, Current>, FileError> {
+    /// Our files on the host, by name. A path of ours holding something
+    /// that is not a file we could have written (a link, a FIFO, a device, a
+    /// huge file) is left exactly as it is: its name stays reserved and is
+    /// reported as damaged.
+    pub fn current(&self) -> Result<BTreeMap<InterfaceName, Current>, ReadError> {
         let mut current = BTreeMap::new();
         for index in 0..self.capacity {
             let Some(name) = InterfaceName::new(index, self.capacity) else { continue };
-            let files = self.files.read_existing(&self.backend.paths(name))?;
+            let files = match self.files.read_existing(&self.backend.paths(name)) {
+                Ok(files) => files,
+                Err(e) if e.is_damaged() => {
+                    warn!(interface = %name, error = %e, "a path of ours holds something multinic never writes: left untouched, its name reserved");
+                    current.insert(name, Current::Corrupt { files: BTreeMap::new(), error: e.to_string() });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if files.is_empty() {
                 continue;
             }
@@ -222,7 +277,8 @@ impl Reconciler {
         for (path, contents) in files {
             let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let kept = dir.join(format!("{file_name}.{stamp}"));
-            std::fs::write(&kept, contents).map_err(|e| format!("write {}: {e}", kept.display()))?;
+            // Atomic and 0600 like the original: it may hold addresses.
+            crate::files::write_atomic(&kept, contents).map_err(|e| e.to_string())?;
             self.files.remove(path).map_err(|e| e.to_string())?;
             warn!(
                 interface = %name,
@@ -232,6 +288,23 @@ impl Reconciler {
             );
         }
         Ok(())
+    }
+
+    /// Gives the files of `name` (content already right) back their mode
+    /// and owner if they lost them. A failure is logged, not reported: the
+    /// interface works as its file says.
+    fn make_private(&self, name: InterfaceName) {
+        for path in self.backend.paths(name) {
+            match self.files.make_private(&path) {
+                Ok(None) => {}
+                Ok(Some(wrong)) => warn!(
+                    file = %self.files.abs(&path).display(),
+                    was = %wrong,
+                    "a file of ours had lost its mode or owner: set back to 0600 and the agent's owner, content unchanged"
+                ),
+                Err(e) => warn!(error = %e, "cannot give a file of ours back its mode 0600 and owner"),
+            }
+        }
     }
 
     /// Which of `macs` have a link on the node now.
@@ -289,13 +362,17 @@ impl Reconciler {
                 return failed_all(run, ErrorCode::WriteFailed, &e.to_string());
             }
         };
-        let facts = kernel.as_ref().map(|k| node_facts(k, &self.node_ips)).unwrap_or_default();
+        let mut facts = kernel.as_ref().map(|k| node_facts(k, &self.node_ips)).unwrap_or_default();
+        for (mac, reason) in foreign::definitions(self.backend.kind(), &self.files) {
+            facts.foreign.entry(mac).or_insert(reason);
+        }
         let plan = plan(desired, &current, &facts, self.capacity, self.backend);
         let mut statuses = Vec::new();
         for action in plan.actions {
             match action {
                 Action::Keep { name, spec } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
+                    self.make_private(name);
                     statuses.extend(self.prepare(&mut run, name, &spec, None, kernel.as_ref()));
                 }
                 Action::Write { name, spec, files, previous } if scope.includes(&spec.mac) => {
@@ -352,7 +429,7 @@ impl Reconciler {
                 Ok(entry) => {
                     let _span = info_span!("interface", interface = %interface, mac = %entry.mac).entered();
                     match self.rollback(&entry) {
-                        Ok(()) => {
+                        Ok(_) => {
                             rolled_back += 1;
                             info!(same_boot = entry.same_boot(), "rolled back a change interrupted by a crash");
                         }
@@ -388,7 +465,7 @@ struct Run {
 impl Run {
     fn new(reconciler: &Reconciler) -> Self {
         Self {
-            writes_before: reconciler.files.writes() + reconciler.files.removals(),
+            writes_before: file_changes(&reconciler.files),
             changes_before: reconciler.netlink_changes(),
             first_change: None,
             verify_duration: Duration::ZERO,
@@ -407,7 +484,7 @@ impl Run {
         statuses.sort_by_key(|s| s.mac);
         let apply_duration =
             self.first_change.map_or(Duration::ZERO, |t| t.elapsed().saturating_sub(self.verify_duration));
-        let file_writes = reconciler.files.writes() + reconciler.files.removals() - self.writes_before;
+        let file_writes = file_changes(&reconciler.files) - self.writes_before;
         let netlink_changes = reconciler.netlink_changes() - self.changes_before;
         Outcome {
             statuses,
@@ -419,4 +496,9 @@ impl Run {
             verify_duration: self.verify_duration,
         }
     }
+}
+
+/// Files written, removed or repaired so far.
+fn file_changes(files: &HostFiles) -> u64 {
+    files.writes() + files.removals() + files.repairs()
 }

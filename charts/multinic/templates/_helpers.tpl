@@ -163,9 +163,20 @@ incomplete configuration.
 {{- end }}
 {{- end }}
 
-{{/* Capabilities the agent adds in its apply mode. */}}
+{{/* The apply mode whose privileges the agent gets: applyMode, or for auto
+what the agent will choose (netplan: netlink; wicked, or a backend only the
+node can tell: host). */}}
+{{- define "multinic.agent.privileges" -}}
+{{- $a := .Values.agent }}
+{{- if ne $a.applyMode "auto" }}{{ $a.applyMode }}
+{{- else if eq $a.backend "netplan" }}netlink
+{{- else }}host
+{{- end }}
+{{- end }}
+
+{{/* Capabilities the agent adds for its apply mode. */}}
 {{- define "multinic.agent.capabilities" -}}
-{{- toJson (index .Values.agent.capabilities .Values.agent.applyMode) }}
+{{- toJson (index .Values.agent.capabilities (include "multinic.agent.privileges" .)) }}
 {{- end }}
 
 {{/* Host folders the agent mounts under /host, by backend. */}}

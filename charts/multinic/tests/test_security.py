@@ -98,11 +98,20 @@ def test_pod_disruption_budget_is_opt_in():
 
 
 @pytest.mark.parametrize(
-    "mode, caps, host_pid",
-    [("host", HOST_CAPS, True), ("netlink", {"NET_ADMIN"}, False), ("none", set(), False)],
+    "mode, backend, caps, host_pid",
+    [
+        ("host", "auto", HOST_CAPS, True),
+        ("netlink", "auto", {"NET_ADMIN"}, False),
+        ("none", "auto", set(), False),
+        # auto gets the privileges of the mode the agent will resolve it to:
+        # netlink on netplan nodes; host where a node may be wicked.
+        ("auto", "netplan", {"NET_ADMIN"}, False),
+        ("auto", "wicked", HOST_CAPS, True),
+        ("auto", "auto", HOST_CAPS, True),
+    ],
 )
-def test_agent_privileges_follow_the_apply_mode(mode, caps, host_pid):
-    ds = agent_with(applyMode=mode)
+def test_agent_privileges_follow_the_apply_mode(mode, backend, caps, host_pid):
+    ds = agent_with(applyMode=mode, backend=backend)
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
