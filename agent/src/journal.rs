@@ -8,7 +8,7 @@
 //! back before anything else happens.
 //!
 //! The journal must never live where netplan, wicked or udev read
-//! configuration: [`Journal::open`] refuses such a state directory.
+//! configuration: [`Journal::check`] refuses such a state directory.
 
 use std::fs;
 use std::io;
@@ -315,6 +315,22 @@ mod tests {
         assert!(pending[0].1.as_ref().unwrap_err().to_string().contains("is a FIFO"), "{pending:?}");
         journal.set_aside("multinic2").unwrap();
         assert!(journal.pending().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_entry_of_another_version_or_name_is_refused_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(dir.path());
+        fs::create_dir_all(journal.dir()).unwrap();
+        let mut future = entry("multinic3");
+        future.version = VERSION + 1;
+        fs::write(journal.dir().join("multinic3.json"), serde_json::to_string(&future).unwrap()).unwrap();
+        fs::write(journal.dir().join("multinic4.json"), serde_json::to_string(&entry("multinic5")).unwrap()).unwrap();
+        let pending = journal.pending().unwrap();
+        assert!(matches!(pending[0].1, Err(EntryError::Version { found }) if found == VERSION + 1), "{pending:?}");
+        let Err(misnamed) = &pending[1].1 else { panic!("{pending:?}") };
+        assert!(matches!(misnamed, EntryError::Misnamed { .. }), "{misnamed:?}");
+        assert_eq!(misnamed.to_string(), "entry names multinic5 but is stored as multinic4");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! The worker owns what outlives a stream: the last applied push (so that
 //! waiting NICs are picked up on the next stream too) and the status
 //! bookkeeping (metrics, readiness, what Hello says). Every apply runs on the
-//! blocking pool, watched against `--apply-deadline` ([`watch`]).
+//! blocking pool, watched against `--apply-deadline` (`watch.rs`).
 //!
 //! Work the agent starts by itself is scheduled here, not in the session:
 //! [`Worker::due`] says which command is next and after how long, and the
@@ -20,7 +20,7 @@
 //! (issue 16) fits as one more variant, `Check { nonce }`: `due` returns it
 //! once its interval has passed since the last apply, and `handle` runs
 //! [`Reconciler::reconcile`] on the last set and, through the same
-//! [`report`] as every other apply, answers with the last push's report
+//! `report` tail as every other apply, answers with the last push's report
 //! when anything had drifted. The session does not change for it.
 //!
 //! The worker never reads the network configuration of the node itself:
@@ -103,7 +103,7 @@ pub struct Worker {
 
 impl Worker {
     /// A worker whose applies are watched against `apply_deadline` and
-    /// given up at `shutdown` (see [`watch`]).
+    /// given up at `shutdown` (see `watch.rs`).
     pub fn new(
         reconciler: Arc<Reconciler>,
         status: Arc<AgentStatus>,
