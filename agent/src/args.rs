@@ -71,11 +71,6 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_HOST_PID", default_value_t = 1, hide = true)]
     pub host_pid: u32,
 
-    /// Test hook: create this file and stop after writing and applying,
-    /// before verifying, so a test can kill the agent mid-change.
-    #[arg(long, env = "MULTINIC_TEST_PAUSE_AFTER_WRITE", hide = true)]
-    pub test_pause_after_write: Option<PathBuf>,
-
     /// HTTP address of /healthz, /readyz, /metrics and GET / (health JSON).
     /// Default: 0.0.0.0:8080, or 0.0.0.0:<--health-port> when that is set.
     #[arg(long, env = "MULTINIC_HTTP_LISTEN")]
@@ -117,7 +112,6 @@ impl Args {
             state_dir,
             node_ip,
             host_pid,
-            test_pause_after_write,
             http_listen,
             health_port,
             apply_deadline,
@@ -132,7 +126,7 @@ impl Args {
         let node: NodeName = node_name.parse().context("--node-name")?;
         let host_root = host_root.unwrap_or_else(default_host_root);
         let backend = detect_backend(backend, &host_root)?;
-        let apply = apply.resolve(backend).map_err(anyhow::Error::msg)?;
+        let apply = apply.resolve(backend)?;
         let controller = controller_url(&controller, !tls.insecure);
         let transport = tls.transport(&controller, &state_dir)?;
         let config = AgentConfig {
@@ -147,13 +141,12 @@ impl Args {
             http_listen: Some(http_address(http_listen, health_port)),
             node_ips: node_ip,
             host_pid,
-            pause_after_write: test_pause_after_write,
             apply_deadline,
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(multinic_proto::runtime::signal_shutdown(shutdown.clone()));
         let agent = Agent::new(&config);
-        agent.run(config, shutdown).await
+        Ok(agent.run(config, shutdown).await?)
     }
 }
 
@@ -287,7 +280,7 @@ mod tests {
         assert_eq!(parse(&[]), ApplyChoice::Auto, "auto is the default");
         assert_eq!(parse(&[]).resolve(BackendKind::Netplan).unwrap(), ApplyMode::Netlink);
         assert_eq!(parse(&[]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
-        let err = parse(&["--apply", "host"]).resolve(BackendKind::Netplan).unwrap_err();
+        let err = parse(&["--apply", "host"]).resolve(BackendKind::Netplan).unwrap_err().to_string();
         assert!(err.contains("not offered with the netplan backend") && err.contains("--apply netlink"), "{err}");
         assert_eq!(parse(&["--apply", "host"]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
         for mode in ["netlink", "none"] {

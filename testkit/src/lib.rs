@@ -17,6 +17,7 @@
 //!   plaintext or mTLS.
 //! - [`certs`]: a throwaway CA and certificates for mTLS tests.
 //! - [`token_review`]: a fake Kubernetes TokenReview endpoint.
+//! - [`assert_golden`]: a rendered text against its golden file.
 //!
 //! A test that needs something this machine lacks (root, `mariadbd`,
 //! `netplan`) calls [`require`]: on a developer machine it is skipped with a
@@ -51,6 +52,18 @@ pub fn test_logging() {
     if let Ok(level) = std::env::var("TEST_LOG") {
         let _ = multinic_proto::runtime::init_logging(multinic_proto::runtime::LogFormat::Text, &level);
     }
+}
+
+/// Asserts that `actual` is the content of the golden file at `path`;
+/// with `UPDATE_GOLDEN=1` in the environment it first writes `actual` there
+/// (the one-command refresh: `UPDATE_GOLDEN=1 cargo nextest run -p <crate>`).
+pub fn assert_golden(path: &Path, actual: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(actual, expected, "golden file {} differs; UPDATE_GOLDEN=1 refreshes it", path.display());
 }
 
 /// Whether we run in CI (`CI=true`), where nothing may be skipped.

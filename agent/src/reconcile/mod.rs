@@ -9,10 +9,13 @@
 //! no netlink request. This module never touches a NIC the planner refused
 //! (protected, foreign, over capacity) and never a file outside our paths.
 
+mod apply;
+mod error;
 mod foreign;
 mod interface;
+mod mode;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -23,100 +26,15 @@ use std::time::{Duration, Instant};
 use multinic_proto::{DesiredSet, ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, MacAddress};
 use tracing::{info, info_span, warn};
 
+pub use self::error::{ApplyError, Rollback, RollbackError, RollbackProblem, VerifyError};
+pub use self::mode::{ApplyChoice, ApplyMode, HostApplyRefused};
 use crate::backend::{Backend, BackendKind};
-use crate::files::{HostFiles, ReadError};
+use crate::files::{FileError, HostFiles, ReadError};
 use crate::hostns::HostNamespaces;
 use crate::journal::Journal;
 use crate::kernel::facts::{LinkMatch, find_link, node_facts};
 use crate::kernel::{KernelError, KernelState, LinkOps};
 use crate::plan::{Action, Current, plan};
-
-/// How the agent applies what it renders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyMode {
-    /// Files, then the host's own tool for exactly the changed interfaces
-    /// (`wicked ifreload <names>`) run in the host's namespaces; renames by
-    /// netlink first. Not offered on netplan nodes (see
-    /// [`BackendKind::host_apply_refusal`]).
-    Host,
-    /// Files, then the runtime state set directly through netlink.
-    Netlink,
-    /// Render files only (dry run): success means the files say what is desired.
-    None,
-}
-
-impl ApplyMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Host => "host",
-            Self::Netlink => "netlink",
-            Self::None => "none",
-        }
-    }
-
-    /// How long verification waits for the kernel to settle after an apply.
-    pub fn settle_time(self) -> Duration {
-        match self {
-            // networkd and wicked apply asynchronously after their command returns.
-            Self::Host => Duration::from_secs(30),
-            Self::Netlink => Duration::from_secs(1),
-            Self::None => Duration::ZERO,
-        }
-    }
-}
-
-impl std::str::FromStr for ApplyMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "host" => Ok(Self::Host),
-            "netlink" => Ok(Self::Netlink),
-            "none" => Ok(Self::None),
-            other => Err(format!("unknown apply mode {other:?}: expected host, netlink or none")),
-        }
-    }
-}
-
-/// `--apply`: a mode, or `auto` for the backend's own default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyChoice {
-    Auto,
-    Mode(ApplyMode),
-}
-
-impl ApplyChoice {
-    /// The mode to run with on `backend`: `auto` is the backend's default
-    /// ([`BackendKind::default_apply`]); a mode the backend cannot run
-    /// without disturbing the rest of the node is refused, saying why.
-    pub fn resolve(self, backend: BackendKind) -> Result<ApplyMode, String> {
-        let mode = match self {
-            Self::Auto => return Ok(backend.default_apply()),
-            Self::Mode(mode) => mode,
-        };
-        match (mode, backend.host_apply_refusal()) {
-            (ApplyMode::Host, Some(why)) => Err(format!(
-                "--apply host is not offered with the {backend} backend: {why}; use --apply {} (what auto chooses there)",
-                backend.default_apply().as_str()
-            )),
-            _ => Ok(mode),
-        }
-    }
-}
-
-impl std::str::FromStr for ApplyChoice {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            other => other
-                .parse()
-                .map(Self::Mode)
-                .map_err(|_| format!("unknown apply mode {other:?}: expected auto, host, netlink or none")),
-        }
-    }
-}
 
 /// Which desired MACs a reconcile acts on.
 #[derive(Debug, Clone, Copy)]
@@ -169,7 +87,8 @@ pub struct Reconciler {
     host: HostNamespaces,
     node_ips: Vec<IpAddr>,
     settle_time: Duration,
-    pause_after_write: Option<PathBuf>,
+    #[cfg(feature = "test-hooks")]
+    pause_after_write: Option<crate::test_hooks::PauseAfterWrite>,
 }
 
 impl Reconciler {
@@ -185,6 +104,7 @@ impl Reconciler {
             host: HostNamespaces { pid: HostNamespaces::HOST_PID, timeout: Duration::from_secs(120) },
             node_ips: Vec::new(),
             settle_time: apply.settle_time(),
+            #[cfg(feature = "test-hooks")]
             pause_after_write: None,
         }
     }
@@ -207,10 +127,11 @@ impl Reconciler {
         self
     }
 
-    /// Test hook: after writing and applying, create `marker` and stop
-    /// forever before verifying (so a test can kill the agent right there).
-    pub fn with_pause_after_write(mut self, marker: Option<PathBuf>) -> Self {
-        self.pause_after_write = marker;
+    /// Test hook: after writing and applying, pause before verifying (so a
+    /// test can stop or kill the agent right there).
+    #[cfg(feature = "test-hooks")]
+    pub fn with_pause_after_write(mut self, pause: Option<crate::test_hooks::PauseAfterWrite>) -> Self {
+        self.pause_after_write = pause;
         self
     }
 
@@ -270,16 +191,16 @@ impl Reconciler {
 
     /// Moves damaged files of ours to `<state-dir>/quarantine/` (never where
     /// netplan or wicked read), freeing their name.
-    fn quarantine(&self, name: InterfaceName, files: &BTreeMap<PathBuf, String>) -> Result<(), String> {
+    fn quarantine(&self, name: InterfaceName, files: &BTreeMap<PathBuf, String>) -> Result<(), FileError> {
         let dir = self.journal.dir().parent().unwrap_or(self.journal.dir()).join("quarantine");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| FileError { operation: "create", path: dir.clone(), source })?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         for (path, contents) in files {
             let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let kept = dir.join(format!("{file_name}.{stamp}"));
             // Atomic and 0600 like the original: it may hold addresses.
-            crate::files::write_atomic(&kept, contents).map_err(|e| e.to_string())?;
-            self.files.remove(path).map_err(|e| e.to_string())?;
+            crate::files::write_atomic(&kept, contents)?;
+            self.files.remove(path)?;
             warn!(
                 interface = %name,
                 file = %self.files.abs(path).display(),
@@ -316,7 +237,7 @@ impl Reconciler {
 
     /// The kernel state to plan with: `None` when the agent does not touch
     /// the kernel and cannot read it (a dry run degrades, it does not fail).
-    fn read_kernel(&self) -> Result<Option<KernelState>, String> {
+    fn read_kernel(&self) -> Result<Option<KernelState>, ApplyError> {
         match (&self.kernel, self.apply) {
             (Some(kernel), ApplyMode::None) => match kernel.read() {
                 Ok(state) => Ok(Some(state)),
@@ -326,8 +247,8 @@ impl Reconciler {
                 }
             },
             (None, ApplyMode::None) => Ok(None),
-            (Some(kernel), _) => kernel.read().map(Some).map_err(|e| format!("cannot read the kernel's links: {e}")),
-            (None, mode) => Err(format!("--apply {} needs netlink, which could not be opened", mode.as_str())),
+            (Some(kernel), _) => kernel.read().map(Some).map_err(ApplyError::ReadKernel),
+            (None, mode) => Err(ApplyError::NoNetlink(mode)),
         }
     }
 
@@ -339,19 +260,16 @@ impl Reconciler {
     /// [`Self::reconcile`] for the MACs in `scope` only.
     pub fn reconcile_in(&self, desired: &DesiredSet, scope: Scope<'_>) -> Outcome {
         let mut run = Run::new(self);
-        let failed_all = |run: Run, code: ErrorCode, message: &str| {
-            let statuses = desired
-                .iter()
-                .filter(|s| scope.includes(&s.mac))
-                .map(|s| InterfaceStatus::problem(s.mac, None, InterfaceState::Failed, code, message))
-                .collect();
+        let failed_all = |run: Run, error: ApplyError| {
+            let statuses =
+                desired.iter().filter(|s| scope.includes(&s.mac)).map(|s| error.status(s.mac, None)).collect();
             run.finish(statuses, self)
         };
         let kernel = match self.read_kernel() {
             Ok(kernel) => kernel,
-            Err(message) => {
-                warn!(error = %message, "nothing changed");
-                return failed_all(run, ErrorCode::ApplyFailed, &message);
+            Err(e) => {
+                warn!(error = %e, "nothing changed");
+                return failed_all(run, e);
             }
         };
         let current = match self.current() {
@@ -359,7 +277,7 @@ impl Reconciler {
             Err(e) => {
                 // Without knowing our files we cannot name anything safely.
                 warn!(error = %e, "cannot read our files; nothing changed");
-                return failed_all(run, ErrorCode::WriteFailed, &e.to_string());
+                return failed_all(run, ApplyError::ReadOurFiles(e));
             }
         };
         let mut facts = kernel.as_ref().map(|k| node_facts(k, &self.node_ips)).unwrap_or_default();
@@ -373,16 +291,19 @@ impl Reconciler {
                 Action::Keep { name, spec } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
                     self.make_private(name);
-                    statuses.extend(self.prepare(&mut run, name, &spec, None, kernel.as_ref()));
+                    let prepared = self.prepare(&mut run, name, &spec, None, kernel.as_ref());
+                    statuses.extend(prepared.unwrap_or_else(|e| Some(e.status(spec.mac, Some(name)))));
                 }
                 Action::Write { name, spec, files, previous } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
                     info!(mtu = spec.mtu.get(), address = ?spec.address.map(|a| a.to_string()), previous = ?previous.map(|p| p.to_string()), "configuring");
-                    statuses.extend(self.prepare(&mut run, name, &spec, Some(&files), kernel.as_ref()));
+                    let prepared = self.prepare(&mut run, name, &spec, Some(&files), kernel.as_ref());
+                    statuses.extend(prepared.unwrap_or_else(|e| Some(e.status(spec.mac, Some(name)))));
                 }
                 Action::Remove { name, mac, .. } if matches!(scope, Scope::All) => {
                     let _span = info_span!("interface", interface = %name, mac = %mac).entered();
-                    statuses.push(self.remove(&mut run, name, mac, kernel.as_ref(), &facts));
+                    let removed = self.remove(&mut run, name, mac, kernel.as_ref(), &facts);
+                    statuses.push(removed.unwrap_or_else(|e| e.status(mac, Some(name))));
                 }
                 Action::Refuse { spec, name, code, message } if scope.includes(&spec.mac) => {
                     warn!(mac = %spec.mac, code = %code, "{message}");
@@ -410,41 +331,6 @@ impl Reconciler {
         }
         statuses.extend(self.apply_and_verify(&mut run));
         run.finish(statuses, self)
-    }
-
-    /// Rolls back every journal entry left by an agent that died mid-change.
-    /// Runs at start-up, before the agent connects. Returns how many
-    /// interfaces were rolled back.
-    pub fn recover(&self) -> usize {
-        let pending = match self.journal.pending() {
-            Ok(pending) => pending,
-            Err(e) => {
-                warn!(error = %e, "cannot read the journal; nothing rolled back");
-                return 0;
-            }
-        };
-        let mut rolled_back = 0;
-        for (interface, entry) in pending {
-            match entry {
-                Ok(entry) => {
-                    let _span = info_span!("interface", interface = %interface, mac = %entry.mac).entered();
-                    match self.rollback(&entry) {
-                        Ok(_) => {
-                            rolled_back += 1;
-                            info!(same_boot = entry.same_boot(), "rolled back a change interrupted by a crash");
-                        }
-                        Err(e) => warn!(error = %e, "cannot roll back an interrupted change; kept for the next start"),
-                    }
-                }
-                Err(reason) => {
-                    warn!(interface = %interface, reason = %reason, "unreadable journal entry set aside");
-                    if let Err(e) = self.journal.set_aside(&interface) {
-                        warn!(interface = %interface, error = %e, "cannot set the journal entry aside");
-                    }
-                }
-            }
-        }
-        rolled_back
     }
 }
 

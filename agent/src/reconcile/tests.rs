@@ -1,4 +1,5 @@
-//! The reconciler against an in-memory kernel and a temporary host root.
+//! The reconciler against an in-memory kernel and a temporary host root
+//! (its helpers serve the worker's tests too).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,15 +14,15 @@ use crate::journal::{Entry, Journal, SavedFile};
 use crate::kernel::memory::MemoryKernel;
 use crate::kernel::{KernelState, LinkState};
 
-fn mac(i: u8) -> MacAddress {
+pub(crate) fn mac(i: u8) -> MacAddress {
     MacAddress::from_octets([2, 0, 0, 0, 0, i]).unwrap()
 }
 
-fn spec(i: u8, address: Option<&str>, mtu: i64) -> InterfaceSpec {
+pub(crate) fn spec(i: u8, address: Option<&str>, mtu: i64) -> InterfaceSpec {
     InterfaceSpec::new(mac(i), address.map(|a| a.parse().unwrap()), Mtu::new(mtu).unwrap()).unwrap()
 }
 
-fn link(index: u32, name: &str, i: u8) -> LinkState {
+pub(crate) fn link(index: u32, name: &str, i: u8) -> LinkState {
     LinkState {
         index,
         name: name.into(),
@@ -39,7 +40,7 @@ fn link(index: u32, name: &str, i: u8) -> LinkState {
 }
 
 /// A node whose `ens3` (MAC 99) carries the default route, plus `links`.
-fn node(dir: &Path, apply: ApplyMode, links: Vec<LinkState>) -> (Reconciler, Arc<MemoryKernel>) {
+pub(crate) fn node(dir: &Path, apply: ApplyMode, links: Vec<LinkState>) -> (Reconciler, Arc<MemoryKernel>) {
     let mut primary = link(1, "ens3", 99);
     primary.up = true;
     primary.addresses.insert("192.168.77.2/24".parse().unwrap());
