@@ -15,6 +15,7 @@
 
 pub mod args;
 pub mod change;
+pub mod claims;
 pub mod desired;
 pub mod fleet;
 pub mod fleet_rows;

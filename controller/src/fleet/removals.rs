@@ -68,6 +68,12 @@ impl Fleet {
         }
     }
 
+    /// Whether the guard still warms up (this replica became active less
+    /// than the warm-up ago), when agents report what they have.
+    pub(super) fn warming_up(&self) -> bool {
+        lock(&self.guard).activated.is_none_or(|t| t.elapsed() < self.guard_config.warmup)
+    }
+
     /// Judges the guard again with unchanged counts (the warm-up may have
     /// ended): every node is revisited only if the verdict flips. Called
     /// every poll tick; costs nothing otherwise.
@@ -145,7 +151,7 @@ impl Fleet {
     fn removals(&self) -> BTreeSet<(NodeName, MacAddress)> {
         let mut all = BTreeSet::new();
         for entry in &self.nodes {
-            for mac in guard::removals(&entry.present, &entry.desired.set) {
+            for mac in guard::removals(entry.inventory(), &entry.desired.set) {
                 all.insert((entry.key().clone(), mac));
             }
         }
