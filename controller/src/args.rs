@@ -86,6 +86,11 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_REMOVAL_WARMUP", default_value = "30s", value_parser = parse_duration_or_zero)]
     pub removal_warmup: Duration,
 
+    /// A push the agent has not answered for this long shows as a node
+    /// problem in `multinicctl status` and `get node` (a stuck agent).
+    #[arg(long, env = "MULTINIC_PUSH_ANSWER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub push_answer_timeout: Duration,
+
     #[command(flatten)]
     pub tls: TlsArgs,
 
@@ -119,6 +124,7 @@ impl Args {
             max_removal_share,
             min_guarded_removals,
             removal_warmup,
+            push_answer_timeout,
             tls,
             issuer,
             log_format: _,
@@ -148,6 +154,7 @@ impl Args {
                 min_removals: min_guarded_removals,
                 warmup: removal_warmup,
             },
+            push_answer_timeout,
             transport,
         };
         let controller = Controller::bind(config, listen, http_listen).await?;

@@ -140,9 +140,9 @@ fn a_push_unanswered_for_long_is_a_node_problem() {
     let generation = rx.borrow().clone().unwrap().generation;
     fleet.pushed(&name("n3"), session, generation);
     let entry = fleet.nodes.get(&name("n3")).unwrap();
-    assert!(entry.problems(SystemTime::now()).is_empty(), "just sent");
+    assert!(entry.problems(SystemTime::now(), UNANSWERED_AFTER).is_empty(), "just sent");
     let later = SystemTime::now() + UNANSWERED_AFTER + Duration::from_secs(73);
-    let problems = entry.problems(later);
+    let problems = entry.problems(later, UNANSWERED_AFTER);
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].code, multinic_proto::ErrorCode::PushUnanswered);
     assert!(
@@ -152,7 +152,8 @@ fn a_push_unanswered_for_long_is_a_node_problem() {
     );
     drop(entry);
     fleet.disconnect(&name("n3"), session);
-    assert!(fleet.nodes.get(&name("n3")).unwrap().problems(later).is_empty(), "a gone stream waits for nothing");
+    let entry = fleet.nodes.get(&name("n3")).unwrap();
+    assert!(entry.problems(later, UNANSWERED_AFTER).is_empty(), "a gone stream waits for nothing");
 }
 
 /// `held` rows with a bad MTU (their MACs held) and one good row on node `a`.

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 use multinic_proto::{AgentHello, AgentReport, MacAddress, NodeName, Outcome};
@@ -125,6 +125,8 @@ pub struct Fleet {
     /// Whether this replica holds the controller lock and may act.
     active: watch::Sender<bool>,
     guard_config: GuardConfig,
+    /// A push unanswered for longer is a node problem.
+    answer_within: Duration,
     /// The mass-deletion guard. Lock order: this mutex, then map shards;
     /// never a shard and then this mutex.
     guard: Mutex<GuardState>,
@@ -147,6 +149,7 @@ impl Fleet {
             publish_lock: Mutex::new(()),
             active: watch::channel(false).0,
             guard_config: GuardConfig::default(),
+            answer_within: UNANSWERED_AFTER,
             guard: Mutex::new(GuardState::default()),
         }
     }
@@ -154,6 +157,12 @@ impl Fleet {
     /// A fleet whose mass-deletion guard uses `config`.
     pub fn with_guard(config: GuardConfig) -> Self {
         Self { guard_config: config, ..Self::new() }
+    }
+
+    /// Shows a push unanswered for `answer_within` as a node problem.
+    pub fn answer_within(mut self, answer_within: Duration) -> Self {
+        self.answer_within = answer_within;
+        self
     }
 
     /// Marks this replica active (holding the controller lock) or standby;
@@ -484,7 +493,7 @@ impl Fleet {
             applied: entry.applied.clone(),
             interfaces: entry.interfaces.to_map(),
             guarded: entry.guarded.clone(),
-            problems: entry.problems(SystemTime::now()),
+            problems: entry.problems(SystemTime::now(), self.answer_within),
         })
     }
 

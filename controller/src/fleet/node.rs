@@ -23,7 +23,8 @@ use crate::guard::{self, Counts};
 /// The largest push the controller sends (and agents accept): the gRPC
 /// message limit.
 pub const MAX_PUSH_BYTES: usize = crate::MAX_MESSAGE_BYTES;
-/// A push unanswered for longer than this is shown as a node problem.
+/// A push unanswered for longer than this is shown as a node problem
+/// (`--push-answer-timeout`).
 pub const UNANSWERED_AFTER: Duration = Duration::from_secs(60);
 
 /// A desired set as pushed to a node's agent.
@@ -278,8 +279,9 @@ impl NodeEntry {
         Ok(trimmed)
     }
 
-    /// What status shows as wrong with the node as a whole, now.
-    pub(super) fn problems(&self, now: SystemTime) -> Vec<NodeProblem> {
+    /// What status shows as wrong with the node as a whole at `now`; a push
+    /// counts as unanswered after `answer_within`.
+    pub(super) fn problems(&self, now: SystemTime, answer_within: Duration) -> Vec<NodeProblem> {
         let mut problems = Vec::new();
         if let Some(why) = &self.undeliverable {
             let message = format!("the desired set cannot be pushed: {why}");
@@ -291,7 +293,7 @@ impl NodeEntry {
         }
         if let Some(u) = self.unanswered
             && let Ok(waited) = now.duration_since(u.since)
-            && waited >= UNANSWERED_AFTER
+            && waited >= answer_within
         {
             let message = format!(
                 "push of generation {} unanswered for {}: the agent may be stuck applying it",
