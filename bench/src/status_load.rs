@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use multinic_testkit::certs::TestPki;
 use multinic_testkit::mariadb::MariaDb;
 use serde::Serialize;
-use sqlx::MySqlPool;
 
 use crate::server::{ControllerOptions, ServerProcess};
 use crate::stats::Latency;
@@ -69,7 +68,9 @@ pub async fn run(config: &StatusLoadConfig, progress: &(dyn Fn(&str) + Sync)) ->
     let load_start = crate::run::loadavg();
     let db = MariaDb::start().await.ok_or_else(|| BenchError::Setup("mariadbd is not installed".into()))?;
     let pool = db.pool().await;
-    insert_bad_rows(&pool, config.bad_rows).await?;
+    multinic_testkit::rows::insert_rejected_rows(&pool, DIRTY_NODE, 0xbd, config.bad_rows)
+        .await
+        .map_err(|source| BenchError::Sql { what: "insert rejected rows", source })?;
     let good: Vec<(usize, String)> = (0..config.good_nodes).map(|i| (i, format!("good-{i:03}"))).collect();
     db::seed(&pool, &good, 2).await?;
     progress(&format!("{} rejected rows on {DIRTY_NODE}, {} healthy nodes", config.bad_rows, config.good_nodes));
@@ -195,23 +196,6 @@ impl Ctl {
             ))),
         }
     }
-}
-
-/// `count` rows of [`DIRTY_NODE`] with MTU 0, in multi-row INSERTs.
-async fn insert_bad_rows(pool: &MySqlPool, count: usize) -> Result<(), BenchError> {
-    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
-        let mut sql = String::from(
-            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu) VALUES ",
-        );
-        sql.push_str(&vec!["(?, 'bench-subnet', ?, ?, 0)"; chunk.len()].join(", "));
-        let mut query = sqlx::query(&sql);
-        for i in chunk {
-            let mac = format!("02:bd:{:02x}:{:02x}:{:02x}:01", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-            query = query.bind(format!("bad-{i}")).bind(mac).bind(DIRTY_NODE);
-        }
-        query.execute(pool).await.map_err(|source| BenchError::Sql { what: "insert bad rows", source })?;
-    }
-    Ok(())
 }
 
 /// `/healthz` every 10 ms for `window` (or until `until` turns false).

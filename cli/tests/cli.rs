@@ -285,17 +285,7 @@ async fn a_converged_fleet_exits_0_and_watch_streams_changes() {
 async fn bounded_views_warnings_and_a_closed_pipe() {
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
-    for chunk in (0..3000).collect::<Vec<i32>>().chunks(500) {
-        let mut sql = String::from(
-            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu) VALUES ",
-        );
-        sql.push_str(&vec!["(?, 's', ?, 'node-dirty', 0)"; chunk.len()].join(", "));
-        let mut query = sqlx::query(&sql);
-        for i in chunk {
-            query = query.bind(format!("bad-{i}")).bind(format!("fa:16:3e:d0:{:02x}:{:02x}", i / 256, i % 256));
-        }
-        query.execute(&pool).await.unwrap();
-    }
+    multinic_testkit::rows::insert_rejected_rows(&pool, "node-dirty", 0xd0, 3000).await.unwrap();
     insert(&pool, "w1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
     insert(&pool, "w2", Some("node-b"), "fa:16:3e:0b:00:01", Some("10.7.0.11"), 1500).await;
     let controller = TestController::start(&db.url(), Duration::from_millis(200)).await;

@@ -99,7 +99,7 @@ pub fn parse_duration_or_zero(input: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         other => return Err(format!("invalid duration {input:?}: unknown unit {other:?} (use ms, s, m or h)")),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 86_400.0 * 365.0 {
+    if !seconds.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&seconds) {
         return Err(format!("invalid duration {input:?}: must be between 0 and a year"));
     }
     Ok(Duration::from_secs_f64(seconds))

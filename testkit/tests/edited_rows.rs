@@ -9,17 +9,15 @@ use std::time::Duration;
 use multinic_testkit::eventually;
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::{MariaDb, execute};
-use multinic_testkit::rows::{NewRow, netplan_success};
+use multinic_testkit::rows::{NewRow, netplan_success, wait_netplan_success};
 use sqlx::MySqlPool;
 
 const POLL: Duration = Duration::from_millis(150);
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn wait_success(pool: &MySqlPool, id: i64, want: i64, why: &str) {
-    eventually(WAIT, &format!("row {id} netplan_success = {want} ({why})"), || async move {
-        (netplan_success(pool, id).await == want).then_some(())
-    })
-    .await;
+/// Waits for row `id` to read `want`; `_why` says what that means, for the reader.
+async fn wait_success(pool: &MySqlPool, id: i64, want: i64, _why: &str) {
+    wait_netplan_success(pool, id, want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use multinic_proto::v1::{self, GetNodeRequest};
 use multinic_testkit::eventually;
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::{MariaDb, execute};
-use multinic_testkit::rows::{NewRow, netplan_success};
+use multinic_testkit::rows::{NewRow, insert_rejected_rows, wait_netplan_success as wait_success};
 use sqlx::MySqlPool;
 
 const POLL: Duration = Duration::from_millis(200);
@@ -22,25 +22,7 @@ const BAD_ROWS: usize = 14_000;
 
 /// `count` rows with MTU 0 (invalid: their MACs are held) on `node`.
 async fn insert_bad_rows(pool: &MySqlPool, node: &str, prefix: u8, count: usize) {
-    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
-        let mut sql = String::from(
-            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu) VALUES ",
-        );
-        sql.push_str(&vec!["(?, 's', ?, ?, 0)"; chunk.len()].join(", "));
-        let mut query = sqlx::query(&sql);
-        for i in chunk {
-            let mac = format!("fa:16:{prefix:02x}:00:{:02x}:{:02x}", i / 256, i % 256);
-            query = query.bind(format!("bad-{node}-{i}")).bind(mac).bind(node);
-        }
-        query.execute(pool).await.unwrap();
-    }
-}
-
-async fn wait_success(pool: &MySqlPool, id: i64, want: i64) {
-    eventually(WAIT, &format!("row {id} netplan_success = {want}"), || async move {
-        (netplan_success(pool, id).await == want).then_some(())
-    })
-    .await;
+    insert_rejected_rows(pool, node, prefix, count).await.unwrap();
 }
 
 /// The node's status; `None` while the controller does not know it yet.

@@ -22,6 +22,18 @@ use tonic::Code;
 const POLL: Duration = Duration::from_millis(100);
 const WAIT: Duration = Duration::from_secs(10);
 
+/// An mTLS controller that has read rows for node-a and node-b (and the
+/// folder of its database, kept while it runs).
+async fn two_nodes_over_tls() -> (tempfile::TempDir, TestPki, TestController) {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, pool) = sqlite_database(dir.path()).await;
+    two_nodes(&pool).await;
+    let pki = TestPki::new();
+    let controller = TestController::start_tls(&db, POLL, &pki).await;
+    eventually(WAIT, "first poll", || async { controller.fleet.db_status().synced.then_some(()) }).await;
+    (dir, pki, controller)
+}
+
 /// Rows for node-a and node-b.
 async fn two_nodes(pool: &SqlitePool) {
     for (port, node, mac) in [("pa", "node-a", "fa:16:3e:00:0a:01"), ("pb", "node-b", "fa:16:3e:00:0b:01")] {
@@ -146,12 +158,7 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_certificate_speaks_only_for_its_own_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, pool) = sqlite_database(dir.path()).await;
-    two_nodes(&pool).await;
-    let pki = TestPki::new();
-    let controller = TestController::start_tls(&db, POLL, &pki).await;
-    eventually(WAIT, "first poll", || async { controller.fleet.db_status().synced.then_some(()) }).await;
+    let (_dir, pki, controller) = two_nodes_over_tls().await;
     let node_a = pki.client_tls(&pki.agent("node-a"));
 
     // node-a's certificate saying Hello as node-b: refused, nothing pushed.
@@ -204,12 +211,7 @@ async fn agents_may_only_sync_and_operators_may_only_read_the_fleet() {
 /// and a stream that closes makes room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_certificate_holds_a_few_streams_at_most() {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, pool) = sqlite_database(dir.path()).await;
-    two_nodes(&pool).await;
-    let pki = TestPki::new();
-    let controller = TestController::start_tls(&db, POLL, &pki).await;
-    eventually(WAIT, "first poll", || async { controller.fleet.db_status().synced.then_some(()) }).await;
+    let (_dir, pki, controller) = two_nodes_over_tls().await;
     let node_a = channel(&controller.url(), &pki.client_tls(&pki.agent("node-a"))).await.unwrap();
 
     // Streams that have not said Hello yet count too.

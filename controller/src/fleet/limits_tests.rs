@@ -17,19 +17,15 @@ fn row(id: i64, node: &str, m: u16, mtu: i64) -> InterfaceRow {
     InterfaceRow::plain(id, node, &mac(m).to_string(), mtu, 0)
 }
 
+/// A Hello of `node` that has applied `macs`.
 fn hello(node: &str, digest: Option<Digest>, macs: impl IntoIterator<Item = u16>) -> AgentHello {
-    AgentHello {
-        node: node.parse().unwrap(),
-        agent_version: "t".into(),
-        backend: "netplan".into(),
-        apply_mode: "none".into(),
-        applied_digest: digest,
-        interfaces: macs
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| InterfaceStatus::applied(mac(m), InterfaceName::new(i as u8, 100).unwrap()))
-            .collect(),
-    }
+    let mut hello = super::tests::hello(node, digest);
+    hello.interfaces = macs
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| InterfaceStatus::applied(mac(m), InterfaceName::new(i as u8, 100).unwrap()))
+        .collect();
+    hello
 }
 
 fn name(n: &str) -> NodeName {

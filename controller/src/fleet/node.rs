@@ -6,8 +6,9 @@
 //! only when the agent processed exactly the published set and every
 //! interface is applied. What the agent says it has is split into MACs the
 //! database named for this node (believed) and MACs only the agent vouches
-//! for (counted while it is connected, at most a node's capacity). Nothing
-//! here does I/O or takes a lock.
+//! for (claimed: at most a node's capacity, counted by the guard only when
+//! said during its warm-up). Nothing here does I/O or takes a lock, and
+//! nothing here trusts an agent further than [`crate::claims`] allows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

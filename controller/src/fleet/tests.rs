@@ -9,7 +9,7 @@ fn row(id: i64, node: &str, mac: &str, mtu: i64, success: i64) -> InterfaceRow {
     InterfaceRow::plain(id, node, mac, mtu, success)
 }
 
-fn hello(node: &str, digest: Option<Digest>) -> AgentHello {
+pub(super) fn hello(node: &str, digest: Option<Digest>) -> AgentHello {
     AgentHello {
         node: node.parse().unwrap(),
         agent_version: "t".into(),

@@ -172,7 +172,7 @@ async fn watch_loop(
     ends_at: Option<tokio::time::Instant>,
 ) {
     let first = fleet.clone();
-    let Ok(events) = blocking(move || {
+    let snapshot = move || {
         let mut events: Vec<FleetEvent> = first
             .node_names()
             .iter()
@@ -181,15 +181,9 @@ async fn watch_loop(
             .collect();
         events.push(FleetEvent { node: None, summary: Some(summary(&first)) });
         events
-    })
-    .await
-    else {
-        return;
     };
-    for event in events {
-        if tx.send(Ok(event)).await.is_err() {
-            return;
-        }
+    if !send_view(&tx, snapshot).await {
+        return;
     }
     let far = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
     let deadline = tokio::time::sleep_until(ends_at.unwrap_or(far));
@@ -219,7 +213,7 @@ async fn watch_loop(
             }
         }
         let fleet = fleet.clone();
-        let Ok(events) = blocking(move || {
+        let changed = move || {
             let summary = summary(&fleet);
             let mut events: Vec<FleetEvent> = names
                 .iter()
@@ -229,17 +223,26 @@ async fn watch_loop(
                 last.summary = Some(summary);
             }
             events
-        })
-        .await
-        else {
-            return;
         };
-        for event in events {
-            if tx.send(Ok(event)).await.is_err() {
-                return;
-            }
+        if !send_view(&tx, changed).await {
+            return;
         }
     }
+}
+
+/// Builds events on the blocking pool and sends them in order; `false`
+/// once the watcher is gone (or the view could not be built).
+async fn send_view(
+    tx: &mpsc::Sender<Result<FleetEvent, Status>>,
+    view: impl FnOnce() -> Vec<FleetEvent> + Send + 'static,
+) -> bool {
+    let Ok(events) = blocking(view).await else { return false };
+    for event in events {
+        if tx.send(Ok(event)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The fleet summary.
