@@ -4,11 +4,12 @@
 //! each push went. Those claims feed the fleet-wide mass-deletion guard and
 //! `netplan_success`, so a buggy or compromised node must not be able to
 //! speak for more than its own few interfaces: a Hello may name at most a
-//! node's capacity of interfaces it has, one status per MAC, one MAC per
-//! name, and only states an agent reports; a Report must answer exactly the
-//! push it names (its generation, its interfaces in interface states, its
-//! held MACs as held, anything else only as removed) with an outcome that
-//! matches its statuses. A claim that fails is refused whole, never half
+//! node's capacity of interfaces it has, one status per MAC (besides files
+//! it removed), one MAC per name, and only states an agent reports; a
+//! Report must answer exactly the push it names (its generation, its
+//! interfaces in interface states, its held MACs as held, anything else
+//! only as removed: a MAC no longer desired, or a second file of a MAC)
+//! with an outcome that matches its statuses. A claim that fails is refused whole, never half
 //! believed. Pure: values in, a verdict out.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,7 +27,7 @@ pub const MAX_PRESENT: usize = MAX_CAPACITY as usize;
 pub enum ClaimError {
     #[error("{count} interfaces reported {what}; a node has at most {MAX_PRESENT} of ours")]
     TooMany { count: usize, what: &'static str },
-    #[error("MAC {mac} is reported twice")]
+    #[error("MAC {mac} is reported twice (besides files removed)")]
     DuplicateMac { mac: MacAddress },
     #[error("name {name} is reported for both {first} and {second}")]
     DuplicateName { name: InterfaceName, first: MacAddress, second: MacAddress },
@@ -58,7 +59,7 @@ impl ClaimError {
 /// Checks the statuses of a Hello: what the agent says it has.
 pub fn check_hello(statuses: &[InterfaceStatus]) -> Result<(), ClaimError> {
     check_statuses(statuses)?;
-    let present = statuses.iter().filter(|s| has_it(s.state)).count();
+    let present = statuses.iter().filter(|s| has_it(s)).count();
     if present > MAX_PRESENT {
         return Err(ClaimError::TooMany { count: present, what: "present" });
     }
@@ -89,19 +90,21 @@ pub fn check_report(pushed: &DesiredSet, generation: u64, report: &AgentReport) 
 
 /// Checks statuses about `set` (a report's, or an adopted Hello's): each
 /// interface of the set in an interface state, each held MAC as held, any
-/// other MAC only as removed, and no more removed than a node can have.
+/// other MAC only as removed (a file of a desired MAC may be removed too:
+/// the second of two files for one MAC), and no more removed than a node
+/// can have.
 pub fn check_against_set(set: &DesiredSet, statuses: &[InterfaceStatus]) -> Result<(), ClaimError> {
     check_statuses(statuses)?;
     let mut removed = 0;
     for s in statuses {
         let role = match (set.get(&s.mac).is_some(), set.is_held(&s.mac), s.state) {
-            (true, _, InterfaceState::Applied | InterfaceState::Waiting | InterfaceState::Failed)
-            | (true, _, InterfaceState::Refused)
-            | (false, true, InterfaceState::Held) => continue,
-            (false, false, InterfaceState::Removed) => {
+            (_, _, InterfaceState::Removed) => {
                 removed += 1;
                 continue;
             }
+            (true, _, InterfaceState::Applied | InterfaceState::Waiting | InterfaceState::Failed)
+            | (true, _, InterfaceState::Refused)
+            | (false, true, InterfaceState::Held) => continue,
             (true, _, _) => "names it as an interface to configure",
             (false, true, _) => "holds it (left as it is)",
             (false, false, _) => "does not name it",
@@ -114,7 +117,8 @@ pub fn check_against_set(set: &DesiredSet, statuses: &[InterfaceStatus]) -> Resu
     Ok(())
 }
 
-/// One status per MAC, one MAC per name, agent states only.
+/// One status per MAC besides removed files, one MAC per name, agent
+/// states only.
 fn check_statuses(statuses: &[InterfaceStatus]) -> Result<(), ClaimError> {
     let mut macs = BTreeSet::new();
     let mut names: BTreeMap<InterfaceName, MacAddress> = BTreeMap::new();
@@ -122,7 +126,7 @@ fn check_statuses(statuses: &[InterfaceStatus]) -> Result<(), ClaimError> {
         if s.state == InterfaceState::Pending {
             return Err(ClaimError::ControllerState { mac: s.mac, state: s.state });
         }
-        if !macs.insert(s.mac) {
+        if s.state != InterfaceState::Removed && !macs.insert(s.mac) {
             return Err(ClaimError::DuplicateMac { mac: s.mac });
         }
         if let Some(name) = s.name
@@ -134,9 +138,16 @@ fn check_statuses(statuses: &[InterfaceStatus]) -> Result<(), ClaimError> {
     Ok(())
 }
 
-/// Whether a status says the agent has (files or a name for) the interface.
-pub fn has_it(state: InterfaceState) -> bool {
-    matches!(state, InterfaceState::Applied | InterfaceState::Waiting | InterfaceState::Failed | InterfaceState::Held)
+/// Whether a status says the agent has (files or a name for) the
+/// interface: applied, waiting (its file is written) or held, or failed
+/// with a name (its previous state restored); a failed interface that never
+/// got a name has nothing on the node.
+pub fn has_it(status: &InterfaceStatus) -> bool {
+    match status.state {
+        InterfaceState::Applied | InterfaceState::Waiting | InterfaceState::Held => true,
+        InterfaceState::Failed => status.name.is_some(),
+        InterfaceState::Refused | InterfaceState::Removed | InterfaceState::Pending => false,
+    }
 }
 
 #[cfg(test)]
@@ -179,9 +190,12 @@ mod tests {
         let err = check_hello(&many).unwrap_err();
         assert_eq!(err, ClaimError::TooMany { count: MAX_PRESENT + 1, what: "present" });
         assert!(err.to_string().contains("at most 100"), "{err}");
-        // Refused and removed interfaces are not on the node: any number.
+        // Refused interfaces, and failed ones that never got a name, are not
+        // on the node: any number (a set of 500 whose apply failed whole).
         let refused: Vec<_> = (0..500).map(|i| status(i, None, InterfaceState::Refused)).collect();
         check_hello(&refused).unwrap();
+        let failed: Vec<_> = (0..500).map(|i| status(i, None, InterfaceState::Failed)).collect();
+        check_hello(&failed).unwrap();
         check_hello(&many[..MAX_PRESENT]).unwrap();
     }
 
@@ -226,7 +240,6 @@ mod tests {
     fn states_must_fit_what_the_push_asked_of_each_mac() {
         for (bad, role) in [
             (status(1, Some(0), InterfaceState::Held), "names it as an interface"),
-            (status(1, Some(0), InterfaceState::Removed), "names it as an interface"),
             (status(3, Some(0), InterfaceState::Applied), "holds it"),
             (status(7, Some(0), InterfaceState::Applied), "does not name it"),
             (status(7, Some(0), InterfaceState::Held), "does not name it"),
@@ -234,6 +247,9 @@ mod tests {
             let err = check_against_set(&set(), &[bad]).unwrap_err();
             assert!(err.to_string().contains(role), "{err}");
         }
+        // The second of two files for one MAC is removed beside the one kept.
+        let second_file = [status(1, Some(0), InterfaceState::Applied), status(1, Some(4), InterfaceState::Removed)];
+        check_against_set(&set(), &second_file).unwrap();
         let removed: Vec<_> =
             (10..=MAX_PRESENT as u16 + 10).map(|i| status(i, None, InterfaceState::Removed)).collect();
         assert!(matches!(check_against_set(&set(), &removed), Err(ClaimError::TooMany { what: "removed", .. })));

@@ -228,3 +228,29 @@ fn the_wire_bound_is_an_upper_bound() {
     };
     assert!(prost::Message::encoded_len(&envelope) <= wire_bound(&set));
 }
+
+#[test]
+fn a_second_file_removed_beside_the_kept_one_leaves_the_interface_applied() {
+    let fleet = fleet_of_four(Duration::ZERO);
+    let (session, rx, _) = fleet.connect(&hello("n1", None, []));
+    let pushed = rx.borrow().clone().unwrap();
+    let mut interfaces = hello("n1", None, [2, 3]).interfaces;
+    interfaces.push(InterfaceStatus::problem(
+        mac(2),
+        InterfaceName::new(7, 100),
+        multinic_proto::InterfaceState::Removed,
+        multinic_proto::ErrorCode::None,
+        "a second file of this MAC",
+    ));
+    let report = AgentReport {
+        generation: pushed.generation,
+        nonce: 5,
+        digest: Some(pushed.set.digest().clone()),
+        outcome: Outcome::Applied,
+        interfaces,
+        error: String::new(),
+    };
+    crate::claims::check_report(&pushed.set, pushed.generation, &report).unwrap();
+    fleet.record(&name("n1"), session, &pushed, &report).unwrap();
+    assert_eq!(fleet.node(&name("n1")).unwrap().convergence, Convergence::Converged);
+}

@@ -30,7 +30,7 @@ pub use node::{
     Applied, Convergence, InterfaceRecord, MAX_PUSH_BYTES, NodeProblem, Published, SessionInfo, UNANSWERED_AFTER,
     Unanswered, human, wire_bound,
 };
-use node::{NodeEntry, apply_report, present_in};
+use node::{NodeEntry, Refreshed, apply_report, present_in};
 use removals::GuardState;
 pub use removals::{ConfirmError, GuardStatus};
 
@@ -261,10 +261,13 @@ impl Fleet {
         } else {
             g.totals = totals;
             for name in touched {
-                if let Some(mut entry) = self.nodes.get_mut(&name)
-                    && entry.refresh(hold, true)
-                {
-                    changed.push(name);
+                let Some(mut entry) = self.nodes.get_mut(&name) else { continue };
+                match entry.refresh(hold, true) {
+                    Refreshed::Published => changed.push(name),
+                    Refreshed::ProblemChanged => {
+                        let _ = self.changes.send(name);
+                    }
+                    Refreshed::Nothing => {}
                 }
             }
         }

@@ -97,6 +97,16 @@ pub struct Applied {
     pub at: SystemTime,
 }
 
+/// What [`NodeEntry::refresh`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refreshed {
+    Nothing,
+    /// A new set was published.
+    Published,
+    /// No new set, but whether one can be delivered changed.
+    ProblemChanged,
+}
+
 /// Something wrong with a node as a whole, for status views.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeProblem {
@@ -216,25 +226,29 @@ impl NodeEntry {
 
     /// Recomputes the set to push (the database's set, plus the removals the
     /// guard holds, within the message limit) and publishes it if it changed
-    /// and the fleet was read. Returns whether what status shows changed.
-    pub(super) fn refresh(&mut self, hold: bool, synced: bool) -> bool {
+    /// and the fleet was read.
+    pub(super) fn refresh(&mut self, hold: bool, synced: bool) -> Refreshed {
         self.counts = self.guard_counts();
         self.guarded = if hold { guard::removals(self.inventory(), &self.desired.set) } else { BTreeSet::new() };
         if !synced {
-            return false;
+            return Refreshed::Nothing;
         }
         match self.set_to_push() {
             Ok(set) => {
-                let was = self.undeliverable.take().is_some();
-                self.publish(&set) || was
+                let was_undeliverable = self.undeliverable.take().is_some();
+                match self.publish(&set) {
+                    true => Refreshed::Published,
+                    false if was_undeliverable => Refreshed::ProblemChanged,
+                    false => Refreshed::Nothing,
+                }
             }
             Err(why) => {
                 if self.undeliverable.as_deref() == Some(why.as_str()) {
-                    return false;
+                    return Refreshed::Nothing;
                 }
                 tracing::warn!(problem = %why, "a desired set cannot be delivered; the node keeps what it has");
                 self.undeliverable = Some(why);
-                true
+                Refreshed::ProblemChanged
             }
         }
     }
@@ -385,8 +399,8 @@ pub(super) fn apply_report(entry: &mut NodeEntry, pushed: &Published, generation
     let mut interfaces = BTreeMap::new();
     for status in statuses {
         let spec = pushed.set.get(&status.mac).copied();
-        if spec.is_none() && !pushed.set.is_held(&status.mac) {
-            continue; // removed, or not part of this set
+        if status.state == InterfaceState::Removed || (spec.is_none() && !pushed.set.is_held(&status.mac)) {
+            continue; // removed (a second file of a kept MAC, too), or not part of this set
         }
         let since = match entry.interfaces.get(&status.mac) {
             Some(old) if old.status.state == status.state && old.status.code == status.code && old.spec == spec => {
@@ -412,14 +426,5 @@ pub(super) fn apply_report(entry: &mut NodeEntry, pushed: &Published, generation
 
 /// The MACs a node's agent has configured (or keeps), from its statuses.
 pub(super) fn present_in(statuses: &[InterfaceStatus]) -> BTreeSet<MacAddress> {
-    statuses
-        .iter()
-        .filter(|s| {
-            matches!(
-                s.state,
-                InterfaceState::Applied | InterfaceState::Waiting | InterfaceState::Failed | InterfaceState::Held
-            )
-        })
-        .map(|s| s.mac)
-        .collect()
+    statuses.iter().filter(|s| crate::claims::has_it(s)).map(|s| s.mac).collect()
 }

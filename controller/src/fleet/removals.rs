@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use multinic_proto::{MacAddress, NodeName};
 
+use super::node::Refreshed;
 use super::{Fleet, lock, read};
 use crate::guard::{self, Counts, Verdict};
 
@@ -63,8 +64,9 @@ impl Fleet {
             return;
         }
         g.totals = totals;
-        if let Some(mut entry) = self.nodes.get_mut(name) {
-            entry.refresh(hold, synced);
+        let refreshed = self.nodes.get_mut(name).map(|mut entry| entry.refresh(hold, synced));
+        if refreshed == Some(Refreshed::ProblemChanged) {
+            let _ = self.changes.send(name.clone());
         }
     }
 
@@ -100,8 +102,12 @@ impl Fleet {
         });
         let hold = self.judge(g, totals);
         for mut entry in self.nodes.iter_mut() {
-            if entry.refresh(hold, synced) {
-                changed.push(entry.key().clone());
+            match entry.refresh(hold, synced) {
+                Refreshed::Published => changed.push(entry.key().clone()),
+                Refreshed::ProblemChanged => {
+                    let _ = self.changes.send(entry.key().clone());
+                }
+                Refreshed::Nothing => {}
             }
         }
         g.totals = totals;
