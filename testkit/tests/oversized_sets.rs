@@ -30,7 +30,8 @@ async fn node(url: &str, name: &str) -> Option<v1::NodeStatus> {
     let mut client = FleetServiceClient::connect(url.to_owned()).await.unwrap();
     match client.get_node(GetNodeRequest { name: name.into() }).await {
         Ok(node) => Some(node.into_inner()),
-        Err(status) if status.code() == tonic::Code::NotFound => None,
+        // Not read yet, or not active yet.
+        Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::Unavailable) => None,
         Err(status) => panic!("{status:?}"),
     }
 }
@@ -70,6 +71,7 @@ async fn a_set_that_cannot_be_pushed_is_a_node_problem_until_the_rows_are_fixed(
     let good = NewRow::new("b1", "node-b", "fa:16:3e:00:6b:01").insert(&pool).await;
     insert_bad_rows(&pool, "node-b", 0xb0, BAD_ROWS).await;
     let controller = TestController::start(&db.url(), POLL).await;
+    controller.wait_active().await;
     // A fresh agent has not said what it has: the held MACs cannot be
     // trimmed to it, and all of them do not fit.
     let agent = TestAgent::start(&controller.url(), "node-b").await;
