@@ -126,7 +126,12 @@ const NODE_KEYS: &[&str] = &[
     "applied_generation",
     "applied_digest",
     "interfaces",
+    "interfaces_omitted",
     "row_problems",
+    "row_problems_omitted",
+    "row_warnings",
+    "row_warnings_omitted",
+    "problems",
 ];
 const INTERFACE_KEYS: &[&str] =
     &["node", "mac_address", "name", "address", "mtu", "state", "error_code", "message", "last_change", "row_ids"];
@@ -143,6 +148,9 @@ const SUMMARY_KEYS: &[&str] = &[
     "invalid_rows",
     "controller_version",
     "row_problems",
+    "row_problems_omitted",
+    "row_warnings",
+    "row_warnings_omitted",
     "removals_held",
     "removal_guard",
     "removal_guard_token",
@@ -267,4 +275,55 @@ async fn a_converged_fleet_exits_0_and_watch_streams_changes() {
     child.kill().await.unwrap();
     controller.stop().await;
     a.stop().await;
+}
+
+/// One node with thousands of bad rows, an address on two nodes, and a
+/// reader that closes the pipe early: views stay bounded and say how much
+/// they leave out, the duplicate address is a warning, and a closed stdout
+/// ends the output quietly with the status's exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_views_warnings_and_a_closed_pipe() {
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    multinic_testkit::rows::insert_rejected_rows(&pool, "node-dirty", 0xd0, 3000).await.unwrap();
+    insert(&pool, "w1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
+    insert(&pool, "w2", Some("node-b"), "fa:16:3e:0b:00:01", Some("10.7.0.11"), 1500).await;
+    let controller = TestController::start(&db.url(), Duration::from_millis(200)).await;
+    let a = TestAgent::start(&controller.url(), "node-a").await;
+    let b = TestAgent::start(&controller.url(), "node-b").await;
+    wait_for(&controller, "node-a", Convergence::Converged).await;
+    wait_for(&controller, "node-b", Convergence::Converged).await;
+
+    let node = cli(&controller, &["get", "node", "node-dirty"]).await;
+    assert_eq!(node.code, 0, "{}", node.stderr);
+    assert!(node.stdout.contains("... and 2800 more held interfaces not listed"), "{}", node.stdout);
+    assert!(node.stdout.contains("... and 2800 more rejected rows not listed"), "{}", node.stdout);
+    let status = cli(&controller, &["status"]).await;
+    assert_eq!(status.code, 2);
+    assert!(status.stdout.contains("Bad rows:   3000\n"), "{}", status.stdout);
+    assert!(status.stdout.contains("... and 2800 more rejected rows not listed"), "{}", status.stdout);
+    assert!(status.stdout.contains("Warnings:   2 row(s) look wrong but are applied"), "{}", status.stdout);
+    assert!(status.stdout.contains("address 10.7.0.11 is also desired for fa:16:3e:0b:00:01 on node node-b"));
+    let json: Value = serde_json::from_str(&cli(&controller, &["status", "-o", "json"]).await.stdout).unwrap();
+    assert_eq!(json["summary"]["row_problems_omitted"], 2800);
+    assert_eq!(json["summary"]["row_warnings"][0]["error_code"], "DUPLICATE_ADDRESS");
+
+    // `multinicctl status | head -0`: the reader is gone before anything is written.
+    let addr = controller.grpc.to_string();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_multinicctl"))
+        .args(["--insecure", "--controller", &addr, "status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "a closed pipe is not an error: {stderr}");
+    assert_eq!(out.status.code(), Some(2), "the status's own exit code");
+
+    controller.stop().await;
+    a.stop().await;
+    b.stop().await;
 }

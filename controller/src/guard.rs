@@ -95,8 +95,11 @@ pub fn verdict(config: &GuardConfig, counts: Counts, warming_up: Option<Duration
 }
 
 /// The MACs of `present` that the desired set no longer names.
-pub fn removals(present: &BTreeSet<MacAddress>, desired: &multinic_proto::DesiredSet) -> BTreeSet<MacAddress> {
-    present.iter().filter(|mac| desired.get(mac).is_none() && !desired.is_held(mac)).copied().collect()
+pub fn removals<'a>(
+    present: impl IntoIterator<Item = &'a MacAddress>,
+    desired: &multinic_proto::DesiredSet,
+) -> BTreeSet<MacAddress> {
+    present.into_iter().filter(|mac| desired.get(mac).is_none() && !desired.is_held(mac)).copied().collect()
 }
 
 /// A short name for one exact set of held removals, for confirmation.
@@ -145,7 +148,7 @@ mod tests {
         let spec = InterfaceSpec::new(mac(1), None, Mtu::DEFAULT).unwrap();
         let set = DesiredSet::with_held([spec], [mac(2)]).unwrap();
         let present: BTreeSet<_> = [mac(1), mac(2), mac(3)].into();
-        assert_eq!(removals(&present, &set), [mac(3)].into());
+        assert_eq!(removals(&present, &set), BTreeSet::from([mac(3)]));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod alert_metrics;
 pub mod args;
 pub mod change;
+pub mod claims;
 pub mod desired;
 pub mod fleet;
 pub mod fleet_rows;
@@ -66,6 +67,8 @@ pub struct ControllerConfig {
     pub drain_timeout: Duration,
     /// When mass removals are held back.
     pub guard: guard::GuardConfig,
+    /// A push the agent has not answered for this long shows in status.
+    pub push_answer_timeout: Duration,
     /// mTLS (the default of the binary) or plaintext (`--insecure`).
     pub transport: Transport,
 }
@@ -139,7 +142,7 @@ impl Controller {
             },
             Transport::Insecure => None,
         };
-        let fleet = Arc::new(Fleet::with_guard(config.guard));
+        let fleet = Arc::new(Fleet::with_guard(config.guard).answer_within(config.push_answer_timeout));
         Ok(Self {
             config,
             grpc,
@@ -189,6 +192,7 @@ impl Controller {
             drain_timeout,
             transport,
             guard: _,
+            push_answer_timeout: _,
         } = config;
         let serving = Arc::new(AtomicBool::new(false));
         let certificates = alert_metrics::WatchedCertificates::of(&transport);

@@ -112,6 +112,10 @@ impl From<ErrorCode> for v1::ErrorCode {
             ErrorCode::DuplicateMac => Self::DuplicateMac,
             ErrorCode::RemovalHeld => Self::RemovalHeld,
             ErrorCode::Internal => Self::Internal,
+            ErrorCode::PushTooLarge => Self::PushTooLarge,
+            ErrorCode::PushUnanswered => Self::PushUnanswered,
+            ErrorCode::PushRejected => Self::PushRejected,
+            ErrorCode::DuplicateAddress => Self::DuplicateAddress,
         }
     }
 }
@@ -134,6 +138,10 @@ impl From<i32> for ErrorCode {
             Ok(v1::ErrorCode::InvalidRow) => Self::InvalidRow,
             Ok(v1::ErrorCode::DuplicateMac) => Self::DuplicateMac,
             Ok(v1::ErrorCode::RemovalHeld) => Self::RemovalHeld,
+            Ok(v1::ErrorCode::PushTooLarge) => Self::PushTooLarge,
+            Ok(v1::ErrorCode::PushUnanswered) => Self::PushUnanswered,
+            Ok(v1::ErrorCode::PushRejected) => Self::PushRejected,
+            Ok(v1::ErrorCode::DuplicateAddress) => Self::DuplicateAddress,
             Ok(v1::ErrorCode::Internal) | Err(_) => Self::Internal,
         }
     }

@@ -78,3 +78,45 @@ async fn changes_of_every_kind_reach_the_node() {
     controller.stop().await;
     node.stop().await;
 }
+
+/// A `multi_subnet` row that is soft-deleted no longer supplies the cidr of
+/// rows whose own cidr is NULL: such a row is rejected (its MAC held, the
+/// node keeps what it has) and says why; rows with their own cidr go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_deleted_subnet_supplies_no_cidr() {
+    use multinic_testkit::rows::netplan_success_of_port;
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    let mut conn = db.connection().await;
+    execute(&mut conn, "INSERT INTO multi_subnet (subnet_id, cidr) VALUES ('sub-9', '10.9.0.0/16')").await;
+    execute(
+        &mut conn,
+        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) VALUES \
+         ('s1', 'sub-9', 'fa:16:3e:00:39:01', 'node-s', '10.9.0.7', NULL, 1500), \
+         ('s2', 'sub-9', 'fa:16:3e:00:39:02', 'node-s', '10.8.0.7', '10.8.0.0/24', 1500)",
+    )
+    .await;
+    let controller = TestController::start(&db.url(), POLL).await;
+    let node = TestAgent::start(&controller.url(), "node-s").await;
+    wait_file(&node, 0, "10.9.0.7/16").await;
+    eventually(WAIT, "both rows applied", || async {
+        (netplan_success_of_port(&pool, "s1").await == 1 && netplan_success_of_port(&pool, "s2").await == 1)
+            .then_some(())
+    })
+    .await;
+
+    execute(&mut conn, "UPDATE multi_subnet SET deleted_at = NOW() WHERE subnet_id = 'sub-9'").await;
+    let name = "node-s".parse().unwrap();
+    let problem = eventually(WAIT, "s1 rejected for want of a cidr", || async {
+        let node = controller.fleet.node(&name)?;
+        node.desired.problems.iter().find(|p| p.mac == "fa:16:3e:00:39:01").map(|p| p.message.clone())
+    })
+    .await;
+    assert!(problem.contains("no cidr"), "{problem}");
+    eventually(WAIT, "s1 reads 0", || async { (netplan_success_of_port(&pool, "s1").await == 0).then_some(()) }).await;
+    tokio::time::sleep(POLL * 4).await;
+    assert!(node.netplan_file(0).unwrap().contains("10.9.0.7/16"), "held: left as it is");
+    assert_eq!(netplan_success_of_port(&pool, "s2").await, 1, "a row with its own cidr is untouched");
+    controller.stop().await;
+    node.stop().await;
+}

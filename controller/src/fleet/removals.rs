@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use multinic_proto::{MacAddress, NodeName};
 
+use super::node::Refreshed;
 use super::{Fleet, lock, read};
 use crate::guard::{self, Counts, Verdict};
 
@@ -63,9 +64,16 @@ impl Fleet {
             return;
         }
         g.totals = totals;
-        if let Some(mut entry) = self.nodes.get_mut(name) {
-            entry.refresh(hold, synced);
+        let refreshed = self.nodes.get_mut(name).map(|mut entry| entry.refresh(hold, synced));
+        if refreshed == Some(Refreshed::ProblemChanged) {
+            let _ = self.changes.send(name.clone());
         }
+    }
+
+    /// Whether the guard still warms up (this replica became active less
+    /// than the warm-up ago), when agents report what they have.
+    pub(super) fn warming_up(&self) -> bool {
+        lock(&self.guard).activated.is_none_or(|t| t.elapsed() < self.guard_config.warmup)
     }
 
     /// Judges the guard again with unchanged counts (the warm-up may have
@@ -94,8 +102,12 @@ impl Fleet {
         });
         let hold = self.judge(g, totals);
         for mut entry in self.nodes.iter_mut() {
-            if entry.refresh(hold, synced) {
-                changed.push(entry.key().clone());
+            match entry.refresh(hold, synced) {
+                Refreshed::Published => changed.push(entry.key().clone()),
+                Refreshed::ProblemChanged => {
+                    let _ = self.changes.send(entry.key().clone());
+                }
+                Refreshed::Nothing => {}
             }
         }
         g.totals = totals;
@@ -145,7 +157,7 @@ impl Fleet {
     fn removals(&self) -> BTreeSet<(NodeName, MacAddress)> {
         let mut all = BTreeSet::new();
         for entry in &self.nodes {
-            for mac in guard::removals(&entry.present, &entry.desired.set) {
+            for mac in guard::removals(entry.inventory(), &entry.desired.set) {
                 all.insert((entry.key().clone(), mac));
             }
         }

@@ -9,7 +9,7 @@ fn row(id: i64, node: &str, mac: &str, mtu: i64, success: i64) -> InterfaceRow {
     InterfaceRow::plain(id, node, mac, mtu, success)
 }
 
-fn hello(node: &str, digest: Option<Digest>) -> AgentHello {
+pub(super) fn hello(node: &str, digest: Option<Digest>) -> AgentHello {
     AgentHello {
         node: node.parse().unwrap(),
         agent_version: "t".into(),
@@ -54,7 +54,7 @@ fn report_drives_row_updates_for_exact_content_only() {
     let a: NodeName = "a".parse().unwrap();
     let snap = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
     fleet.publish(desired_fleet(&snap));
-    let (session, rx) = fleet.connect(&hello("a", None));
+    let (session, rx, _) = fleet.connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
     fleet.record(&a, session, &pushed, &applied_report(&pushed)).unwrap();
     let updates = fleet.row_updates(&a);
@@ -82,7 +82,7 @@ fn failed_interfaces_and_invalid_rows_read_zero() {
     let snap =
         FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 1), row(2, "a", "fa:16:3e:00:00:02", 0, 1)] };
     fleet.publish(desired_fleet(&snap));
-    let (session, rx) = fleet.connect(&hello("a", None));
+    let (session, rx, _) = fleet.connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
     let mac: MacAddress = "fa:16:3e:00:00:01".parse().unwrap();
     let report = AgentReport {
@@ -111,8 +111,8 @@ fn replaced_sessions_cannot_record() {
     let fleet = Fleet::new();
     let a: NodeName = "a".parse().unwrap();
     fleet.publish(desired_fleet(&FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] }));
-    let (old, rx) = fleet.connect(&hello("a", None));
-    let (_new, _) = fleet.connect(&hello("a", None));
+    let (old, rx, _) = fleet.connect(&hello("a", None));
+    let (_new, _, _) = fleet.connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
     assert!(matches!(
         fleet.record(&a, old, &pushed, &applied_report(&pushed)),
@@ -146,11 +146,11 @@ fn adopt_takes_hello_when_digest_matches() {
     let mut h = hello("a", Some(digest));
     h.interfaces =
         vec![InterfaceStatus::applied("fa:16:3e:00:00:01".parse().unwrap(), InterfaceName::new(0, 10).unwrap())];
-    let (session, _) = fleet.connect(&h);
+    let (session, _, _) = fleet.connect(&h);
     assert!(fleet.adopt(session, &h).is_some());
     assert_eq!(fleet.node(&"a".parse().unwrap()).unwrap().convergence, Convergence::Converged);
     let other = hello("a", None);
-    let (session, _) = fleet.connect(&other);
+    let (session, _, _) = fleet.connect(&other);
     assert!(fleet.adopt(session, &other).is_none());
 }
 

@@ -17,10 +17,11 @@ pub enum Dialect {
     Sqlite,
 }
 
+// A soft-deleted multi_subnet row supplies no cidr (the join skips it).
 const SELECT_WITH_SUBNET: &str = "\
     SELECT i.id, i.macaddress, i.attached_node_name, i.address, i.cidr, s.cidr AS subnet_cidr, \
            i.mtu, i.netplan_success \
-    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id \
+    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id AND s.deleted_at IS NULL \
     WHERE i.deleted_at IS NULL ORDER BY i.id";
 
 const SELECT_WITHOUT_SUBNET: &str = "\
@@ -61,7 +62,7 @@ const PROBE_SQLITE_WITHOUT_SUBNET: &str = "\
 const CHANGED_MYSQL_WITH_SUBNET: &str = "\
     SELECT i.id, i.macaddress, i.attached_node_name, i.address, i.cidr, s.cidr AS subnet_cidr, \
            i.mtu, i.netplan_success, CAST(i.deleted_at IS NOT NULL AS SIGNED) AS deleted \
-    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id \
+    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id AND s.deleted_at IS NULL \
     WHERE UNIX_TIMESTAMP(i.modified_at) >= ?";
 
 const CHANGED_MYSQL_WITHOUT_SUBNET: &str = "\
@@ -72,7 +73,7 @@ const CHANGED_MYSQL_WITHOUT_SUBNET: &str = "\
 const CHANGED_SQLITE_WITH_SUBNET: &str = "\
     SELECT i.id, i.macaddress, i.attached_node_name, i.address, i.cidr, s.cidr AS subnet_cidr, \
            i.mtu, i.netplan_success, (i.deleted_at IS NOT NULL) AS deleted \
-    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id \
+    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id AND s.deleted_at IS NULL \
     WHERE CAST(strftime('%s', i.modified_at) AS INTEGER) >= ?";
 
 const CHANGED_SQLITE_WITHOUT_SUBNET: &str = "\
@@ -179,6 +180,11 @@ mod tests {
             assert_eq!(Dialect::Sqlite.select_changed(subnet).matches('?').count(), 1);
             assert!(Dialect::Sqlite.probe(subnet).contains("strftime"));
             assert!(Dialect::MySql.probe(subnet).contains("UNIX_TIMESTAMP"));
+        }
+        for dialect in [Dialect::MySql, Dialect::Sqlite] {
+            for sql in [dialect.select_fleet(true), dialect.select_changed(true)] {
+                assert!(sql.contains("s.subnet_id = i.subnet_id AND s.deleted_at IS NULL"), "{sql}");
+            }
         }
     }
 }

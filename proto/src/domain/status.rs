@@ -72,6 +72,10 @@ pub enum ErrorCode {
     DuplicateMac,
     RemovalHeld,
     Internal,
+    PushTooLarge,
+    PushUnanswered,
+    PushRejected,
+    DuplicateAddress,
 }
 
 impl ErrorCode {
@@ -92,6 +96,10 @@ impl ErrorCode {
             Self::DuplicateMac => "DUPLICATE_MAC",
             Self::RemovalHeld => "REMOVAL_HELD",
             Self::Internal => "INTERNAL",
+            Self::PushTooLarge => "PUSH_TOO_LARGE",
+            Self::PushUnanswered => "PUSH_UNANSWERED",
+            Self::PushRejected => "PUSH_REJECTED",
+            Self::DuplicateAddress => "DUPLICATE_ADDRESS",
         }
     }
 }
