@@ -240,10 +240,10 @@ fn unconverged_nodes_name_each_node_that_is_not_converged_and_why() {
 
     // a applies everything, b is pushed to but has not answered, c stays away;
     // d has no rows: its agent gets the empty set and is pending until it says so.
-    let (session, rx) = fleet.connect(&hello("a", None));
+    let (session, rx, _) = fleet.connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
     fleet.record(&name("a"), session, &pushed, &applied_report(&pushed)).unwrap();
-    let (b_session, _) = fleet.connect(&hello("b", None));
+    let (b_session, _, _) = fleet.connect(&hello("b", None));
     let _ = fleet.connect(&hello("d", None));
     assert_eq!(
         fleet.unconverged_nodes(usize::MAX),
