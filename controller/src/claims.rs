@@ -181,6 +181,7 @@ mod tests {
             outcome,
             interfaces,
             error: String::new(),
+            drift: Vec::new(),
         }
     }
 

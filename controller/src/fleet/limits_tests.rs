@@ -110,6 +110,7 @@ fn a_report_speaks_only_for_the_macs_its_push_named() {
         outcome: Outcome::Applied,
         interfaces: hello("n1", None, [2, 3]).interfaces,
         error: String::new(),
+        drift: Vec::new(),
     };
     // A status about another MAC sneaked in (a caller that skipped the checks).
     report.interfaces.push(InterfaceStatus::applied(mac(900), InterfaceName::new(5, 100).unwrap()));
@@ -249,6 +250,7 @@ fn a_second_file_removed_beside_the_kept_one_leaves_the_interface_applied() {
         outcome: Outcome::Applied,
         interfaces,
         error: String::new(),
+        drift: Vec::new(),
     };
     crate::claims::check_report(&pushed.set, pushed.generation, &report).unwrap();
     fleet.record(&name("n1"), session, &pushed, &report).unwrap();

@@ -33,6 +33,7 @@ fn applied_report(p: &Published) -> AgentReport {
             .map(|(i, s)| InterfaceStatus::applied(s.mac, InterfaceName::new(i as u8, 10).unwrap()))
             .collect(),
         error: String::new(),
+        drift: Vec::new(),
     }
 }
 
@@ -98,6 +99,7 @@ fn failed_interfaces_and_invalid_rows_read_zero() {
             "full",
         )],
         error: String::new(),
+        drift: Vec::new(),
     };
     fleet.record(&a, session, &pushed, &report).unwrap();
     let mut updates: Vec<_> = fleet.row_updates(&a).into_iter().map(|u| (u.id, u.success)).collect();

@@ -347,6 +347,9 @@ pub fn node_status(node: &NodeSnapshot) -> v1::NodeStatus {
         row_warnings: warnings.iter().take(VIEW_LIMIT).map(row_problem).collect(),
         row_warnings_omitted: count(warnings.len().saturating_sub(VIEW_LIMIT)),
         problems: node.problems.iter().map(node_problem).collect(),
+        last_drift_unix_ms: 0,
+        last_drift: Vec::new(),
+        drift_repairs: 0,
     }
 }
 
