@@ -10,12 +10,14 @@
 //!   module reported drifted; any file of ours that should not be there;
 //! - with `--drift-repair=false` a drifted interface is reported failed
 //!   (`DRIFTED`) until it is in line again;
-//! - otherwise it is repaired, at most [`MAX_REPAIRS`] times per
-//!   [`WINDOW_INTERVALS`] intervals, waiting 1, 2, 4… intervals between
-//!   repairs; drift seen again after that is a fight with something on the
-//!   node (a daemon, an admin, a script): the interface is reported failed
-//!   (`DRIFT_REPEATED`, what changed and how often) and left alone until a
-//!   new push or [`RETRY_INTERVALS`] intervals later. Never a loop.
+//! - otherwise it is repaired; the same kind of drift on one interface at
+//!   most [`MAX_REPAIRS`] times per [`WINDOW_INTERVALS`] intervals, waiting
+//!   1, 2, 4… intervals between repairs of it; that kind seen again after
+//!   that is a fight with something on the node (a daemon, an admin, a
+//!   script): the interface is reported failed (`DRIFT_REPEATED`, what
+//!   changed and how often) and left alone until a new push or
+//!   [`RETRY_INTERVALS`] intervals later. Never a loop. (Different changes
+//!   one after another, an admin at work, are no fight.)
 //!
 //! It never touches the node and never decides what drifted (the
 //! reconciler's check does).
@@ -27,7 +29,8 @@ use multinic_proto::{DriftKind, ErrorCode, InterfaceState, InterfaceStatus, MacA
 
 use crate::reconcile::{Drift, DriftCheck};
 
-/// Repairs of one interface within the window before the agent stops.
+/// Repairs of one kind of drift on one interface within the window before
+/// the agent stops.
 pub const MAX_REPAIRS: usize = 3;
 /// The window repairs are counted in, in check intervals (30 min at 60 s).
 pub const WINDOW_INTERVALS: u32 = 30;
@@ -49,16 +52,16 @@ impl DriftConfig {
     pub const OFF: Self = Self { interval: Duration::ZERO, repair: false };
 }
 
-/// One interface's history of drift.
+/// One interface's history of drift, per kind.
 #[derive(Debug, Clone, Default)]
 struct Tracker {
-    /// When it was repaired, within the window.
-    repairs: Vec<Instant>,
-    /// Not repaired again before this.
-    next_repair: Option<Instant>,
+    /// When each kind was repaired, within the window.
+    repairs: BTreeMap<DriftKind, Vec<Instant>>,
+    /// Each kind is not repaired again before this.
+    next_repair: BTreeMap<DriftKind, Instant>,
     /// Given up until then.
     given_up_until: Option<Instant>,
-    /// How often each kind was seen since the first repair in the window.
+    /// How often each kind was seen since its first repair in the window.
     seen: BTreeMap<DriftKind, u32>,
 }
 
@@ -192,36 +195,48 @@ impl DriftPolicy {
                 // The long interval passed: one more round of repairs.
                 *tracker = Tracker::default();
             }
-            tracker.repairs.retain(|at| now.saturating_duration_since(*at) < window);
-            if tracker.repairs.is_empty() {
-                tracker.seen.clear();
+            for (kind, at) in &mut tracker.repairs {
+                at.retain(|t| now.saturating_duration_since(*t) < window);
+                if at.is_empty() {
+                    tracker.seen.remove(kind);
+                }
             }
+            tracker.repairs.retain(|_, at| !at.is_empty());
             for drift in &drifts {
                 *tracker.seen.entry(drift.kind).or_default() += 1;
             }
-            if tracker.repairs.len() >= MAX_REPAIRS {
+            let kinds: BTreeSet<DriftKind> = drifts.iter().map(|d| d.kind).collect();
+            let repaired = |kind: &DriftKind| tracker.repairs.get(kind).map_or(0, Vec::len);
+            if let Some(fought) = kinds.iter().copied().filter(|k| repaired(k) >= MAX_REPAIRS).min() {
                 let retry = interval.saturating_mul(RETRY_INTERVALS);
-                tracker.given_up_until = Some(now + retry);
-                let first = tracker.repairs.first().copied().unwrap_or(now);
+                let first = tracker.repairs[&fought].first().copied().unwrap_or(now);
                 let message = format!(
                     "drifted again after {} repairs in {}: {} (seen: {}); something on the node keeps changing it \
                      (a daemon, an admin, a script): not repaired again until a new push, or in {}",
-                    tracker.repairs.len(),
+                    repaired(&fought),
                     human(now.saturating_duration_since(first)),
                     said(&drifts),
-                    tracker.seen.iter().map(|(k, n)| format!("{k} {n}×")).collect::<Vec<_>>().join(", "),
+                    kinds
+                        .iter()
+                        .map(|k| format!("{k} {}×", tracker.seen.get(k).copied().unwrap_or(0)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     human(retry),
                 );
+                tracker.given_up_until = Some(now + retry);
                 decision.given_up.insert(*mac, (drifts, message));
                 continue;
             }
-            if tracker.next_repair.is_some_and(|at| now < at) {
+            if kinds.iter().any(|k| tracker.next_repair.get(k).is_some_and(|at| now < *at)) {
                 decision.deferred.insert(*mac, drifts);
                 continue;
             }
-            tracker.repairs.push(now);
-            let backoff = interval.saturating_mul(1 << (tracker.repairs.len() - 1).min(16));
-            tracker.next_repair = Some(now + backoff);
+            for kind in kinds {
+                let at = tracker.repairs.entry(kind).or_default();
+                at.push(now);
+                let backoff = interval.saturating_mul(1 << (at.len() - 1).min(16));
+                tracker.next_repair.insert(kind, now + backoff);
+            }
             decision.reconcile.insert(*mac);
             decision.repairs.insert(*mac, drifts);
         }

@@ -175,3 +175,18 @@ fn a_change_that_is_not_drift_is_reconciled_without_a_repair() {
     assert!(p.decide(&check, &failed, t0).is_quiet());
     assert!(p.decide(&check, &[], t0).repairs.contains_key(&mac(9)), "else it is removed");
 }
+
+#[test]
+fn different_changes_one_after_another_are_no_fight() {
+    let t0 = Instant::now();
+    let mut p = policy(true);
+    p.pushed(t0);
+    // An admin at work: a different change on the same interface each minute.
+    for (n, kind) in (1..).zip(DriftKind::ALL) {
+        let mut check = DriftCheck::default();
+        let drift = Drift { kind, ..mtu_drift() };
+        check.interfaces.insert(mac(1), Verdict { drifts: vec![drift], changed: None });
+        let d = p.decide(&check, &statuses(), t0 + I * n);
+        assert!(d.repairs.contains_key(&mac(1)) && d.given_up.is_empty(), "{kind}: {d:?}");
+    }
+}
