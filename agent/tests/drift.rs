@@ -307,3 +307,55 @@ async fn with_repair_off_drift_is_reported_and_left_until_it_is_set_back() {
         .await;
     assert!(report.drift.is_empty());
 }
+
+/// End to end with the real controller binary and a private MariaDB: a
+/// repair given up sets the row's `netplan_success` to 0, the controller
+/// counts what the agent found and did, and a new push tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_given_up_sets_netplan_success_to_0_and_a_new_push_tries_again() {
+    use multinic_testkit::agent_process::AgentProcess;
+    use multinic_testkit::mariadb::MariaDb;
+    use multinic_testkit::process::{ControllerProcess, controller_beside};
+    use multinic_testkit::rows::{NewRow, wait_netplan_success};
+    use multinic_testkit::scrape::Metrics;
+
+    let Some(mut node) = Node::new() else { return };
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    let logs = tempfile::tempdir().unwrap();
+    let binary = controller_beside(env!("CARGO_BIN_EXE_multinic-agent"));
+    let controller = ControllerProcess::start(
+        &binary,
+        &db.url(),
+        multinic_testkit::free_addr(),
+        &logs.path().join("controller.log"),
+        &[],
+    )
+    .await;
+    controller.wait_ready().await;
+    node.kernel.add_nic("eth1", A);
+    node.kernel.add_nic("eth2", B);
+    let port = node.kernel.forward_to(controller.grpc);
+    let mut options = node.options("netlink", "netplan");
+    options.controller = format!("127.0.0.1:{port}");
+    options.extra_args = ["--drift-check-interval", "1s", "--http-listen", HTTP].map(str::to_owned).to_vec();
+    let a = NewRow::new("a", "node-under-test", A).address(Some("10.16.1.5"), Some("10.16.1.0/24")).insert(&pool).await;
+    let b = NewRow::new("b", "node-under-test", B).mtu(1400).insert(&pool).await;
+    node.agent = Some(AgentProcess::start(&options));
+    wait_netplan_success(&pool, a, 1).await;
+    wait_netplan_success(&pool, b, 1).await;
+
+    let fighter = Fighter::start(node.kernel.name());
+    wait_netplan_success(&pool, a, 0).await;
+    assert_eq!(multinic_testkit::rows::netplan_success(&pool, b).await, 1, "the other row stays 1");
+    let metrics = Metrics::scrape(controller.http).await;
+    let count =
+        |action| metrics.get("multinic_controller_drift_findings_total", &[("kind", "mtu"), ("action", action)]);
+    assert_eq!((count("repaired"), count("given_up")), (3.0, 1.0), "{}", controller.log());
+    drop(fighter);
+
+    // A new push (the row's MTU changes) applies the interface again.
+    sqlx::query("UPDATE multi_interface SET mtu = 1450 WHERE port_id = 'a'").execute(&pool).await.unwrap();
+    wait_netplan_success(&pool, a, 1).await;
+    assert_eq!(node.kernel.link("multinic0").unwrap().mtu, 1450);
+}
