@@ -18,7 +18,7 @@ use tracing::{debug, info, info_span, warn};
 
 use super::drift::{Decision, DriftPolicy};
 use super::watch::Unfinished;
-use super::{Applied, ApplyAbandoned, Trigger, Worker, merge, report};
+use super::{Applied, ApplyAbandoned, Trigger, Worker, merge, read_node, report};
 use crate::reconcile::{Drift, Scope};
 
 impl Worker {
@@ -29,20 +29,17 @@ impl Worker {
         let started = Instant::now();
         let (reconciler, set) = (self.reconciler.clone(), last.set.clone());
         let candidates = DriftPolicy::candidates(&last.statuses);
-        let checked = tokio::task::spawn_blocking(move || reconciler.check(&set, &candidates)).await;
+        let checked = read_node("the drift check", move || reconciler.check(&set, &candidates)).await;
         self.drift.checked(Instant::now());
         let metrics = self.status.metrics();
         metrics.drift_checks.inc();
         let check = match checked {
-            Ok(Ok(check)) => check,
-            Ok(Err(e)) => {
+            Some(Ok(check)) => check,
+            Some(Err(e)) => {
                 warn!(error = %e, "the drift check could not look at the node; it tries again in one interval");
                 return Ok(None);
             }
-            Err(e) => {
-                warn!(error = %e, "the drift check panicked");
-                return Ok(None);
-            }
+            None => return Ok(None),
         };
         for drift in check.interfaces.values().flat_map(|v| &v.drifts) {
             metrics.drift_detected.get_or_create(&vec![("kind", drift.kind.as_str())]).inc();

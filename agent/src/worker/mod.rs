@@ -229,15 +229,14 @@ impl Worker {
     async fn recheck(&mut self, nonce: u64) -> Result<Option<AgentReport>, ApplyAbandoned> {
         let Some(last) = &self.last else { return Ok(None) };
         let (reconciler, waiting) = (self.reconciler.clone(), last.waiting());
-        let appeared = match tokio::task::spawn_blocking(move || reconciler.present(&waiting)).await {
-            Ok(Ok(appeared)) if !appeared.is_empty() => appeared,
-            Ok(Ok(_)) => return Ok(None),
-            Ok(Err(e)) => {
-                debug!(error = %e, "cannot read links to look for waiting NICs");
-                return Ok(None);
-            }
+        let Some(present) = read_node("looking for waiting NICs", move || reconciler.present(&waiting)).await else {
+            return Ok(None);
+        };
+        let appeared = match present {
+            Ok(appeared) if !appeared.is_empty() => appeared,
+            Ok(_) => return Ok(None),
             Err(e) => {
-                warn!(error = %e, "looking for waiting NICs panicked");
+                debug!(error = %e, "cannot read links to look for waiting NICs");
                 return Ok(None);
             }
         };
@@ -271,6 +270,18 @@ impl Worker {
         // follow a closure onto another thread), so every line carries it.
         let inner = span.clone();
         self.watch.run(&self.status, generation, move || inner.in_scope(|| reconcile(&reconciler))).await
+    }
+}
+
+/// Runs `read` (a look at the node, no change) on the blocking pool; a
+/// panic is logged and gives `None`.
+async fn read_node<T: Send + 'static>(what: &'static str, read: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(value) => Some(value),
+        Err(e) => {
+            warn!(error = %e, "{what} panicked");
+            None
+        }
     }
 }
 
@@ -314,26 +325,24 @@ fn report(
             took_ms = took.as_millis() as u64,
             "applied desired state"
         ),
-        Trigger::Appeared(appeared) => info!(
-            appeared,
-            outcome = result.as_str(),
-            file_writes = work.file_writes,
-            netlink_changes = work.netlink_changes,
-            rollbacks = work.rollbacks,
-            apply_ms,
-            verify_ms,
-            "applied NICs that appeared"
-        ),
-        Trigger::Drift { findings, .. } => info!(
-            findings,
-            outcome = result.as_str(),
-            file_writes = work.file_writes,
-            netlink_changes = work.netlink_changes,
-            rollbacks = work.rollbacks,
-            apply_ms,
-            verify_ms,
-            "the drift check found the node out of line"
-        ),
+        Trigger::Appeared(_) | Trigger::Drift { .. } => {
+            let (what, appeared, findings) = match trigger {
+                Trigger::Drift { findings, .. } => ("the drift check found the node out of line", 0, findings),
+                Trigger::Appeared(appeared) => ("applied NICs that appeared", appeared, 0),
+                Trigger::Push => ("", 0, 0),
+            };
+            info!(
+                appeared,
+                findings,
+                outcome = result.as_str(),
+                file_writes = work.file_writes,
+                netlink_changes = work.netlink_changes,
+                rollbacks = work.rollbacks,
+                apply_ms,
+                verify_ms,
+                "{what}"
+            );
+        }
     });
     let kept: Vec<_> = last.statuses.iter().filter(|s| s.state != InterfaceState::Removed).cloned().collect();
     let processed =
