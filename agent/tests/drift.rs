@@ -46,6 +46,9 @@ async fn applied_node(interval: &str, repair: bool) -> Option<(Node, DesiredSet,
     Some((node, desired, nonce))
 }
 
+/// Makes one kind of drift happen on the node.
+type Drifts<'a> = dyn Fn() + 'a;
+
 /// The next report on `nonce` that carries drift of `kind`.
 async fn drift_report(node: &Node, nonce: u64, kind: DriftKind) -> AgentReport {
     let what = format!("a report of {kind} drift; agent log:\n{}", node.agent().log_text());
@@ -79,7 +82,7 @@ async fn each_kind_of_drift_is_repaired_at_the_next_check_and_nothing_else_moves
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     };
-    let cases: Vec<(DriftKind, &str, Box<dyn Fn()>)> = vec![
+    let cases: Vec<(DriftKind, &str, Box<Drifts>)> = vec![
         (DriftKind::Mtu, "MTU 1300", Box::new(|| ip(&["link", "set", "multinic0", "mtu", "1300"]))),
         (
             DriftKind::AddressMissing,
