@@ -88,18 +88,20 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_APPLY_DEADLINE", default_value = "3m", value_parser = parse_duration)]
     pub apply_deadline: Duration,
 
-    /// How often the node is checked for drift: the kernel (one netlink
-    /// dump) and our files compared with the last applied set, read only.
-    /// What drifted is repaired per interface (see --drift-repair) and
-    /// reported. 0 turns the check off.
+    /// How often the node is checked for drift, while the stream to the
+    /// controller is up: the kernel (one netlink dump) and our files
+    /// compared with the last applied set, read only. What drifted is
+    /// repaired per interface (see --drift-repair) and reported. 0 turns
+    /// the check off.
     #[arg(long, env = "MULTINIC_DRIFT_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration_or_zero)]
     pub drift_check_interval: Duration,
 
     /// Whether drift is repaired, through the same journal and rollback as
-    /// any apply (at most 3 times per interface in 30 check intervals; then
-    /// it is reported DRIFT_REPEATED and left alone until a new push or 60
-    /// intervals later). false: drift is only reported (the interface as
-    /// failed, DRIFTED) until it is back as applied.
+    /// any apply (one kind of drift on one interface at most 3 times in 30
+    /// check intervals; seen again, the interface is reported
+    /// DRIFT_REPEATED and left alone until a new push or 60 intervals
+    /// later). false: drift is only reported (the interface as failed,
+    /// DRIFTED) until it is back as applied.
     #[arg(long, env = "MULTINIC_DRIFT_REPAIR", default_value_t = true, action = clap::ArgAction::Set)]
     pub drift_repair: bool,
 
