@@ -1,6 +1,8 @@
 //! Carries out a desired set on the node: read the kernel and our files,
 //! plan, journal, write, apply, verify, roll back what failed, and say per
-//! interface how it went.
+//! interface how it went. Also checks, read only, whether the node is still
+//! as the last apply left it (`check.rs`), with the same planner, so that a
+//! drift repair is an ordinary reconcile of the drifted interfaces.
 //!
 //! One reconcile runs at a time (the session awaits it), so name assignment
 //! is one serialised decision per node. Interfaces are independent: one
