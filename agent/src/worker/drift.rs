@@ -63,6 +63,8 @@ struct Tracker {
     given_up_until: Option<Instant>,
     /// How often each kind was seen since its first repair in the window.
     seen: BTreeMap<DriftKind, u32>,
+    /// What was last reported of it without a repair (`--drift-repair=false`).
+    reported: Option<String>,
 }
 
 /// What to do after a check.
@@ -182,7 +184,9 @@ impl DriftPolicy {
             if !self.config.repair {
                 let message =
                     format!("drifted from what was applied: {}; not repaired (--drift-repair=false)", said(&drifts));
-                if status.is_none_or(|s| s.message != message) {
+                let tracker = self.trackers.entry(*mac).or_default();
+                if tracker.reported.as_deref() != Some(message.as_str()) {
+                    tracker.reported = Some(message.clone());
                     decision.not_repaired.insert(*mac, (drifts, message));
                 }
                 continue;
@@ -239,6 +243,12 @@ impl DriftPolicy {
             }
             decision.reconcile.insert(*mac);
             decision.repairs.insert(*mac, drifts);
+        }
+        // What is in line now is reported again when it drifts again.
+        for (mac, tracker) in &mut self.trackers {
+            if check.interfaces.get(mac).is_none_or(|v| v.in_line()) {
+                tracker.reported = None;
+            }
         }
         decision
     }

@@ -149,6 +149,12 @@ fn detect_only_reports_once_then_stays_quiet_and_clears_when_in_line() {
     reported[0] =
         InterfaceStatus::problem(mac(1), reported[0].name, InterfaceState::Failed, ErrorCode::Drifted, message.clone());
     assert!(p.decide(&drifted(), &reported, t0 + I * 2).is_quiet(), "the same drift is not reported again");
+    // Nor a file of a MAC no longer desired, which has no status to say it.
+    let mut unwanted = DriftCheck::default();
+    let file = Drift { kind: DriftKind::FileUnwanted, ..mtu_drift() };
+    unwanted.interfaces.insert(mac(9), Verdict { drifts: vec![file], changed: None });
+    assert_eq!(p.decide(&unwanted, &reported, t0 + I * 2).not_repaired.len(), 1);
+    assert!(p.decide(&unwanted, &reported, t0 + I * 3).is_quiet());
 
     let mut in_line = DriftCheck::default();
     in_line.interfaces.insert(mac(1), Verdict::default());
