@@ -20,6 +20,7 @@ use multinic_testkit::netns::Link;
 use multinic_testkit::networkd::NetworkdNode;
 use multinic_testkit::process::{ControllerProcess, controller_beside};
 use multinic_testkit::rows::{NewRow, netplan_success_of_port};
+use multinic_testkit::scrape::Metrics;
 use multinic_testkit::{eventually, free_addr};
 use sqlx::MySqlPool;
 
@@ -29,6 +30,8 @@ const A: &str = "fa:16:3e:00:0d:01";
 const B: &str = "fa:16:3e:00:0d:02";
 const C: &str = "fa:16:3e:00:0d:03";
 const WAIT: Duration = Duration::from_secs(30);
+/// The agent's HTTP address inside the node's namespace.
+const AGENT_HTTP: &str = "127.0.0.1:9737";
 const UBUNTU: &str =
     "PRETTY_NAME=\"Ubuntu 24.04.1 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"24.04\"\nID=ubuntu\nID_LIKE=debian\n";
 
@@ -64,6 +67,10 @@ impl Setup {
     }
 
     fn start_agent(&mut self) {
+        self.start_agent_with(&[]);
+    }
+
+    fn start_agent_with(&mut self, extra_args: &[&str]) {
         let options = AgentOptions {
             binary: PathBuf::from(AGENT),
             namespace: self.node.kernel.name().to_owned(),
@@ -72,10 +79,16 @@ impl Setup {
             state_dir: self.state.path().to_path_buf(),
             apply: "auto".into(),
             backend: "auto".into(),
-            extra_args: Vec::new(),
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             env: Vec::new(),
         };
         self.agent = Some(AgentProcess::start(&options));
+    }
+
+    /// The agent's drift checks so far (it serves HTTP on [`AGENT_HTTP`]).
+    async fn drift_checks(&self) -> f64 {
+        let (_, body) = self.node.kernel.http_get(AGENT_HTTP.parse().unwrap(), "/metrics").await.expect("agent HTTP");
+        Metrics::parse(&body).get("multinic_agent_drift_checks_total", &[])
     }
 
     fn agent(&self) -> &AgentProcess {
@@ -263,6 +276,56 @@ async fn on_networkd_a_hot_plugged_nic_waits_then_applies_and_a_rejected_mtu_rol
     assert_eq!(s.file("90-multinic0.yaml"), file, "the file for boot says what the kernel has");
     s.assert_untouched(&before, calls, "rejected MTU");
     drop(s.logs);
+}
+
+/// networkd's loaded unit can be older than what the agent set by netlink
+/// (docs/node-daemons.md): an admin's `networkctl reconfigure` then applies
+/// the older state. That is drift, and the agent's check sets it back by
+/// netlink; a steady node's checks ask networkd nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_networkd_a_reconfigure_that_applies_an_older_unit_is_drift_the_agent_repairs_by_netlink() {
+    let Some(mut s) = Setup::start().await else { return };
+    s.node.kernel.add_nic("ens4", A);
+    NewRow::new("a", NODE, A).address(Some("10.63.0.5"), Some("10.63.0.0/24")).mtu(1480).insert(&s.pool).await;
+    s.start_agent_with(&["--drift-check-interval", "1s", "--http-listen", AGENT_HTTP]);
+    s.row_is("a", 1).await;
+    // A boot: networkd manages multinic0 from the unit generated from our
+    // file (MTU 1480); then a change by netlink, which that unit does not know.
+    s.node.boot_like_reload();
+    Bystanders::install(&s.node.kernel);
+    s.sql("UPDATE multi_interface SET mtu = 1400, netplan_success = 0 WHERE port_id = 'a'").await;
+    s.row_is("a", 1).await;
+    assert_eq!(state_of(&s.link("multinic0")), (1400, true, vec!["10.63.0.5/24".to_owned()]));
+
+    // Ten checks of a node as applied ask networkd nothing and change nothing.
+    let before = Snapshot::take(&s.node.kernel, &[A, B, C]);
+    let (calls, ours) = (s.node.daemon_activity().len(), s.link("multinic0"));
+    let checks = s.drift_checks().await;
+    eventually(WAIT, "ten drift checks", || async { (s.drift_checks().await >= checks + 10.0).then_some(()) }).await;
+    s.assert_untouched(&before, calls, "ten drift checks");
+    assert_eq!(s.link("multinic0"), ours);
+    assert!(s.agent().events("repaired drift").is_empty());
+
+    // An admin's reconfigure: networkd applies its older unit (MTU 1480).
+    s.node.host.must("networkctl", &["reconfigure", "multinic0"]);
+    let what = format!("the MTU networkd set repaired; agent log:\n{}", s.agent().log_text());
+    let repaired = eventually(WAIT, &what, || async {
+        s.agent().events("repaired drift").into_iter().find(|e| e["kind"] == "mtu")
+    })
+    .await;
+    assert_eq!(
+        (repaired["from"].as_str(), repaired["to"].as_str()),
+        (Some("MTU 1480"), Some("MTU 1400")),
+        "{repaired}"
+    );
+    eventually(WAIT, "multinic0 back at MTU 1400", || async { (s.link("multinic0").mtu == 1400).then_some(()) }).await;
+    assert_eq!(state_of(&s.link("multinic0")), (1400, true, vec!["10.63.0.5/24".to_owned()]));
+    assert_eq!(netplan_success_of_port(&s.pool, "a").await, 1, "repaired: the row stays 1");
+    // The repair itself asked networkd nothing: its activity is the admin's.
+    let settled = s.node.daemon_activity().len();
+    let checks = s.drift_checks().await;
+    eventually(WAIT, "three more checks", || async { (s.drift_checks().await >= checks + 3.0).then_some(()) }).await;
+    assert_eq!(s.node.daemon_activity().len(), settled, "{:#?}", &s.node.daemon_activity()[settled..]);
 }
 
 /// Why the agent no longer runs `netplan apply`: the real one, on the same
