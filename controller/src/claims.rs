@@ -8,7 +8,8 @@
 //! it removed), one MAC per name, and only states an agent reports; a
 //! Report must answer exactly the push it names (its generation, its
 //! interfaces in interface states, its held MACs as held, anything else
-//! only as removed: a MAC no longer desired, or a second file of a MAC)
+//! only as removed — a MAC no longer desired, or a second file of a MAC —
+//! or as failed, a removal that failed)
 //! with an outcome that matches its statuses. Drift a report carries may
 //! name only the push's interfaces (any kind) or, as a file that should not
 //! be there, a MAC the push neither names nor holds; at most
@@ -105,14 +106,17 @@ pub fn check_report(pushed: &DesiredSet, generation: u64, report: &AgentReport) 
 /// Checks statuses about `set` (a report's, or an adopted Hello's): each
 /// interface of the set in an interface state, each held MAC as held, any
 /// other MAC only as removed (a file of a desired MAC may be removed too:
-/// the second of two files for one MAC), and no more removed than a node
-/// can have.
+/// the second of two files for one MAC) or failed (its removal failed), and
+/// no more of those than a node can have.
 pub fn check_against_set(set: &DesiredSet, statuses: &[InterfaceStatus]) -> Result<(), ClaimError> {
     check_statuses(statuses)?;
     let mut removed = 0;
     for s in statuses {
         let role = match (set.get(&s.mac).is_some(), set.is_held(&s.mac), s.state) {
-            (_, _, InterfaceState::Removed) => {
+            // Removed, or a removal that failed (the agent keeps what it
+            // had for that MAC and says why): both about a MAC the push no
+            // longer names.
+            (_, _, InterfaceState::Removed) | (false, false, InterfaceState::Failed) => {
                 removed += 1;
                 continue;
             }
@@ -283,6 +287,10 @@ mod tests {
         // The second of two files for one MAC is removed beside the one kept.
         let second_file = [status(1, Some(0), InterfaceState::Applied), status(1, Some(4), InterfaceState::Removed)];
         check_against_set(&set(), &second_file).unwrap();
+        // A removal that failed is reported about a MAC the push no longer
+        // names; the rest of that report stands.
+        let failed_removal = [status(1, Some(0), InterfaceState::Applied), status(7, Some(5), InterfaceState::Failed)];
+        check_against_set(&set(), &failed_removal).unwrap();
         let removed: Vec<_> =
             (10..=MAX_PRESENT as u16 + 10).map(|i| status(i, None, InterfaceState::Removed)).collect();
         assert!(matches!(check_against_set(&set(), &removed), Err(ClaimError::TooMany { what: "removed", .. })));
