@@ -19,13 +19,32 @@ have mariadbd || need+=(mariadb-server)
 have netplan || need+=(netplan.io)
 have ip || need+=(iproute2)
 have buildah || need+=(buildah)
+# The real network daemons the agent's tests run confined (docs/testing.md).
+[ -x /lib/systemd/systemd-networkd ] || need+=(systemd)
+have dbus-daemon || need+=(dbus)
+have udevadm || need+=(udev)
+# promtool (the alert rules' checks and unit tests) and prometheus (the
+# end-to-end alert test runs its own server on loopback).
+{ have promtool && have prometheus; } || need+=(prometheus)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # The tests start their own mariadbd and prometheus; the packages' system
+  # services must not start (policy-rc.d 101: "action forbidden"), unless
+  # the machine already has a policy of its own.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+  fi
+  status=0
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" || status=$?
+  [ -z "$policy" ] || $sudo rm -f "$policy"
+  [ "$status" = 0 ] || exit "$status"
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
@@ -44,7 +63,7 @@ fi
 
 # --- The Helm chart and the images ------------------------------------------
 
-log "chart tests: render, strict lint, Kubernetes schemas, security, values, binaries' flags"
+log "chart tests: render, strict lint, Kubernetes schemas, security, values, binaries' flags, alerts (promtool, a real Prometheus)"
 # Python packages in a venv under the repo (gitignored), reinstalled when
 # charts/multinic/tests/requirements.txt changes.
 requirements=charts/multinic/tests/requirements.txt

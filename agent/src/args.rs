@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use multinic_proto::runtime::{LogFormat, parse_duration};
+use multinic_proto::runtime::{LogFormat, parse_duration, parse_duration_or_zero};
 use multinic_proto::{DEFAULT_CAPACITY, MAX_CAPACITY, NodeName};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendChoice, detect_backend};
-use crate::reconcile::ApplyMode;
+use crate::reconcile::ApplyChoice;
 use crate::tls::{AgentIdentity, AgentTls, AgentTransport, default_issuer_url};
+use crate::worker::drift::DriftConfig;
 use crate::{Agent, AgentConfig, controller_url, default_host_root};
 
 /// Applies this node's secondary NICs as the multinic controller says:
@@ -40,13 +41,16 @@ pub struct Args {
     pub backend: BackendChoice,
 
     /// How changes are applied; each is verified through netlink and rolled
-    /// back per interface on failure. host: write the files, rename by MAC
-    /// through netlink, then run `netplan apply` or `wicked ifreload` in the
-    /// host's namespaces (entered through PID 1; needs hostPID). netlink:
-    /// write the files and set name, MTU, addresses and link state directly
-    /// (no network daemon needed). none: render the files only (dry run).
-    #[arg(long, env = "MULTINIC_APPLY", default_value = "host")]
-    pub apply: ApplyMode,
+    /// back per interface on failure. auto: the backend's default (netplan:
+    /// netlink; wicked: host). netlink: write the files (for boot) and set
+    /// name, MTU, addresses and link state directly; no network daemon is
+    /// called, nothing else on the node changes. host: write the files,
+    /// rename by MAC through netlink, then run `wicked ifreload` of exactly
+    /// the changed interfaces in the host's namespaces (entered through PID
+    /// 1; needs hostPID); refused with netplan, whose only apply is
+    /// whole-host. none: render the files only (dry run).
+    #[arg(long, env = "MULTINIC_APPLY", default_value = "auto")]
+    pub apply: ApplyChoice,
 
     /// How many multinicN names this node has (multinic0..multinic{N-1}).
     #[arg(long, env = "MULTINIC_CAPACITY", default_value_t = DEFAULT_CAPACITY,
@@ -68,14 +72,38 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_HOST_PID", default_value_t = 1, hide = true)]
     pub host_pid: u32,
 
-    /// Test hook: create this file and stop after writing and applying,
-    /// before verifying, so a test can kill the agent mid-change.
-    #[arg(long, env = "MULTINIC_TEST_PAUSE_AFTER_WRITE", hide = true)]
-    pub test_pause_after_write: Option<PathBuf>,
-
     /// HTTP address of /healthz, /readyz, /metrics and GET / (health JSON).
-    #[arg(long, env = "MULTINIC_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
-    pub http_listen: SocketAddr,
+    /// Default: 0.0.0.0:8080, or 0.0.0.0:<--health-port> when that is set.
+    #[arg(long, env = "MULTINIC_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// The predecessor's setting, for manifests that still set it: serve
+    /// HTTP on 0.0.0.0:<port>. --http-listen (MULTINIC_HTTP_LISTEN) wins when both are set.
+    #[arg(long, env = "HEALTH_PORT")]
+    pub health_port: Option<u16>,
+
+    /// An apply (one desired state) still running after this makes the
+    /// agent unready (/readyz 503, GET / unhealthy, the apply_overdue
+    /// metric) until it ends; a shutdown waits for an apply only within it.
+    #[arg(long, env = "MULTINIC_APPLY_DEADLINE", default_value = "3m", value_parser = parse_duration)]
+    pub apply_deadline: Duration,
+
+    /// How often the node is checked for drift, while the stream to the
+    /// controller is up: the kernel (one netlink dump) and our files
+    /// compared with the last applied set, read only. What drifted is
+    /// repaired per interface (see --drift-repair) and reported. 0 turns
+    /// the check off.
+    #[arg(long, env = "MULTINIC_DRIFT_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub drift_check_interval: Duration,
+
+    /// Whether drift is repaired, through the same journal and rollback as
+    /// any apply (one kind of drift on one interface at most 3 times in 30
+    /// check intervals; seen again, the interface is reported
+    /// DRIFT_REPEATED and left alone until a new push or 60 intervals
+    /// later). false: drift is only reported (the interface as failed,
+    /// DRIFTED) until it is back as applied.
+    #[arg(long, env = "MULTINIC_DRIFT_REPAIR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drift_repair: bool,
 
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -102,8 +130,11 @@ impl Args {
             state_dir,
             node_ip,
             host_pid,
-            test_pause_after_write,
             http_listen,
+            health_port,
+            apply_deadline,
+            drift_check_interval,
+            drift_repair,
             tls,
             log_format: _,
             log_level: _,
@@ -115,6 +146,7 @@ impl Args {
         let node: NodeName = node_name.parse().context("--node-name")?;
         let host_root = host_root.unwrap_or_else(default_host_root);
         let backend = detect_backend(backend, &host_root)?;
+        let apply = apply.resolve(backend)?;
         let controller = controller_url(&controller, !tls.insecure);
         let transport = tls.transport(&controller, &state_dir)?;
         let config = AgentConfig {
@@ -126,16 +158,24 @@ impl Args {
             apply,
             capacity,
             state_dir,
-            http_listen: Some(http_listen),
+            http_listen: Some(http_address(http_listen, health_port)),
             node_ips: node_ip,
             host_pid,
-            pause_after_write: test_pause_after_write,
+            apply_deadline,
+            drift: DriftConfig { interval: drift_check_interval, repair: drift_repair },
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(multinic_proto::runtime::signal_shutdown(shutdown.clone()));
         let agent = Agent::new(&config);
-        agent.run(config, shutdown).await
+        Ok(agent.run(config, shutdown).await?)
     }
+}
+
+/// `--http-listen`, else the predecessor's `HEALTH_PORT` on every address,
+/// else `0.0.0.0:8080`.
+fn http_address(http_listen: Option<SocketAddr>, health_port: Option<u16>) -> SocketAddr {
+    let any = IpAddr::from([0, 0, 0, 0]);
+    http_listen.unwrap_or_else(|| SocketAddr::new(any, health_port.unwrap_or(8080)))
 }
 
 /// The host name up to the first dot.
@@ -247,6 +287,72 @@ mod tests {
         let both = ["--ca", "ca.crt", "--tls-cert", "c", "--tls-key", "k", "--bootstrap-token-file", "t"];
         assert!(transport(&both).unwrap_err().to_string().contains("not both"));
         assert!(matches!(transport(&["--insecure"]).unwrap(), AgentTransport::Insecure));
+    }
+
+    #[test]
+    fn apply_auto_follows_the_backend_and_host_is_refused_on_netplan() {
+        use crate::backend::BackendKind;
+        use crate::reconcile::ApplyMode;
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["multinic-agent", "--controller", "c:1"];
+            argv.extend(flags);
+            Args::try_parse_from(argv).unwrap().apply
+        };
+        assert_eq!(parse(&[]), ApplyChoice::Auto, "auto is the default");
+        assert_eq!(parse(&[]).resolve(BackendKind::Netplan).unwrap(), ApplyMode::Netlink);
+        assert_eq!(parse(&[]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
+        let err = parse(&["--apply", "host"]).resolve(BackendKind::Netplan).unwrap_err().to_string();
+        assert!(err.contains("not offered with the netplan backend") && err.contains("--apply netlink"), "{err}");
+        assert_eq!(parse(&["--apply", "host"]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
+        for mode in ["netlink", "none"] {
+            for backend in [BackendKind::Netplan, BackendKind::Wicked] {
+                assert_eq!(parse(&["--apply", mode]).resolve(backend).unwrap().as_str(), mode);
+            }
+        }
+        let argv = ["multinic-agent", "--controller", "c:1", "--apply", "hots"];
+        let err = Args::try_parse_from(argv).unwrap_err().to_string();
+        assert!(err.contains("expected auto, host, netlink or none"), "{err}");
+    }
+
+    #[test]
+    fn the_predecessors_health_port_is_accepted_and_http_listen_wins() {
+        let address = |flags: &[&str]| {
+            let mut argv = vec!["multinic-agent", "--controller", "c:50051"];
+            argv.extend(flags);
+            let args = Args::try_parse_from(argv).unwrap();
+            http_address(args.http_listen, args.health_port).to_string()
+        };
+        assert_eq!(address(&[]), "0.0.0.0:8080");
+        assert_eq!(address(&["--health-port", "9090"]), "0.0.0.0:9090");
+        assert_eq!(address(&["--health-port", "9090", "--http-listen", "127.0.0.1:9737"]), "127.0.0.1:9737");
+        let command = <Args as clap::CommandFactory>::command();
+        let env = |id: &str| {
+            command.get_arguments().find(|a| a.get_id() == id).and_then(|a| a.get_env()).map(|e| e.to_owned())
+        };
+        assert_eq!(env("health_port").as_deref(), Some(std::ffi::OsStr::new("HEALTH_PORT")));
+        assert_eq!(env("http_listen").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_HTTP_LISTEN")));
+        assert_eq!(env("apply_deadline").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_APPLY_DEADLINE")));
+        assert_eq!(env("drift_check_interval").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_DRIFT_CHECK_INTERVAL")));
+        assert_eq!(env("drift_repair").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_DRIFT_REPAIR")));
+    }
+
+    #[test]
+    fn drift_checks_every_minute_and_repairs_by_default_and_zero_turns_them_off() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["multinic-agent", "--controller", "c:1"];
+            argv.extend(flags);
+            Args::try_parse_from(argv).map(|a| (a.drift_check_interval, a.drift_repair))
+        };
+        assert_eq!(parse(&[]).unwrap(), (Duration::from_secs(60), true));
+        assert_eq!(parse(&["--drift-check-interval", "0"]).unwrap().0, Duration::ZERO);
+        assert_eq!(
+            parse(&["--drift-check-interval", "5s", "--drift-repair=false"]).unwrap(),
+            (Duration::from_secs(5), false)
+        );
+        let err = parse(&["--drift-repair=maybe"]).unwrap_err().to_string();
+        assert!(err.contains("maybe"), "{err}");
+        let err = parse(&["--drift-check-interval", "soon"]).unwrap_err().to_string();
+        assert!(err.contains("soon"), "{err}");
     }
 
     #[test]

@@ -25,12 +25,18 @@ pub fn router(status: Arc<AgentStatus>) -> Router {
         .with_state(status)
 }
 
+/// Ready while the stream to the controller is up and no apply has run
+/// past its deadline.
 async fn readyz(State(status): State<Arc<AgentStatus>>) -> impl IntoResponse {
-    if status.connected() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no stream to the controller\n")
+    match problem(&status) {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
+}
+
+/// What keeps the agent from doing its work, if anything.
+fn problem(status: &AgentStatus) -> Option<String> {
+    status.overdue().or_else(|| (!status.connected()).then(|| "no stream to the controller".to_owned()))
 }
 
 async fn metrics(State(status): State<Arc<AgentStatus>>) -> impl IntoResponse {
@@ -50,23 +56,28 @@ struct Health {
     failed_configs: usize,
     database_connected: bool,
     last_sync: Option<u64>,
+    /// Not in the predecessor's document: why the agent is unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 async fn health(State(status): State<Arc<AgentStatus>>) -> impl IntoResponse {
     let connected = status.connected();
     let failed = status.count_in(&[InterfaceState::Failed, InterfaceState::Refused]);
+    let reason = problem(&status);
     let health = Health {
-        status: match (connected, failed) {
-            (false, _) => "unhealthy",
-            (true, 0) => "healthy",
-            (true, _) => "degraded",
+        status: match (&reason, failed) {
+            (Some(_), _) => "unhealthy",
+            (None, 0) => "healthy",
+            (None, _) => "degraded",
         },
         uptime: format!("{}s", status.uptime().as_secs()),
         processed_vms: status.pushes(),
         failed_configs: failed,
         database_connected: connected,
         last_sync: status.last_sync().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+        reason,
     };
-    let code = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if health.reason.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(health))
 }

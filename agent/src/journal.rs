@@ -8,7 +8,7 @@
 //! back before anything else happens.
 //!
 //! The journal must never live where netplan, wicked or udev read
-//! configuration: [`Journal::open`] refuses such a state directory.
+//! configuration: [`Journal::check`] refuses such a state directory.
 
 use std::fs;
 use std::io;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use multinic_proto::{InterfaceName, MacAddress};
 use serde::{Deserialize, Serialize};
 
-use crate::files::{FileError, write_atomic};
+use crate::files::{FileError, Links, OTHER_FILE_LIMIT, ReadError, read_text, write_atomic};
 use crate::kernel::{KernelAddr, LinkState, LinkTarget};
 
 /// The journal format version written by this build.
@@ -40,6 +40,21 @@ pub enum JournalError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Why an entry left behind cannot be used (it is then set aside).
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("removed while being read")]
+    Removed,
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("journal version {found} is not {VERSION}")]
+    Version { found: u32 },
+    #[error("entry names {names} but is stored as {stored}")]
+    Misnamed { names: String, stored: String },
 }
 
 /// One file as it was: its contents, or `None` when it did not exist.
@@ -118,7 +133,7 @@ impl Entry {
 
 /// A journal entry left behind: the interface it is for, and the entry or
 /// why it cannot be read.
-pub type PendingEntry = (String, Result<Entry, String>);
+pub type PendingEntry = (String, Result<Entry, EntryError>);
 
 /// The journal folder.
 #[derive(Debug, Clone)]
@@ -191,18 +206,7 @@ impl Journal {
             let item = item.map_err(|source| JournalError::Io { operation: "list", path: self.dir.clone(), source })?;
             let file_name = item.file_name().to_string_lossy().into_owned();
             let Some(interface) = file_name.strip_suffix(".json").filter(|n| !n.starts_with('.')) else { continue };
-            let entry = fs::read_to_string(item.path())
-                .map_err(|e| e.to_string())
-                .and_then(|text| serde_json::from_str::<Entry>(&text).map_err(|e| e.to_string()))
-                .and_then(|entry| {
-                    if entry.version != VERSION {
-                        Err(format!("journal version {} is not {VERSION}", entry.version))
-                    } else if entry.interface != interface {
-                        Err(format!("entry names {} but is stored as {interface}", entry.interface))
-                    } else {
-                        Ok(entry)
-                    }
-                });
+            let entry = read_entry(&item.path(), interface);
             entries.push((interface.to_owned(), entry));
         }
         entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -215,6 +219,19 @@ impl Journal {
         let to = self.dir.join(format!("{interface}.json.broken"));
         fs::rename(&from, &to).map_err(|source| JournalError::Io { operation: "rename", path: from, source })
     }
+}
+
+/// The entry stored at `path` as the one of `interface`.
+fn read_entry(path: &Path, interface: &str) -> Result<Entry, EntryError> {
+    let text = read_text(path, OTHER_FILE_LIMIT, Links::Refuse)?.ok_or(EntryError::Removed)?;
+    let entry: Entry = serde_json::from_str(&text)?;
+    if entry.version != VERSION {
+        return Err(EntryError::Version { found: entry.version });
+    }
+    if entry.interface != interface {
+        return Err(EntryError::Misnamed { names: entry.interface, stored: interface.to_owned() });
+    }
+    Ok(entry)
 }
 
 /// This boot's id, or "" when the kernel does not say.
@@ -269,7 +286,8 @@ mod tests {
         newer.files.clear();
         assert!(!journal.record(&newer).unwrap(), "the older entry is kept");
         let pending = journal.pending().unwrap();
-        assert_eq!(pending, vec![("multinic0".to_owned(), Ok(entry("multinic0")))]);
+        let [(interface, Ok(found))] = &pending[..] else { panic!("{pending:?}") };
+        assert_eq!((interface.as_str(), found), ("multinic0", &entry("multinic0")));
         assert!(pending[0].1.as_ref().unwrap().same_boot());
         let target = pending[0].1.as_ref().unwrap().link.as_ref().unwrap().target();
         assert_eq!(target.addresses.len(), 1);
@@ -289,6 +307,30 @@ mod tests {
         assert!(pending[0].1.is_err());
         journal.set_aside("multinic1").unwrap();
         assert!(journal.pending().unwrap().is_empty());
+
+        // Something that is not a file is reported without being opened.
+        let fifo = std::process::Command::new("mkfifo").arg(journal.dir().join("multinic2.json")).status().unwrap();
+        assert!(fifo.success());
+        let pending = journal.pending().unwrap();
+        assert!(pending[0].1.as_ref().unwrap_err().to_string().contains("is a FIFO"), "{pending:?}");
+        journal.set_aside("multinic2").unwrap();
+        assert!(journal.pending().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_entry_of_another_version_or_name_is_refused_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::new(dir.path());
+        fs::create_dir_all(journal.dir()).unwrap();
+        let mut future = entry("multinic3");
+        future.version = VERSION + 1;
+        fs::write(journal.dir().join("multinic3.json"), serde_json::to_string(&future).unwrap()).unwrap();
+        fs::write(journal.dir().join("multinic4.json"), serde_json::to_string(&entry("multinic5")).unwrap()).unwrap();
+        let pending = journal.pending().unwrap();
+        assert!(matches!(pending[0].1, Err(EntryError::Version { found }) if found == VERSION + 1), "{pending:?}");
+        let Err(misnamed) = &pending[1].1 else { panic!("{pending:?}") };
+        assert!(matches!(misnamed, EntryError::Misnamed { .. }), "{misnamed:?}");
+        assert_eq!(misnamed.to_string(), "entry names multinic5 but is stored as multinic4");
     }
 
     #[test]

@@ -2,12 +2,19 @@
 //! controller pushes, and reports how it went.
 //!
 //! ```text
-//! start: roll back the journal ─▶ session ─▶ reconcile: our files + kernel facts
-//!   ─▶ plan (pure) ─▶ journal ─▶ write ─▶ apply ─▶ verify (or roll back) ─▶ report
+//! start: roll back the journal ─▶ session (stream) ─▶ worker (commands)
+//!   ─▶ reconcile: our files + kernel facts ─▶ plan (pure) ─▶ journal ─▶ write
+//!   ─▶ apply ─▶ verify (or roll back) ─▶ report
+//! every --drift-check-interval: check (read only) ─▶ repair what drifted
+//!   (a scoped reconcile) ─▶ report
 //! ```
 //!
+//! Errors are typed per module (thiserror); `anyhow` lives only in the
+//! binary's edge (`main.rs`, [`args`]).
+//!
 //! The agent never talks to the database, never touches a file or NIC that
-//! is not ours, and does nothing on a push identical to what it has.
+//! is not ours, and does nothing on a push identical to what it has, nor
+//! at a drift check of a node that is as applied.
 
 pub mod args;
 pub mod backend;
@@ -22,7 +29,10 @@ pub mod plan;
 pub mod reconcile;
 pub mod session;
 pub mod status;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 pub mod tls;
+pub mod worker;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -37,13 +47,15 @@ use tracing::{info, warn};
 use crate::backend::BackendKind;
 use crate::files::HostFiles;
 use crate::hostns::HostNamespaces;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::kernel::LinkOps;
 use crate::kernel::rtnl::Rtnetlink;
 use crate::reconcile::{ApplyMode, Reconciler};
 use crate::session::SessionConfig;
 use crate::status::AgentStatus;
-use crate::tls::AgentTransport;
+use crate::tls::{AgentTransport, TlsError};
+use crate::worker::drift::DriftConfig;
+use crate::worker::{ApplyAbandoned, Worker};
 
 /// Everything a running agent needs.
 #[derive(Debug, Clone)]
@@ -64,9 +76,15 @@ pub struct AgentConfig {
     pub node_ips: Vec<IpAddr>,
     /// The process whose namespaces host commands run in (the host's PID 1).
     pub host_pid: u32,
-    /// Test hook: create this file and stop after writing, before verifying.
-    pub pause_after_write: Option<PathBuf>,
+    /// An apply running longer makes the agent unready until it ends.
+    pub apply_deadline: Duration,
+    /// How often the node is checked for drift, and whether drift is repaired.
+    pub drift: DriftConfig,
 }
+
+/// `--apply-deadline` by default: above what a slow host apply takes (the
+/// host tool's 120 s limit, then up to 30 s for the daemon to settle).
+pub const DEFAULT_APPLY_DEADLINE: Duration = Duration::from_secs(180);
 
 impl AgentConfig {
     /// A config with defaults, for tests and the demo.
@@ -84,9 +102,33 @@ impl AgentConfig {
             http_listen: None,
             node_ips: Vec::new(),
             host_pid: HostNamespaces::HOST_PID,
-            pause_after_write: None,
+            apply_deadline: DEFAULT_APPLY_DEADLINE,
+            drift: DEFAULT_DRIFT,
         }
     }
+}
+
+/// `--drift-check-interval 60s --drift-repair=true`.
+pub const DEFAULT_DRIFT: DriftConfig = DriftConfig { interval: Duration::from_secs(60), repair: true };
+
+/// Why the agent stopped before its shutdown was asked for, or did not
+/// stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("journal recovery panicked: {0}")]
+    Recovery(#[source] tokio::task::JoinError),
+    #[error("cannot bind the HTTP listener on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Abandoned(#[from] ApplyAbandoned),
 }
 
 /// A running agent's handles.
@@ -106,8 +148,12 @@ impl Agent {
         let host = HostNamespaces { pid: config.host_pid, timeout: Duration::from_secs(120) };
         let mut reconciler = Reconciler::new(config.backend, files, config.capacity, config.apply, journal)
             .with_node_ips(config.node_ips.clone())
-            .with_host(host)
-            .with_pause_after_write(config.pause_after_write.clone());
+            .with_host(host);
+        #[cfg(feature = "test-hooks")]
+        if let Some(pause) = test_hooks::PauseAfterWrite::from_env() {
+            warn!(marker = %pause.marker.display(), "test hook: the agent pauses after its first write");
+            reconciler = reconciler.with_pause_after_write(Some(pause));
+        }
         match Rtnetlink::open() {
             Ok(kernel) => reconciler = reconciler.with_kernel(Arc::new(kernel) as Arc<dyn LinkOps>),
             Err(e) => {
@@ -119,7 +165,7 @@ impl Agent {
 
     /// Rolls back what a crash left half done, then runs until `shutdown`
     /// is cancelled.
-    pub async fn run(&self, config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(&self, config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
         let AgentConfig {
             controller,
             transport,
@@ -132,24 +178,20 @@ impl Agent {
             http_listen,
             node_ips,
             host_pid,
-            pause_after_write,
+            apply_deadline,
+            drift,
         } = config;
+        self.status.metrics().set_info(node.as_str(), backend.as_str(), apply.as_str());
         Journal::new(&state_dir).check(&host_root)?;
         // Before anything else, and before connecting: undo interrupted changes.
         let reconciler = self.reconciler.clone();
-        let rolled_back = tokio::task::spawn_blocking(move || reconciler.recover())
-            .await
-            .map_err(|e| anyhow::anyhow!("journal recovery panicked: {e}"))?;
+        let rolled_back =
+            tokio::task::spawn_blocking(move || reconciler.recover()).await.map_err(AgentError::Recovery)?;
         if rolled_back > 0 {
             warn!(interfaces = rolled_back, state_dir = %state_dir.display(), "rolled back changes a crash interrupted");
         }
-        if pause_after_write.is_some() {
-            warn!("test hook MULTINIC_TEST_PAUSE_AFTER_WRITE is set: the agent stops after its first write");
-        }
         if let Some(addr) = http_listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot bind the HTTP listener on {addr}: {e}"))?;
+            let listener = TcpListener::bind(addr).await.map_err(|source| AgentError::Http { addr, source })?;
             let router = http::router(self.status.clone());
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -167,6 +209,9 @@ impl Agent {
             capacity,
             node_ips = ?node_ips,
             host_pid,
+            apply_deadline = ?apply_deadline,
+            drift_check_interval = ?drift.interval,
+            drift_repair = drift.repair,
             "agent starting"
         );
         let tls = match &transport {
@@ -187,7 +232,9 @@ impl Agent {
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
         };
-        session::run(session, self.reconciler.clone(), self.status.clone(), shutdown).await;
+        let worker = Worker::new(self.reconciler.clone(), self.status.clone(), apply_deadline, shutdown.clone())
+            .with_drift(drift);
+        session::run(session, worker, self.status.clone(), shutdown).await?;
         info!("agent stopped");
         Ok(())
     }

@@ -30,8 +30,26 @@ pub struct Metrics {
     pub reconnects: Counter,
     /// 1 while the stream to the controller is established.
     pub connected: Gauge,
-    /// Files written and removed.
+    /// 1 while an apply runs past its deadline (`--apply-deadline`).
+    pub apply_overdue: Gauge,
+    /// Files written and removed, and files whose mode or owner was put right.
     pub file_changes: Counter,
+    /// Mutating netlink requests applies sent.
+    pub netlink_changes: Counter,
+    // --- Drift (issue 16).
+    /// Drift checks run.
+    pub drift_checks: Counter,
+    /// Drift findings, by kind (seen again at each check until repaired).
+    pub drift_detected: Family<Labels, Counter>,
+    /// Drift findings repaired (and verified), by kind.
+    pub drift_repairs: Family<Labels, Counter>,
+    /// Interfaces of the last set reported failed for drift: repairs given
+    /// up (DRIFT_REPEATED) or not made (DRIFTED).
+    pub drift_unrepaired: Gauge,
+    // --- What the alerting rules need (issue 19).
+    /// Always 1; its labels name the node (alerts about an agent name its
+    /// node through this series) and the agent's version and settings.
+    pub info: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 impl Default for Metrics {
@@ -52,7 +70,14 @@ impl Metrics {
             interfaces: Family::default(),
             reconnects: Counter::default(),
             connected: Gauge::default(),
+            apply_overdue: Gauge::default(),
             file_changes: Counter::default(),
+            netlink_changes: Counter::default(),
+            drift_checks: Counter::default(),
+            drift_detected: Family::default(),
+            drift_repairs: Family::default(),
+            drift_unrepaired: Gauge::default(),
+            info: Family::default(),
         };
         registry.register("applies", "Desired states processed, by outcome", m.applies.clone());
         registry.register("apply_duration_seconds", "Time to carry out one desired state", m.apply_duration.clone());
@@ -69,8 +94,56 @@ impl Metrics {
         registry.register("interfaces", "Interfaces of the last desired state, by state", m.interfaces.clone());
         registry.register("reconnects", "Streams to the controller reopened", m.reconnects.clone());
         registry.register("connected", "1 while the stream to the controller is up", m.connected.clone());
-        registry.register("file_changes", "Files written or removed", m.file_changes.clone());
+        registry.register(
+            "apply_overdue",
+            "1 while an apply runs past its deadline (the agent is then not ready)",
+            m.apply_overdue.clone(),
+        );
+        registry.register(
+            "file_changes",
+            "Files written or removed, and files whose mode or owner was put right",
+            m.file_changes.clone(),
+        );
+        registry.register("netlink_changes", "Mutating netlink requests sent by applies", m.netlink_changes.clone());
+        registry.register(
+            "drift_checks",
+            "Drift checks of the node against the last applied set",
+            m.drift_checks.clone(),
+        );
+        registry.register(
+            "drift_detected",
+            "Drift found by checks, by kind (counted at each check until repaired)",
+            m.drift_detected.clone(),
+        );
+        registry.register(
+            "drift_repairs",
+            "Drift repaired through the journal and verified, by kind",
+            m.drift_repairs.clone(),
+        );
+        registry.register(
+            "drift_unrepaired",
+            "Interfaces reported failed for drift: repairs given up (DRIFT_REPEATED) or not made (DRIFTED)",
+            m.drift_unrepaired.clone(),
+        );
+        registry.register(
+            "info",
+            "Always 1: the agent's node, version, backend and apply mode as labels",
+            m.info.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Sets the `info` series (once, at start: these never change while
+    /// the agent runs).
+    pub fn set_info(&self, node: &str, backend: &str, apply: &str) {
+        self.info.clear();
+        let labels = vec![
+            ("node", node.to_owned()),
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("backend", backend.to_owned()),
+            ("apply", apply.to_owned()),
+        ];
+        self.info.get_or_create(&labels).set(1);
     }
 
     /// The text exposition format.

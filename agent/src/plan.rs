@@ -113,6 +113,15 @@ pub fn plan(
         .collect();
     let kernel_names: BTreeMap<InterfaceName, MacAddress> =
         facts.links.iter().filter_map(|l| InterfaceName::parse(&l.name, capacity).map(|n| (n, l.mac))).collect();
+    // A damaged name whose NIC is still called by it: that NIC's MAC is
+    // refused rather than renamed away from a file nobody can read.
+    let damaged: BTreeMap<MacAddress, (InterfaceName, &str)> = current
+        .iter()
+        .filter_map(|(name, cur)| match cur {
+            Current::Corrupt { error, .. } => kernel_names.get(name).map(|mac| (*mac, (*name, error.as_str()))),
+            Current::Parsed { .. } => None,
+        })
+        .collect();
 
     for (name, cur) in current {
         if let Current::Parsed { spec, .. } = cur {
@@ -139,6 +148,18 @@ pub fn plan(
                 name: name_of.get(&spec.mac).copied(),
                 code: ErrorCode::ForeignInterface,
                 message: format!("MAC {} is {reason}; it is left alone", spec.mac),
+            });
+            continue;
+        }
+        if let (None, Some((name, error))) = (name_of.get(&spec.mac), damaged.get(&spec.mac)) {
+            actions.push(Action::Refuse {
+                spec: *spec,
+                name: Some(*name),
+                code: ErrorCode::CorruptFile,
+                message: format!(
+                    "{error}; {name} (this NIC's name) is left as it is until that path holds a file \
+                     multinic can read, or nothing"
+                ),
             });
             continue;
         }
@@ -367,6 +388,38 @@ mod tests {
         assert!(p.actions.iter().any(|a| matches!(a, Action::Corrupt { .. })));
         assert_eq!(names(&p), vec![("multinic1".into(), 1)]);
         assert!(!p.actions.iter().any(|a| matches!(a, Action::Remove { .. })));
+    }
+
+    #[test]
+    fn a_damaged_name_refuses_the_nic_that_carries_it_and_no_other() {
+        let mut current = on_disk(&[(1, spec(2, 1500))]);
+        let error = "etc/netplan/90-multinic0.yaml is a FIFO, not a regular file; not read".to_owned();
+        current.insert(name(0), Current::Corrupt { files: BTreeMap::new(), error });
+        let facts = NodeFacts {
+            links: vec![
+                KernelLink { name: "multinic0".into(), mac: spec(1, 1500).mac },
+                KernelLink { name: "multinic1".into(), mac: spec(2, 1500).mac },
+            ],
+            ..NodeFacts::default()
+        };
+        let desired = DesiredSet::new([spec(1, 9000), spec(2, 9000), spec(3, 1500)]).unwrap();
+        let p = plan(&desired, &current, &facts, 10, &Netplan);
+        let refused: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Refuse { spec, name, code, message } => Some((spec.mac, *name, *code, message.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused.len(), 1, "{p:?}");
+        assert_eq!(
+            (refused[0].0, refused[0].1, refused[0].2),
+            (spec(1, 1500).mac, Some(name(0)), ErrorCode::CorruptFile)
+        );
+        assert!(refused[0].3.contains("is a FIFO") && refused[0].3.contains("multinic0"), "{}", refused[0].3);
+        // The others go on; the damaged name is nobody's.
+        assert_eq!(names(&p), vec![("multinic1".into(), 2), ("multinic2".into(), 3)]);
     }
 
     #[test]

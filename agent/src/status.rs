@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use multinic_proto::{Digest, InterfaceState, InterfaceStatus, Outcome};
 
@@ -17,11 +17,20 @@ pub struct Processed {
     pub interfaces: Vec<InterfaceStatus>,
 }
 
+/// An apply in progress, watched against its deadline.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    generation: u64,
+    started: Instant,
+    deadline: Duration,
+}
+
 /// Shared, cheap to read.
 #[derive(Debug)]
 pub struct AgentStatus {
     started: Instant,
     connected: AtomicBool,
+    running: Mutex<Option<Running>>,
     pushes: AtomicU64,
     reconnects: AtomicU64,
     last_sync: Mutex<Option<SystemTime>>,
@@ -40,6 +49,7 @@ impl AgentStatus {
         Self {
             started: Instant::now(),
             connected: AtomicBool::new(false),
+            running: Mutex::new(None),
             pushes: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             last_sync: Mutex::new(None),
@@ -55,13 +65,14 @@ impl AgentStatus {
 
     /// Counts one processed push in the metrics (`work` is `None` for a push
     /// rejected before anything was done).
-    pub fn record_apply(&self, outcome: Outcome, took: std::time::Duration, work: Option<&crate::reconcile::Outcome>) {
+    pub fn record_apply(&self, outcome: Outcome, took: Duration, work: Option<&crate::reconcile::Outcome>) {
         self.metrics.applies.get_or_create(&vec![("outcome", outcome.as_str())]).inc();
         self.metrics.apply_duration.observe(took.as_secs_f64());
         if let Some(work) = work {
             self.metrics.verify_duration.observe(work.verify_duration.as_secs_f64());
             self.metrics.rollbacks.inc_by(u64::from(work.rollbacks));
             self.metrics.file_changes.inc_by(work.file_writes);
+            self.metrics.netlink_changes.inc_by(work.netlink_changes);
         }
     }
 
@@ -73,11 +84,14 @@ impl AgentStatus {
             let count = processed.interfaces.iter().filter(|s| s.state == state).count();
             self.metrics.interfaces.get_or_create(&vec![("state", state.as_str())]).set(count as i64);
         }
+        let unrepaired = processed.interfaces.iter().filter(|s| crate::worker::drift::is_drift(s.code)).count();
+        self.metrics.drift_unrepaired.set(unrepaired as i64);
         self.metrics.connected.set(i64::from(self.connected()));
+        self.metrics.apply_overdue.set(i64::from(self.overdue().is_some()));
         self.metrics.render()
     }
 
-    pub fn uptime(&self) -> std::time::Duration {
+    pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 
@@ -88,6 +102,31 @@ impl AgentStatus {
     /// Whether the stream to the controller is established.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// An apply of `generation` starts; it should end within `deadline`.
+    pub fn apply_started(&self, generation: u64, deadline: Duration) {
+        *lock(&self.running) = Some(Running { generation, started: Instant::now(), deadline });
+    }
+
+    /// The apply in progress ended (or was given up).
+    pub fn apply_finished(&self) {
+        *lock(&self.running) = None;
+    }
+
+    /// Why the agent cannot do its work: an apply still running past its
+    /// deadline (the agent is then not ready), or `None`.
+    pub fn overdue(&self) -> Option<String> {
+        let running = (*lock(&self.running))?;
+        let elapsed = running.started.elapsed();
+        (elapsed > running.deadline).then(|| {
+            format!(
+                "the apply of generation {} has been running for {}s, past its {}s deadline",
+                running.generation,
+                elapsed.as_secs(),
+                running.deadline.as_secs_f64()
+            )
+        })
     }
 
     pub fn count_reconnect(&self) {
@@ -135,4 +174,25 @@ impl AgentStatus {
 // A poisoned lock means a panic elsewhere; the plain values are still usable.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_apply_past_its_deadline_is_overdue_until_it_ends() {
+        let status = AgentStatus::new();
+        assert_eq!(status.overdue(), None);
+        status.apply_started(7, Duration::from_secs(60));
+        assert_eq!(status.overdue(), None, "within its deadline");
+        status.apply_started(7, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        let why = status.overdue().expect("overdue");
+        assert!(why.starts_with("the apply of generation 7 has been running for 0s, past its 0s deadline"), "{why}");
+        assert!(status.render_metrics().contains("multinic_agent_apply_overdue 1"));
+        status.apply_finished();
+        assert_eq!(status.overdue(), None);
+        assert!(status.render_metrics().contains("multinic_agent_apply_overdue 0"));
+    }
 }

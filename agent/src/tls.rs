@@ -32,9 +32,51 @@ use tonic::transport::Endpoint;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::backoff::Backoff;
+use crate::files::{Links, OTHER_FILE_LIMIT, ReadError, read_text};
 
 /// The issuer's default port on the controller's host.
 pub const DEFAULT_ISSUER_PORT: u16 = 50052;
+
+/// Why the agent has no certificate to talk to the controller with (or
+/// one issuance failed; it is then retried).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Material(#[from] multinic_tls::Error),
+    #[error(transparent)]
+    Address(#[from] http::uri::InvalidUri),
+    #[error("{url} has no host")]
+    NoHost { url: String },
+    #[error("cannot read the token {path}: {source}")]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: ReadError,
+    },
+    #[error("cannot read the token {path}: not found")]
+    NoToken { path: PathBuf },
+    #[error(transparent)]
+    IssuerAddress(tonic::transport::Error),
+    /// The issuer could not be reached (the whole chain of causes said once).
+    #[error("{}", multinic_proto::runtime::error_chain(.0))]
+    IssuerConnect(tonic::transport::Error),
+    /// The issuer answered with an error status.
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    #[error("{operation} {path}: {source}")]
+    Save {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the certificate names {uris:?}, not this node {node}: is --node-name (NODE_NAME) the Kubernetes node name?"
+    )]
+    OtherNode { uris: Vec<String>, node: NodeName },
+    #[error("the certificate has expired")]
+    Expired,
+}
 
 /// How the agent reaches the controller.
 #[derive(Debug, Clone, Default)]
@@ -78,7 +120,7 @@ pub enum AgentIdentity {
 impl AgentTls {
     /// The TLS client for the controller. In bootstrap mode this waits for
     /// the first certificate (retrying until `shutdown`) and keeps renewing it.
-    pub async fn client(&self, node: &NodeName, shutdown: &CancellationToken) -> anyhow::Result<Option<ClientTls>> {
+    pub async fn client(&self, node: &NodeName, shutdown: &CancellationToken) -> Result<Option<ClientTls>, TlsError> {
         let client = match &self.identity {
             AgentIdentity::Mounted { cert, key } => ClientTls::from_files(&self.ca, cert, key, self.reload_interval)?,
             AgentIdentity::Bootstrap { token_file, issuer, state_dir } => {
@@ -101,9 +143,9 @@ impl AgentTls {
 }
 
 /// `https://<host of controller>:50052`.
-pub fn default_issuer_url(controller_url: &str) -> anyhow::Result<String> {
+pub fn default_issuer_url(controller_url: &str) -> Result<String, TlsError> {
     let uri: http::Uri = controller_url.parse()?;
-    let host = uri.host().ok_or_else(|| anyhow::anyhow!("{controller_url} has no host"))?;
+    let host = uri.host().ok_or_else(|| TlsError::NoHost { url: controller_url.to_owned() })?;
     Ok(format!("https://{host}:{DEFAULT_ISSUER_PORT}"))
 }
 
@@ -191,7 +233,7 @@ impl Bootstrap {
     }
 
     /// One issuance, saved in the state dir (or kept in memory only, if that fails).
-    async fn issue_and_keep(&self) -> anyhow::Result<Issued> {
+    async fn issue_and_keep(&self) -> Result<Issued, TlsError> {
         let issued = self.issue().await?;
         info!(serial = %issued.info.serial, not_after = ?issued.info.not_after, "obtained a node certificate from the issuer");
         if let Err(e) = self.save(&issued.pem) {
@@ -201,23 +243,24 @@ impl Bootstrap {
     }
 
     /// One request: new key, CSR, token, and a check of what came back.
-    async fn issue(&self) -> anyhow::Result<Issued> {
-        let token = std::fs::read_to_string(&self.token_file)
-            .map_err(|e| anyhow::anyhow!("cannot read the token {}: {e}", self.token_file.display()))?;
+    async fn issue(&self) -> Result<Issued, TlsError> {
+        // A projected token is a link into the volume's current data: followed,
+        // but only to a regular file of a sane size.
+        let path = || self.token_file.clone();
+        let token = read_text(&self.token_file, OTHER_FILE_LIMIT, Links::Follow)
+            .map_err(|source| TlsError::Token { path: path(), source })?
+            .ok_or_else(|| TlsError::NoToken { path: path() })?;
         let (key_pem, csr_pem) = multinic_tls::new_key_and_csr()?;
-        let endpoint = Endpoint::from_shared(self.issuer.clone())?
+        let endpoint = Endpoint::from_shared(self.issuer.clone())
+            .map_err(TlsError::IssuerAddress)?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(20));
-        let channel = self
-            .issuer_tls
-            .connect(&endpoint)
-            .await
-            .map_err(|e| anyhow::anyhow!(multinic_proto::runtime::error_chain(&e)))?;
+        let channel = self.issuer_tls.connect(&endpoint).await.map_err(TlsError::IssuerConnect)?;
         let request = IssueNodeCertificateRequest { token: token.trim().to_owned(), csr_pem };
         let response = IssuerServiceClient::new(channel)
             .issue_node_certificate(request)
             .await
-            .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+            .map_err(TlsError::Refused)?
             .into_inner();
         self.check(KeyedCertificate { cert_pem: response.certificate_chain_pem, key_pem })
     }
@@ -225,8 +268,15 @@ impl Bootstrap {
     /// A certificate kept from an earlier run, if it still names this node,
     /// matches its key and is before its half-life.
     fn load_saved(&self) -> Option<Issued> {
-        let cert_pem = std::fs::read_to_string(&self.cert_path).ok()?;
-        let key_pem = std::fs::read_to_string(&self.key_path).ok()?;
+        let saved = |path: &std::path::Path| match read_text(path, OTHER_FILE_LIMIT, Links::Refuse) {
+            Ok(text) => text,
+            Err(e) => {
+                warn!(error = %e, "ignoring the saved node certificate");
+                None
+            }
+        };
+        let cert_pem = saved(&self.cert_path)?;
+        let key_pem = saved(&self.key_path)?;
         match self.check(KeyedCertificate { cert_pem, key_pem }) {
             Ok(saved) if saved.info.half_life() > SystemTime::now() => {
                 info!(serial = %saved.info.serial, path = %self.cert_path.display(), "using the saved node certificate");
@@ -241,27 +291,24 @@ impl Bootstrap {
     }
 
     /// Keeps the certificate and key in a folder only root can read.
-    fn save(&self, pem: &KeyedCertificate) -> anyhow::Result<()> {
+    fn save(&self, pem: &KeyedCertificate) -> Result<(), TlsError> {
         if let Some(dir) = self.key_path.parent() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            let failed = |operation| move |source| TlsError::Save { operation, path: dir.to_path_buf(), source };
+            std::fs::create_dir_all(dir).map_err(failed("create"))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed("chmod 0700"))?;
         }
         Ok(pem.write(&self.cert_path, &self.key_path)?)
     }
 
-    fn check(&self, pem: KeyedCertificate) -> anyhow::Result<Issued> {
+    fn check(&self, pem: KeyedCertificate) -> Result<Issued, TlsError> {
         let info = pem.info()?;
         let suffix = format!("/multinic/node/{}", self.node);
         let names_us = matches!(info.uris.as_slice(), [uri] if uri.starts_with("spiffe://") && uri.ends_with(&suffix));
         if !names_us {
-            anyhow::bail!(
-                "the certificate names {:?}, not this node {}: is --node-name (NODE_NAME) the Kubernetes node name?",
-                info.uris,
-                self.node
-            );
+            return Err(TlsError::OtherNode { uris: info.uris.clone(), node: self.node.clone() });
         }
         if info.remaining(SystemTime::now()).is_zero() {
-            anyhow::bail!("the certificate has expired");
+            return Err(TlsError::Expired);
         }
         let key = certified_key(pem.cert_pem.as_bytes(), pem.key_pem.as_bytes(), "node certificate")?;
         Ok(Issued { pem, info, key })

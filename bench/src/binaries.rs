@@ -14,14 +14,21 @@ use crate::BenchError;
 /// Builds both binaries with cargo (release unless `debug`) and returns
 /// (controller, agent).
 pub fn build(debug: bool) -> Result<(PathBuf, PathBuf), BenchError> {
+    let [controller, agent] = build_bins(debug, ["multinic-controller", "multinic-agent"])?;
+    Ok((controller, agent))
+}
+
+/// Builds the binaries of these packages (each names its binary) with cargo
+/// (release unless `debug`) and returns their paths, in the same order.
+pub fn build_bins<const N: usize>(debug: bool, packages: [&str; N]) -> Result<[PathBuf; N], BenchError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&workspace)
-        .args(["build", "--bins", "-p", "multinic-controller", "-p", "multinic-agent"])
-        .arg("--message-format=json-render-diagnostics")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.current_dir(&workspace).args(["build", "--bins"]);
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    cmd.arg("--message-format=json-render-diagnostics").stdout(Stdio::piped()).stderr(Stdio::inherit());
     if !debug {
         cmd.arg("--release");
     }
@@ -30,8 +37,11 @@ pub fn build(debug: bool) -> Result<(PathBuf, PathBuf), BenchError> {
         return Err(BenchError::Setup(format!("cargo build failed ({})", out.status)));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let find = |name: &str| executable(&text, name).ok_or_else(|| BenchError::Setup(format!("cargo built no {name}")));
-    Ok((find("multinic-controller")?, find("multinic-agent")?))
+    let mut found = Vec::with_capacity(N);
+    for name in packages {
+        found.push(executable(&text, name).ok_or_else(|| BenchError::Setup(format!("cargo built no {name}")))?);
+    }
+    found.try_into().map_err(|_| BenchError::Setup("cargo reported fewer binaries than asked for".into()))
 }
 
 /// The `executable` cargo reported for binary `name`.

@@ -27,6 +27,7 @@ mod scenario;
 pub mod server;
 pub mod sim;
 pub mod stats;
+pub mod status_load;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use multinic_bench::baseline::{self, BaselineOptions};
+use multinic_bench::status_load::{self, StatusLoadConfig};
 use multinic_bench::{BenchConfig, Binaries, Rounds, binaries, run};
 use multinic_proto::runtime::parse_duration;
 
@@ -98,6 +99,27 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// How long `multinicctl status`, `get node` and `get nodes` take with
+    /// thousands of rejected rows on one node, and how long `/healthz`
+    /// answers while they run.
+    StatusLoad {
+        /// Rejected rows (MTU 0) on the one dirty node.
+        #[arg(long, default_value_t = 15_000)]
+        bad_rows: usize,
+        /// Healthy nodes beside it, two rows each.
+        #[arg(long, default_value_t = 100)]
+        good_nodes: usize,
+        /// Runs of each command.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// The controller binary (default: build it with cargo, in this
+        /// benchmark's profile).
+        #[arg(long, requires = "multinicctl_bin")]
+        controller_bin: Option<PathBuf>,
+        /// The multinicctl binary (default: build it with cargo).
+        #[arg(long, requires = "controller_bin")]
+        multinicctl_bin: Option<PathBuf>,
+    },
     /// The bare tonic + rustls server the benchmark compares against
     /// (started by the benchmark itself).
     BaselineServer {
@@ -146,9 +168,37 @@ async fn run_args(args: Args) -> anyhow::Result<()> {
         keep,
         command,
     } = args;
-    if let Some(Command::BaselineServer { listen, cert, key, ca, interfaces }) = command {
-        baseline::serve(BaselineOptions { listen, cert, key, ca, interfaces }).await?;
-        return Ok(());
+    match command {
+        Some(Command::BaselineServer { listen, cert, key, ca, interfaces }) => {
+            baseline::serve(BaselineOptions { listen, cert, key, ca, interfaces }).await?;
+            return Ok(());
+        }
+        Some(Command::StatusLoad { bad_rows, good_nodes, rounds, controller_bin, multinicctl_bin }) => {
+            let (controller, multinicctl) = match (controller_bin, multinicctl_bin) {
+                (Some(c), Some(m)) => (c, m),
+                _ => {
+                    eprintln!("building multinic-controller and multinicctl ({})", profile());
+                    let [c, m] = binaries::build_bins(cfg!(debug_assertions), ["multinic-controller", "multinicctl"])?;
+                    (c, m)
+                }
+            };
+            let config = StatusLoadConfig {
+                controller,
+                multinicctl,
+                bad_rows,
+                good_nodes,
+                rounds,
+                timeout: Duration::from_secs(120),
+            };
+            let report = status_load::run(&config, &|line| eprintln!("[status-load] {line}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            return Ok(());
+        }
+        None => {}
     }
     let (controller, agent) = match (controller_bin, agent_bin) {
         (Some(c), Some(a)) => (c, a),

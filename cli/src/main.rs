@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod out;
 mod view;
 
 use std::process::ExitCode;
@@ -66,11 +67,15 @@ async fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Certs(args) => commands::certs::run(args),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
+    match (result, out::failure()) {
+        (Err(e), _) => {
             eprintln!("error: {}", multinic_proto::runtime::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
+        (Ok(_), Some(failure)) => {
+            eprintln!("error: cannot write to stdout: {failure}");
+            ExitCode::FAILURE
+        }
+        (Ok(code), None) => code,
     }
 }

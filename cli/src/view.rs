@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::out::{out, outln};
 use multinic_proto::v1;
 use serde::Serialize;
 
@@ -32,8 +33,8 @@ impl std::str::FromStr for Format {
 /// Prints a serialisable value as JSON or YAML.
 pub fn print_structured<T: Serialize>(value: &T, format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
-        _ => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => out!("{}", serde_yaml::to_string(value)?),
+        _ => outln!("{}", serde_json::to_string_pretty(value)?),
     }
     Ok(())
 }
@@ -51,6 +52,11 @@ pub struct SummaryView {
     pub invalid_rows: u32,
     pub controller_version: String,
     pub row_problems: Vec<ProblemView>,
+    /// Rejected rows not listed (the list is bounded).
+    pub row_problems_omitted: u32,
+    /// Accepted rows that look wrong (applied anyway).
+    pub row_warnings: Vec<ProblemView>,
+    pub row_warnings_omitted: u32,
     pub removals_held: u32,
     pub removal_guard: String,
     pub removal_guard_token: String,
@@ -79,7 +85,54 @@ pub struct NodeView {
     pub applied_generation: u64,
     pub applied_digest: String,
     pub interfaces: Vec<InterfaceView>,
+    /// Held interfaces not listed (the list is bounded).
+    pub interfaces_omitted: u32,
     pub row_problems: Vec<ProblemView>,
+    pub row_problems_omitted: u32,
+    pub row_warnings: Vec<ProblemView>,
+    pub row_warnings_omitted: u32,
+    /// What is wrong with the node as a whole.
+    pub problems: Vec<NodeProblemView>,
+    /// When its agent last reported drift (the node no longer as applied).
+    pub last_drift: Option<String>,
+    /// What that drift check found, and what the agent did about it.
+    pub drift: Vec<DriftView>,
+    /// Drift repaired on the node since the controller became active.
+    pub drift_repairs: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DriftView {
+    pub mac_address: String,
+    pub name: String,
+    pub kind: String,
+    pub found: String,
+    pub wanted: String,
+    pub action: String,
+}
+
+impl From<&v1::DriftFinding> for DriftView {
+    fn from(f: &v1::DriftFinding) -> Self {
+        // Unknown values (a newer agent) read as their number.
+        let kind =
+            multinic_proto::DriftKind::try_from(f.kind).map_or_else(|_| f.kind.to_string(), |k| k.as_str().into());
+        let action = multinic_proto::DriftAction::try_from(f.action)
+            .map_or_else(|_| f.action.to_string(), |a| a.as_str().into());
+        Self {
+            mac_address: f.mac_address.clone(),
+            name: f.name.clone(),
+            kind,
+            found: f.found.clone(),
+            wanted: f.wanted.clone(),
+            action,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeProblemView {
+    pub error_code: String,
+    pub message: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,6 +163,9 @@ impl From<&v1::FleetSummary> for SummaryView {
             invalid_rows: s.invalid_rows,
             controller_version: s.controller_version.clone(),
             row_problems: s.row_problems.iter().map(ProblemView::from).collect(),
+            row_problems_omitted: s.row_problems_omitted,
+            row_warnings: s.row_warnings.iter().map(ProblemView::from).collect(),
+            row_warnings_omitted: s.row_warnings_omitted,
             removals_held: s.removals_held,
             removal_guard: s.removal_guard.clone(),
             removal_guard_token: s.removal_guard_token.clone(),
@@ -144,9 +200,41 @@ impl From<&v1::NodeStatus> for NodeView {
             applied_generation: n.applied_generation,
             applied_digest: n.applied_digest.clone(),
             interfaces: n.interfaces.iter().map(|i| InterfaceView::new(&n.name, i)).collect(),
+            interfaces_omitted: n.interfaces_omitted,
             row_problems: n.row_problems.iter().map(ProblemView::from).collect(),
+            row_problems_omitted: n.row_problems_omitted,
+            row_warnings: n.row_warnings.iter().map(ProblemView::from).collect(),
+            row_warnings_omitted: n.row_warnings_omitted,
+            problems: n
+                .problems
+                .iter()
+                .map(|p| NodeProblemView { error_code: error_code(p.error_code), message: p.message.clone() })
+                .collect(),
+            last_drift: time(n.last_drift_unix_ms),
+            drift: n.last_drift.iter().map(DriftView::from).collect(),
+            drift_repairs: n.drift_repairs,
         }
     }
+}
+
+/// `ROW NODE MAC ERROR MESSAGE` rows (the node column left out for one
+/// node's rows), then how many more there are, if any.
+pub fn problems_table(problems: &[ProblemView], omitted: u32, with_node: bool, what: &str) -> String {
+    let header: &[&str] =
+        if with_node { &["ROW", "NODE", "MAC", "ERROR", "MESSAGE"] } else { &["ROW", "MAC", "ERROR", "MESSAGE"] };
+    let mut table = Table::new(header);
+    for p in problems {
+        let mut row = vec![p.row_id.to_string(), p.mac_address.clone(), p.error_code.clone(), p.message.clone()];
+        if with_node {
+            row.insert(1, if p.node.is_empty() { "-".to_owned() } else { p.node.clone() });
+        }
+        table.row(row);
+    }
+    let mut out = table.render();
+    if omitted > 0 {
+        out.push_str(&format!("... and {omitted} more {what} not listed\n"));
+    }
+    out
 }
 
 impl InterfaceView {
@@ -222,9 +310,9 @@ pub fn colors_enabled() -> bool {
 /// progress, red bad), when colours are enabled.
 pub fn paint(text: &str, enabled: bool) -> String {
     let code = match text.trim() {
-        "converged" | "applied" | "yes" => "32",
+        "converged" | "applied" | "yes" | "repaired" => "32",
         "pending" | "waiting" | "held" => "33",
-        "failed" | "refused" | "no" | "DOWN" => "31",
+        "failed" | "refused" | "no" | "DOWN" | "repair_failed" | "given_up" | "not_repaired" => "31",
         _ => return text.to_owned(),
     };
     if enabled { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use multinic_proto::runtime::{LogFormat, parse_duration};
+use multinic_proto::runtime::{LogFormat, parse_duration, parse_duration_or_zero};
 use multinic_tls::{CertificateAuthority, ServerTls, TrustDomain};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -73,7 +73,7 @@ pub struct Args {
     /// at 1,000,000 rows with 500,000 active), so at 60s that is about
     /// 0.05 % / 0.8 % of a database core; at 10s, six times as much. 0s
     /// reads the whole fleet every tick.
-    #[arg(long, env = "MULTINIC_FULL_READ_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "MULTINIC_FULL_READ_INTERVAL", default_value = "60s", value_parser = parse_duration_or_zero)]
     pub full_read_interval: Duration,
 
     /// How long shutdown waits for agent streams to drain.
@@ -89,10 +89,17 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_MIN_GUARDED_REMOVALS", default_value_t = 10)]
     pub min_guarded_removals: usize,
 
-    /// Hold every removal this long after becoming active, until the agents
-    /// have reported what they have.
-    #[arg(long, env = "MULTINIC_REMOVAL_WARMUP", default_value = "30s", value_parser = parse_duration)]
+    /// After becoming active, hold every removal until every node with rows
+    /// (and every connected agent) has reported what it has, at most this
+    /// long; removals on nodes with no rows left wait the whole time, and
+    /// agents' claims made within it count (0s: judge at once).
+    #[arg(long, env = "MULTINIC_REMOVAL_WARMUP", default_value = "30s", value_parser = parse_duration_or_zero)]
     pub removal_warmup: Duration,
+
+    /// A push the agent has not answered for this long shows as a node
+    /// problem in `multinicctl status` and `get node` (a stuck agent).
+    #[arg(long, env = "MULTINIC_PUSH_ANSWER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub push_answer_timeout: Duration,
 
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -127,6 +134,7 @@ impl Args {
             max_removal_share,
             min_guarded_removals,
             removal_warmup,
+            push_answer_timeout,
             tls,
             issuer,
             log_format: _,
@@ -156,6 +164,7 @@ impl Args {
                 min_removals: min_guarded_removals,
                 warmup: removal_warmup,
             },
+            push_answer_timeout,
             transport,
         };
         let controller = Controller::bind(config, listen, http_listen).await?;
@@ -377,5 +386,15 @@ mod tests {
         assert_eq!(args.issuer.node_cert_lifetime, Duration::from_secs(86_400));
         assert_eq!(args.issuer.token_audience, "multinic-controller");
         assert!(Args::try_parse_from(["multinic-controller", "--trust-domain", "Bad/Domain"]).is_err());
+    }
+
+    #[test]
+    fn zero_means_no_warm_up_and_a_full_read_every_tick() {
+        let argv = ["multinic-controller", "--insecure", "--removal-warmup", "0s", "--full-read-interval", "0"];
+        let args = Args::try_parse_from(argv).unwrap();
+        assert_eq!(args.removal_warmup, Duration::ZERO);
+        assert_eq!(args.full_read_interval, Duration::ZERO);
+        let err = Args::try_parse_from(["multinic-controller", "--poll-interval", "0s"]).unwrap_err().to_string();
+        assert!(err.contains("must be positive"), "{err}");
     }
 }

@@ -5,8 +5,14 @@
 //! anything from a node: a row whose MAC is valid but whose content is not
 //! (or that conflicts with another row) makes that MAC *held*, which tells the
 //! agent to leave whatever it has for that MAC exactly as it is.
+//!
+//! A node's rows are judged with what the rest of the fleet says about them
+//! ([`Context`]: the other nodes of a MAC or an address, whether a row's
+//! content changed in this run); the full read and the incremental copy of
+//! the rows answer it the same way, so both give the same sets.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 
 use multinic_proto::{DesiredSet, ErrorCode, IfaceAddr, InterfaceSpec, MacAddress, Mtu, NodeName, ParseError};
 
@@ -34,6 +40,9 @@ pub struct RowRef {
     pub netplan_success: bool,
     /// The row's own spec, when the row is valid.
     pub spec: Option<InterfaceSpec>,
+    /// The row's content (or node) changed in this controller run while it
+    /// read `netplan_success = 1`: that 1 was for content it no longer has.
+    pub stale: bool,
 }
 
 /// A node's desired set plus the rows it came from.
@@ -44,12 +53,60 @@ pub struct NodeDesired {
     pub rows: BTreeMap<MacAddress, Vec<RowRef>>,
     /// This node's rows with problems, in row order.
     pub problems: Vec<RowProblem>,
+    /// The error code of each held MAC's first problem (status views look
+    /// it up per held MAC; a scan of `problems` each time is quadratic).
+    pub held_codes: BTreeMap<MacAddress, ErrorCode>,
+    /// Valid rows that look wrong but are applied (an address another
+    /// interface also has), in row order.
+    pub warnings: Vec<RowProblem>,
 }
 
 impl NodeDesired {
     /// A node with no rows.
     pub fn empty() -> Self {
-        Self { set: DesiredSet::empty(), rows: BTreeMap::new(), problems: Vec::new() }
+        Self {
+            set: DesiredSet::empty(),
+            rows: BTreeMap::new(),
+            problems: Vec::new(),
+            held_codes: BTreeMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// What judging one node's rows needs to know about the rest of the fleet.
+pub trait Context {
+    /// Every node (the row's own included) that has a row with this MAC.
+    fn nodes_of_mac(&self, mac: &MacAddress) -> Vec<NodeName>;
+    /// Every (node, MAC) that has a row with this address.
+    fn holders_of_address(&self, address: &IpAddr) -> Vec<(NodeName, MacAddress)>;
+    /// Whether the row's content changed in this run while it read 1.
+    fn stale(&self, id: i64) -> bool;
+}
+
+/// The address a row asks for, as the index of [`Context::holders_of_address`]
+/// knows it (the bare address, whatever its cidr).
+pub fn row_address(row: &InterfaceRow) -> Option<IpAddr> {
+    row.address.as_deref().map(str::trim).filter(|a| !a.is_empty())?.parse().ok()
+}
+
+/// [`Context`] over one full snapshot: nothing changed in this run yet.
+struct SnapshotContext {
+    nodes_of_mac: HashMap<MacAddress, BTreeSet<NodeName>>,
+    holders_of_address: HashMap<IpAddr, BTreeSet<(NodeName, MacAddress)>>,
+}
+
+impl Context for SnapshotContext {
+    fn nodes_of_mac(&self, mac: &MacAddress) -> Vec<NodeName> {
+        self.nodes_of_mac.get(mac).into_iter().flatten().cloned().collect()
+    }
+
+    fn holders_of_address(&self, address: &IpAddr) -> Vec<(NodeName, MacAddress)> {
+        self.holders_of_address.get(address).into_iter().flatten().cloned().collect()
+    }
+
+    fn stale(&self, _id: i64) -> bool {
+        false
     }
 }
 
@@ -83,13 +140,16 @@ struct ParsedRow<'a> {
 pub fn desired_fleet(snapshot: &FleetSnapshot) -> DesiredFleet {
     let mut fleet = DesiredFleet::default();
     let mut by_node: BTreeMap<NodeName, Vec<&InterfaceRow>> = BTreeMap::new();
-    let mut nodes_of_mac: BTreeMap<MacAddress, BTreeSet<NodeName>> = BTreeMap::new();
+    let mut context = SnapshotContext { nodes_of_mac: HashMap::new(), holders_of_address: HashMap::new() };
     for row in &snapshot.rows {
         match row_node(row) {
             Err(problem) => fleet.unattached.push(problem),
             Ok(node) => {
                 if let Ok(mac) = row.macaddress.parse::<MacAddress>() {
-                    nodes_of_mac.entry(mac).or_default().insert(node.clone());
+                    context.nodes_of_mac.entry(mac).or_default().insert(node.clone());
+                    if let Some(address) = row_address(row) {
+                        context.holders_of_address.entry(address).or_default().insert((node.clone(), mac));
+                    }
                 }
                 by_node.entry(node).or_default().push(row);
             }
@@ -97,7 +157,7 @@ pub fn desired_fleet(snapshot: &FleetSnapshot) -> DesiredFleet {
     }
     for (node, mut rows) in by_node {
         rows.sort_by_key(|r| r.id);
-        let desired = node_desired(&node, &rows, &|mac| nodes_of_mac.get(mac).into_iter().flatten().cloned().collect());
+        let desired = node_desired(&node, &rows, &context);
         fleet.nodes.insert(node, desired);
     }
     fleet
@@ -112,14 +172,9 @@ pub fn row_node(row: &InterfaceRow) -> Result<NodeName, RowProblem> {
     }
 }
 
-/// One node's desired set from all of its rows (in id order). `nodes_of`
-/// names every node (this one included) that has a row with the MAC: a MAC
-/// on two nodes is held on both.
-pub fn node_desired(
-    node: &NodeName,
-    rows: &[&InterfaceRow],
-    nodes_of: &dyn Fn(&MacAddress) -> Vec<NodeName>,
-) -> NodeDesired {
+/// One node's desired set from all of its rows (in id order), judged in
+/// `context`: a MAC on two nodes is held on both.
+pub fn node_desired(node: &NodeName, rows: &[&InterfaceRow], context: &dyn Context) -> NodeDesired {
     let mut by_mac: BTreeMap<MacAddress, Vec<ParsedRow<'_>>> = BTreeMap::new();
     let mut problems = Vec::new();
     for row in rows {
@@ -132,7 +187,7 @@ pub fn node_desired(
     let mut held = BTreeSet::new();
     let mut rows_of = BTreeMap::new();
     for (mac, rows) in by_mac {
-        let all = nodes_of(&mac);
+        let all = context.nodes_of_mac(&mac);
         let others: Vec<&str> = all.iter().filter(|n| *n != node).map(NodeName::as_str).collect();
         match decide(&rows, &others) {
             Ok(spec) => {
@@ -159,12 +214,58 @@ pub fn node_desired(
                 content: p.row.content(),
                 netplan_success: p.row.netplan_success != 0,
                 spec: p.spec.as_ref().ok().copied(),
+                stale: p.row.netplan_success != 0 && context.stale(p.row.id),
             })
             .collect();
         rows_of.insert(mac, refs);
     }
     problems.sort_by_key(|p| p.row_id);
-    NodeDesired { set: DesiredSet::from_parts(specs, held), rows: rows_of, problems }
+    let mut held_codes = BTreeMap::new();
+    for p in &problems {
+        if let Ok(mac) = p.mac.parse::<MacAddress>()
+            && held.contains(&mac)
+        {
+            held_codes.entry(mac).or_insert(p.code);
+        }
+    }
+    let warnings = address_warnings(node, rows, &specs, &held, context);
+    NodeDesired { set: DesiredSet::from_parts(specs, held), rows: rows_of, problems, held_codes, warnings }
+}
+
+/// A warning for each valid row whose address another interface (another
+/// MAC, on this node or another) also has: both are applied, as the rows
+/// say, but one of them is likely a mistake.
+fn address_warnings(
+    node: &NodeName,
+    rows: &[&InterfaceRow],
+    specs: &BTreeMap<MacAddress, InterfaceSpec>,
+    held: &BTreeSet<MacAddress>,
+    context: &dyn Context,
+) -> Vec<RowProblem> {
+    let mut warnings = Vec::new();
+    let mut seen = HashSet::new();
+    for row in rows {
+        let Ok(mac) = row.macaddress.parse::<MacAddress>() else { continue };
+        let Some(spec) = specs.get(&mac).filter(|_| !held.contains(&mac)) else { continue };
+        let Some(address) = spec.address.map(|a| a.addr()) else { continue };
+        if row_address(row) != Some(address) || !seen.insert(row.id) {
+            continue;
+        }
+        let others: Vec<(NodeName, MacAddress)> =
+            context.holders_of_address(&address).into_iter().filter(|(_, m)| *m != mac).collect();
+        let Some((first_node, first_mac)) = others.first() else { continue };
+        let more = match others.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        let place = if first_node == node { "this node".to_owned() } else { format!("node {first_node}") };
+        let message = format!(
+            "address {address} is also desired for {first_mac} on {place}{more}; both are applied \
+             (the OpenStack side normally prevents this)"
+        );
+        warnings.push(problem(row, Some(node), ErrorCode::DuplicateAddress, message));
+    }
+    warnings
 }
 
 type Problems<'a> = Vec<(&'a InterfaceRow, ErrorCode, String)>;
@@ -363,6 +464,46 @@ mod tests {
             assert!(n.problems[0].message.contains(other), "{}", n.problems[0].message);
         }
         assert_eq!(f.nodes[&node("b")].set.len(), 1, "b's other MAC is unaffected");
+    }
+
+    #[test]
+    fn the_same_address_on_two_interfaces_is_a_warning_and_both_apply() {
+        let f = fleet(vec![
+            row(1, Some("a"), "fa:16:3e:00:00:01", Some("10.0.0.5"), Some("10.0.0.0/24"), Some(1500)),
+            row(2, Some("b"), "fa:16:3e:00:00:02", Some("10.0.0.5"), Some("10.0.0.0/16"), Some(1500)),
+            row(3, Some("b"), "fa:16:3e:00:00:03", Some("10.0.0.6"), Some("10.0.0.0/24"), Some(1500)),
+            row(4, Some("c"), "fa:16:3e:00:00:04", Some("10.0.0.6"), Some("10.0.0.0/24"), Some(0)),
+        ]);
+        let a = &f.nodes[&node("a")];
+        assert_eq!(a.set.len(), 1, "applied anyway");
+        assert!(a.problems.is_empty());
+        assert_eq!(a.warnings.len(), 1);
+        assert_eq!(a.warnings[0].code, ErrorCode::DuplicateAddress);
+        assert!(a.warnings[0].message.contains("10.0.0.5 is also desired for fa:16:3e:00:00:02 on node b"));
+        let b = &f.nodes[&node("b")];
+        // Row 4 is invalid (a problem, no warning of its own), but it asks
+        // for 10.0.0.6 too: row 3 is warned.
+        assert_eq!(b.warnings.iter().map(|w| w.row_id).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(f.nodes[&node("c")].warnings.is_empty());
+        // A node's rows of one MAC sharing an address are not a duplicate.
+        let same = fleet(vec![
+            row(1, Some("a"), "fa:16:3e:00:00:01", Some("10.0.0.5"), Some("10.0.0.0/24"), Some(1500)),
+            row(2, Some("a"), "fa:16:3e:00:00:01", Some("10.0.0.5"), Some("10.0.0.0/24"), Some(1500)),
+        ]);
+        assert!(same.nodes[&node("a")].warnings.is_empty());
+    }
+
+    #[test]
+    fn held_macs_know_their_first_problems_code() {
+        let f = fleet(vec![
+            row(1, Some("a"), "fa:16:3e:00:00:01", None, None, Some(0)),
+            row(2, Some("a"), "fa:16:3e:00:00:02", None, None, Some(1500)),
+            row(3, Some("b"), "fa:16:3e:00:00:02", None, None, Some(1500)),
+        ]);
+        let a = &f.nodes[&node("a")];
+        let code = |m: &str| a.held_codes.get(&m.parse::<MacAddress>().unwrap()).copied();
+        assert_eq!(code("fa:16:3e:00:00:01"), Some(ErrorCode::InvalidRow));
+        assert_eq!(code("fa:16:3e:00:00:02"), Some(ErrorCode::DuplicateMac));
     }
 
     #[test]

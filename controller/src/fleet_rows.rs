@@ -7,15 +7,20 @@
 //! their desired state recomputed. Pure: no I/O, no clock. It never drops
 //! a row because of what a read lacks: the poll loop only gives it reads
 //! that succeeded.
+//!
+//! It also remembers which rows changed content in this run while they read
+//! `netplan_success = 1` ("stale"): the recorder writes 0 for them until
+//! their node confirms the new content.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 
 use multinic_proto::{MacAddress, NodeName};
 
-use crate::desired::{DesiredFleet, NodeDesired, RowProblem, node_desired, row_node};
+use crate::desired::{Context, DesiredFleet, NodeDesired, RowProblem, node_desired, row_address, row_node};
 use crate::store::{FleetSnapshot, InterfaceRow, RowChange, RowContent};
 
-/// The active rows, indexed by node and by MAC.
+/// The active rows, indexed by node, by MAC and by address.
 #[derive(Debug, Default)]
 pub struct FleetRows {
     rows: HashMap<i64, InterfaceRow>,
@@ -23,8 +28,12 @@ pub struct FleetRows {
     by_node: HashMap<NodeName, BTreeSet<i64>>,
     /// The nodes that have rows with a MAC, with how many rows each.
     by_mac: HashMap<MacAddress, BTreeMap<NodeName, usize>>,
+    /// The (node, MAC) pairs that have rows with an address, with how many rows each.
+    by_address: HashMap<IpAddr, BTreeMap<(NodeName, MacAddress), usize>>,
     /// Rows that name no valid node.
     unattached: BTreeSet<i64>,
+    /// Rows whose content or node changed in this run while they read 1.
+    stale: HashSet<i64>,
 }
 
 /// What a change touched.
@@ -69,8 +78,16 @@ impl FleetRows {
             match (self.rows.get(&row.id), deleted) {
                 (None, true) => {}
                 (Some(old), false) if *old == row => {}
-                (_, true) => self.remove(row.id, &mut touched),
-                (_, false) => {
+                (_, true) => {
+                    self.stale.remove(&row.id);
+                    self.remove(row.id, &mut touched);
+                }
+                (old, false) => {
+                    if row.netplan_success == 0 {
+                        self.stale.remove(&row.id);
+                    } else if old.is_some_and(|old| moved_or_changed(old, &row)) {
+                        self.stale.insert(row.id);
+                    }
                     self.remove(row.id, &mut touched);
                     self.insert(row, &mut touched);
                 }
@@ -96,6 +113,10 @@ impl FleetRows {
     /// the content it was written for.
     pub fn recorded(&mut self, id: i64, content: &RowContent, success: bool) -> Touched {
         let mut touched = Touched::default();
+        if self.rows.get(&id).is_some_and(|row| row.content() == *content) && self.stale.remove(&id) {
+            // The value now stands for this content (1: confirmed; 0: said).
+            touched.nodes.extend(self.rows.get(&id).and_then(|row| row_node(row).ok()));
+        }
         if let Some(row) = self.rows.get(&id)
             && row.content() == *content
             && (row.netplan_success != 0) != success
@@ -112,10 +133,7 @@ impl FleetRows {
     pub fn desired(&self, node: &NodeName) -> Option<NodeDesired> {
         let ids = self.by_node.get(node)?;
         let rows: Vec<&InterfaceRow> = ids.iter().filter_map(|id| self.rows.get(id)).collect();
-        let nodes_of = |mac: &MacAddress| -> Vec<NodeName> {
-            self.by_mac.get(mac).map(|n| n.keys().cloned().collect()).unwrap_or_default()
-        };
-        Some(node_desired(node, &rows, &nodes_of))
+        Some(node_desired(node, &rows, self))
     }
 
     /// Every node's desired state and the unattached rows: what
@@ -151,6 +169,11 @@ impl FleetRows {
                     let nodes = self.by_mac.entry(mac).or_default();
                     touched.nodes.extend(nodes.keys().cloned());
                     *nodes.entry(node.clone()).or_default() += 1;
+                    if let Some(address) = row_address(&row) {
+                        let holders = self.by_address.entry(address).or_default();
+                        touched.nodes.extend(holders.keys().map(|(n, _)| n.clone()));
+                        *holders.entry((node.clone(), mac)).or_default() += 1;
+                    }
                 }
                 self.by_node.entry(node.clone()).or_default().insert(row.id);
                 touched.nodes.insert(node);
@@ -179,6 +202,21 @@ impl FleetRows {
             if nodes.is_empty() {
                 self.by_mac.remove(&mac);
             }
+            if let Some(address) = row_address(&row)
+                && let Some(holders) = self.by_address.get_mut(&address)
+            {
+                touched.nodes.extend(holders.keys().map(|(n, _)| n.clone()));
+                let key = (node.clone(), mac);
+                if let Some(count) = holders.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        holders.remove(&key);
+                    }
+                }
+                if holders.is_empty() {
+                    self.by_address.remove(&address);
+                }
+            }
         }
         if let Some(ids) = self.by_node.get_mut(&node) {
             ids.remove(&id);
@@ -188,6 +226,26 @@ impl FleetRows {
         }
         touched.nodes.insert(node);
     }
+}
+
+impl Context for FleetRows {
+    fn nodes_of_mac(&self, mac: &MacAddress) -> Vec<NodeName> {
+        self.by_mac.get(mac).map(|n| n.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn holders_of_address(&self, address: &IpAddr) -> Vec<(NodeName, MacAddress)> {
+        self.by_address.get(address).map(|h| h.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn stale(&self, id: i64) -> bool {
+        self.stale.contains(&id)
+    }
+}
+
+/// Whether a row now asks something else of a node, or of another node:
+/// what it said before about `netplan_success` no longer holds.
+fn moved_or_changed(old: &InterfaceRow, new: &InterfaceRow) -> bool {
+    old.content() != new.content() || old.subnet_cidr != new.subnet_cidr || row_node(old).ok() != row_node(new).ok()
 }
 
 #[cfg(test)]
@@ -257,6 +315,79 @@ mod tests {
         assert!(t.unattached);
         same_as_full(&rows, next.clone());
         assert!(rows.replace(FleetSnapshot { rows: next }).is_empty());
+    }
+
+    fn stale(rows: &FleetRows, node: &str) -> Vec<i64> {
+        let desired = rows.desired(&node.parse().unwrap()).unwrap();
+        desired.rows.values().flatten().filter(|r| r.stale).map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn a_row_edited_while_it_reads_1_is_stale_until_its_new_content_is_recorded() {
+        let applied = InterfaceRow::plain(1, "a", "fa:16:3e:00:00:01", 1500, 1);
+        let other = InterfaceRow::plain(2, "a", "fa:16:3e:00:00:02", 1500, 1);
+        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: vec![applied.clone(), other.clone()] });
+        assert!(stale(&rows, "a").is_empty(), "what a first read finds is believed");
+
+        // The writer changes the MTU and leaves the flag at 1.
+        let edited = InterfaceRow { mtu: Some(1400), ..applied.clone() };
+        assert_eq!(names(&rows.apply(vec![RowChange { row: edited.clone(), deleted: false }])), vec!["a"]);
+        assert_eq!(stale(&rows, "a"), vec![1]);
+
+        // The recorder's 0 for the new content lands: it reads 0, not stale.
+        assert_eq!(names(&rows.recorded(1, &edited.content(), false)), vec!["a"]);
+        assert!(stale(&rows, "a").is_empty());
+
+        // A writer that resets the flag with its edit: nothing to correct.
+        let reset = InterfaceRow { mtu: Some(9000), netplan_success: 0, ..other.clone() };
+        rows.apply(vec![RowChange { row: reset, deleted: false }]);
+        assert!(stale(&rows, "a").is_empty());
+
+        // A row moved to another node while it reads 1: stale there.
+        let moved = InterfaceRow { attached_node_name: Some("b".into()), ..edited.clone() };
+        rows.recorded(1, &edited.content(), true);
+        rows.apply(vec![RowChange { row: moved, deleted: false }]);
+        assert_eq!(stale(&rows, "b"), vec![1]);
+        // ... and a deleted row is forgotten.
+        rows.apply(vec![RowChange { row: edited, deleted: true }]);
+        assert!(rows.stale.is_empty());
+    }
+
+    #[test]
+    fn a_stale_row_asks_for_0_until_its_node_confirms_it() {
+        use crate::fleet::Fleet;
+        let a: NodeName = "a".parse().unwrap();
+        let applied = InterfaceRow::plain(1, "a", "fa:16:3e:00:00:01", 1500, 1);
+        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: vec![applied.clone()] });
+        let fleet = Fleet::new();
+        fleet.publish(desired_fleet(&FleetSnapshot { rows: vec![applied.clone()] }));
+        assert!(fleet.row_updates(&a).is_empty(), "1 as read, no agent yet: left alone");
+
+        let edited = InterfaceRow { mtu: Some(1400), ..applied };
+        let touched = rows.apply(vec![RowChange { row: edited.clone(), deleted: false }]);
+        fleet.publish_nodes(rows.desired_of(&touched.nodes), None);
+        let updates = fleet.row_updates(&a);
+        assert_eq!(updates.iter().map(|u| (u.id, u.success)).collect::<Vec<_>>(), vec![(1, false)]);
+        assert_eq!(updates[0].content, edited.content(), "conditional on the new content");
+    }
+
+    #[test]
+    fn an_address_change_touches_every_node_with_that_address() {
+        let with = |id, node: &str, mac: &str, address: &str| InterfaceRow {
+            address: Some(address.into()),
+            cidr: Some("10.0.0.0/24".into()),
+            ..InterfaceRow::plain(id, node, mac, 1500, 0)
+        };
+        let all = vec![with(1, "a", "fa:16:3e:00:00:01", "10.0.0.5"), with(2, "b", "fa:16:3e:00:00:02", "10.0.0.6")];
+        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: all });
+        let t = rows.apply(vec![RowChange { row: with(2, "b", "fa:16:3e:00:00:02", "10.0.0.5"), deleted: false }]);
+        assert_eq!(names(&t), vec!["a", "b"], "a's warning appears");
+        let next = vec![with(1, "a", "fa:16:3e:00:00:01", "10.0.0.5"), with(2, "b", "fa:16:3e:00:00:02", "10.0.0.5")];
+        same_as_full(&rows, next);
+        assert_eq!(rows.desired(&"a".parse().unwrap()).unwrap().warnings.len(), 1);
+        let t = rows.apply(vec![RowChange { row: with(2, "b", "fa:16:3e:00:00:02", "10.0.0.5"), deleted: true }]);
+        assert_eq!(names(&t), vec!["a", "b"], "and goes");
+        assert!(rows.desired(&"a".parse().unwrap()).unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::alert_metrics::WatchedCertificates;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 
@@ -24,6 +25,8 @@ pub struct HttpState {
     pub serving: Arc<AtomicBool>,
     /// TLS handshake counts of the gRPC port.
     pub handshakes: Arc<crate::tls::HandshakeStats>,
+    /// The certificates whose expiry `/metrics` shows.
+    pub certificates: WatchedCertificates,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -57,5 +60,6 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     state.metrics.set_handshakes(&state.handshakes);
     let held = state.fleet.guard_status().removals_held;
     state.metrics.removals_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+    state.metrics.alerts.refresh(&state.fleet, &state.certificates);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
 }

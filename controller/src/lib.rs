@@ -13,8 +13,10 @@
 //!                 Store::record ◀─ recorder (batched multi-row conditional UPDATEs)
 //! ```
 
+pub mod alert_metrics;
 pub mod args;
 pub mod change;
+pub mod claims;
 pub mod desired;
 pub mod feed;
 pub mod fleet;
@@ -66,6 +68,8 @@ pub struct ControllerConfig {
     pub drain_timeout: Duration,
     /// When mass removals are held back.
     pub guard: guard::GuardConfig,
+    /// A push the agent has not answered for this long shows in status.
+    pub push_answer_timeout: Duration,
     /// mTLS (the default of the binary) or plaintext (`--insecure`).
     pub transport: Transport,
 }
@@ -139,7 +143,7 @@ impl Controller {
             },
             Transport::Insecure => None,
         };
-        let fleet = Arc::new(Fleet::with_guard(config.guard));
+        let fleet = Arc::new(Fleet::with_guard(config.guard).answer_within(config.push_answer_timeout));
         Ok(Self {
             config,
             grpc,
@@ -189,8 +193,10 @@ impl Controller {
             drain_timeout,
             transport,
             guard: _,
+            push_answer_timeout: _,
         } = config;
         let serving = Arc::new(AtomicBool::new(false));
+        let certificates = alert_metrics::WatchedCertificates::of(&transport);
         // TLS configurations first: an error here must not leave tasks behind.
         let transport = Prepared::new(transport)?;
 
@@ -213,6 +219,7 @@ impl Controller {
             metrics: metrics.clone(),
             serving: serving.clone(),
             handshakes: handshakes.clone(),
+            certificates,
         };
         let http_shutdown = shutdown.clone();
         let http_server = tokio::spawn(async move {

@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 
 use multinic_proto::NodeName;
 
+use crate::alert_metrics::AlertMetrics;
 use crate::fleet::FleetCounts;
 use crate::store::RowUpdate;
 
@@ -35,6 +36,10 @@ pub struct Metrics {
     pub rejected_messages: Family<Labels, Counter>,
     pub removals_held: Gauge,
     pub tls_handshakes: Family<Labels, Counter>,
+    /// Drift agents reported, by kind and what they did about it.
+    pub drift_findings: Family<Labels, Counter>,
+    // --- What the alerting rules need (issue 19), kept in its own module.
+    pub alerts: AlertMetrics,
 }
 
 impl Default for Metrics {
@@ -66,6 +71,8 @@ impl Metrics {
             rejected_messages: Family::default(),
             removals_held: Gauge::default(),
             tls_handshakes: Family::default(),
+            drift_findings: Family::default(),
+            alerts: AlertMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -76,11 +83,16 @@ impl Metrics {
         registry.register("db_poll_errors", "Database reads that failed", m.db_poll_errors.clone());
         registry.register(
             "db_reads",
-            "Database reads by kind: probe (every tick), changed (recently modified or inserted rows), full (the whole fleet)",
+            "Database reads by kind: probe (every tick), changed (recently modified or inserted rows), \
+             subnets (multi_subnet's cidrs), full (the whole fleet)",
             m.db_reads.clone(),
         );
         registry.register("db_write_errors", "netplan_success writes that failed", m.db_write_errors.clone());
-        registry.register("db_up", "1 when the last database read succeeded", m.db_up.clone());
+        registry.register(
+            "db_up",
+            "1 when the database answered the last poll (a standby: its lock check)",
+            m.db_up.clone(),
+        );
         registry.register(
             "db_write_time_known",
             "1 when the database says when multi_interface was last written (an idle tick then reads no rows); \
@@ -111,7 +123,14 @@ impl Metrics {
             "Interface removals held back by the mass-deletion guard",
             m.removals_held.clone(),
         );
-        Self { registry, ..m }
+        registry.register(
+            "drift_findings",
+            "Drift agents reported (their node no longer as applied), by kind and action (repaired, repair_failed, not_repaired, given_up)",
+            m.drift_findings.clone(),
+        );
+        // --- What the alerting rules need (issue 19).
+        let alerts = AlertMetrics::register(&mut registry);
+        Self { registry, alerts, ..m }
     }
 
     pub fn record_poll_ok(&self, invalid_rows: usize) {

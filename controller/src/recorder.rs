@@ -122,8 +122,11 @@ fn wanted_writes(fleet: &Fleet, nodes: &BTreeSet<NodeName>, written: &mut Writte
     for node in nodes {
         let wanted = fleet.row_updates(node);
         if let Some(made) = written.get_mut(node) {
+            // By id: a node's rows can be many thousands (a scan per write
+            // made would be quadratic).
+            let by_id: HashMap<i64, &RowUpdate> = wanted.iter().map(|u| (u.id, u)).collect();
             made.retain(|id, (content, success)| {
-                wanted.iter().any(|u| u.id == *id && u.content == *content && u.success == *success)
+                by_id.get(id).is_some_and(|u| u.content == *content && u.success == *success)
             });
             if made.is_empty() {
                 written.remove(node);
@@ -177,7 +180,7 @@ mod tests {
             applied_digest: None,
             interfaces: vec![],
         };
-        let (session, rx) = fleet.connect(&hello);
+        let (session, rx, _) = fleet.connect(&hello);
         let pushed = rx.borrow().clone().unwrap();
         let status =
             InterfaceStatus::applied(pushed.set.iter().next().unwrap().mac, InterfaceName::new(0, 10).unwrap());
@@ -188,6 +191,7 @@ mod tests {
             outcome: Outcome::Applied,
             interfaces: vec![status],
             error: String::new(),
+            drift: Vec::new(),
         };
         fleet.record(&a, session, &pushed, &report).unwrap();
 

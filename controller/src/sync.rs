@@ -81,6 +81,9 @@ impl PollLoop {
                     if self.fleet.set_active(false) {
                         warn!("another replica holds the controller lock: standing by, agents are sent there");
                     }
+                    // The database answered: a standby's db_up says so, so
+                    // that "database unreachable" means no replica reaches it.
+                    self.fleet.db_ok();
                     feed.reset();
                     continue;
                 }

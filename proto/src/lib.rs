@@ -17,3 +17,8 @@ pub mod v1 {
 }
 
 pub use domain::*;
+
+/// The largest gRPC message either end of a multinic stream accepts (a
+/// desired set at full capacity is a few KiB; this bounds what a hostile
+/// peer can make the other side buffer).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;

@@ -77,8 +77,17 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Parses `500ms`, `2s`, `1m`, `1h`, or a bare number of seconds (`30`, as the
-/// predecessor's `POLL_INTERVAL` used).
+/// predecessor's `POLL_INTERVAL` used). Zero is refused.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    match parse_duration_or_zero(input)? {
+        d if d.is_zero() => Err(format!("invalid duration {input:?}: must be positive")),
+        d => Ok(d),
+    }
+}
+
+/// [`parse_duration`] that also takes zero (`0`, `0s`), for flags where zero
+/// has a meaning (no warm-up, read every tick).
+pub fn parse_duration_or_zero(input: &str) -> Result<Duration, String> {
     let s = input.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
@@ -90,8 +99,8 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         other => return Err(format!("invalid duration {input:?}: unknown unit {other:?} (use ms, s, m or h)")),
     };
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 * 365.0 {
-        return Err(format!("invalid duration {input:?}: must be positive"));
+    if !seconds.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&seconds) {
+        return Err(format!("invalid duration {input:?}: must be between 0 and a year"));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -107,8 +116,14 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        for bad in ["", "0", "-1s", "2 parsecs", "s", "1e9h"] {
+        for bad in ["", "0", "0s", "-1s", "2 parsecs", "s", "1e9h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration_or_zero("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration_or_zero("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration_or_zero("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "-1s", "1e9h", "2 parsecs"] {
+            assert!(parse_duration_or_zero(bad).is_err(), "{bad}");
         }
     }
 }

@@ -26,7 +26,8 @@ pub struct AgentOptions {
     pub apply: String,
     /// `--backend`.
     pub backend: String,
-    /// More flags, e.g. `--node-ip 192.168.88.2`.
+    /// More flags, e.g. `--node-ip 192.168.88.2` (`--http-listen` here
+    /// replaces the default `127.0.0.1:0`).
     pub extra_args: Vec<String>,
     /// More environment, e.g. the pause-after-write test hook.
     pub env: Vec<(String, String)>,
@@ -71,12 +72,15 @@ impl AgentProcess {
             .arg("--state-dir")
             .arg(&options.state_dir)
             .args(["--apply", &options.apply, "--backend", &options.backend])
-            .args(["--http-listen", "127.0.0.1:0", "--insecure", "--log-format", "json", "--log-level", "info"])
+            .args(["--insecure", "--log-format", "json", "--log-level", "info"])
             .args(&options.extra_args)
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file);
+        if !options.extra_args.iter().any(|a| a == "--http-listen") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
         let child = cmd.spawn().expect("start multinic-agent under ip netns exec");
         Self { child: Some(child), log, _log_dir: log_dir }
     }
@@ -102,6 +106,11 @@ impl AgentProcess {
     /// Log events with this message.
     pub fn events(&self, message: &str) -> Vec<Value> {
         self.log().into_iter().filter(|v| v.get("message").and_then(Value::as_str) == Some(message)).collect()
+    }
+
+    /// The agent's process id (`ip netns exec` execs the agent in place).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the agent is still running.

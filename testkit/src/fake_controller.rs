@@ -25,6 +25,8 @@ struct Recorded {
     reports: Vec<AgentReport>,
     /// The newest stream (pushes go there).
     stream: Option<Outbound>,
+    /// New streams are refused (`UNAVAILABLE`), as by a controller starting up.
+    refusing: bool,
 }
 
 /// A controller that does what the test says.
@@ -44,6 +46,9 @@ impl AgentService for Svc {
     type SyncStream = ReceiverStream<Result<ControllerMessage, Status>>;
 
     async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+        if lock(&self.recorded).refusing {
+            return Err(Status::unavailable("the scripted controller is refusing streams"));
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         lock(&self.recorded).stream = Some(tx);
@@ -111,6 +116,29 @@ impl FakeController {
             lock(&self.recorded).reports.iter().rev().find(|r| r.nonce == nonce && accept(r)).cloned()
         })
         .await
+    }
+
+    /// Ends the current stream with `UNAVAILABLE`, as a controller that
+    /// dies does, and refuses new ones while `refuse` is set (a restart).
+    pub async fn end_streams(&self, refuse: bool) {
+        let stream = {
+            let mut recorded = lock(&self.recorded);
+            recorded.refusing = refuse;
+            recorded.stream.take()
+        };
+        if let Some(stream) = stream {
+            let _ = stream.send(Err(Status::unavailable("the scripted controller went away"))).await;
+        }
+    }
+
+    /// Accepts streams again after [`Self::end_streams`].
+    pub fn accept_streams(&self) {
+        lock(&self.recorded).refusing = false;
+    }
+
+    /// Hellos received so far.
+    pub fn hellos(&self) -> usize {
+        lock(&self.recorded).hellos.len()
     }
 
     /// Every report received so far.

@@ -49,7 +49,17 @@ impl TestController {
     /// Starts a plaintext controller that reads the whole fleet every `full_read`.
     pub async fn start_reading(database_url: &str, poll: Duration, full_read: Duration) -> Self {
         let any = "127.0.0.1:0".parse().unwrap();
-        Self::launch(database_url, poll, full_read, any, Transport::Insecure, GuardConfig::off()).await
+        Self::launch(database_url, poll, full_read, any, Transport::Insecure, GuardConfig::off(), |_| {}).await
+    }
+
+    /// Starts a plaintext controller after `adjust` changed its configuration.
+    pub async fn start_adjusted(
+        database_url: &str,
+        poll: Duration,
+        adjust: impl FnOnce(&mut ControllerConfig),
+    ) -> Self {
+        let any = "127.0.0.1:0".parse().unwrap();
+        Self::launch(database_url, poll, DEFAULT_FULL_READ, any, Transport::Insecure, GuardConfig::off(), adjust).await
     }
 
     /// Starts a controller whose gRPC listener is `grpc` (e.g. the address of
@@ -84,7 +94,7 @@ impl TestController {
         transport: Transport,
         guard: GuardConfig,
     ) -> Self {
-        Self::launch(database_url, poll, DEFAULT_FULL_READ, grpc, transport, guard).await
+        Self::launch(database_url, poll, DEFAULT_FULL_READ, grpc, transport, guard, |_| {}).await
     }
 
     async fn launch(
@@ -94,12 +104,13 @@ impl TestController {
         grpc: SocketAddr,
         transport: Transport,
         guard: GuardConfig,
+        adjust: impl FnOnce(&mut ControllerConfig),
     ) -> Self {
         let database = DatabaseConfig::Url(database_url.to_owned());
         let store = store::connect(&database).expect("store");
         let election = multinic_controller::leader::for_database(&database).expect("election");
         let tls = matches!(transport, Transport::Mutual(_));
-        let config = ControllerConfig {
+        let mut config = ControllerConfig {
             store,
             election,
             poll_interval: poll,
@@ -107,8 +118,10 @@ impl TestController {
             hello_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             guard,
+            push_answer_timeout: Duration::from_secs(60),
             transport,
         };
+        adjust(&mut config);
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let controller = Controller::bind(config, grpc, any).await.expect("bind controller");
         let (grpc, http, fleet) = (controller.grpc_addr(), controller.http_addr(), controller.fleet());

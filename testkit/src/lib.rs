@@ -5,13 +5,19 @@
 //! - [`netplan_generate`]: the real `netplan generate --root-dir` on a tree.
 //! - [`netns`]: a network namespace set up as a node, inspected with `ip -j`.
 //! - [`agent_process`]: the real agent binary run inside such a namespace.
+//! - [`confined`]: a host in such a namespace whose real network daemon
+//!   runs confined; [`networkd`]: systemd-networkd driven by netplan on it.
+//! - [`bystanders`]: what a node carries besides our NICs (a CNI's routes,
+//!   a VIP, rules) and the snapshot that proves an apply left it alone.
 //! - [`fake_controller`]: a scripted controller that records what agents say.
 //! - [`process`]: the real controller binary as a child (SIGKILL, SIGTERM).
 //! - [`proxy`]: a Service stand-in routing to the ready replica.
+//! - [`scrape`]: `/metrics` scraped and parsed.
 //! - [`fleet`]: an in-process controller and agents over real sockets,
 //!   plaintext or mTLS.
 //! - [`certs`]: a throwaway CA and certificates for mTLS tests.
 //! - [`token_review`]: a fake Kubernetes TokenReview endpoint.
+//! - [`assert_golden`]: a rendered text against its golden file.
 //!
 //! A test that needs something this machine lacks (root, `mariadbd`,
 //! `netplan`) calls [`require`]: on a developer machine it is skipped with a
@@ -19,14 +25,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent_process;
+pub mod bystanders;
 pub mod certs;
+pub mod confined;
 pub mod fake_controller;
 pub mod fleet;
 pub mod mariadb;
 pub mod netns;
+pub mod networkd;
 pub mod process;
 pub mod proxy;
 pub mod rows;
+pub mod scrape;
 pub mod token_review;
 
 pub use sqlx;
@@ -42,6 +52,18 @@ pub fn test_logging() {
     if let Ok(level) = std::env::var("TEST_LOG") {
         let _ = multinic_proto::runtime::init_logging(multinic_proto::runtime::LogFormat::Text, &level);
     }
+}
+
+/// Asserts that `actual` is the content of the golden file at `path`;
+/// with `UPDATE_GOLDEN=1` in the environment it first writes `actual` there
+/// (the one-command refresh: `UPDATE_GOLDEN=1 cargo nextest run -p <crate>`).
+pub fn assert_golden(path: &Path, actual: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(actual, expected, "golden file {} differs; UPDATE_GOLDEN=1 refreshes it", path.display());
 }
 
 /// Whether we run in CI (`CI=true`), where nothing may be skipped.
@@ -131,8 +153,14 @@ pub fn require_netplan() -> bool {
 
 /// `GET path` over plain HTTP/1.1; returns the status code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    http_get_over(stream, path).await
+}
+
+/// `GET path` over plain HTTP/1.1 on a connection already made (e.g. inside
+/// a test namespace); returns the status code and the body.
+pub async fn http_get_over(mut stream: tokio::net::TcpStream, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write request");
     let mut response = String::new();

@@ -53,17 +53,24 @@ impl TestNode {
     /// A namespace with `lo` up and `ens3` (MAC [`PRIMARY_MAC`]) holding
     /// [`PRIMARY_V4`] and [`PRIMARY_V6`] with IPv4 and IPv6 default routes.
     pub fn new() -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("mnt-{}-{n}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let node = Self { name, forwarders: Vec::new() };
-        node.ip(&["link", "set", "lo", "up"]);
+        let node = Self::bare();
         node.add_nic(PRIMARY, PRIMARY_MAC);
         node.ip(&["link", "set", PRIMARY, "up"]);
         node.ip(&["addr", "add", PRIMARY_V4, "dev", PRIMARY]);
         node.ip(&["-6", "addr", "add", PRIMARY_V6, "dev", PRIMARY, "nodad"]);
         node.ip(&["route", "add", "default", "via", "192.168.77.1", "dev", PRIMARY]);
         node.ip(&["-6", "route", "add", "default", "via", "fd77::1", "dev", PRIMARY]);
+        node
+    }
+
+    /// A namespace with only `lo` up: for nodes whose primary NIC a real
+    /// network daemon configures (see [`crate::networkd`]).
+    pub fn bare() -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("mnt-{}-{n}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let node = Self { name, forwarders: Vec::new() };
+        node.ip(&["link", "set", "lo", "up"]);
         node
     }
 
@@ -135,16 +142,36 @@ impl TestNode {
     /// A listening socket on 127.0.0.1 *inside* the namespace (a socket
     /// belongs to the namespace of the thread that creates it).
     pub fn listen_inside(&self) -> TcpListener {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+        self.inside(|| {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind inside the namespace");
             listener.set_nonblocking(true).expect("nonblocking");
             listener
         })
+    }
+
+    /// Runs `f` on a thread that entered the namespace (sockets it makes
+    /// belong to the namespace, whichever thread uses them later).
+    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+            f()
+        })
         .join()
         .expect("namespace thread")
+    }
+
+    /// `GET path` from inside the namespace (e.g. an agent's HTTP port on
+    /// its loopback); `None` when nothing answers there. Needs a tokio runtime.
+    pub async fn http_get(&self, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+        let stream = self.inside(move || {
+            let stream = std::net::TcpStream::connect(addr).ok()?;
+            stream.set_nonblocking(true).expect("nonblocking");
+            Some(stream)
+        })?;
+        let stream = tokio::net::TcpStream::from_std(stream).expect("tokio stream");
+        Some(crate::http_get_over(stream, path).await)
     }
 
     /// A port on 127.0.0.1 inside the namespace forwarding every connection

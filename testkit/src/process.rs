@@ -8,6 +8,20 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+/// The `multinic-controller` binary of the same build as `sibling`, a binary
+/// of another package (a test's `env!("CARGO_BIN_EXE_multinic-agent")`):
+/// cargo puts both in the same folder. Tests that run both real binaries use
+/// it; `cargo nextest run --workspace` (what CI runs) builds both.
+pub fn controller_beside(sibling: &str) -> PathBuf {
+    let path = Path::new(sibling).with_file_name("multinic-controller");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (cargo build -p multinic-controller), or run the whole workspace's tests",
+        path.display()
+    );
+    path
+}
+
 /// A running controller process.
 #[derive(Debug)]
 pub struct ControllerProcess {

@@ -72,6 +72,35 @@ impl<'a> NewRow<'a> {
     }
 }
 
+/// Inserts `count` rows of `node` with MTU 0, each rejected and its MAC
+/// held, in multi-row INSERTs: ports `bad-<node>-<i>`, MACs
+/// `02:<tag>:..:..:..:01` (distinct for up to 16 million rows).
+pub async fn insert_rejected_rows(pool: &MySqlPool, node: &str, tag: u8, count: usize) -> Result<(), sqlx::Error> {
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let mut sql = String::from(
+            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu) VALUES ",
+        );
+        sql.push_str(&vec!["(?, 's', ?, ?, 0)"; chunk.len()].join(", "));
+        let mut query = sqlx::query(&sql);
+        for i in chunk {
+            let mac = format!("02:{tag:02x}:{:02x}:{:02x}:{:02x}:01", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+            query = query.bind(format!("bad-{node}-{i}")).bind(mac).bind(node);
+        }
+        query.execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// Waits (up to 30 s) until the row with this id reads `want`.
+pub async fn wait_netplan_success(pool: &MySqlPool, id: i64, want: i64) {
+    crate::eventually(
+        std::time::Duration::from_secs(30),
+        &format!("row {id} netplan_success = {want}"),
+        || async move { (netplan_success(pool, id).await == want).then_some(()) },
+    )
+    .await;
+}
+
 /// `netplan_success` of the row with this id.
 pub async fn netplan_success(pool: &MySqlPool, id: i64) -> i64 {
     sqlx::query_scalar("SELECT netplan_success FROM multi_interface WHERE id = ?")

@@ -4,7 +4,7 @@
 //! The feed tests drive the controller's change detection ([`RowFeed`]) one
 //! tick at a time and check that the very next tick after each kind of
 //! change (insert, update, soft delete, hard delete, re-insert with a new
-//! id, a `multi_subnet` change, a change in the same second as the last
+//! id, a `multi_subnet` change (a soft delete too), a change in the same second as the last
 //! look, a database restart) reads it, and that once the tables are idle
 //! again a tick reads nothing: not after the OpenStack side's writes, and
 //! not after our own. The last test runs the whole controller and an agent
@@ -143,6 +143,19 @@ async fn every_kind_of_change_is_read_at_the_next_tick_and_idle_ticks_read_nothi
     // change too.
     exec(&pool, "UPDATE multi_subnet SET cidr = '10.5.0.0/24' WHERE subnet_id = 'sub-1'").await;
     let read = next_tick(&mut feed, "multi_subnet").await;
+    assert!(matches!(read, FeedRead::Full { reason: FullReason::Subnets, .. }), "{read:?}");
+    assert_eq!(row(&feed, by_subnet).unwrap().subnet_cidr.as_deref(), Some("10.5.0.0/24"));
+    until_quiet(&mut feed).await;
+
+    // A soft-deleted multi_subnet supplies no cidr: the next tick reads the
+    // whole fleet and the row loses it.
+    exec(&pool, "UPDATE multi_subnet SET deleted_at = NOW() WHERE subnet_id = 'sub-1'").await;
+    let read = next_tick(&mut feed, "multi_subnet soft delete").await;
+    assert!(matches!(read, FeedRead::Full { reason: FullReason::Subnets, .. }), "{read:?}");
+    assert_eq!(row(&feed, by_subnet).unwrap().subnet_cidr, None);
+    until_quiet(&mut feed).await;
+    exec(&pool, "UPDATE multi_subnet SET deleted_at = NULL WHERE subnet_id = 'sub-1'").await;
+    let read = next_tick(&mut feed, "multi_subnet undeleted").await;
     assert!(matches!(read, FeedRead::Full { reason: FullReason::Subnets, .. }), "{read:?}");
     assert_eq!(row(&feed, by_subnet).unwrap().subnet_cidr.as_deref(), Some("10.5.0.0/24"));
     until_quiet(&mut feed).await;
@@ -312,6 +325,48 @@ async fn changes_of_every_kind_reach_the_node() {
     wait_file(&node, 1, "mtu: 1290").await;
     assert!(node.netplan_file(0).unwrap().contains("mtu: 1300"), "the other interface is untouched");
 
+    controller.stop().await;
+    node.stop().await;
+}
+
+/// A `multi_subnet` row that is soft-deleted no longer supplies the cidr of
+/// rows whose own cidr is NULL: such a row is rejected (its MAC held, the
+/// node keeps what it has) and says why; rows with their own cidr go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_deleted_subnet_supplies_no_cidr() {
+    use multinic_testkit::rows::netplan_success_of_port;
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    let mut conn = db.connection().await;
+    execute(&mut conn, "INSERT INTO multi_subnet (subnet_id, cidr) VALUES ('sub-9', '10.9.0.0/16')").await;
+    execute(
+        &mut conn,
+        "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, address, cidr, mtu) VALUES \
+         ('s1', 'sub-9', 'fa:16:3e:00:39:01', 'node-s', '10.9.0.7', NULL, 1500), \
+         ('s2', 'sub-9', 'fa:16:3e:00:39:02', 'node-s', '10.8.0.7', '10.8.0.0/24', 1500)",
+    )
+    .await;
+    let controller = TestController::start(&db.url(), POLL).await;
+    let node = TestAgent::start(&controller.url(), "node-s").await;
+    wait_file(&node, 0, "10.9.0.7/16").await;
+    eventually(WAIT, "both rows applied", || async {
+        (netplan_success_of_port(&pool, "s1").await == 1 && netplan_success_of_port(&pool, "s2").await == 1)
+            .then_some(())
+    })
+    .await;
+
+    execute(&mut conn, "UPDATE multi_subnet SET deleted_at = NOW() WHERE subnet_id = 'sub-9'").await;
+    let name = "node-s".parse().unwrap();
+    let problem = eventually(WAIT, "s1 rejected for want of a cidr", || async {
+        let node = controller.fleet.node(&name)?;
+        node.desired.problems.iter().find(|p| p.mac == "fa:16:3e:00:39:01").map(|p| p.message.clone())
+    })
+    .await;
+    assert!(problem.contains("no cidr"), "{problem}");
+    eventually(WAIT, "s1 reads 0", || async { (netplan_success_of_port(&pool, "s1").await == 0).then_some(()) }).await;
+    tokio::time::sleep(POLL * 4).await;
+    assert!(node.netplan_file(0).unwrap().contains("10.9.0.7/16"), "held: left as it is");
+    assert_eq!(netplan_success_of_port(&pool, "s2").await, 1, "a row with its own cidr is untouched");
     controller.stop().await;
     node.stop().await;
 }

@@ -3,57 +3,14 @@
 //! happens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use multinic_controller::fleet::Convergence;
 use multinic_proto::NodeName;
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::{MariaDb, execute};
+use multinic_testkit::scrape::{Metrics, WAIT, wait_metric};
 use multinic_testkit::{eventually, free_addr, http_get};
-use prometheus_parse::{Scrape, Value};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A scraped `/metrics`.
-struct Metrics(Scrape);
-
-impl Metrics {
-    async fn scrape(addr: SocketAddr) -> Self {
-        let (code, body) = http_get(addr, "/metrics").await;
-        assert_eq!(code, 200, "{body}");
-        let lines = body.lines().map(|l| Ok(l.to_owned()));
-        Self(Scrape::parse(lines).expect("valid Prometheus text"))
-    }
-
-    /// The value of `name` (summed over samples whose labels include `labels`);
-    /// histograms give their count.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match &s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-                Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-                Value::Summary(_) => 0.0,
-            })
-            .sum()
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.0.samples.iter().any(|s| s.metric == name)
-    }
-}
-
-async fn wait_metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)], what: impl Fn(f64) -> bool) -> f64 {
-    eventually(WAIT, &format!("{name}{labels:?}"), || async {
-        let v = Metrics::scrape(addr).await.get(name, labels);
-        what(v).then_some(v)
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_moves_with_its_event() {

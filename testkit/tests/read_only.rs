@@ -1,5 +1,6 @@
 //! A node whose configuration folder is read-only: its interfaces fail with
-//! an error naming the path, nothing else on any node is affected.
+//! an error naming the path and saying that nothing had changed (no stale
+//! journal entry), nothing else on any node is affected.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -55,6 +56,12 @@ async fn a_read_only_folder_fails_its_node_clearly_and_no_other() {
     assert_eq!(record.status.code, multinic_proto::ErrorCode::WriteFailed);
     assert!(record.status.message.contains("etc/netplan/90-multinic0.yaml"), "{}", record.status.message);
     assert!(record.status.message.contains("Read-only"), "{}", record.status.message);
+    // Nothing was written, so nothing was restored, and the journal agrees.
+    assert!(record.status.message.ends_with("; nothing had changed"), "{}", record.status.message);
+    let journal = ro.state_dir().join("journal");
+    let left: Vec<_> =
+        std::fs::read_dir(&journal).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "no stale journal entry: {left:?}");
 
     let success = |port: &'static str| {
         let pool = pool.clone();

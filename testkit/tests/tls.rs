@@ -22,6 +22,18 @@ use tonic::Code;
 const POLL: Duration = Duration::from_millis(100);
 const WAIT: Duration = Duration::from_secs(10);
 
+/// An mTLS controller that has read rows for node-a and node-b (and the
+/// folder of its database, kept while it runs).
+async fn two_nodes_over_tls() -> (tempfile::TempDir, TestPki, TestController) {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, pool) = sqlite_database(dir.path()).await;
+    two_nodes(&pool).await;
+    let pki = TestPki::new();
+    let controller = TestController::start_tls(&db, POLL, &pki).await;
+    eventually(WAIT, "first poll", || async { controller.fleet.db_status().synced.then_some(()) }).await;
+    (dir, pki, controller)
+}
+
 /// Rows for node-a and node-b.
 async fn two_nodes(pool: &SqlitePool) {
     for (port, node, mac) in [("pa", "node-a", "fa:16:3e:00:0a:01"), ("pb", "node-b", "fa:16:3e:00:0b:01")] {
@@ -63,7 +75,9 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     let dir = tempfile::tempdir().unwrap();
     let (db, _pool) = sqlite_database(dir.path()).await;
     let pki = TestPki::new();
-    let controller = TestController::start_tls(&db, POLL, &pki).await;
+    let mut tls = pki.controller_tls();
+    tls.handshake_timeout = Duration::from_secs(1);
+    let controller = TestController::start_mutual(&db, POLL, tls).await;
     let url = controller.url();
 
     // A good operator gets in.
@@ -83,7 +97,7 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     };
     assert!(plain.await.is_err(), "plaintext must be refused");
     let reason = next_refusal(&controller, before).await;
-    assert!(reason.contains("corrupt message"), "{reason}");
+    assert!(reason.starts_with("plaintext HTTP/2 (gRPC without TLS)"), "{reason}");
 
     // A certificate from a CA the controller does not trust.
     let stranger = TestPki::new();
@@ -93,6 +107,9 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     let err = fleet_summary(&url, &foreign_ca).await.unwrap_err();
     let reason = next_refusal(&controller, before).await;
     assert!(reason.contains("UnknownIssuer"), "{reason} (client saw: {err})");
+    // The refusal names who was refused.
+    let mallory = "spiffe://multinic.test/multinic/operator/mallory";
+    assert!(reason.contains("client certificate: subject") && reason.contains(mallory), "{reason}");
     assert!(err.contains("refused the TLS connection: received fatal alert: UnknownCA"), "{err}");
 
     // An expired certificate of the right CA.
@@ -102,6 +119,7 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     let err = fleet_summary(&url, &pki.client_tls(&old)).await.unwrap_err();
     let reason = next_refusal(&controller, before).await;
     assert!(reason.contains("expired"), "{reason} (client saw: {err})");
+    assert!(reason.contains("spiffe://multinic.test/multinic/operator/bob"), "{reason}");
     assert!(err.contains("CertificateExpired"), "{err}");
 
     // No certificate at all.
@@ -111,6 +129,16 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     let reason = next_refusal(&controller, before).await;
     assert!(reason.contains("no certificates"), "{reason} (client saw: {err})");
     assert!(err.contains("CertificateRequired"), "{err}");
+
+    // A connection that never speaks is dropped at the handshake timeout
+    // (1 s here) and counted.
+    let timed_out = controller.handshakes.timed_out();
+    let silent = tokio::net::TcpStream::connect(controller.grpc).await.unwrap();
+    eventually(WAIT, "the silent connection timed out", || async {
+        (controller.handshakes.timed_out() > timed_out).then_some(())
+    })
+    .await;
+    drop(silent);
 
     // An agent with an expired certificate never gets a stream.
     let agent = pki.agent_with("node-a", expired());
@@ -130,12 +158,7 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_certificate_speaks_only_for_its_own_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let (db, pool) = sqlite_database(dir.path()).await;
-    two_nodes(&pool).await;
-    let pki = TestPki::new();
-    let controller = TestController::start_tls(&db, POLL, &pki).await;
-    eventually(WAIT, "first poll", || async { controller.fleet.db_status().synced.then_some(()) }).await;
+    let (_dir, pki, controller) = two_nodes_over_tls().await;
     let node_a = pki.client_tls(&pki.agent("node-a"));
 
     // node-a's certificate saying Hello as node-b: refused, nothing pushed.
@@ -180,5 +203,45 @@ async fn agents_may_only_sync_and_operators_may_only_read_the_fleet() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     fleet_summary(&url, &operator).await.expect("the operator reads the fleet");
+    controller.stop().await;
+}
+
+/// One node certificate may hold a few streams at once (an agent needs one,
+/// two while it reconnects): more are refused, other nodes are not affected,
+/// and a stream that closes makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_holds_a_few_streams_at_most() {
+    let (_dir, pki, controller) = two_nodes_over_tls().await;
+    let node_a = channel(&controller.url(), &pki.client_tls(&pki.agent("node-a"))).await.unwrap();
+
+    // Streams that have not said Hello yet count too.
+    let mut open = Vec::new();
+    for _ in 0..multinic_controller::grpc::limits::AGENT_STREAMS_PER_NODE {
+        let (tx, rx) = mpsc::channel::<v1::AgentMessage>(1);
+        let inbound = AgentServiceClient::new(node_a.clone()).sync(ReceiverStream::new(rx)).await.unwrap();
+        open.push((tx, inbound));
+    }
+    let (_tx, rx) = mpsc::channel::<v1::AgentMessage>(1);
+    let refused = AgentServiceClient::new(node_a.clone()).sync(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("node node-a already has 4 open agent streams"), "{}", refused.message());
+
+    // Another node is not affected.
+    let answer = first_answer(&controller.url(), &pki.client_tls(&pki.agent("node-b")), "node-b").await.unwrap();
+    assert!(matches!(answer.kind, Some(ControllerKind::Desired(_))), "{answer:?}");
+
+    // Once one closes (or gives up waiting for its Hello), there is room.
+    drop(open.pop());
+    eventually(WAIT, "room for another stream", || {
+        let node_a = node_a.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(hello_message("node-a")).await.unwrap();
+            let mut inbound = AgentServiceClient::new(node_a).sync(ReceiverStream::new(rx)).await.ok()?.into_inner();
+            let first = inbound.message().await.ok()??;
+            matches!(first.kind, Some(ControllerKind::Desired(_))).then_some(())
+        }
+    })
+    .await;
     controller.stop().await;
 }

@@ -148,6 +148,8 @@ impl fmt::Display for Identity {
 pub struct CertificateInfo {
     /// Serial number, lower-case hex without leading zeros.
     pub serial: String,
+    /// The subject's distinguished name, e.g. `CN=node-1`.
+    pub subject: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub uris: Vec<String>,
@@ -163,6 +165,7 @@ impl CertificateInfo {
             .map_err(|e| Error::Certificate { reason: format!("not an X.509 certificate: {e}") })?;
         let mut info = Self {
             serial: cert.serial.to_str_radix(16),
+            subject: cert.subject().to_string(),
             not_before: unix(cert.validity().not_before.timestamp()),
             not_after: unix(cert.validity().not_after.timestamp()),
             uris: Vec::new(),
@@ -207,6 +210,16 @@ impl CertificateInfo {
                 reason: "the certificate has more than one URI SAN".into(),
             }),
         }
+    }
+
+    /// Who the certificate says it is, for log lines: its subject and names.
+    pub fn describe(&self) -> String {
+        let mut names: Vec<String> = self.uris.clone();
+        names.extend(self.dns_names.iter().map(|d| format!("DNS:{d}")));
+        names.extend(self.ips.iter().map(|ip| format!("IP:{ip}")));
+        let subject = if self.subject.is_empty() { "(empty)" } else { self.subject.as_str() };
+        let names = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+        format!("subject {subject}, SAN {names}, serial {}", self.serial)
     }
 
     /// The whole validity period.

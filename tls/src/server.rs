@@ -7,8 +7,14 @@
 //!
 //! It never resumes TLS sessions: a resumed session would skip the client
 //! certificate check against the current CA. It speaks TLS 1.3 only.
+//!
+//! A refused client certificate is described (subject, SANs, serial) to the
+//! accept loop that runs the handshake inside [`capturing_presented`], so
+//! its log line can say who was refused.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +26,26 @@ use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, We
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
+use crate::identity::CertificateInfo;
 use crate::live::{self, Live};
 use crate::{Error, Result, pem, provider};
+
+tokio::task_local! {
+    /// The client certificate presented in the handshake the task runs.
+    static PRESENTED: RefCell<Option<String>>;
+}
+
+/// Runs `handshake` (a TLS accept) and returns its output with a
+/// description of the client certificate it presented, if any was checked.
+pub async fn capturing_presented<F: Future>(handshake: F) -> (F::Output, Option<String>) {
+    PRESENTED
+        .scope(RefCell::new(None), async move {
+            let output = handshake.await;
+            let presented = PRESENTED.try_with(|p| p.borrow_mut().take()).ok().flatten();
+            (output, presented)
+        })
+        .await
+}
 
 /// The controller's certificate and, for mTLS, the client CA bundle.
 #[derive(Debug, Clone)]
@@ -139,6 +163,12 @@ impl ClientCertVerifier for LiveClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        // Outside `capturing_presented` (another caller) there is no slot: fine.
+        let _ = PRESENTED.try_with(|p| {
+            let described = CertificateInfo::from_der(end_entity)
+                .map_or_else(|e| format!("an unreadable certificate ({e})"), |info| info.describe());
+            *p.borrow_mut() = Some(described);
+        });
         self.current().verify_client_cert(end_entity, intermediates, now)
     }
 

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use multinic_proto::{InterfaceName, InterfaceSpec};
 
+use crate::reconcile::ApplyMode;
+
 /// Which network configuration system the host uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -50,12 +52,44 @@ pub struct HostCommand {
 }
 
 impl BackendKind {
-    /// What the host runs after our files of `names` changed: `netplan apply`
-    /// (netplan has no per-interface apply), or a udev rule reload and
-    /// `wicked ifreload` of exactly those interfaces.
+    /// What `--apply auto` means here. netplan: `netlink` (the file is
+    /// written for boot, the runtime state set through netlink; no daemon is
+    /// asked to do anything). wicked: `host` (`wicked ifreload` of exactly
+    /// the changed interfaces).
+    pub fn default_apply(self) -> ApplyMode {
+        match self {
+            Self::Netplan => ApplyMode::Netlink,
+            Self::Wicked => ApplyMode::Host,
+        }
+    }
+
+    /// Why `--apply host` is refused on this backend, if it is: the host's
+    /// tool cannot apply one interface without disturbing the others.
+    ///
+    /// netplan has no per-interface apply. Measured against the real
+    /// systemd-networkd (docs/node-daemons.md): `netplan apply` regenerates
+    /// and reconfigures every link networkd manages, which drops every route
+    /// through them that networkd did not add (a CNI's) and foreign addresses
+    /// (a VIP); even handing networkd only our NIC's own units removes a
+    /// CNI's blackhole routes and policy rules in networkd's default
+    /// configuration.
+    pub fn host_apply_refusal(self) -> Option<&'static str> {
+        match self {
+            Self::Netplan => Some(
+                "netplan has no per-interface apply, and networkd reconfiguring links removes other state on the \
+                 node (routes through a reconfigured NIC, a CNI's blackhole routes and policy rules)",
+            ),
+            Self::Wicked => None,
+        }
+    }
+
+    /// What the host runs after our files of `names` changed, in host mode:
+    /// a udev rule reload and `wicked ifreload` of exactly those interfaces.
+    /// Nothing for netplan, where host mode is refused
+    /// ([`Self::host_apply_refusal`]).
     pub fn apply_commands(self, names: &[InterfaceName]) -> Vec<HostCommand> {
         match self {
-            Self::Netplan => vec![HostCommand { program: "netplan", args: vec!["apply".into()] }],
+            Self::Netplan => Vec::new(),
             Self::Wicked => {
                 let mut ifreload = vec!["ifreload".to_owned()];
                 ifreload.extend(names.iter().map(ToString::to_string));
@@ -134,11 +168,11 @@ impl std::str::FromStr for BackendChoice {
 /// Why no backend could be chosen.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
-    #[error("cannot read {path} to choose a backend (set --backend): {source}")]
+    #[error("cannot choose a backend from {path} (set --backend)")]
     Read {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("{os} uses {backend}, which this build does not support yet")]
     Unsupported { os: String, backend: &'static str },
@@ -152,8 +186,17 @@ pub fn detect_backend(choice: BackendChoice, host_root: &Path) -> Result<Backend
         BackendChoice::Netplan => Ok(BackendKind::Netplan),
         BackendChoice::Wicked => Ok(BackendKind::Wicked),
         BackendChoice::Auto => {
+            use crate::files::{Links, OTHER_FILE_LIMIT, ReadError, read_text};
             let path = host_root.join("etc/os-release");
-            let text = std::fs::read_to_string(&path)
+            // Often a link (to ../usr/lib/os-release): followed, but only to
+            // a regular file of a sane size.
+            let text = read_text(&path, OTHER_FILE_LIMIT, Links::Follow)
+                .and_then(|text| {
+                    text.ok_or_else(|| ReadError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::from_raw_os_error(nix::libc::ENOENT),
+                    })
+                })
                 .map_err(|source| DetectError::Read { path: path.display().to_string(), source })?;
             backend_for_os_release(&text)
         }
@@ -192,8 +235,7 @@ mod tests {
     #[test]
     fn apply_commands_name_the_interfaces_where_the_backend_can() {
         let names = [InterfaceName::new(0, 10).unwrap(), InterfaceName::new(3, 10).unwrap()];
-        let netplan = BackendKind::Netplan.apply_commands(&names);
-        assert_eq!(netplan, vec![HostCommand { program: "netplan", args: vec!["apply".into()] }]);
+        assert_eq!(BackendKind::Netplan.apply_commands(&names), Vec::new(), "no whole-host netplan apply");
         let wicked = BackendKind::Wicked.apply_commands(&names);
         assert_eq!(wicked[1].program, "wicked");
         assert_eq!(wicked[1].args, vec!["ifreload", "multinic0", "multinic3"]);
@@ -213,5 +255,23 @@ mod tests {
         let sles16 =
             "NAME=\"SLES\"\nVERSION_ID=\"16.0\"\nID=\"sles\"\nPRETTY_NAME=\"SUSE Linux Enterprise Server 16.0\"\n";
         assert!(backend_for_os_release(sles16).unwrap_err().to_string().contains("NetworkManager"));
+    }
+
+    #[test]
+    fn os_release_may_be_a_link_to_a_file_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("usr/lib")).unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("usr/lib/os-release"), "ID=ubuntu\n").unwrap();
+        let etc = dir.path().join("etc/os-release");
+        std::os::unix::fs::symlink("../usr/lib/os-release", &etc).unwrap();
+        assert_eq!(detect_backend(BackendChoice::Auto, dir.path()).unwrap(), BackendKind::Netplan);
+
+        std::fs::remove_file(&etc).unwrap();
+        let err = detect_backend(BackendChoice::Auto, dir.path()).unwrap_err();
+        assert!(multinic_proto::runtime::error_chain(&err).contains("No such file"), "{err:?}");
+        assert!(std::process::Command::new("mkfifo").arg(&etc).status().unwrap().success());
+        let err = multinic_proto::runtime::error_chain(&detect_backend(BackendChoice::Auto, dir.path()).unwrap_err());
+        assert!(err.contains("etc/os-release is a FIFO") && err.contains("set --backend"), "{err}");
     }
 }

@@ -119,6 +119,55 @@ pub fn parse(name: InterfaceName, path: &Path, contents: &str) -> Result<Interfa
     InterfaceSpec::new(mac, address, mtu).map_err(|e| err(e.to_string()))
 }
 
+/// A definition in a netplan file that is not ours and matches a NIC by MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub mac: MacAddress,
+    /// Where it sits in the file, e.g. `ethernets.ens4`.
+    pub id: String,
+    /// What it sets that ours would too: `set-name ens4, mtu 1500, addresses [..]`.
+    pub settings: String,
+}
+
+/// Every definition of `contents` (any netplan file) that matches a MAC
+/// (`match: {macaddress: ..}`); an error when it is not YAML.
+pub fn claims(contents: &str) -> Result<Vec<Claim>, String> {
+    use serde_yaml::Value;
+    let doc: Value = serde_yaml::from_str(contents).map_err(|e| e.to_string())?;
+    let Some(network) = doc.get("network").and_then(Value::as_mapping) else { return Ok(Vec::new()) };
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let mut found = Vec::new();
+    for (section, devices) in network {
+        let (Some(section), Some(devices)) = (section.as_str(), devices.as_mapping()) else { continue };
+        for (id, definition) in devices {
+            let Some(mac) = definition.get("match").and_then(|m| m.get("macaddress")).and_then(Value::as_str) else {
+                continue;
+            };
+            let Ok(mac) = mac.parse::<MacAddress>() else { continue };
+            let mut settings = Vec::new();
+            for key in ["set-name", "mtu"] {
+                if let Some(value) = definition.get(key).and_then(text) {
+                    settings.push(format!("{key} {value}"));
+                }
+            }
+            if let Some(addresses) = definition.get("addresses").and_then(Value::as_sequence) {
+                let addresses: Vec<String> = addresses.iter().filter_map(text).collect();
+                settings.push(format!("addresses [{}]", addresses.join(", ")));
+            }
+            if definition.get("dhcp4").and_then(Value::as_bool) == Some(true) {
+                settings.push("dhcp4".to_owned());
+            }
+            let id = text(id).unwrap_or_default();
+            found.push(Claim { mac, id: format!("{section}.{id}"), settings: settings.join(", ") });
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,7 +212,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn claims_name_the_definitions_that_match_a_mac() {
+        let cloud_init = "network:\n  version: 2\n  ethernets:\n    ens3:\n      dhcp4: true\n      match:\n        \
+                          macaddress: fa:16:3e:77:77:02\n      set-name: ens3\n    ens4:\n      match:\n        \
+                          macaddress: \"FA:16:3E:00:01:01\"\n      set-name: ens4\n      mtu: 9000\n      \
+                          addresses: [10.9.0.5/24]\n    ens5:\n      match: {name: ens5}\n";
+        let found = claims(cloud_init).unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[1].mac.to_string(), "fa:16:3e:00:01:01");
+        assert_eq!(found[1].id, "ethernets.ens4");
+        assert_eq!(found[1].settings, "set-name ens4, mtu 9000, addresses [10.9.0.5/24]");
+        assert_eq!(found[0].settings, "set-name ens3, dhcp4");
+        // Ours match by MAC too (the caller skips our own paths).
+        let ours = render(name(0), &spec("fa:16:3e:00:00:01", Some("10.0.0.5/24"), 1500));
+        assert_eq!(claims(&ours).unwrap()[0].id, "ethernets.multinic0");
+        assert!(claims("network: {version: 2}\n").unwrap().is_empty());
+        assert!(claims("a: [").is_err());
+    }
+
     proptest! {
+        #[test]
+        fn claims_never_panic(text in "\\PC{0,300}") {
+            let _ = claims(&text);
+        }
+
         #[test]
         fn render_parse_render_is_a_fixed_point(spec in any_spec(), index in 0u8..10) {
             let n = name(index);

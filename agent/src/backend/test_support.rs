@@ -14,15 +14,10 @@ pub fn spec(mac: &str, address: Option<&str>, mtu: i64) -> InterfaceSpec {
 }
 
 /// Compares with the golden file `testdata/<backend>/<file>`;
-/// `UPDATE_GOLDEN=1 cargo test` rewrites it.
+/// `UPDATE_GOLDEN=1 cargo nextest run -p multinic-agent` rewrites it.
 pub fn golden(backend: &str, file: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(backend).join(file);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(actual, expected, "golden file {file} differs; UPDATE_GOLDEN=1 refreshes it");
+    multinic_testkit::assert_golden(&path, actual);
 }
 
 /// Any valid spec: a locally administered unicast MAC, no address or an

@@ -1,5 +1,5 @@
 //! Kernel state vs wanted state: the steps between them, and the check that
-//! there are none left.
+//! there are none left ([`verify`] names each difference as a [`Mismatch`]).
 //!
 //! Pure: values in, values out. The same functions drive an apply (towards
 //! the desired spec), a rollback (towards a journaled state) and a cleanup
@@ -113,38 +113,85 @@ pub fn address_steps(current: &BTreeSet<KernelAddr>, wanted: &BTreeSet<KernelAdd
     remove.chain(add).collect()
 }
 
-/// Whether `link` is exactly `target`; otherwise every difference, in words.
-pub fn verify(link: &LinkState, target: &LinkTarget) -> Result<(), String> {
-    let mut problems = Vec::new();
+/// One way a link differs from what it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    Name {
+        have: String,
+        want: String,
+    },
+    Mtu {
+        have: u32,
+        want: u32,
+    },
+    /// The admin state: `want` is whether it should be up.
+    AdminState {
+        want: bool,
+    },
+    /// The addresses we manage (IPv6 link-local left out).
+    Addresses {
+        have: BTreeSet<KernelAddr>,
+        want: BTreeSet<KernelAddr>,
+    },
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name { have, want } => write!(f, "named {have}, want {want}"),
+            Self::Mtu { have, want } => write!(f, "MTU {have}, want {want}"),
+            Self::AdminState { want: true } => f.write_str("down, want up"),
+            Self::AdminState { want: false } => f.write_str("up, want down"),
+            Self::Addresses { have, want } => write!(f, "addresses [{}], want [{}]", join(have), join(want)),
+        }
+    }
+}
+
+/// Every way a link differs from its target (never empty), in the order
+/// name, MTU, admin state, addresses; said as one sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct Mismatches(pub Vec<Mismatch>);
+
+/// Whether `link` is exactly `target`; otherwise every difference.
+pub fn verify(link: &LinkState, target: &LinkTarget) -> Result<(), Mismatches> {
+    let mut found = Vec::new();
     if link.name != target.name {
-        problems.push(format!("named {}, want {}", link.name, target.name));
+        found.push(Mismatch::Name { have: link.name.clone(), want: target.name.clone() });
     }
     if link.mtu != target.mtu {
-        problems.push(format!("MTU {}, want {}", link.mtu, target.mtu));
+        found.push(Mismatch::Mtu { have: link.mtu, want: target.mtu });
     }
     if link.up != target.up {
-        problems.push(if target.up { "down, want up".to_owned() } else { "up, want down".to_owned() });
+        found.push(Mismatch::AdminState { want: target.up });
     }
     let have = link.managed_addresses();
     if have != target.addresses {
-        problems.push(format!("addresses [{}], want [{}]", join(&have), join(&target.addresses)));
+        found.push(Mismatch::Addresses { have, want: target.addresses.clone() });
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if found.is_empty() { Ok(()) } else { Err(Mismatches(found)) }
 }
 
 fn join(addresses: &BTreeSet<KernelAddr>) -> String {
     addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// An MTU outside the limits the device reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{link} accepts MTU {}..{}, not {mtu}", .min.unwrap_or(0), .max.unwrap_or(0))]
+pub struct MtuOutOfRange {
+    pub link: String,
+    pub mtu: u32,
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+}
+
 /// Whether `mtu` is inside the device's limits, when it reports them.
-pub fn mtu_allowed(link: &LinkState, mtu: u32) -> Result<(), String> {
+pub fn mtu_allowed(link: &LinkState, mtu: u32) -> Result<(), MtuOutOfRange> {
     let min = link.min_mtu.filter(|m| *m > 0);
     let max = link.max_mtu.filter(|m| *m > 0);
-    match (min, max) {
-        (Some(min), _) if mtu < min => Err(format!("{} accepts MTU {min}..{}, not {mtu}", link.name, max.unwrap_or(0))),
-        (_, Some(max)) if mtu > max => Err(format!("{} accepts MTU {}..{max}, not {mtu}", link.name, min.unwrap_or(0))),
-        _ => Ok(()),
-    }
+    let outside = min.is_some_and(|min| mtu < min) || max.is_some_and(|max| mtu > max);
+    if outside { Err(MtuOutOfRange { link: link.name.clone(), mtu, min, max }) } else { Ok(()) }
 }
 
 #[cfg(test)]
@@ -220,10 +267,32 @@ mod tests {
     #[test]
     fn verify_names_every_difference() {
         let l = link("eth1", 1500, false, &["10.0.0.5/24"]);
-        let err = verify(&l, &target("multinic0", 9000, true, &[])).unwrap_err();
+        let err = verify(&l, &target("multinic0", 9000, true, &[])).unwrap_err().to_string();
         for needle in ["named eth1, want multinic0", "MTU 1500, want 9000", "down, want up", "[10.0.0.5/24], want []"] {
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn verify_lists_each_difference_as_a_value() {
+        let l = link("eth1", 1500, true, &["10.0.0.5/24", "fe80::1/64"]);
+        let Mismatches(found) = verify(&l, &target("multinic0", 1500, false, &["10.0.0.6/24"])).unwrap_err();
+        assert_eq!(
+            found,
+            vec![
+                Mismatch::Name { have: "eth1".into(), want: "multinic0".into() },
+                Mismatch::AdminState { want: false },
+                Mismatch::Addresses {
+                    have: ["10.0.0.5/24".parse().unwrap()].into(),
+                    want: ["10.0.0.6/24".parse().unwrap()].into()
+                },
+            ],
+            "the link-local address is not a difference"
+        );
+        assert_eq!(
+            Mismatches(found).to_string(),
+            "named eth1, want multinic0; up, want down; addresses [10.0.0.5/24], want [10.0.0.6/24]"
+        );
     }
 
     #[test]
@@ -237,7 +306,7 @@ mod tests {
     fn mtu_limits_come_from_the_device() {
         let l = link("eth1", 1500, false, &[]);
         assert!(mtu_allowed(&l, 1500).is_ok());
-        assert!(mtu_allowed(&l, 9000).unwrap_err().contains("68..1500"));
+        assert!(mtu_allowed(&l, 9000).unwrap_err().to_string().contains("68..1500"));
         let unlimited = LinkState { min_mtu: None, max_mtu: Some(0), ..l };
         assert!(mtu_allowed(&unlimited, 9216).is_ok());
     }

@@ -3,17 +3,18 @@
 //! Every change starts with a journal entry holding the interface's previous
 //! files and runtime state; the entry is removed only when the change is
 //! verified or undone. A rollback restores exactly that entry and nothing of
-//! any other interface.
-
-use std::time::{Duration, Instant};
+//! any other interface. A failure comes back as an [`ApplyError`] made where
+//! it happened, after its rollback ran.
 
 use multinic_proto::{ErrorCode, InterfaceName, InterfaceSpec, InterfaceState, InterfaceStatus, MacAddress};
 use tracing::{error, info, info_span, warn};
 
+use super::error::{ApplyError, Rollback, RollbackError, RollbackProblem};
 use super::{ApplyMode, Reconciler, Run};
 use crate::backend::RenderedFile;
+use crate::files::{Links, OUR_FILE_LIMIT, read_text};
 use crate::journal::{Entry, SavedFile};
-use crate::kernel::diff::{LinkTarget, Step, mtu_allowed, rename_steps, verify};
+use crate::kernel::diff::{LinkTarget, mtu_allowed, rename_steps, verify};
 use crate::kernel::facts::{LinkMatch, find_link};
 use crate::kernel::{KernelState, LinkState, StepError, converge, run_step};
 use crate::plan::NodeFacts;
@@ -21,15 +22,16 @@ use crate::plan::NodeFacts;
 /// An interface changed and not verified yet.
 #[derive(Debug)]
 pub(super) struct Pending {
-    name: InterfaceName,
-    spec: InterfaceSpec,
-    entry: Entry,
+    pub(super) name: InterfaceName,
+    pub(super) spec: InterfaceSpec,
+    pub(super) entry: Entry,
 }
 
 impl Reconciler {
     /// Starts the change of one desired interface. Returns its status when it
-    /// is already decided (applied as it is, waiting, failed); otherwise the
+    /// is already decided (applied as it is, waiting); otherwise the
     /// interface joins `run.pending` for the host apply and verification.
+    /// A failure is rolled back before it is returned.
     pub(super) fn prepare(
         &self,
         run: &mut Run,
@@ -37,24 +39,15 @@ impl Reconciler {
         spec: &InterfaceSpec,
         write: Option<&[RenderedFile]>,
         kernel: Option<&KernelState>,
-    ) -> Option<InterfaceStatus> {
-        let fail = |code, message: String| {
-            Some(InterfaceStatus::problem(spec.mac, Some(name), InterfaceState::Failed, code, message))
-        };
+    ) -> Result<Option<InterfaceStatus>, ApplyError> {
         let link = match (self.apply, kernel) {
             (ApplyMode::None, _) | (_, None) => None,
             (_, Some(kernel)) => match find_link(kernel, spec.mac) {
                 LinkMatch::One(link) => Some(link),
                 LinkMatch::Absent => None,
                 LinkMatch::Ambiguous(names) => {
-                    let message = format!("MAC {} is claimed by several links ({})", spec.mac, names.join(", "));
-                    return Some(InterfaceStatus::problem(
-                        spec.mac,
-                        Some(name),
-                        InterfaceState::Refused,
-                        ErrorCode::ForeignInterface,
-                        message,
-                    ));
+                    let names = names.into_iter().map(str::to_owned).collect();
+                    return Err(ApplyError::AmbiguousMac { mac: spec.mac, names });
                 }
             },
         };
@@ -62,44 +55,41 @@ impl Reconciler {
         if let Some(link) = link {
             if let Err(why) = mtu_allowed(link, target.mtu) {
                 warn!(reason = %why, "MTU out of the device's range; nothing changed");
-                return fail(ErrorCode::MtuRejected, format!("{why}; nothing changed"));
+                return Err(ApplyError::Mtu(why));
             }
             if write.is_none() && verify(link, &target).is_ok() {
-                return Some(InterfaceStatus::applied(spec.mac, name));
+                // Verified as desired: an entry an incomplete rollback kept
+                // for this interface has nothing left to restore.
+                self.forget_obsolete(name);
+                return Ok(Some(InterfaceStatus::applied(spec.mac, name)));
             }
         } else if write.is_none() {
-            return Some(self.unapplied_status(name, spec));
+            return Ok(Some(self.unapplied_status(name, spec)));
         }
 
-        let entry = match self.saved_files(name) {
-            Ok(files) => Entry::new(name, spec.mac, files, link),
-            Err(e) => {
-                return fail(ErrorCode::WriteFailed, format!("cannot read the previous files: {e}; nothing changed"));
-            }
-        };
-        if let Err(e) = self.journal.record(&entry) {
-            return fail(ErrorCode::WriteFailed, format!("cannot journal the previous state: {e}; nothing changed"));
-        }
+        let files =
+            self.saved_files(name).map_err(|source| ApplyError::ReadPrevious { what: "previous files", source })?;
+        let entry = Entry::new(name, spec.mac, files, link);
+        self.journal.record(&entry).map_err(ApplyError::Journal)?;
         run.changing();
         if let Some(files) = write
-            && let Err(e) = files.iter().try_for_each(|f| self.files.write_atomic(&f.path, &f.contents))
+            && let Err(source) = files.iter().try_for_each(|f| self.files.write_atomic(&f.path, &f.contents))
         {
-            warn!(error = %e, "cannot write interface files; rolling back");
-            self.rollback_in(run, &entry);
-            return fail(ErrorCode::WriteFailed, format!("{e}; previous files restored"));
+            warn!(error = %source, "cannot write interface files; rolling back");
+            let rollback = self.rollback_in(run, &entry, "previous files restored");
+            return Err(ApplyError::Files { source, rollback });
         }
         let Some(link) = link else {
             self.commit(&entry);
-            return Some(self.unapplied_status(name, spec));
+            return Ok(Some(self.unapplied_status(name, spec)));
         };
-        if let Err(e) = self.runtime_before_host(link, &target) {
-            warn!(error = %e, "cannot apply; rolling back");
-            self.rollback_in(run, &entry);
-            let code = if matches!(e.step, Step::Mtu(_)) { ErrorCode::MtuRejected } else { ErrorCode::ApplyFailed };
-            return fail(code, format!("{e}; rolled back to the previous state"));
+        if let Err(source) = self.runtime_before_host(link, &target) {
+            warn!(error = %source, "cannot apply; rolling back");
+            let rollback = self.rollback_in(run, &entry, "rolled back to the previous state");
+            return Err(ApplyError::Runtime { source, rollback });
         }
         run.pending.push(Pending { name, spec: *spec, entry });
-        None
+        Ok(None)
     }
 
     /// The status of an interface whose files are in place but that is not
@@ -142,9 +132,7 @@ impl Reconciler {
         mac: MacAddress,
         kernel: Option<&KernelState>,
         facts: &NodeFacts,
-    ) -> InterfaceStatus {
-        let fail =
-            |code, message: String| InterfaceStatus::problem(mac, Some(name), InterfaceState::Failed, code, message);
+    ) -> Result<InterfaceStatus, ApplyError> {
         let link = match (self.apply, kernel) {
             (ApplyMode::None, _) | (_, None) => None,
             (_, Some(kernel)) => match find_link(kernel, mac) {
@@ -155,204 +143,150 @@ impl Reconciler {
                 _ => None,
             },
         };
-        let entry = match self.saved_files(name) {
-            Ok(files) => Entry::new(name, mac, files, link),
-            Err(e) => return fail(ErrorCode::WriteFailed, format!("cannot read the files: {e}; nothing changed")),
-        };
-        if let Err(e) = self.journal.record(&entry) {
-            return fail(ErrorCode::WriteFailed, format!("cannot journal the previous state: {e}; nothing changed"));
-        }
+        let files = self.saved_files(name).map_err(|source| ApplyError::ReadPrevious { what: "files", source })?;
+        let entry = Entry::new(name, mac, files, link);
+        self.journal.record(&entry).map_err(ApplyError::Journal)?;
         run.changing();
-        if let Err(e) = self.backend.paths(name).iter().try_for_each(|p| self.files.remove(p)) {
-            warn!(error = %e, "cannot remove interface files; rolling back");
-            self.rollback_in(run, &entry);
-            return fail(ErrorCode::WriteFailed, format!("{e}; files restored"));
+        if let Err(source) = self.backend.paths(name).iter().try_for_each(|p| self.files.remove(p)) {
+            warn!(error = %source, "cannot remove interface files; rolling back");
+            let rollback = self.rollback_in(run, &entry, "files restored");
+            return Err(ApplyError::Files { source, rollback });
         }
         if let (Some(link), Some(kernel)) = (link, &self.kernel) {
             let undone =
                 LinkTarget { name: link.name.clone(), mtu: link.mtu, up: false, addresses: Default::default() };
-            if let Err(e) = converge(kernel.as_ref(), link.index, &undone) {
-                warn!(error = %e, "cannot undo the runtime state; rolling back");
-                self.rollback_in(run, &entry);
-                return fail(ErrorCode::ApplyFailed, format!("{e}; files and runtime state restored"));
+            if let Err(source) = converge(kernel.as_ref(), link.index, &undone) {
+                warn!(error = %source, "cannot undo the runtime state; rolling back");
+                let rollback = self.rollback_in(run, &entry, "files and runtime state restored");
+                return Err(ApplyError::Runtime { source, rollback });
             }
         }
         self.commit(&entry);
         run.removed.push(name);
         info!(runtime_undone = link.is_some(), "removed: MAC no longer desired");
-        InterfaceStatus::problem(mac, Some(name), InterfaceState::Removed, ErrorCode::None, "")
-    }
-
-    /// Host apply (host mode), then verification of every pending interface;
-    /// what fails is rolled back alone.
-    pub(super) fn apply_and_verify(&self, run: &mut Run) -> Vec<InterfaceStatus> {
-        let mut statuses = Vec::new();
-        let mut pending = std::mem::take(&mut run.pending);
-        if self.apply == ApplyMode::Host && (!pending.is_empty() || !run.removed.is_empty()) {
-            let mut names: Vec<InterfaceName> =
-                pending.iter().map(|p| p.name).chain(run.removed.iter().copied()).collect();
-            names.sort();
-            if let Err(e) = self.host_apply(&names) {
-                error!(error = %e, "host apply failed; rolling back the changed interfaces");
-                for p in pending.drain(..) {
-                    let _span = info_span!("interface", interface = %p.name, mac = %p.spec.mac).entered();
-                    self.rollback_in(run, &p.entry);
-                    statuses.push(InterfaceStatus::problem(
-                        p.spec.mac,
-                        Some(p.name),
-                        InterfaceState::Failed,
-                        ErrorCode::ApplyFailed,
-                        format!("{e}; rolled back to the previous state"),
-                    ));
-                }
-                self.host_apply_after_rollback(&names);
-            }
-        }
-        if pending.is_empty() {
-            return statuses;
-        }
-        if let Some(marker) = &self.pause_after_write {
-            pause(marker);
-        }
-        let verdicts = self.verify_settled(run, &pending);
-        let mut rolled_back = Vec::new();
-        for (p, verdict) in pending.into_iter().zip(verdicts) {
-            let _span = info_span!("interface", interface = %p.name, mac = %p.spec.mac).entered();
-            match verdict {
-                Ok(()) => {
-                    self.commit(&p.entry);
-                    info!("applied and verified");
-                    statuses.push(InterfaceStatus::applied(p.spec.mac, p.name));
-                }
-                Err(why) => {
-                    warn!(reason = %why, "verification failed; rolling back");
-                    self.rollback_in(run, &p.entry);
-                    rolled_back.push(p.name);
-                    statuses.push(InterfaceStatus::problem(
-                        p.spec.mac,
-                        Some(p.name),
-                        InterfaceState::Failed,
-                        ErrorCode::VerifyFailed,
-                        format!("after apply: {why}; rolled back to the previous state"),
-                    ));
-                }
-            }
-        }
-        if self.apply == ApplyMode::Host && !rolled_back.is_empty() {
-            self.host_apply_after_rollback(&rolled_back);
-        }
-        statuses
-    }
-
-    /// Reads the kernel until every pending interface matches its target or
-    /// the settle time is over; one verdict per pending interface.
-    fn verify_settled(&self, run: &mut Run, pending: &[Pending]) -> Vec<Result<(), String>> {
-        let started = Instant::now();
-        let check = |state: &KernelState, p: &Pending| match find_link(state, p.spec.mac) {
-            LinkMatch::One(link) => verify(link, &LinkTarget::desired(p.name, &p.spec)),
-            LinkMatch::Absent => Err(format!("no link has MAC {} any more", p.spec.mac)),
-            LinkMatch::Ambiguous(names) => Err(format!("several links have MAC {} ({})", p.spec.mac, names.join(", "))),
-        };
-        let verdicts = loop {
-            let verdicts: Vec<Result<(), String>> = match self.kernel.as_ref().map(|k| k.read()) {
-                Some(Ok(state)) => pending.iter().map(|p| check(&state, p)).collect(),
-                Some(Err(e)) => pending.iter().map(|_| Err(format!("cannot read the kernel: {e}"))).collect(),
-                None => pending.iter().map(|_| Err("no netlink access to verify".to_owned())).collect(),
-            };
-            if verdicts.iter().all(Result::is_ok) || started.elapsed() >= self.settle_time {
-                break verdicts;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        run.verify_duration += started.elapsed();
-        verdicts
-    }
-
-    fn host_apply(&self, names: &[InterfaceName]) -> Result<(), String> {
-        for command in self.backend.kind().apply_commands(names) {
-            let output = self.host.run(command.program, &command.args).map_err(|e| e.to_string())?;
-            info!(command = command.program, args = ?command.args, output = %output.trim(), "host apply ran");
-        }
-        Ok(())
-    }
-
-    /// After a rollback restored files, lets the backend read them again.
-    fn host_apply_after_rollback(&self, names: &[InterfaceName]) {
-        if let Err(e) = self.host_apply(names) {
-            warn!(error = %e, "host apply after rollback failed; runtime state was restored through netlink");
-        }
+        Ok(InterfaceStatus::problem(mac, Some(name), InterfaceState::Removed, ErrorCode::None, ""))
     }
 
     /// The current files of `name`, as a journal records them.
-    fn saved_files(&self, name: InterfaceName) -> Result<Vec<SavedFile>, crate::files::FileError> {
+    fn saved_files(&self, name: InterfaceName) -> Result<Vec<SavedFile>, crate::files::ReadError> {
         let paths = self.backend.paths(name);
         let found = self.files.read_existing(&paths)?;
         Ok(paths.into_iter().map(|path| SavedFile { contents: found.get(&path).cloned(), path }).collect())
     }
 
-    fn commit(&self, entry: &Entry) {
+    pub(super) fn commit(&self, entry: &Entry) {
         if let Err(e) = self.journal.clear(&entry.interface) {
             warn!(error = %e, "cannot clear the journal entry; the next start will roll this change back");
         }
     }
 
-    fn rollback_in(&self, run: &mut Run, entry: &Entry) {
+    /// Rolls back every journal entry left by an agent that died mid-change.
+    /// Runs at start-up, before the agent connects. Returns how many
+    /// interfaces were rolled back.
+    pub fn recover(&self) -> usize {
+        let pending = match self.journal.pending() {
+            Ok(pending) => pending,
+            Err(e) => {
+                warn!(error = %e, "cannot read the journal; nothing rolled back");
+                return 0;
+            }
+        };
+        let mut rolled_back = 0;
+        for (interface, entry) in pending {
+            match entry {
+                Ok(entry) => {
+                    let _span = info_span!("interface", interface = %interface, mac = %entry.mac).entered();
+                    match self.rollback(&entry) {
+                        Ok(_) => {
+                            rolled_back += 1;
+                            info!(same_boot = entry.same_boot(), "rolled back a change interrupted by a crash");
+                        }
+                        Err(e) => warn!(error = %e, "cannot roll back an interrupted change; kept for the next start"),
+                    }
+                }
+                Err(reason) => {
+                    warn!(interface = %interface, reason = %reason, "unreadable journal entry set aside");
+                    if let Err(e) = self.journal.set_aside(&interface) {
+                        warn!(interface = %interface, error = %e, "cannot set the journal entry aside");
+                    }
+                }
+            }
+        }
+        rolled_back
+    }
+
+    /// Rolls `entry` back and says what happened, for the report: `restored`
+    /// when something was put back, that nothing had changed, or that the
+    /// rollback is incomplete (the entry then stays in the journal).
+    pub(super) fn rollback_in(&self, run: &mut Run, entry: &Entry, restored: &'static str) -> Rollback {
         run.rollbacks += 1;
-        if let Err(e) = self.rollback(entry) {
-            error!(error = %e, "rollback incomplete; the journal entry is kept for the next start");
+        match self.rollback(entry) {
+            Ok(true) => Rollback::Restored(restored),
+            Ok(false) => Rollback::NothingChanged,
+            Err(e) => {
+                error!(error = %e, "rollback incomplete; the journal entry is kept for the next start");
+                Rollback::Incomplete(e)
+            }
         }
     }
 
     /// Restores the files and (same boot, same NIC) the runtime state of
-    /// `entry`, then forgets it.
-    pub(super) fn rollback(&self, entry: &Entry) -> Result<(), String> {
-        let mut problems = Vec::new();
+    /// `entry`, then forgets it. Returns whether anything had to be put back
+    /// (a file already as journaled is left alone, so a change that failed
+    /// before its first write restores nothing, even on a read-only folder).
+    pub(super) fn rollback(&self, entry: &Entry) -> Result<bool, RollbackError> {
+        let mut problems: Vec<RollbackProblem> = Vec::new();
+        let mut changed = false;
         for file in &entry.files {
+            match read_text(&self.files.abs(&file.path), OUR_FILE_LIMIT, Links::Refuse) {
+                Ok(now) if now == file.contents => continue,
+                // Something we never write took the path meanwhile: it is not ours to replace.
+                Err(e) if e.is_damaged() => {
+                    problems.push(RollbackProblem::Occupied(e));
+                    continue;
+                }
+                _ => {}
+            }
+            changed = true;
             let restored = match &file.contents {
                 Some(contents) => self.files.write_atomic(&file.path, contents),
                 None => self.files.remove(&file.path),
             };
             if let Err(e) = restored {
-                problems.push(e.to_string());
+                problems.push(e.into());
             }
         }
+        let changes_before = self.netlink_changes();
         if let (Some(saved), Some(kernel), true) = (&entry.link, &self.kernel, self.apply != ApplyMode::None) {
             if entry.same_boot() {
                 match kernel.read() {
                     Ok(state) => match state.link(saved.index) {
                         Some(link) if link.identity().map(|m| m.to_string()).as_deref() == Some(entry.mac.as_str()) => {
                             if let Err(e) = converge(kernel.as_ref(), saved.index, &saved.target()) {
-                                problems.push(e.to_string());
+                                problems.push(e.into());
                             }
                         }
                         _ => info!(index = saved.index, "the NIC is gone; no runtime state to restore"),
                     },
-                    Err(e) => problems.push(e.to_string()),
+                    Err(e) => problems.push(e.into()),
                 }
             } else {
                 info!("journaled during an earlier boot; only files restored");
             }
         }
+        changed |= self.netlink_changes() > changes_before;
         if !problems.is_empty() {
-            return Err(problems.join("; "));
+            return Err(RollbackError(problems));
         }
-        self.journal.clear(&entry.interface).map_err(|e| e.to_string())
+        self.journal.clear(&entry.interface).map_err(|e| RollbackError(vec![e.into()]))?;
+        Ok(changed)
     }
-}
 
-/// The test hook: marks the spot and stops here until killed.
-/// Test hook: creates `marker`, then stops for `MULTINIC_TEST_PAUSE_SECONDS`
-/// (so a test can stop the agent mid-apply) or, when unset, forever (so a
-/// test can kill it there).
-fn pause(marker: &std::path::Path) {
-    warn!(marker = %marker.display(), "test hook: paused after writing, before verifying");
-    if let Err(e) = std::fs::write(marker, std::process::id().to_string()) {
-        warn!(error = %e, "test hook: cannot create the marker");
-    }
-    match std::env::var("MULTINIC_TEST_PAUSE_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()) {
-        Some(seconds) => std::thread::sleep(Duration::from_secs(seconds)),
-        None => loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        },
+    /// Drops the journal entry of `name`, verified as desired, if one was
+    /// kept by an incomplete rollback.
+    fn forget_obsolete(&self, name: InterfaceName) {
+        if let Err(e) = self.journal.clear(&name.to_string()) {
+            warn!(error = %e, "cannot remove an obsolete journal entry");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Carries out a desired set on the node: read the kernel and our files,
 //! plan, journal, write, apply, verify, roll back what failed, and say per
-//! interface how it went.
+//! interface how it went. Also checks, read only, whether the node is still
+//! as the last apply left it (`check.rs`), with the same planner, so that a
+//! drift repair is an ordinary reconcile of the drifted interfaces.
 //!
 //! One reconcile runs at a time (the session awaits it), so name assignment
 //! is one serialised decision per node. Interfaces are independent: one
@@ -9,9 +11,14 @@
 //! no netlink request. This module never touches a NIC the planner refused
 //! (protected, foreign, over capacity) and never a file outside our paths.
 
+mod apply;
+mod check;
+mod error;
+mod foreign;
 mod interface;
+mod mode;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -22,65 +29,26 @@ use std::time::{Duration, Instant};
 use multinic_proto::{DesiredSet, ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, MacAddress};
 use tracing::{info, info_span, warn};
 
+pub use self::check::{CheckError, Drift, DriftCheck, Verdict};
+pub use self::error::{ApplyError, Rollback, RollbackError, RollbackProblem, VerifyError};
+pub use self::mode::{ApplyChoice, ApplyMode, HostApplyRefused};
 use crate::backend::{Backend, BackendKind};
-use crate::files::{FileError, HostFiles};
+use crate::files::{FileError, HostFiles, ReadError};
 use crate::hostns::HostNamespaces;
 use crate::journal::Journal;
 use crate::kernel::facts::{LinkMatch, find_link, node_facts};
 use crate::kernel::{KernelError, KernelState, LinkOps};
-use crate::plan::{Action, Current, plan};
+use crate::plan::{Action, Current, NodeFacts, plan};
 
-/// How the agent applies what it renders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyMode {
-    /// Files, then the host's own tool (`netplan apply`, `wicked ifreload`)
-    /// run in the host's namespaces; renames by netlink first.
-    Host,
-    /// Files, then the runtime state set directly through netlink.
-    Netlink,
-    /// Render files only (dry run): success means the files say what is desired.
-    None,
-}
-
-impl ApplyMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Host => "host",
-            Self::Netlink => "netlink",
-            Self::None => "none",
-        }
-    }
-
-    /// How long verification waits for the kernel to settle after an apply.
-    pub fn settle_time(self) -> Duration {
-        match self {
-            // networkd and wicked apply asynchronously after their command returns.
-            Self::Host => Duration::from_secs(30),
-            Self::Netlink => Duration::from_secs(1),
-            Self::None => Duration::ZERO,
-        }
-    }
-}
-
-impl std::str::FromStr for ApplyMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "host" => Ok(Self::Host),
-            "netlink" => Ok(Self::Netlink),
-            "none" => Ok(Self::None),
-            other => Err(format!("unknown apply mode {other:?}: expected host, netlink or none")),
-        }
-    }
-}
-
-/// Which desired MACs a reconcile acts on.
+/// Which MACs a reconcile acts on.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {
     /// The whole set, removals included.
     All,
-    /// Only these MACs (a waiting NIC appeared); nothing else is touched.
+    /// Only these MACs (a waiting NIC appeared, an interface drifted): their
+    /// files and links, and the removal of files of theirs that are not
+    /// wanted (a MAC no longer desired, a second file of a desired MAC);
+    /// nothing else is touched.
     Only(&'a BTreeSet<MacAddress>),
 }
 
@@ -101,7 +69,8 @@ pub struct Outcome {
     pub statuses: Vec<InterfaceStatus>,
     /// File writes plus netlink changes: zero for a push that changed nothing.
     pub changes: usize,
-    /// Files written or removed (journal files not counted).
+    /// Files written or removed, and files of ours whose mode or owner was
+    /// put right (journal files not counted).
     pub file_writes: u64,
     /// Mutating netlink requests sent (failed ones included).
     pub netlink_changes: u64,
@@ -125,7 +94,8 @@ pub struct Reconciler {
     host: HostNamespaces,
     node_ips: Vec<IpAddr>,
     settle_time: Duration,
-    pause_after_write: Option<PathBuf>,
+    #[cfg(feature = "test-hooks")]
+    pause_after_write: Option<crate::test_hooks::PauseAfterWrite>,
 }
 
 impl Reconciler {
@@ -141,6 +111,7 @@ impl Reconciler {
             host: HostNamespaces { pid: HostNamespaces::HOST_PID, timeout: Duration::from_secs(120) },
             node_ips: Vec::new(),
             settle_time: apply.settle_time(),
+            #[cfg(feature = "test-hooks")]
             pause_after_write: None,
         }
     }
@@ -163,10 +134,11 @@ impl Reconciler {
         self
     }
 
-    /// Test hook: after writing and applying, create `marker` and stop
-    /// forever before verifying (so a test can kill the agent right there).
-    pub fn with_pause_after_write(mut self, marker: Option<PathBuf>) -> Self {
-        self.pause_after_write = marker;
+    /// Test hook: after writing and applying, pause before verifying (so a
+    /// test can stop or kill the agent right there).
+    #[cfg(feature = "test-hooks")]
+    pub fn with_pause_after_write(mut self, pause: Option<crate::test_hooks::PauseAfterWrite>) -> Self {
+        self.pause_after_write = pause;
         self
     }
 
@@ -187,43 +159,84 @@ impl Reconciler {
         self.kernel.as_ref().map_or(0, |k| k.changes())
     }
 
-    /// Our files on the host, by name.
-    pub fn current(&self) -> Result<BTreeMap<InterfaceName, Current>, FileError> {
-        let mut current = BTreeMap::new();
-        for index in 0..self.capacity {
-            let Some(name) = InterfaceName::new(index, self.capacity) else { continue };
-            let files = self.files.read_existing(&self.backend.paths(name))?;
-            if files.is_empty() {
-                continue;
+    /// Our files on the host, by name. A path of ours holding something
+    /// that is not a file we could have written (a link, a FIFO, a device, a
+    /// huge file) is left exactly as it is: its name stays reserved and is
+    /// reported as damaged. Files of ours that do not parse are moved aside
+    /// (see [`Self::quarantine`]).
+    pub fn current(&self) -> Result<BTreeMap<InterfaceName, Current>, ReadError> {
+        let Scan { mut current, unparsed } = self.scan()?;
+        for (name, entry) in &current {
+            if let Current::Corrupt { error, .. } = entry {
+                warn!(interface = %name, error = %error, "a path of ours holds something multinic never writes: left untouched, its name reserved");
             }
-            let entry = match self.backend.parse(name, &files) {
-                Ok(spec) => Current::Parsed { spec, files },
-                Err(e) => match self.quarantine(name, &files) {
-                    // Out of the way: a broken file would make netplan or
-                    // wicked fail for every interface of the host.
-                    Ok(()) => continue,
-                    Err(reason) => {
-                        warn!(interface = %name, error = %e, reason = %reason, "cannot move a damaged file of ours aside");
-                        Current::Corrupt { files, error: e.to_string() }
-                    }
-                },
-            };
-            current.insert(name, entry);
+        }
+        for (name, Unparsed { files, error }) in unparsed {
+            match self.quarantine(name, &files) {
+                // Out of the way: a broken file would make netplan or
+                // wicked fail for every interface of the host.
+                Ok(()) => {}
+                Err(reason) => {
+                    warn!(interface = %name, error = %error, reason = %reason, "cannot move a damaged file of ours aside");
+                    current.insert(name, Current::Corrupt { files, error });
+                }
+            }
         }
         Ok(current)
     }
 
+    /// Our files as they are, read only (bounded, links not followed):
+    /// what parses and what is damaged in `current`, and apart from it what
+    /// does not parse. Changes nothing and logs nothing.
+    fn scan(&self) -> Result<Scan, ReadError> {
+        let mut scan = Scan::default();
+        for index in 0..self.capacity {
+            let Some(name) = InterfaceName::new(index, self.capacity) else { continue };
+            let files = match self.files.read_existing(&self.backend.paths(name)) {
+                Ok(files) => files,
+                Err(e) if e.is_damaged() => {
+                    scan.current.insert(name, Current::Corrupt { files: BTreeMap::new(), error: e.to_string() });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if files.is_empty() {
+                continue;
+            }
+            match self.backend.parse(name, &files) {
+                Ok(spec) => {
+                    scan.current.insert(name, Current::Parsed { spec, files });
+                }
+                Err(e) => {
+                    scan.unparsed.insert(name, Unparsed { files, error: e.to_string() });
+                }
+            }
+        }
+        Ok(scan)
+    }
+
+    /// What the planner knows of the node: the kernel's facts (protected
+    /// and foreign links) plus MACs another tool's file defines.
+    fn facts(&self, kernel: Option<&KernelState>) -> NodeFacts {
+        let mut facts = kernel.map(|k| node_facts(k, &self.node_ips)).unwrap_or_default();
+        for (mac, reason) in foreign::definitions(self.backend.kind(), &self.files) {
+            facts.foreign.entry(mac).or_insert(reason);
+        }
+        facts
+    }
+
     /// Moves damaged files of ours to `<state-dir>/quarantine/` (never where
     /// netplan or wicked read), freeing their name.
-    fn quarantine(&self, name: InterfaceName, files: &BTreeMap<PathBuf, String>) -> Result<(), String> {
+    fn quarantine(&self, name: InterfaceName, files: &BTreeMap<PathBuf, String>) -> Result<(), FileError> {
         let dir = self.journal.dir().parent().unwrap_or(self.journal.dir()).join("quarantine");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| FileError { operation: "create", path: dir.clone(), source })?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         for (path, contents) in files {
             let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let kept = dir.join(format!("{file_name}.{stamp}"));
-            std::fs::write(&kept, contents).map_err(|e| format!("write {}: {e}", kept.display()))?;
-            self.files.remove(path).map_err(|e| e.to_string())?;
+            // Atomic and 0600 like the original: it may hold addresses.
+            crate::files::write_atomic(&kept, contents)?;
+            self.files.remove(path)?;
             warn!(
                 interface = %name,
                 file = %self.files.abs(path).display(),
@@ -232,6 +245,23 @@ impl Reconciler {
             );
         }
         Ok(())
+    }
+
+    /// Gives the files of `name` (content already right) back their mode
+    /// and owner if they lost them. A failure is logged, not reported: the
+    /// interface works as its file says.
+    fn make_private(&self, name: InterfaceName) {
+        for path in self.backend.paths(name) {
+            match self.files.make_private(&path) {
+                Ok(None) => {}
+                Ok(Some(wrong)) => warn!(
+                    file = %self.files.abs(&path).display(),
+                    was = %wrong,
+                    "a file of ours had lost its mode or owner: set back to 0600 and the agent's owner, content unchanged"
+                ),
+                Err(e) => warn!(error = %e, "cannot give a file of ours back its mode 0600 and owner"),
+            }
+        }
     }
 
     /// Which of `macs` have a link on the node now.
@@ -243,7 +273,7 @@ impl Reconciler {
 
     /// The kernel state to plan with: `None` when the agent does not touch
     /// the kernel and cannot read it (a dry run degrades, it does not fail).
-    fn read_kernel(&self) -> Result<Option<KernelState>, String> {
+    fn read_kernel(&self) -> Result<Option<KernelState>, ApplyError> {
         match (&self.kernel, self.apply) {
             (Some(kernel), ApplyMode::None) => match kernel.read() {
                 Ok(state) => Ok(Some(state)),
@@ -253,8 +283,8 @@ impl Reconciler {
                 }
             },
             (None, ApplyMode::None) => Ok(None),
-            (Some(kernel), _) => kernel.read().map(Some).map_err(|e| format!("cannot read the kernel's links: {e}")),
-            (None, mode) => Err(format!("--apply {} needs netlink, which could not be opened", mode.as_str())),
+            (Some(kernel), _) => kernel.read().map(Some).map_err(ApplyError::ReadKernel),
+            (None, mode) => Err(ApplyError::NoNetlink(mode)),
         }
     }
 
@@ -266,19 +296,16 @@ impl Reconciler {
     /// [`Self::reconcile`] for the MACs in `scope` only.
     pub fn reconcile_in(&self, desired: &DesiredSet, scope: Scope<'_>) -> Outcome {
         let mut run = Run::new(self);
-        let failed_all = |run: Run, code: ErrorCode, message: &str| {
-            let statuses = desired
-                .iter()
-                .filter(|s| scope.includes(&s.mac))
-                .map(|s| InterfaceStatus::problem(s.mac, None, InterfaceState::Failed, code, message))
-                .collect();
+        let failed_all = |run: Run, error: ApplyError| {
+            let statuses =
+                desired.iter().filter(|s| scope.includes(&s.mac)).map(|s| error.status(s.mac, None)).collect();
             run.finish(statuses, self)
         };
         let kernel = match self.read_kernel() {
             Ok(kernel) => kernel,
-            Err(message) => {
-                warn!(error = %message, "nothing changed");
-                return failed_all(run, ErrorCode::ApplyFailed, &message);
+            Err(e) => {
+                warn!(error = %e, "nothing changed");
+                return failed_all(run, e);
             }
         };
         let current = match self.current() {
@@ -286,26 +313,30 @@ impl Reconciler {
             Err(e) => {
                 // Without knowing our files we cannot name anything safely.
                 warn!(error = %e, "cannot read our files; nothing changed");
-                return failed_all(run, ErrorCode::WriteFailed, &e.to_string());
+                return failed_all(run, ApplyError::ReadOurFiles(e));
             }
         };
-        let facts = kernel.as_ref().map(|k| node_facts(k, &self.node_ips)).unwrap_or_default();
+        let facts = self.facts(kernel.as_ref());
         let plan = plan(desired, &current, &facts, self.capacity, self.backend);
         let mut statuses = Vec::new();
         for action in plan.actions {
             match action {
                 Action::Keep { name, spec } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
-                    statuses.extend(self.prepare(&mut run, name, &spec, None, kernel.as_ref()));
+                    self.make_private(name);
+                    let prepared = self.prepare(&mut run, name, &spec, None, kernel.as_ref());
+                    statuses.extend(prepared.unwrap_or_else(|e| Some(e.status(spec.mac, Some(name)))));
                 }
                 Action::Write { name, spec, files, previous } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
                     info!(mtu = spec.mtu.get(), address = ?spec.address.map(|a| a.to_string()), previous = ?previous.map(|p| p.to_string()), "configuring");
-                    statuses.extend(self.prepare(&mut run, name, &spec, Some(&files), kernel.as_ref()));
+                    let prepared = self.prepare(&mut run, name, &spec, Some(&files), kernel.as_ref());
+                    statuses.extend(prepared.unwrap_or_else(|e| Some(e.status(spec.mac, Some(name)))));
                 }
-                Action::Remove { name, mac, .. } if matches!(scope, Scope::All) => {
+                Action::Remove { name, mac, .. } if scope.includes(&mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %mac).entered();
-                    statuses.push(self.remove(&mut run, name, mac, kernel.as_ref(), &facts));
+                    let removed = self.remove(&mut run, name, mac, kernel.as_ref(), &facts);
+                    statuses.push(removed.unwrap_or_else(|e| e.status(mac, Some(name))));
                 }
                 Action::Refuse { spec, name, code, message } if scope.includes(&spec.mac) => {
                     warn!(mac = %spec.mac, code = %code, "{message}");
@@ -334,41 +365,22 @@ impl Reconciler {
         statuses.extend(self.apply_and_verify(&mut run));
         run.finish(statuses, self)
     }
+}
 
-    /// Rolls back every journal entry left by an agent that died mid-change.
-    /// Runs at start-up, before the agent connects. Returns how many
-    /// interfaces were rolled back.
-    pub fn recover(&self) -> usize {
-        let pending = match self.journal.pending() {
-            Ok(pending) => pending,
-            Err(e) => {
-                warn!(error = %e, "cannot read the journal; nothing rolled back");
-                return 0;
-            }
-        };
-        let mut rolled_back = 0;
-        for (interface, entry) in pending {
-            match entry {
-                Ok(entry) => {
-                    let _span = info_span!("interface", interface = %interface, mac = %entry.mac).entered();
-                    match self.rollback(&entry) {
-                        Ok(()) => {
-                            rolled_back += 1;
-                            info!(same_boot = entry.same_boot(), "rolled back a change interrupted by a crash");
-                        }
-                        Err(e) => warn!(error = %e, "cannot roll back an interrupted change; kept for the next start"),
-                    }
-                }
-                Err(reason) => {
-                    warn!(interface = %interface, reason = %reason, "unreadable journal entry set aside");
-                    if let Err(e) = self.journal.set_aside(&interface) {
-                        warn!(interface = %interface, error = %e, "cannot set the journal entry aside");
-                    }
-                }
-            }
-        }
-        rolled_back
-    }
+/// Our files as read, before anything is moved aside.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Files that parse, and paths that hold something we never write.
+    current: BTreeMap<InterfaceName, Current>,
+    /// Files of ours that do not parse (edited or damaged).
+    unparsed: BTreeMap<InterfaceName, Unparsed>,
+}
+
+/// The files of one name that do not parse, and why.
+#[derive(Debug)]
+struct Unparsed {
+    files: BTreeMap<PathBuf, String>,
+    error: String,
 }
 
 /// Counters and pending work of one reconcile.
@@ -388,7 +400,7 @@ struct Run {
 impl Run {
     fn new(reconciler: &Reconciler) -> Self {
         Self {
-            writes_before: reconciler.files.writes() + reconciler.files.removals(),
+            writes_before: file_changes(&reconciler.files),
             changes_before: reconciler.netlink_changes(),
             first_change: None,
             verify_duration: Duration::ZERO,
@@ -407,7 +419,7 @@ impl Run {
         statuses.sort_by_key(|s| s.mac);
         let apply_duration =
             self.first_change.map_or(Duration::ZERO, |t| t.elapsed().saturating_sub(self.verify_duration));
-        let file_writes = reconciler.files.writes() + reconciler.files.removals() - self.writes_before;
+        let file_writes = file_changes(&reconciler.files) - self.writes_before;
         let netlink_changes = reconciler.netlink_changes() - self.changes_before;
         Outcome {
             statuses,
@@ -419,4 +431,9 @@ impl Run {
             verify_duration: self.verify_duration,
         }
     }
+}
+
+/// Files written, removed or repaired so far.
+fn file_changes(files: &HostFiles) -> u64 {
+    files.writes() + files.removals() + files.repairs()
 }

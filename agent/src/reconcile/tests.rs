@@ -1,4 +1,5 @@
-//! The reconciler against an in-memory kernel and a temporary host root.
+//! The reconciler against an in-memory kernel and a temporary host root
+//! (its helpers serve the worker's tests too).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,15 +14,15 @@ use crate::journal::{Entry, Journal, SavedFile};
 use crate::kernel::memory::MemoryKernel;
 use crate::kernel::{KernelState, LinkState};
 
-fn mac(i: u8) -> MacAddress {
+pub(crate) fn mac(i: u8) -> MacAddress {
     MacAddress::from_octets([2, 0, 0, 0, 0, i]).unwrap()
 }
 
-fn spec(i: u8, address: Option<&str>, mtu: i64) -> InterfaceSpec {
+pub(crate) fn spec(i: u8, address: Option<&str>, mtu: i64) -> InterfaceSpec {
     InterfaceSpec::new(mac(i), address.map(|a| a.parse().unwrap()), Mtu::new(mtu).unwrap()).unwrap()
 }
 
-fn link(index: u32, name: &str, i: u8) -> LinkState {
+pub(crate) fn link(index: u32, name: &str, i: u8) -> LinkState {
     LinkState {
         index,
         name: name.into(),
@@ -39,7 +40,7 @@ fn link(index: u32, name: &str, i: u8) -> LinkState {
 }
 
 /// A node whose `ens3` (MAC 99) carries the default route, plus `links`.
-fn node(dir: &Path, apply: ApplyMode, links: Vec<LinkState>) -> (Reconciler, Arc<MemoryKernel>) {
+pub(crate) fn node(dir: &Path, apply: ApplyMode, links: Vec<LinkState>) -> (Reconciler, Arc<MemoryKernel>) {
     let mut primary = link(1, "ens3", 99);
     primary.up = true;
     primary.addresses.insert("192.168.77.2/24".parse().unwrap());
@@ -376,4 +377,141 @@ fn held_macs_keep_their_files_and_are_reported_held() {
     assert_eq!(out.file_writes, 0);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), before, "a held MAC's file is left as it is");
     assert_eq!(multinic_proto::Outcome::of(&out.statuses), multinic_proto::Outcome::Applied, "{out:?}");
+}
+
+#[test]
+fn something_other_than_a_file_at_our_path_is_left_alone_and_only_its_nic_is_refused() {
+    use std::os::unix::fs::FileTypeExt;
+    for kind in ["fifo", "link to /dev/zero", "2 GiB file"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1), link(3, "eth2", 2)]);
+        let first = DesiredSet::new([spec(1, None, 1500), spec(2, None, 1500)]).unwrap();
+        assert!(r.reconcile(&first).statuses.iter().all(|s| s.state == InterfaceState::Applied));
+        let ours = dir.path().join("etc/netplan/90-multinic0.yaml");
+        std::fs::remove_file(&ours).unwrap();
+        match kind {
+            "fifo" => assert!(std::process::Command::new("mkfifo").arg(&ours).status().unwrap().success()),
+            "link to /dev/zero" => std::os::unix::fs::symlink("/dev/zero", &ours).unwrap(),
+            _ => std::fs::File::create(&ours).unwrap().set_len(2 << 30).unwrap(),
+        }
+        let before = std::fs::symlink_metadata(&ours).unwrap();
+
+        let out = r.reconcile(&DesiredSet::new([spec(1, None, 9000), spec(2, None, 9000)]).unwrap());
+        let (state, code, message) = state_of(&out, 1);
+        assert_eq!((state, code), (InterfaceState::Refused, ErrorCode::CorruptFile), "{kind}: {message}");
+        assert!(message.contains("90-multinic0.yaml") && message.contains("not read"), "{kind}: {message}");
+        assert_eq!(state_of(&out, 2).0, InterfaceState::Applied, "{kind}: the others go on");
+        let state = kernel.state();
+        assert_eq!(by_name(&state, "multinic0").mtu, 1500, "{kind}: its NIC is not touched");
+        assert_eq!(by_name(&state, "multinic1").mtu, 9000);
+        let after = std::fs::symlink_metadata(&ours).unwrap();
+        assert_eq!(
+            (after.file_type().is_fifo(), after.len(), after.modified().unwrap()),
+            (before.file_type().is_fifo(), before.len(), before.modified().unwrap()),
+            "{kind}: left as it was"
+        );
+        assert!(r.journal.pending().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_file_of_ours_with_the_wrong_mode_is_repaired_in_place_and_counted() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    let set = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500)]).unwrap();
+    r.reconcile(&set);
+    let file = dir.path().join("etc/netplan/90-multinic0.yaml");
+    let before = std::fs::metadata(&file).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let out = r.reconcile(&set);
+    assert_eq!((out.changes, out.file_writes, out.netlink_changes), (1, 1, 0), "{out:?}");
+    assert_eq!(state_of(&out, 1).0, InterfaceState::Applied);
+    let after = std::fs::metadata(&file).unwrap();
+    assert_eq!(after.mode() & 0o7777, 0o600);
+    assert_eq!((after.ino(), after.mtime_nsec()), (before.ino(), before.mtime_nsec()), "not rewritten");
+    assert_eq!(r.reconcile(&set).changes, 0, "and then a no-op again");
+}
+
+#[test]
+fn a_mac_another_netplan_file_defines_is_refused_and_nothing_of_it_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1), link(3, "eth2", 2)]);
+    let set = DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500), spec(2, None, 1500)]).unwrap();
+    r.reconcile(&set);
+    let ours = std::fs::read_to_string(dir.path().join("etc/netplan/90-multinic0.yaml")).unwrap();
+    let cloud_init = "network:\n  version: 2\n  ethernets:\n    ens4:\n      match:\n        macaddress: \
+                      02:00:00:00:00:01\n      set-name: ens4\n      mtu: 1400\n";
+    let foreign = dir.path().join("etc/netplan/50-cloud-init.yaml");
+    std::fs::write(&foreign, cloud_init).unwrap();
+    let before = kernel.state();
+
+    let changed = DesiredSet::new([spec(1, Some("10.0.0.9/24"), 9000), spec(2, None, 9000)]).unwrap();
+    let out = r.reconcile(&changed);
+    let (state, code, message) = state_of(&out, 1);
+    assert_eq!((state, code), (InterfaceState::Refused, ErrorCode::ForeignInterface), "{message}");
+    assert!(
+        message.contains("/etc/netplan/50-cloud-init.yaml as ethernets.ens4 (set-name ens4, mtu 1400)"),
+        "{message}"
+    );
+    assert_eq!(state_of(&out, 2).0, InterfaceState::Applied, "the other MAC goes on");
+    assert_eq!(by_name(&kernel.state(), "multinic0"), by_name(&before, "multinic0"), "its NIC untouched");
+    assert_eq!(std::fs::read_to_string(dir.path().join("etc/netplan/90-multinic0.yaml")).unwrap(), ours);
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), cloud_init, "the other file is only read");
+}
+
+#[test]
+fn a_write_that_fails_before_changing_anything_says_so_and_leaves_no_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    // The folder cannot be made (a file sits where it belongs), as with a
+    // read-only one: the write fails and there is nothing to restore.
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    std::fs::write(dir.path().join("etc/netplan"), "").unwrap();
+    let out = r.reconcile(&DesiredSet::new([spec(1, None, 1500)]).unwrap());
+    let (state, code, message) = state_of(&out, 1);
+    assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::WriteFailed), "{message}");
+    assert!(message.ends_with("; nothing had changed"), "{message}");
+    assert!(r.journal.pending().unwrap().is_empty(), "no stale journal entry");
+}
+
+#[test]
+fn a_rollback_that_cannot_restore_says_so_and_keeps_the_journal_until_a_verified_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut jumbo = link(2, "eth1", 1);
+    jumbo.mtu = 9000;
+    let (r, kernel) = node(dir.path(), ApplyMode::Netlink, vec![jumbo]);
+    // The MTU can be lowered but not raised back, and the address vanishes:
+    // verification fails and the rollback cannot restore MTU 9000.
+    kernel.reject_mtu_above(2, 1500);
+    kernel.drop_addresses_on(2);
+    let out = r.reconcile(&DesiredSet::new([spec(1, Some("10.0.0.5/24"), 1500)]).unwrap());
+    let (state, code, message) = state_of(&out, 1);
+    assert_eq!((state, code), (InterfaceState::Failed, ErrorCode::VerifyFailed), "{message}");
+    assert!(message.contains("rollback incomplete (") && !message.contains("rolled back to the previous"), "{message}");
+    let pending = r.journal.pending().unwrap();
+    assert_eq!(pending.len(), 1, "the entry holds the last good state");
+    assert_eq!(pending[0].1.as_ref().unwrap().link.as_ref().unwrap().mtu, 9000);
+
+    // Once the interface is verified as desired, the entry has nothing left to restore.
+    let out = r.reconcile(&DesiredSet::new([spec(1, None, 1500)]).unwrap());
+    assert_eq!(state_of(&out, 1).0, InterfaceState::Applied, "{out:?}");
+    assert!(r.journal.pending().unwrap().is_empty());
+}
+
+#[test]
+fn a_rollback_never_replaces_something_it_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _kernel) = node(dir.path(), ApplyMode::Netlink, vec![link(2, "eth1", 1)]);
+    let name = InterfaceName::new(0, 10).unwrap();
+    let path = crate::backend::netplan::path(name);
+    let entry = Entry::new(name, mac(1), vec![SavedFile { path: path.clone(), contents: None }], None);
+    assert!(r.journal.record(&entry).unwrap());
+    std::fs::create_dir_all(r.files.abs(&path).parent().unwrap()).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(r.files.abs(&path)).status().unwrap().success());
+
+    assert_eq!(r.recover(), 0, "not rolled back");
+    assert!(std::fs::symlink_metadata(r.files.abs(&path)).is_ok(), "the FIFO is left where it is");
+    assert_eq!(r.journal.pending().unwrap().len(), 1, "the entry is kept");
 }

@@ -163,9 +163,20 @@ incomplete configuration.
 {{- end }}
 {{- end }}
 
-{{/* Capabilities the agent adds in its apply mode. */}}
+{{/* The apply mode whose privileges the agent gets: applyMode, or for auto
+what the agent will choose (netplan: netlink; wicked, or a backend only the
+node can tell: host). */}}
+{{- define "multinic.agent.privileges" -}}
+{{- $a := .Values.agent }}
+{{- if ne $a.applyMode "auto" }}{{ $a.applyMode }}
+{{- else if eq $a.backend "netplan" }}netlink
+{{- else }}host
+{{- end }}
+{{- end }}
+
+{{/* Capabilities the agent adds for its apply mode. */}}
 {{- define "multinic.agent.capabilities" -}}
-{{- toJson (index .Values.agent.capabilities .Values.agent.applyMode) }}
+{{- toJson (index .Values.agent.capabilities (include "multinic.agent.privileges" .)) }}
 {{- end }}
 
 {{/* Host folders the agent mounts under /host, by backend. */}}
@@ -178,4 +189,39 @@ incomplete configuration.
 {{- $dirs = concat $dirs (list "/etc/sysconfig/network" "/etc/udev/rules.d") }}
 {{- end }}
 {{- toJson $dirs }}
+{{- end }}
+
+{{/*
+PromQL label matchers of the controller's and the agents' series, as the
+chart's ServiceMonitor and PodMonitor label them (the Prometheus Operator
+names a ServiceMonitor's job after the Service, a PodMonitor's
+"<namespace>/<name>"), unless metrics.prometheusRule sets its own.
+*/}}
+{{- define "multinic.rules.controllerSelector" -}}
+{{- with .Values.metrics.prometheusRule.controllerSelector }}{{ . }}{{ else -}}
+job="{{ include "multinic.controller.fullname" . }}-metrics", namespace="{{ .Release.Namespace }}"
+{{- end }}
+{{- end }}
+
+{{- define "multinic.rules.agentSelector" -}}
+{{- with .Values.metrics.prometheusRule.agentSelector }}{{ . }}{{ else -}}
+job="{{ .Release.Namespace }}/{{ include "multinic.agent.fullname" . }}", namespace="{{ .Release.Namespace }}"
+{{- end }}
+{{- end }}
+
+{{/*
+The part every alert shares: for, labels, and the runbook link.
+(dict "root" $ "name" "MultinicDatabaseUnreachable" "alert" .Values...databaseUnreachable)
+*/}}
+{{- define "multinic.rules.common" -}}
+for: {{ .alert.for }}
+labels:
+  severity: {{ .alert.severity | quote }}
+  {{- with .root.Values.metrics.prometheusRule.alertLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{- define "multinic.rules.runbook" -}}
+runbook_url: {{ printf "%s#%s" .root.Values.metrics.prometheusRule.runbookUrl (lower .name) | quote }}
 {{- end }}

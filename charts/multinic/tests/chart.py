@@ -77,9 +77,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "netlink": {"database": DATABASE, "agent": {"applyMode": "netlink", "backend": "netplan"}},
     "dry-run": {"database": DATABASE, "agent": {"applyMode": "none", "backend": "wicked"}},
+    "drift-report-only": {"database": DATABASE, "agent": {"drift": {"checkInterval": "0", "repair": False}}},
     "monitoring": {
         "database": DATABASE,
-        "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+        "metrics": {
+            "serviceMonitor": {"enabled": True},
+            "podMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+            "grafanaDashboard": {"enabled": True},
+        },
         "controller": {"podDisruptionBudget": {"enabled": True}, "replicas": 3},
     },
 }
@@ -200,3 +206,14 @@ def have(tool: str) -> bool:
 
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, text=True, capture_output=True, **kwargs)
+
+
+def terminate(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds, and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

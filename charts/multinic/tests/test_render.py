@@ -21,6 +21,8 @@ CRD_KINDS = {
     ("cert-manager.io/v1", "Issuer"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    # Its shape and its rules are checked in test_alerts.py (promtool).
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}

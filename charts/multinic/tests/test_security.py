@@ -98,11 +98,20 @@ def test_pod_disruption_budget_is_opt_in():
 
 
 @pytest.mark.parametrize(
-    "mode, caps, host_pid",
-    [("host", HOST_CAPS, True), ("netlink", {"NET_ADMIN"}, False), ("none", set(), False)],
+    "mode, backend, caps, host_pid",
+    [
+        ("host", "auto", HOST_CAPS, True),
+        ("netlink", "auto", {"NET_ADMIN"}, False),
+        ("none", "auto", set(), False),
+        # auto gets the privileges of the mode the agent will resolve it to:
+        # netlink on netplan nodes; host where a node may be wicked.
+        ("auto", "netplan", {"NET_ADMIN"}, False),
+        ("auto", "wicked", HOST_CAPS, True),
+        ("auto", "auto", HOST_CAPS, True),
+    ],
 )
-def test_agent_privileges_follow_the_apply_mode(mode, caps, host_pid):
-    ds = agent_with(applyMode=mode)
+def test_agent_privileges_follow_the_apply_mode(mode, backend, caps, host_pid):
+    ds = agent_with(applyMode=mode, backend=backend)
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
@@ -340,3 +349,13 @@ def test_monitoring_objects():
     pm = out.one("PodMonitor")["spec"]
     assert pm["selector"]["matchLabels"] == out.agent["spec"]["selector"]["matchLabels"]
     assert pm["podMetricsEndpoints"][0]["port"] == "http"
+
+
+@pytest.mark.parametrize(
+    "drift, interval, repair",
+    [({}, "60s", "true"), ({"checkInterval": "5m"}, "5m", "true"), ({"checkInterval": "0", "repair": False}, "0", "false")],
+)
+def test_agent_drift_settings_reach_the_agent(drift, interval, repair):
+    ds = render(merge(VALUE_SETS["defaults"], {"agent": {"drift": drift}})).agent
+    assert env_value(ds, "MULTINIC_DRIFT_CHECK_INTERVAL") == interval
+    assert env_value(ds, "MULTINIC_DRIFT_REPAIR") == repair

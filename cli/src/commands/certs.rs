@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::out::outln;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use multinic_proto::NodeName;
@@ -131,6 +132,6 @@ fn write(issued: &KeyedCertificate, cert: &Path, key: &Path) -> anyhow::Result<(
         .collect();
     let until = humantime::format_rfc3339_seconds(info.not_after);
     let names = if names.is_empty() { "(CA)".to_owned() } else { names.join(", ") };
-    println!("wrote {} and {} (0600): {names}, valid until {until}", cert.display(), key.display());
+    outln!("wrote {} and {} (0600): {names}, valid until {until}", cert.display(), key.display());
     Ok(())
 }

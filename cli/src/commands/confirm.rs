@@ -7,11 +7,12 @@ use multinic_proto::v1::ConfirmRemovalsRequest;
 
 use super::get::status_error;
 use crate::client::ConnectArgs;
+use crate::out::outln;
 
 pub async fn run(connect: &ConnectArgs, token: String) -> anyhow::Result<ExitCode> {
     let mut client = connect.fleet().await?;
     let released =
         client.confirm_removals(ConfirmRemovalsRequest { token }).await.map_err(status_error)?.into_inner().released;
-    println!("released {released} held removal(s); agents remove those interfaces now");
+    outln!("released {released} held removal(s); agents remove those interfaces now");
     Ok(ExitCode::SUCCESS)
 }

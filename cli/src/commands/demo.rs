@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::get::{all_nodes, interfaces_table, nodes_table};
+use crate::out::{out, outln};
 use crate::view::{InterfaceView, NodeView};
 
 #[derive(Debug, Args)]
@@ -76,7 +77,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let result = run_in(&base, step_timeout).await;
     if keep {
         let kept = dir.keep();
-        println!("\nKept {} (database, node roots).", kept.display());
+        outln!("\nKept {} (database, node roots).", kept.display());
     }
     result.map(|()| ExitCode::SUCCESS)
 }
@@ -109,6 +110,7 @@ async fn run_in(base: &Path, timeout: Duration) -> anyhow::Result<()> {
         hello_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(3),
         guard: multinic_controller::guard::GuardConfig { warmup: Duration::ZERO, ..Default::default() },
+        push_answer_timeout: Duration::from_secs(60),
         transport: Transport::Mutual(Box::new(TlsConfig::new(server, TrustDomain::default()))),
     };
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
@@ -173,15 +175,15 @@ impl Demo {
             .bind(mtu)
             .execute(&self.db)
             .await?;
-            println!("   row {port}: {node} {mac} {} mtu {mtu}", address.unwrap_or("(no address)"));
+            outln!("   row {port}: {node} {mac} {} mtu {mtu}", address.unwrap_or("(no address)"));
         }
         self.wait_rows_applied().await?;
         for (i, root) in self.roots.iter().enumerate() {
             for file in netplan_files(root)? {
-                println!("   {}: wrote {}", NODES[i], file.display());
+                outln!("   {}: wrote {}", NODES[i], file.display());
             }
         }
-        println!("   every row now reads netplan_success = 1");
+        outln!("   every row now reads netplan_success = 1");
 
         section("2. The MTU of node-2's port-2a changes to 9000");
         let writes_before = self.writes();
@@ -194,7 +196,7 @@ impl Demo {
         })
         .await?;
         self.wait_rows_applied().await?;
-        println!(
+        outln!(
             "   node-2 rewrote {} ({} file written in the fleet); the row is back to 1",
             path.display(),
             self.writes() - writes_before
@@ -206,7 +208,7 @@ impl Demo {
             .await?;
         let path = self.roots[0].join("etc/netplan/91-multinic1.yaml");
         self.wait("node-1's multinic1 file to be removed", || !path.exists()).await?;
-        println!("   node-1 removed {}; its multinic0 is untouched", path.display());
+        outln!("   node-1 removed {}; its multinic0 is untouched", path.display());
 
         section("4. node-3's port-3a is deleted and re-inserted with a new id, same content");
         let writes_before = self.writes();
@@ -226,20 +228,20 @@ impl Demo {
             .await?;
         self.wait_rows_applied().await?;
         let written = self.writes() - writes_before;
-        println!("   row {new_id} reads netplan_success = 1; files written on the node: {written}");
+        outln!("   row {new_id} reads netplan_success = 1; files written on the node: {written}");
         if written != 0 {
             bail!("the re-inserted row caused {written} file writes; expected none");
         }
 
         section("Final status (multinicctl get nodes / get interfaces)");
         let nodes = all_nodes(&mut self.fleet).await?;
-        print!("{}", nodes_table(&nodes, false));
-        println!();
+        out!("{}", nodes_table(&nodes, false));
+        outln!();
         let interfaces: Vec<InterfaceView> = nodes.iter().flat_map(|n| NodeView::from(n).interfaces).collect();
-        print!("{}", interfaces_table(&interfaces, false));
+        out!("{}", interfaces_table(&interfaces, false));
         let converged =
             nodes.iter().filter(|n| n.convergence == multinic_proto::v1::Convergence::Converged as i32).count();
-        println!("\n{converged}/{} nodes converged. Demo finished.", nodes.len());
+        outln!("\n{converged}/{} nodes converged. Demo finished.", nodes.len());
         Ok(())
     }
 
@@ -332,9 +334,9 @@ fn netplan_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn section(title: &str) {
-    println!("\n== {title}");
+    outln!("\n== {title}");
 }
 
 fn step(text: &str) {
-    println!("-- {text}");
+    outln!("-- {text}");
 }

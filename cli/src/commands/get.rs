@@ -8,7 +8,10 @@ use multinic_proto::v1::{self, GetNodeRequest, ListNodesRequest};
 use tonic::transport::Channel;
 
 use crate::client::ConnectArgs;
-use crate::view::{Format, InterfaceView, NodeView, Table, age, convergence, print_structured};
+use crate::out::out;
+use crate::view::{
+    DriftView, Format, InterfaceView, NodeView, Table, age, convergence, print_structured, problems_table,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum What {
@@ -36,14 +39,14 @@ pub async fn run(connect: &ConnectArgs, format: Format, what: What) -> anyhow::R
                 Format::Json | Format::Yaml => {
                     print_structured(&nodes.iter().map(NodeView::from).collect::<Vec<_>>(), format)?;
                 }
-                Format::Table | Format::Wide => print!("{}", nodes_table(&nodes, format == Format::Wide)),
+                Format::Table | Format::Wide => out!("{}", nodes_table(&nodes, format == Format::Wide)),
             }
         }
         What::Node { name } => {
             let node = client.get_node(GetNodeRequest { name }).await.map_err(status_error)?.into_inner();
             match format {
                 Format::Json | Format::Yaml => print_structured(&NodeView::from(&node), format)?,
-                Format::Table | Format::Wide => print!("{}", node_details(&node, format == Format::Wide)),
+                Format::Table | Format::Wide => out!("{}", node_details(&node, format == Format::Wide)),
             }
         }
         What::Interfaces { node } => {
@@ -54,7 +57,7 @@ pub async fn run(connect: &ConnectArgs, format: Format, what: What) -> anyhow::R
             let interfaces: Vec<InterfaceView> = nodes.iter().flat_map(|n| NodeView::from(n).interfaces).collect();
             match format {
                 Format::Json | Format::Yaml => print_structured(&interfaces, format)?,
-                Format::Table | Format::Wide => print!("{}", interfaces_table(&interfaces, format == Format::Wide)),
+                Format::Table | Format::Wide => out!("{}", interfaces_table(&interfaces, format == Format::Wide)),
             }
         }
     }
@@ -162,20 +165,57 @@ fn node_details(n: &v1::NodeStatus, wide: bool) -> String {
         short(&view.applied_digest),
         short(&view.desired_digest),
     );
+    if view.last_drift.is_some() {
+        out.push_str(&format!(
+            "Drift:       last found {} ago, {} repaired since the controller became active\n\n",
+            age(n.last_drift_unix_ms),
+            view.drift_repairs
+        ));
+    }
+    if !view.problems.is_empty() {
+        out.push_str("Problems:\n");
+        for p in &view.problems {
+            out.push_str(&format!("  {}: {}\n", p.error_code, p.message));
+        }
+        out.push('\n');
+    }
     if view.interfaces.is_empty() {
         out.push_str("No interfaces desired.\n");
     } else {
         out.push_str(&interfaces_table(&view.interfaces, wide));
     }
+    if view.interfaces_omitted > 0 {
+        out.push_str(&format!("... and {} more held interfaces not listed\n", view.interfaces_omitted));
+    }
+    if !view.drift.is_empty() {
+        out.push_str("\nLast drift found:\n");
+        out.push_str(&drift_table(&view.drift));
+    }
     if !view.row_problems.is_empty() {
         out.push_str("\nRows with problems:\n");
-        let mut table = Table::new(&["ROW", "MAC", "ERROR", "MESSAGE"]);
-        for p in &view.row_problems {
-            table.row(vec![p.row_id.to_string(), p.mac_address.clone(), p.error_code.clone(), p.message.clone()]);
-        }
-        out.push_str(&table.render());
+        out.push_str(&problems_table(&view.row_problems, view.row_problems_omitted, false, "rejected rows"));
+    }
+    if !view.row_warnings.is_empty() {
+        out.push_str("\nRows that look wrong (applied anyway):\n");
+        out.push_str(&problems_table(&view.row_warnings, view.row_warnings_omitted, false, "warnings"));
     }
     out
+}
+
+/// `NAME MAC KIND FOUND WANTED ACTION` rows of one drift check.
+pub fn drift_table(drift: &[DriftView]) -> String {
+    let mut table = Table::new(&["NAME", "MAC", "KIND", "FOUND", "WANTED", "ACTION"]).color_columns(&[5]);
+    for d in drift {
+        table.row(vec![
+            d.name.clone(),
+            d.mac_address.clone(),
+            d.kind.clone(),
+            d.found.clone(),
+            d.wanted.clone(),
+            d.action.clone(),
+        ]);
+    }
+    table.render()
 }
 
 fn dash(s: &str) -> String {

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::get::{all_nodes, status_error};
 use crate::client::ConnectArgs;
-use crate::view::{Format, NodeView, ProblemView, SummaryView, Table, age, print_structured};
+use crate::out::out;
+use crate::view::{Format, NodeView, ProblemView, SummaryView, Table, age, print_structured, problems_table};
 
 /// Exit code when the fleet is not converged (documented in `--help`).
 pub const NOT_CONVERGED: u8 = 2;
@@ -37,7 +38,7 @@ pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCo
             };
             print_structured(&view, format)?;
         }
-        Format::Table | Format::Wide => print!("{}", render(&summary, &attention, format == Format::Wide)),
+        Format::Table | Format::Wide => out!("{}", render(&summary, &attention, format == Format::Wide)),
     }
     Ok(if converged { ExitCode::SUCCESS } else { ExitCode::from(NOT_CONVERGED) })
 }
@@ -46,6 +47,7 @@ fn needs_attention(n: &v1::NodeStatus) -> bool {
     n.convergence != v1::Convergence::Converged as i32
         || !n.connected
         || !n.row_problems.is_empty()
+        || !n.problems.is_empty()
         || n.interfaces.iter().any(|i| i.state == v1::InterfaceState::Held as i32)
 }
 
@@ -75,7 +77,7 @@ fn attention_table(nodes: &[v1::NodeStatus], wide: bool) -> String {
 
 fn reason(n: &v1::NodeStatus) -> String {
     let count = |state: v1::InterfaceState| n.interfaces.iter().filter(|i| i.state == state as i32).count();
-    let mut reasons = Vec::new();
+    let mut reasons: Vec<String> = n.problems.iter().map(|p| p.message.clone()).collect();
     if !n.connected {
         reasons.push("agent not connected".to_owned());
     }
@@ -92,14 +94,15 @@ fn reason(n: &v1::NodeStatus) -> String {
     if waiting > 0 {
         reasons.push(format!("{waiting} interface(s) waiting for their MAC to appear"));
     }
-    if n.connected && n.convergence == v1::Convergence::Pending as i32 {
+    let unanswered = n.problems.iter().any(|p| p.error_code == v1::ErrorCode::PushUnanswered as i32);
+    if n.connected && n.convergence == v1::Convergence::Pending as i32 && !unanswered {
         reasons.push(format!(
             "push outstanding (applied generation {} of {})",
             n.applied_generation, n.desired_generation
         ));
     }
     if !n.row_problems.is_empty() {
-        reasons.push(format!("{} rejected row(s)", n.row_problems.len()));
+        reasons.push(format!("{} rejected row(s)", n.row_problems.len() + n.row_problems_omitted as usize));
     }
     let guarded = n.interfaces.iter().filter(|i| i.error_code == v1::ErrorCode::RemovalHeld as i32).count();
     if guarded > 0 {
@@ -126,6 +129,10 @@ fn render(s: &v1::FleetSummary, attention: &[v1::NodeStatus], wide: bool) -> Str
         "Nodes:      {} known, {} agents connected\nConverged:  {} converged, {} pending, {} failed\nDatabase:   {db}\nBad rows:   {}\n",
         s.nodes_known, s.agents_connected, s.nodes_converged, s.nodes_pending, s.nodes_failed, s.invalid_rows,
     ));
+    let warnings = s.row_warnings.len() + s.row_warnings_omitted as usize;
+    if warnings > 0 {
+        out.push_str(&format!("Warnings:   {warnings} row(s) look wrong but are applied\n"));
+    }
     if attention.is_empty() && s.db_up {
         out.push_str("\nAll nodes converged.\n");
     } else if attention.is_empty() {
@@ -136,12 +143,13 @@ fn render(s: &v1::FleetSummary, attention: &[v1::NodeStatus], wide: bool) -> Str
     }
     if !s.row_problems.is_empty() {
         out.push_str("\nRows the controller rejected:\n");
-        let mut table = Table::new(&["ROW", "NODE", "MAC", "ERROR", "MESSAGE"]);
-        for p in s.row_problems.iter().map(ProblemView::from) {
-            let node = if p.node.is_empty() { "-".to_owned() } else { p.node };
-            table.row(vec![p.row_id.to_string(), node, p.mac_address, p.error_code, p.message]);
-        }
-        out.push_str(&table.render());
+        let problems: Vec<ProblemView> = s.row_problems.iter().map(ProblemView::from).collect();
+        out.push_str(&problems_table(&problems, s.row_problems_omitted, true, "rejected rows"));
+    }
+    if !s.row_warnings.is_empty() {
+        out.push_str("\nRows that look wrong (applied anyway):\n");
+        let warnings: Vec<ProblemView> = s.row_warnings.iter().map(ProblemView::from).collect();
+        out.push_str(&problems_table(&warnings, s.row_warnings_omitted, true, "warnings"));
     }
     out
 }

@@ -7,6 +7,7 @@ use multinic_proto::v1::{self, WatchRequest};
 
 use super::get::status_error;
 use crate::client::ConnectArgs;
+use crate::out::{out, outln};
 use crate::view::{Format, NodeView, Table, colors_enabled, convergence};
 
 pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCode> {
@@ -20,6 +21,8 @@ pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCo
             // certificate rotation): watch again, seamlessly.
             Err(status) if status.code() == tonic::Code::Unavailable => continue,
             Err(status) => return Err(status_error(status)),
+            // Our reader went away (`watch | head`): done.
+            Ok(()) if crate::out::closed() => return Ok(ExitCode::SUCCESS),
             Ok(()) => break,
         }
     }
@@ -37,12 +40,15 @@ async fn stream(
         let Some(node) = event.node else { continue };
         let view = NodeView::from(&node);
         match format {
-            Format::Json => println!("{}", serde_json::to_string(&view).unwrap_or_default()),
-            Format::Yaml => print!("---\n{}", serde_yaml::to_string(&view).unwrap_or_default()),
+            Format::Json => outln!("{}", serde_json::to_string(&view).unwrap_or_default()),
+            Format::Yaml => out!("---\n{}", serde_yaml::to_string(&view).unwrap_or_default()),
             Format::Table | Format::Wide => {
-                print!("{}", line(&node, *header, colors));
+                out!("{}", line(&node, *header, colors));
                 *header = false;
             }
+        }
+        if crate::out::closed() {
+            break;
         }
     }
     Ok(())

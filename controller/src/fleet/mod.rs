@@ -8,23 +8,29 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
-use multinic_proto::{AgentHello, AgentReport, MacAddress, NodeName};
+use multinic_proto::{AgentHello, AgentReport, MacAddress, NodeName, Outcome};
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::desired::{DesiredFleet, NodeDesired, RowProblem};
 use crate::guard::{Counts, GuardConfig};
 use crate::store::RowUpdate;
 
+#[cfg(test)]
+mod limits_tests;
 mod node;
 mod removals;
 #[cfg(test)]
 mod tests;
 
-pub use node::{Applied, Convergence, InterfaceRecord, Published, SessionInfo};
-use node::{NodeEntry, apply_report, present_in};
+pub use node::{
+    Applied, Convergence, InterfaceRecord, MAX_PUSH_BYTES, NodeDrift, NodeProblem, Published, SessionInfo,
+    UNANSWERED_AFTER, Unanswered, human, wire_bound,
+};
+use node::{NodeEntry, Refreshed, apply_report, present_in};
 use removals::GuardState;
 pub use removals::{ConfirmError, GuardStatus};
 
@@ -55,6 +61,38 @@ pub struct NodeSnapshot {
     pub interfaces: BTreeMap<MacAddress, InterfaceRecord>,
     /// Removals the mass-deletion guard holds on this node.
     pub guarded: BTreeSet<MacAddress>,
+    /// What is wrong with the node as a whole now.
+    pub problems: Vec<NodeProblem>,
+    /// The last drift its agent reported, if any.
+    pub drift: Option<NodeDrift>,
+    /// Why the guard holds removals (its holds are in `guarded`), if it does.
+    pub guard_reason: Option<String>,
+}
+
+/// A bounded list and how many were left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bounded<T> {
+    pub items: Vec<T>,
+    pub omitted: usize,
+}
+
+impl<T: Clone> Bounded<T> {
+    pub fn new() -> Self {
+        Self { items: Vec::new(), omitted: 0 }
+    }
+
+    /// Lists `items` until `limit` are listed; counts the rest.
+    pub fn extend(&mut self, items: &[T], limit: usize) {
+        let room = limit.saturating_sub(self.items.len()).min(items.len());
+        self.items.extend_from_slice(&items[..room]);
+        self.omitted += items.len() - room;
+    }
+}
+
+impl<T: Clone> Default for Bounded<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Counts over the fleet, for status and metrics.
@@ -91,9 +129,14 @@ pub struct Fleet {
     /// Whether this replica holds the controller lock and may act.
     active: watch::Sender<bool>,
     guard_config: GuardConfig,
+    /// A push unanswered for longer is a node problem.
+    answer_within: Duration,
     /// The mass-deletion guard. Lock order: this mutex, then map shards;
     /// never a shard and then this mutex.
     guard: Mutex<GuardState>,
+    /// Counts the times this replica became active (what a node reported
+    /// in is compared with it).
+    activation: AtomicU64,
 }
 
 impl Default for Fleet {
@@ -113,7 +156,9 @@ impl Fleet {
             publish_lock: Mutex::new(()),
             active: watch::channel(false).0,
             guard_config: GuardConfig::default(),
+            answer_within: UNANSWERED_AFTER,
             guard: Mutex::new(GuardState::default()),
+            activation: AtomicU64::new(0),
         }
     }
 
@@ -122,12 +167,21 @@ impl Fleet {
         Self { guard_config: config, ..Self::new() }
     }
 
+    /// Shows a push unanswered for `answer_within` as a node problem.
+    pub fn answer_within(mut self, answer_within: Duration) -> Self {
+        self.answer_within = answer_within;
+        self
+    }
+
     /// Marks this replica active (holding the controller lock) or standby;
     /// returns whether that changed. Agent sessions end when it turns false.
     pub fn set_active(&self, active: bool) -> bool {
         let changed = self.active.send_if_modified(|current| std::mem::replace(current, active) != active);
         if changed && active {
-            lock(&self.guard).activated = Some(Instant::now());
+            self.activation.fetch_add(1, Ordering::Relaxed);
+            let mut g = lock(&self.guard);
+            g.activated = Some(Instant::now());
+            g.warmup = Default::default();
         }
         changed
     }
@@ -210,18 +264,21 @@ impl Fleet {
                 totals = totals.replace(gone.counts, Counts::default());
             }
         }
-        let was_holding = g.holding.is_some();
+        let was = g.hold;
         let hold = self.judge(&mut g, totals);
         let mut changed = Vec::new();
-        if hold != was_holding || first_sync {
+        if hold != was || first_sync {
             self.refresh_all(&mut g, &mut changed);
         } else {
             g.totals = totals;
             for name in touched {
-                if let Some(mut entry) = self.nodes.get_mut(&name)
-                    && entry.refresh(hold, true)
-                {
-                    changed.push(name);
+                let Some(mut entry) = self.nodes.get_mut(&name) else { continue };
+                match entry.refresh(hold, true) {
+                    Refreshed::Published => changed.push(name),
+                    Refreshed::ProblemChanged => {
+                        let _ = self.changes.send(name);
+                    }
+                    Refreshed::Nothing => {}
                 }
             }
         }
@@ -257,12 +314,33 @@ impl Fleet {
         read(&self.db).clone()
     }
 
-    /// Registers an agent's new stream; a previous session of the node is
-    /// replaced. Returns the session id and the node's published set.
-    pub fn connect(&self, hello: &AgentHello) -> (u64, watch::Receiver<Option<Arc<Published>>>) {
+    /// Registers an agent's new stream (its Hello was checked by
+    /// [`crate::claims::check_hello`]); a previous session of the node is
+    /// replaced and its stream told to end. Returns the session id, the
+    /// node's published set, and the token cancelled when a newer stream
+    /// replaces this one.
+    pub fn connect(&self, hello: &AgentHello) -> (u64, watch::Receiver<Option<Arc<Published>>>, CancellationToken) {
         let id = self.session_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let warming_up = self.warming_up();
         let mut entry = self.nodes.entry(hello.node.clone()).or_insert_with(NodeEntry::new);
-        entry.present = present_in(&hello.interfaces);
+        // Once made in the warm-up, a node's claims keep counting (its agent
+        // reconnects at every connection age cap).
+        entry.claims_count |= warming_up;
+        // Hello lists what the agent has; a fresh agent (no digest, no
+        // statuses) says nothing, and what was believed before still holds.
+        if hello.applied_digest.is_some() || !hello.interfaces.is_empty() {
+            entry.take_inventory(present_in(&hello.interfaces), None);
+            entry.inventory_known = true;
+            entry.reported_in = self.activation.load(Ordering::Relaxed);
+        } else {
+            entry.claimed.clear();
+            entry.inventory_known = false;
+        }
+        let end = CancellationToken::new();
+        if let Some(previous) = entry.session_end.replace(end.clone()) {
+            previous.cancel();
+        }
+        entry.unanswered = None;
         let now = SystemTime::now();
         entry.session = Some(SessionInfo {
             id,
@@ -278,7 +356,7 @@ impl Fleet {
         // database does not know gets the empty set.
         self.node_changed(&hello.node);
         let _ = self.changes.send(hello.node.clone());
-        (id, rx)
+        (id, rx, end)
     }
 
     /// Takes the agent's Hello as its report when it already processed the
@@ -293,15 +371,22 @@ impl Fleet {
         if hello.applied_digest.as_ref() != Some(published.set.digest()) {
             return None;
         }
+        // Statuses that do not fit the set are no report on it: push instead.
+        if crate::claims::check_against_set(&published.set, &hello.interfaces).is_err() {
+            return None;
+        }
         let generation = published.generation;
         apply_report(&mut entry, &published, generation, &hello.interfaces);
+        entry.reported_in = self.activation.load(Ordering::Relaxed);
         drop(entry);
         self.node_changed(&hello.node);
         let _ = self.changes.send(hello.node.clone());
         Some(published)
     }
 
-    /// Records an agent's report on `pushed` (the set its nonce names).
+    /// Records an agent's report on `pushed` (the set its nonce names; the
+    /// report was checked against it by [`crate::claims::check_report`]). A
+    /// rejected push changed nothing on the node: only the reason is kept.
     pub fn record(
         &self,
         node: &NodeName,
@@ -313,7 +398,17 @@ impl Fleet {
         if entry.session.as_ref().map(|s| s.id) != Some(session) {
             return Err(RecordError::SessionReplaced { node: node.clone(), session });
         }
+        if report.outcome == Outcome::Rejected {
+            entry.rejected = Some(format!("generation {}: {}", pushed.generation, report.error));
+            entry.unanswered = None;
+            entry.last_seen = Some(SystemTime::now());
+            drop(entry);
+            let _ = self.changes.send(node.clone());
+            return Ok(());
+        }
         apply_report(&mut entry, pushed, pushed.generation, &report.interfaces);
+        entry.reported_in = self.activation.load(Ordering::Relaxed);
+        entry.record_drift(&report.drift, SystemTime::now());
         drop(entry);
         self.node_changed(node);
         let _ = self.changes.send(node.clone());
@@ -321,14 +416,35 @@ impl Fleet {
     }
 
     /// Marks the session's stream as gone (unless a newer one replaced it).
+    /// What only the agent vouched for is forgotten, unless it was said in
+    /// the guard's warm-up (then it counts until the agent says otherwise).
     pub fn disconnect(&self, node: &NodeName, session: u64) {
+        let mut claims_dropped = false;
         if let Some(mut entry) = self.nodes.get_mut(node)
             && entry.session.as_ref().map(|s| s.id) == Some(session)
         {
             entry.session = None;
+            entry.session_end = None;
+            entry.unanswered = None;
             entry.last_seen = Some(SystemTime::now());
+            if !entry.claims_count {
+                claims_dropped = !entry.claimed.is_empty();
+                entry.claimed.clear();
+            }
+        }
+        if claims_dropped {
+            self.node_changed(node);
         }
         let _ = self.changes.send(node.clone());
+    }
+
+    /// Notes that the session's stream pushed `generation` and waits for a report.
+    pub fn pushed(&self, node: &NodeName, session: u64, generation: u64) {
+        if let Some(mut entry) = self.nodes.get_mut(node)
+            && entry.session.as_ref().map(|s| s.id) == Some(session)
+        {
+            entry.unanswered = Some(Unanswered { generation, since: SystemTime::now() });
+        }
     }
 
     /// Whether `session` is still the node's current session.
@@ -345,8 +461,9 @@ impl Fleet {
 
     /// The `netplan_success` writes that the node's reports call for: 1 for
     /// rows whose exact content the agent applied, 0 for rows it failed,
-    /// refused or waits for, and 0 for invalid rows. Only rows whose stored
-    /// value differs are returned.
+    /// refused or waits for, 0 for invalid rows, and 0 for rows whose
+    /// content changed in this run until the node confirms the new content.
+    /// Only rows whose stored value differs are returned.
     pub fn row_updates(&self, node: &NodeName) -> Vec<RowUpdate> {
         let Some(entry) = self.nodes.get(node) else { return Vec::new() };
         let mut updates = Vec::new();
@@ -354,11 +471,14 @@ impl Fleet {
             let held = entry.desired.set.is_held(mac);
             let record = entry.interfaces.get(mac);
             for row in rows {
+                let unconfirmed = row.stale.then_some(false);
                 let wanted = match (row.spec, record) {
                     (None, _) => Some(false),
-                    (Some(_), _) if held => None,
-                    (Some(spec), Some(record)) if record.spec == Some(spec) => record.status.state.netplan_success(),
-                    _ => None,
+                    (Some(_), _) if held => unconfirmed,
+                    (Some(spec), Some(record)) if record.spec == Some(spec) => {
+                        record.status.state.netplan_success().or(unconfirmed)
+                    }
+                    _ => unconfirmed,
                 };
                 if let Some(success) = wanted
                     && success != row.netplan_success
@@ -379,6 +499,8 @@ impl Fleet {
 
     /// A copy of one node's state.
     pub fn node(&self, name: &NodeName) -> Option<NodeSnapshot> {
+        // Before the node's shard: lock order is the guard, then shards.
+        let guard_reason = lock(&self.guard).holding.clone();
         let entry = self.nodes.get(name)?;
         Some(NodeSnapshot {
             name: name.clone(),
@@ -391,7 +513,34 @@ impl Fleet {
             applied: entry.applied.clone(),
             interfaces: entry.interfaces.to_map(),
             guarded: entry.guarded.clone(),
+            problems: entry.problems(SystemTime::now(), self.answer_within),
+            drift: entry.drift.clone(),
+            guard_reason: (!entry.guarded.is_empty()).then_some(guard_reason).flatten(),
         })
+    }
+
+    /// Rejected rows across the fleet (node by node in name order, then the
+    /// rows naming no node), at most `limit` of them.
+    pub fn row_problems(&self, limit: usize) -> Bounded<RowProblem> {
+        let mut out = Bounded::new();
+        for name in self.node_names() {
+            if let Some(entry) = self.nodes.get(&name) {
+                out.extend(&entry.desired.problems, limit);
+            }
+        }
+        out.extend(&read(&self.unattached), limit);
+        out
+    }
+
+    /// Accepted rows that look wrong, across the fleet, at most `limit`.
+    pub fn row_warnings(&self, limit: usize) -> Bounded<RowProblem> {
+        let mut out = Bounded::new();
+        for name in self.node_names() {
+            if let Some(entry) = self.nodes.get(&name) {
+                out.extend(&entry.desired.warnings, limit);
+            }
+        }
+        out
     }
 
     /// Counts by convergence state.
@@ -408,6 +557,32 @@ impl Fleet {
             }
         }
         counts
+    }
+
+    /// The first `limit` nodes by name that are not converged, with why: a
+    /// node with rows whose agent has no stream is `disconnected` (whatever
+    /// it last reported), any other its [`Convergence`] when that is not
+    /// converged. For the per-node alerting metric; a name is copied only
+    /// while it is among the first `limit`.
+    pub fn unconverged_nodes(&self, limit: usize) -> Vec<(NodeName, &'static str)> {
+        let mut first: std::collections::BinaryHeap<(NodeName, &'static str)> = std::collections::BinaryHeap::new();
+        for entry in &self.nodes {
+            let state = if entry.in_db && entry.session.is_none() {
+                "disconnected"
+            } else {
+                match entry.convergence() {
+                    Convergence::Converged => continue,
+                    other => other.as_str(),
+                }
+            };
+            if first.len() < limit {
+                first.push((entry.key().clone(), state));
+            } else if first.peek().is_some_and(|(last, _)| entry.key() < last) {
+                first.pop();
+                first.push((entry.key().clone(), state));
+            }
+        }
+        first.into_sorted_vec()
     }
 
     /// Rows that name no valid node.

@@ -9,7 +9,7 @@ fn row(id: i64, node: &str, mac: &str, mtu: i64, success: i64) -> InterfaceRow {
     InterfaceRow::plain(id, node, mac, mtu, success)
 }
 
-fn hello(node: &str, digest: Option<Digest>) -> AgentHello {
+pub(super) fn hello(node: &str, digest: Option<Digest>) -> AgentHello {
     AgentHello {
         node: node.parse().unwrap(),
         agent_version: "t".into(),
@@ -33,6 +33,7 @@ fn applied_report(p: &Published) -> AgentReport {
             .map(|(i, s)| InterfaceStatus::applied(s.mac, InterfaceName::new(i as u8, 10).unwrap()))
             .collect(),
         error: String::new(),
+        drift: Vec::new(),
     }
 }
 
@@ -54,7 +55,7 @@ fn report_drives_row_updates_for_exact_content_only() {
     let a: NodeName = "a".parse().unwrap();
     let snap = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
     fleet.publish(desired_fleet(&snap));
-    let (session, rx) = fleet.connect(&hello("a", None));
+    let (session, rx, _) = fleet.connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
     fleet.record(&a, session, &pushed, &applied_report(&pushed)).unwrap();
     let updates = fleet.row_updates(&a);
@@ -76,13 +77,63 @@ fn report_drives_row_updates_for_exact_content_only() {
 }
 
 #[test]
+fn drift_that_could_not_be_repaired_reads_zero_and_status_keeps_what_was_found() {
+    use multinic_proto::{DriftAction, DriftFinding, DriftKind};
+    let fleet = Fleet::new();
+    let a: NodeName = "a".parse().unwrap();
+    // Both rows read 1: the node applied them.
+    let snap = FleetSnapshot {
+        rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 1), row(2, "a", "fa:16:3e:00:00:02", 1500, 1)],
+    };
+    fleet.publish(desired_fleet(&snap));
+    let (session, rx, _) = fleet.connect(&hello("a", None));
+    let pushed = rx.borrow().clone().unwrap();
+    fleet.record(&a, session, &pushed, &applied_report(&pushed)).unwrap();
+    assert!(fleet.row_updates(&a).is_empty());
+    assert!(fleet.node(&a).unwrap().drift.is_none(), "no drift reported yet");
+
+    // The agent repaired an MTU on one interface: both stay 1, the repair counts.
+    let finding = |mac: &str, action| DriftFinding {
+        mac: mac.parse().unwrap(),
+        name: InterfaceName::new(0, 10).unwrap(),
+        kind: DriftKind::Mtu,
+        found: "MTU 1300".into(),
+        wanted: "MTU 1500".into(),
+        action,
+    };
+    let repaired =
+        AgentReport { drift: vec![finding("fa:16:3e:00:00:01", DriftAction::Repaired)], ..applied_report(&pushed) };
+    fleet.record(&a, session, &pushed, &repaired).unwrap();
+    let node = fleet.node(&a).unwrap();
+    let drift = node.drift.expect("kept for status");
+    assert_eq!((drift.findings.len(), drift.repairs), (1, 1));
+    assert_eq!(node.convergence, Convergence::Converged);
+    assert!(fleet.row_updates(&a).is_empty(), "repaired: still 1");
+
+    // Then it gave up on it: that row reads 0, the other stays 1.
+    let mut gave_up = applied_report(&pushed);
+    gave_up.outcome = Outcome::Partial;
+    let status = gave_up.interfaces.iter_mut().find(|s| s.mac.to_string() == "fa:16:3e:00:00:01").unwrap();
+    status.state = InterfaceState::Failed;
+    status.code = ErrorCode::DriftRepeated;
+    gave_up.drift = vec![finding("fa:16:3e:00:00:01", DriftAction::GivenUp)];
+    fleet.record(&a, session, &pushed, &gave_up).unwrap();
+    let wanted: Vec<_> = fleet.row_updates(&a).into_iter().map(|u| (u.id, u.success)).collect();
+    assert_eq!(wanted, vec![(1, false)], "the row whose drift was not repaired goes to 0, the other stays 1");
+    let node = fleet.node(&a).unwrap();
+    assert_eq!(node.convergence, Convergence::Failed);
+    let drift = node.drift.unwrap();
+    assert_eq!((drift.findings[0].action, drift.repairs), (DriftAction::GivenUp, 1), "the count goes on");
+}
+
+#[test]
 fn failed_interfaces_and_invalid_rows_read_zero() {
     let fleet = Fleet::new();
     let a: NodeName = "a".parse().unwrap();
     let snap =
         FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 1), row(2, "a", "fa:16:3e:00:00:02", 0, 1)] };
     fleet.publish(desired_fleet(&snap));
-    let (session, rx) = fleet.connect(&hello("a", None));
+    let (session, rx, _) = fleet.connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
     let mac: MacAddress = "fa:16:3e:00:00:01".parse().unwrap();
     let report = AgentReport {
@@ -98,6 +149,7 @@ fn failed_interfaces_and_invalid_rows_read_zero() {
             "full",
         )],
         error: String::new(),
+        drift: Vec::new(),
     };
     fleet.record(&a, session, &pushed, &report).unwrap();
     let mut updates: Vec<_> = fleet.row_updates(&a).into_iter().map(|u| (u.id, u.success)).collect();
@@ -111,8 +163,8 @@ fn replaced_sessions_cannot_record() {
     let fleet = Fleet::new();
     let a: NodeName = "a".parse().unwrap();
     fleet.publish(desired_fleet(&FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] }));
-    let (old, rx) = fleet.connect(&hello("a", None));
-    let (_new, _) = fleet.connect(&hello("a", None));
+    let (old, rx, _) = fleet.connect(&hello("a", None));
+    let (_new, _, _) = fleet.connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
     assert!(matches!(
         fleet.record(&a, old, &pushed, &applied_report(&pushed)),
@@ -146,11 +198,11 @@ fn adopt_takes_hello_when_digest_matches() {
     let mut h = hello("a", Some(digest));
     h.interfaces =
         vec![InterfaceStatus::applied("fa:16:3e:00:00:01".parse().unwrap(), InterfaceName::new(0, 10).unwrap())];
-    let (session, _) = fleet.connect(&h);
+    let (session, _, _) = fleet.connect(&h);
     assert!(fleet.adopt(session, &h).is_some());
     assert_eq!(fleet.node(&"a".parse().unwrap()).unwrap().convergence, Convergence::Converged);
     let other = hello("a", None);
-    let (session, _) = fleet.connect(&other);
+    let (session, _, _) = fleet.connect(&other);
     assert!(fleet.adopt(session, &other).is_none());
 }
 
@@ -220,4 +272,44 @@ fn the_guard_follows_partial_publishes() {
     fleet.publish_nodes([(b.clone(), node_rows(rows_of("b", 3), "b"))].into(), None);
     assert_eq!(fleet.guard_status().removals_held, 0);
     assert!(fleet.node(&a).unwrap().published.unwrap().set.held().is_empty());
+}
+
+#[test]
+fn unconverged_nodes_name_each_node_that_is_not_converged_and_why() {
+    let fleet = Fleet::new();
+    let snap = FleetSnapshot {
+        rows: vec![
+            row(1, "a", "fa:16:3e:00:00:01", 1500, 0),
+            row(2, "b", "fa:16:3e:00:00:02", 1500, 0),
+            row(3, "c", "fa:16:3e:00:00:03", 1500, 0),
+        ],
+    };
+    fleet.publish(desired_fleet(&snap));
+    let name = |n: &str| n.parse::<NodeName>().unwrap();
+    // Nobody connected yet: every node with rows is disconnected.
+    let all: Vec<_> = ["a", "b", "c"].iter().map(|n| (name(n), "disconnected")).collect();
+    assert_eq!(fleet.unconverged_nodes(usize::MAX), all);
+
+    // a applies everything, b is pushed to but has not answered, c stays away;
+    // d has no rows: its agent gets the empty set and is pending until it says so.
+    let (session, rx, _) = fleet.connect(&hello("a", None));
+    let pushed = rx.borrow().clone().unwrap();
+    fleet.record(&name("a"), session, &pushed, &applied_report(&pushed)).unwrap();
+    let (b_session, _, _) = fleet.connect(&hello("b", None));
+    let _ = fleet.connect(&hello("d", None));
+    assert_eq!(
+        fleet.unconverged_nodes(usize::MAX),
+        vec![(name("b"), "pending"), (name("c"), "disconnected"), (name("d"), "pending")]
+    );
+
+    // b's agent goes away after a converged report: disconnected, not converged.
+    let pushed_b = fleet.node(&name("b")).unwrap().published.unwrap();
+    fleet.record(&name("b"), b_session, &pushed_b, &applied_report(&pushed_b)).unwrap();
+    assert!(fleet.unconverged_nodes(usize::MAX).iter().all(|(n, _)| n != &name("b")), "b converged");
+    fleet.disconnect(&name("b"), b_session);
+    assert!(fleet.unconverged_nodes(usize::MAX).contains(&(name("b"), "disconnected")));
+    assert!(fleet.unconverged_nodes(usize::MAX).iter().all(|(n, _)| n != &name("a")), "a stays converged");
+    // A limit keeps the first by name.
+    assert_eq!(fleet.unconverged_nodes(2), vec![(name("b"), "disconnected"), (name("c"), "disconnected")]);
+    assert!(fleet.unconverged_nodes(0).is_empty());
 }

@@ -3,7 +3,10 @@
 //! A session waits for Hello, binds the stream to the node (from the
 //! certificate when there is one), then pushes the node's desired set
 //! whenever it differs from what the agent has processed, and records the
-//! agent's reports. It never reads the database.
+//! agent's reports. It never reads the database, and never believes a
+//! Hello or Report that [`crate::claims`] refuses. A node has one current
+//! stream: a newer one ends the older, and a certificate may hold only a
+//! few open at once ([`super::limits`]).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +26,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::identity::{Peer, PeerConnection};
+use super::limits::{AGENT_STREAMS_PER_NODE, StreamLimits, StreamPermit};
+use crate::claims;
 use crate::fleet::{Fleet, Published};
 use crate::metrics::Metrics;
 use crate::recorder::RecorderHandle;
@@ -45,6 +50,8 @@ pub struct AgentSvc {
     /// asked for at shutdown).
     streams: Arc<AtomicUsize>,
     streams_at_shutdown: Arc<OnceLock<usize>>,
+    /// Open streams per node certificate.
+    limits: Arc<StreamLimits>,
 }
 
 impl AgentSvc {
@@ -63,6 +70,7 @@ impl AgentSvc {
             hello_timeout,
             streams: Arc::default(),
             streams_at_shutdown: Arc::default(),
+            limits: StreamLimits::new("agent streams", AGENT_STREAMS_PER_NODE),
         }
     }
 }
@@ -94,6 +102,17 @@ impl v1::agent_service_server::AgentService for AgentSvc {
                 "this controller replica is on standby; retry (the Service routes to the active one)",
             ));
         }
+        let permit = match &peer {
+            Peer::Agent { node } => match self.limits.open(&format!("node {node}")) {
+                Ok(permit) => Some(permit),
+                Err(status) => {
+                    self.metrics.rejected_messages.get_or_create(&vec![("reason", "too_many_streams")]).inc();
+                    warn!(peer = %peer, "refused agent stream: {}", status.message());
+                    return Err(status);
+                }
+            },
+            _ => None,
+        };
         let connection = PeerConnection::of(&request);
         let streams_end_at = connection.and_then(|c| c.streams_end_at);
         let remote = connection.map(|c| c.remote).or_else(|| request.remote_addr());
@@ -103,7 +122,7 @@ impl v1::agent_service_server::AgentService for AgentSvc {
         // slow agent only ever has the newest set waiting for it.
         let (tx, rx) = mpsc::channel(2);
         let tx = Outbound(tx);
-        let session = Session { svc: self.clone(), peer: peer.clone(), streams_end_at };
+        let session = Session { svc: self.clone(), peer: peer.clone(), streams_end_at, _permit: permit };
         let span = info_span!("agent_stream", peer = %peer, remote = %remote, node = tracing::field::Empty);
         tokio::spawn(session.run(inbound, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| *item))))
@@ -134,6 +153,8 @@ struct Session {
     /// The connection age cap: the stream ends then (once no push awaits
     /// its report) and asks the agent to reconnect with fresh certificates.
     streams_end_at: Option<tokio::time::Instant>,
+    /// Counts this stream against its certificate's limit while it lives.
+    _permit: Option<StreamPermit>,
 }
 
 impl Session {
@@ -148,7 +169,7 @@ impl Session {
         };
         tracing::Span::current().record("node", node.as_str());
         let fleet = &self.svc.fleet;
-        let (session, mut published) = fleet.connect(&hello);
+        let (session, mut published, replaced) = fleet.connect(&hello);
         let _open = OpenStream::new(&self.svc.streams);
         let mut active = fleet.subscribe_active();
         info!(
@@ -184,6 +205,10 @@ impl Session {
                     let after = shutdown_reconnect_delay(streams, fastrand::f64());
                     let _ = tx.send(Ok(reconnect("controller shutting down", after))).await;
                     break "controller shutting down";
+                }
+                () = replaced.cancelled() => {
+                    let _ = tx.send(Err(Status::aborted("replaced by a newer stream from the same node"))).await;
+                    break "replaced by a newer stream";
                 }
                 _ = active.changed() => {
                     if !*active.borrow_and_update() {
@@ -228,6 +253,7 @@ impl Session {
                         break "stream closed";
                     }
                     self.svc.metrics.pushes.inc();
+                    fleet.pushed(&node, session, current.generation);
                     info!(
                         generation = current.generation,
                         interfaces = current.set.len(),
@@ -303,6 +329,10 @@ impl Session {
             )))
             .await;
         }
+        if let Err(e) = claims::check_hello(&hello.interfaces) {
+            self.reject(e.reason(), "Hello not believed");
+            return refuse(Status::invalid_argument(format!("Hello of node {} not believed: {e}", hello.node))).await;
+        }
         Some(hello)
     }
 
@@ -330,6 +360,11 @@ impl Session {
             warn!(generation = report.generation, "ignored a report whose digest is not the pushed set's");
             return;
         }
+        if let Err(e) = claims::check_report(&sent.published.set, sent.published.generation, &report) {
+            self.reject(e.reason(), "Report not believed");
+            warn!(generation = report.generation, error = %e, "ignored a report that does not fit the push it answers");
+            return;
+        }
         self.svc.metrics.reports.get_or_create(&vec![("outcome", report.outcome.as_str())]).inc();
         if report.outcome == multinic_proto::Outcome::Rejected {
             warn!(generation = report.generation, reason = %report.error, "agent rejected the push");
@@ -344,8 +379,13 @@ impl Session {
                     generation = report.generation,
                     outcome = report.outcome.as_str(),
                     interfaces = report.interfaces.len(),
+                    drift = report.drift.len(),
                     "agent reported"
                 );
+                for finding in &report.drift {
+                    let labels = vec![("kind", finding.kind.as_str()), ("action", finding.action.as_str())];
+                    self.svc.metrics.drift_findings.get_or_create(&labels).inc();
+                }
                 self.svc.recorder.dirty(node.clone());
             }
             Err(e) => warn!(error = %e, "report not recorded"),

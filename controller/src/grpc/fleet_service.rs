@@ -1,8 +1,14 @@
 //! `FleetService`: what `multinicctl` shows. Read-only views of [`Fleet`].
+//!
+//! Views are built on the blocking pool, never on the async workers that
+//! serve agent streams, TLS handshakes and `/healthz`; and they are bounded:
+//! a node's held interfaces and rejected rows, and the fleet's rejected
+//! rows, are listed up to [`VIEW_LIMIT`] with a count of the rest, so one
+//! node's thousands of dirty rows cost a view the same as a few hundred.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use multinic_proto::v1::{self, FleetEvent};
@@ -14,22 +20,30 @@ use tonic::{Request, Response, Status};
 use tracing::warn;
 
 use super::identity::Peer;
+use super::limits::{StreamLimits, WATCHES_PER_OPERATOR};
 use crate::desired::RowProblem;
-use crate::fleet::{ConfirmError, Convergence, Fleet, NodeSnapshot};
+use crate::fleet::{ConfirmError, Convergence, Fleet, NodeProblem, NodeSnapshot};
 
 const DEFAULT_PAGE: usize = 500;
 const MAX_PAGE: usize = 5000;
+/// Held interfaces, rejected rows and warnings listed per view at most.
+pub const VIEW_LIMIT: usize = 200;
+/// A watch sends what changed at most this often (changes in between
+/// coalesce), so a burst of changes costs one summary, not one per change.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
 
 /// The `FleetService` implementation.
 #[derive(Debug, Clone)]
 pub struct FleetSvc {
     fleet: Arc<Fleet>,
     shutdown: CancellationToken,
+    /// Open watches per operator certificate.
+    watches: Arc<StreamLimits>,
 }
 
 impl FleetSvc {
     pub fn new(fleet: Arc<Fleet>, shutdown: CancellationToken) -> Self {
-        Self { fleet, shutdown }
+        Self { fleet, shutdown, watches: StreamLimits::new("watches", WATCHES_PER_OPERATOR) }
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -42,10 +56,11 @@ impl FleetSvc {
         }
         Ok(())
     }
+}
 
-    fn summary(&self) -> v1::FleetSummary {
-        summary(&self.fleet)
-    }
+/// Runs a view on the blocking pool.
+async fn blocking<T: Send + 'static>(view: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(view).await.map_err(|e| Status::internal(format!("building the view failed: {e}")))
 }
 
 #[tonic::async_trait]
@@ -54,7 +69,8 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
 
     async fn get_summary(&self, request: Request<v1::GetSummaryRequest>) -> Result<Response<v1::FleetSummary>, Status> {
         self.authorize(&request)?;
-        Ok(Response::new(self.summary()))
+        let fleet = self.fleet.clone();
+        Ok(Response::new(blocking(move || summary(&fleet)).await?))
     }
 
     async fn list_nodes(
@@ -67,22 +83,28 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let names = self.fleet.node_names();
-        let start = if req.page_token.is_empty() {
-            0
+        let after = if req.page_token.is_empty() {
+            None
         } else {
             let after: NodeName =
                 req.page_token.parse().map_err(|e| Status::invalid_argument(format!("invalid page_token: {e}")))?;
-            names.partition_point(|n| *n <= after)
+            Some(after)
         };
-        let page: Vec<_> = names.iter().skip(start).take(size).collect();
-        let next_page_token = if start + page.len() < names.len() {
-            page.last().map(|n| n.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        let nodes = page.into_iter().filter_map(|n| self.fleet.node(n)).map(|n| node_status(&n)).collect();
-        Ok(Response::new(v1::ListNodesResponse { nodes, next_page_token }))
+        let fleet = self.fleet.clone();
+        let page = blocking(move || {
+            let names = fleet.node_names();
+            let start = after.map_or(0, |after| names.partition_point(|n| *n <= after));
+            let page: Vec<_> = names.iter().skip(start).take(size).collect();
+            let next_page_token = if start + page.len() < names.len() {
+                page.last().map(|n| n.to_string()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let nodes = page.into_iter().filter_map(|n| fleet.node(n)).map(|n| node_status(&n)).collect();
+            v1::ListNodesResponse { nodes, next_page_token }
+        })
+        .await?;
+        Ok(Response::new(page))
     }
 
     async fn get_node(&self, request: Request<v1::GetNodeRequest>) -> Result<Response<v1::NodeStatus>, Status> {
@@ -92,10 +114,12 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
             .name
             .parse()
             .map_err(|e| Status::invalid_argument(format!("invalid node name: {e}")))?;
-        let node = self.fleet.node(&name).ok_or_else(|| {
+        let fleet = self.fleet.clone();
+        let view = blocking(move || fleet.node(&name).map(|n| node_status(&n)).ok_or(name)).await?;
+        let node = view.map_err(|name| {
             Status::not_found(format!("node {name} is unknown: it has no active rows and no connected agent"))
         })?;
-        Ok(Response::new(node_status(&node)))
+        Ok(Response::new(node))
     }
 
     async fn confirm_removals(
@@ -105,7 +129,9 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         self.authorize(&request)?;
         let peer = Peer::of(&request);
         let token = request.into_inner().token;
-        match self.fleet.confirm_removals(&token) {
+        let fleet = self.fleet.clone();
+        let confirm_token = token.clone();
+        match blocking(move || fleet.confirm_removals(&confirm_token)).await? {
             Ok(released) => {
                 tracing::warn!(peer = %peer, token = %token, released, "held removals confirmed");
                 Ok(Response::new(v1::ConfirmRemovalsResponse { released: u32::try_from(released).unwrap_or(u32::MAX) }))
@@ -117,67 +143,114 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
 
     async fn watch(&self, request: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         self.authorize(&request)?;
+        let permit = match Peer::of(&request) {
+            Peer::Operator { name } => Some(self.watches.open(&format!("operator {name}"))?),
+            _ => None,
+        };
         // Like agent streams, a watch ends at its connection's age cap so the
         // operator reconnects with current certificates.
         let ends_at = super::identity::PeerConnection::of(&request).and_then(|c| c.streams_end_at);
-        let mut changes = self.fleet.subscribe_changes();
+        let changes = self.fleet.subscribe_changes();
         let (tx, rx) = mpsc::channel(64);
         let fleet = self.fleet.clone();
         let shutdown = self.shutdown.clone();
-        let summary = self.summary();
         tokio::spawn(async move {
-            for name in fleet.node_names() {
-                let Some(node) = fleet.node(&name) else { continue };
-                let event = FleetEvent { node: Some(node_status(&node)), summary: None };
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-            if tx.send(Ok(FleetEvent { node: None, summary: Some(summary) })).await.is_err() {
-                return;
-            }
-            let far = tokio::time::Instant::now() + std::time::Duration::from_secs(10 * 365 * 86_400);
-            let deadline = tokio::time::sleep_until(ends_at.unwrap_or(far));
-            tokio::pin!(deadline);
-            loop {
-                let name = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = &mut deadline => {
-                        let _ = tx.send(Err(Status::unavailable("connection age limit reached: watch again"))).await;
-                        return;
-                    }
-                    change = changes.recv() => match change {
-                        Ok(name) => name,
-                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                };
-                let node = fleet.node(&name).map(|n| node_status(&n));
-                let event = FleetEvent { node, summary: Some(summary_of(&fleet)) };
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
+            let _permit = permit;
+            watch_loop(fleet, changes, tx, shutdown, ends_at).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-fn summary_of(fleet: &Fleet) -> v1::FleetSummary {
-    summary(fleet)
+/// Sends every node and the summary, then what changes, until the client
+/// goes, the controller stops or the connection reaches its age cap.
+async fn watch_loop(
+    fleet: Arc<Fleet>,
+    mut changes: broadcast::Receiver<NodeName>,
+    tx: mpsc::Sender<Result<FleetEvent, Status>>,
+    shutdown: CancellationToken,
+    ends_at: Option<tokio::time::Instant>,
+) {
+    let first = fleet.clone();
+    let snapshot = move || {
+        let mut events: Vec<FleetEvent> = first
+            .node_names()
+            .iter()
+            .filter_map(|name| first.node(name))
+            .map(|node| FleetEvent { node: Some(node_status(&node)), summary: None })
+            .collect();
+        events.push(FleetEvent { node: None, summary: Some(summary(&first)) });
+        events
+    };
+    if !send_view(&tx, snapshot).await {
+        return;
+    }
+    let far = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+    let deadline = tokio::time::sleep_until(ends_at.unwrap_or(far));
+    tokio::pin!(deadline);
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = &mut deadline => {
+                let _ = tx.send(Err(Status::unavailable("connection age limit reached: watch again"))).await;
+                return;
+            }
+            change = changes.recv() => match change {
+                Ok(name) => name,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        tokio::time::sleep(WATCH_EVERY).await;
+        let mut names = std::collections::BTreeSet::from([first]);
+        loop {
+            match changes.try_recv() {
+                Ok(name) => {
+                    names.insert(name);
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        let fleet = fleet.clone();
+        let changed = move || {
+            let summary = summary(&fleet);
+            let mut events: Vec<FleetEvent> = names
+                .iter()
+                .map(|name| FleetEvent { node: fleet.node(name).map(|n| node_status(&n)), summary: None })
+                .collect();
+            if let Some(last) = events.last_mut() {
+                last.summary = Some(summary);
+            }
+            events
+        };
+        if !send_view(&tx, changed).await {
+            return;
+        }
+    }
+}
+
+/// Builds events on the blocking pool and sends them in order; `false`
+/// once the watcher is gone (or the view could not be built).
+async fn send_view(
+    tx: &mpsc::Sender<Result<FleetEvent, Status>>,
+    view: impl FnOnce() -> Vec<FleetEvent> + Send + 'static,
+) -> bool {
+    let Ok(events) = blocking(view).await else { return false };
+    for event in events {
+        if tx.send(Ok(event)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The fleet summary.
 pub fn summary(fleet: &Fleet) -> v1::FleetSummary {
     let counts = fleet.counts();
     let db = fleet.db_status();
-    let mut row_problems: Vec<v1::RowProblem> = Vec::new();
-    for name in fleet.node_names() {
-        if let Some(node) = fleet.node(&name) {
-            row_problems.extend(node.desired.problems.iter().map(row_problem));
-        }
-    }
-    row_problems.extend(fleet.unattached().iter().map(row_problem));
+    let problems = fleet.row_problems(VIEW_LIMIT);
+    let warnings = fleet.row_warnings(VIEW_LIMIT);
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let guard = fleet.guard_status();
     v1::FleetSummary {
@@ -189,9 +262,12 @@ pub fn summary(fleet: &Fleet) -> v1::FleetSummary {
         db_up: db.up,
         db_error: db.error.unwrap_or_default(),
         last_poll_unix_ms: db.last_success.map_or(0, unix_ms),
-        invalid_rows: count(row_problems.len()),
+        invalid_rows: count(problems.items.len() + problems.omitted),
         controller_version: env!("CARGO_PKG_VERSION").to_owned(),
-        row_problems,
+        row_problems: problems.items.iter().map(row_problem).collect(),
+        row_problems_omitted: count(problems.omitted),
+        row_warnings: warnings.items.iter().map(row_problem).collect(),
+        row_warnings_omitted: count(warnings.omitted),
         removals_held: count(guard.removals_held),
         removal_guard: guard.reason.unwrap_or_default(),
         removal_guard_token: guard.token.unwrap_or_default(),
@@ -201,7 +277,9 @@ pub fn summary(fleet: &Fleet) -> v1::FleetSummary {
 /// One node's status view.
 pub fn node_status(node: &NodeSnapshot) -> v1::NodeStatus {
     let published = node.published.as_ref();
+    let rows_of = |mac| node.desired.rows.get(mac).map(|rows| rows.iter().map(|r| r.id).collect()).unwrap_or_default();
     let mut interfaces = Vec::new();
+    let mut interfaces_omitted = 0;
     if let Some(published) = published {
         for spec in published.set.iter() {
             let record = node.interfaces.get(&spec.mac);
@@ -218,31 +296,22 @@ pub fn node_status(node: &NodeSnapshot) -> v1::NodeStatus {
                 error_code: status.map_or(0, |s| v1::ErrorCode::from(s.code).into()),
                 message: status.map(|s| s.message.clone()).unwrap_or_default(),
                 last_change_unix_ms: record.map_or(0, |r| unix_ms(r.since)),
-                row_ids: node
-                    .desired
-                    .rows
-                    .get(&spec.mac)
-                    .map(|rows| rows.iter().map(|r| r.id).collect())
-                    .unwrap_or_default(),
+                row_ids: rows_of(&spec.mac),
             });
         }
-    }
-    if let Some(published) = published {
-        for mac in published.set.held() {
+        let held = published.set.held();
+        interfaces_omitted = held.len().saturating_sub(VIEW_LIMIT);
+        for mac in held.iter().take(VIEW_LIMIT) {
             let record = node.interfaces.get(mac);
             let (code, message) = if node.guarded.contains(mac) {
+                let why = node.guard_reason.as_deref().unwrap_or("it holds removals");
                 (
                     multinic_proto::ErrorCode::RemovalHeld,
-                    "its rows are gone but the mass-deletion guard holds the removal",
+                    format!("its rows are gone but the mass-deletion guard holds the removal: {why}"),
                 )
             } else {
-                let code = node
-                    .desired
-                    .problems
-                    .iter()
-                    .find(|p| p.mac.eq_ignore_ascii_case(&mac.to_string()))
-                    .map_or(multinic_proto::ErrorCode::InvalidRow, |p| p.code);
-                (code, "left as it is: its rows are invalid or in conflict (see rejected rows)")
+                let code = node.desired.held_codes.get(mac).copied().unwrap_or(multinic_proto::ErrorCode::InvalidRow);
+                (code, "left as it is: its rows are invalid or in conflict (see rejected rows)".to_owned())
             };
             interfaces.push(v1::InterfaceView {
                 mac_address: mac.to_string(),
@@ -251,12 +320,15 @@ pub fn node_status(node: &NodeSnapshot) -> v1::NodeStatus {
                 mtu: 0,
                 state: v1::InterfaceState::Held.into(),
                 error_code: v1::ErrorCode::from(code).into(),
-                message: message.to_owned(),
+                message,
                 last_change_unix_ms: record.map_or(0, |r| unix_ms(r.since)),
-                row_ids: node.desired.rows.get(mac).map(|rows| rows.iter().map(|r| r.id).collect()).unwrap_or_default(),
+                row_ids: rows_of(mac),
             });
         }
     }
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let problems = &node.desired.problems;
+    let warnings = &node.desired.warnings;
     v1::NodeStatus {
         name: node.name.to_string(),
         connected: node.session.is_some(),
@@ -270,7 +342,20 @@ pub fn node_status(node: &NodeSnapshot) -> v1::NodeStatus {
         applied_digest: node.applied.as_ref().map(|a| a.digest.to_string()).unwrap_or_default(),
         convergence: convergence(node.convergence).into(),
         interfaces,
-        row_problems: node.desired.problems.iter().map(row_problem).collect(),
+        interfaces_omitted: count(interfaces_omitted),
+        row_problems: problems.iter().take(VIEW_LIMIT).map(row_problem).collect(),
+        row_problems_omitted: count(problems.len().saturating_sub(VIEW_LIMIT)),
+        row_warnings: warnings.iter().take(VIEW_LIMIT).map(row_problem).collect(),
+        row_warnings_omitted: count(warnings.len().saturating_sub(VIEW_LIMIT)),
+        problems: node.problems.iter().map(node_problem).collect(),
+        last_drift_unix_ms: node.drift.as_ref().map_or(0, |d| unix_ms(d.at)),
+        last_drift: node
+            .drift
+            .iter()
+            .flat_map(|d| d.findings.iter().take(VIEW_LIMIT))
+            .map(v1::DriftFinding::from)
+            .collect(),
+        drift_repairs: node.drift.as_ref().map_or(0, |d| d.repairs),
     }
 }
 
@@ -291,6 +376,10 @@ fn row_problem(p: &RowProblem) -> v1::RowProblem {
         error_code: v1::ErrorCode::from(p.code).into(),
         message: p.message.clone(),
     }
+}
+
+fn node_problem(p: &NodeProblem) -> v1::NodeProblem {
+    v1::NodeProblem { error_code: v1::ErrorCode::from(p.code).into(), message: p.message.clone() }
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -343,6 +432,30 @@ mod tests {
         }
         let want: Vec<String> = (0..7).map(|i| format!("node-{i:02}")).collect();
         assert_eq!(seen, want);
+    }
+
+    #[tokio::test]
+    async fn views_of_a_node_with_thousands_of_bad_rows_are_bounded() {
+        let mut rows: Vec<InterfaceRow> = (0..5000)
+            .map(|i| InterfaceRow::plain(i, "dirty", &format!("fa:16:3e:00:{:02x}:{:02x}", i / 256, i % 256), 0, 0))
+            .collect();
+        rows.push(InterfaceRow::plain(9999, "clean", "fa:16:3e:ff:00:01", 1500, 0));
+        let fleet = Arc::new(Fleet::new());
+        fleet.set_active(true);
+        fleet.publish(desired_fleet(&FleetSnapshot { rows }));
+        let svc = FleetSvc::new(fleet, CancellationToken::new());
+
+        let node = svc.get_node(Request::new(v1::GetNodeRequest { name: "dirty".into() })).await.unwrap().into_inner();
+        assert_eq!(node.interfaces.len(), VIEW_LIMIT);
+        assert_eq!(node.interfaces_omitted as usize, 5000 - VIEW_LIMIT);
+        assert!(node.interfaces.iter().all(|i| i.error_code == v1::ErrorCode::InvalidRow as i32));
+        assert_eq!(node.row_problems.len(), VIEW_LIMIT);
+        assert_eq!(node.row_problems_omitted as usize, 5000 - VIEW_LIMIT);
+
+        let summary = svc.get_summary(Request::new(v1::GetSummaryRequest {})).await.unwrap().into_inner();
+        assert_eq!(summary.invalid_rows, 5000, "the count is whole");
+        assert_eq!(summary.row_problems.len(), VIEW_LIMIT);
+        assert_eq!(summary.row_problems_omitted as usize, 5000 - VIEW_LIMIT);
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 pub mod agent_service;
 pub mod fleet_service;
 pub mod identity;
+pub mod limits;
 
 pub use agent_service::AgentSvc;
 pub use fleet_service::FleetSvc;

@@ -35,10 +35,11 @@ pub enum Dialect {
     Sqlite,
 }
 
+// A soft-deleted multi_subnet row supplies no cidr (every join skips it).
 const SELECT_WITH_SUBNET: &str = "/* multinic full */ \
     SELECT i.id, i.macaddress, i.attached_node_name, i.address, i.cidr, s.cidr AS subnet_cidr, \
            i.mtu, i.netplan_success \
-    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id \
+    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id AND s.deleted_at IS NULL \
     WHERE i.deleted_at IS NULL ORDER BY i.id";
 
 const SELECT_WITHOUT_SUBNET: &str = "/* multinic full */ \
@@ -81,7 +82,9 @@ const PROBE_SQLITE_WITHOUT_SUBNET: &str = "/* multinic probe */ \
            NULL AS subnet_updated, NULL AS subnet_rows, NULL AS subnet_modified, \
            CAST(strftime('%s', 'now') AS INTEGER) AS now";
 
-const SUBNETS: &str = "/* multinic subnets */ SELECT subnet_id, cidr FROM multi_subnet";
+// Soft-deleted subnets supply no cidr, so they are left out here too: a soft
+// delete changes the pairs and makes the whole fleet read.
+const SUBNETS: &str = "/* multinic subnets */ SELECT subnet_id, cidr FROM multi_subnet WHERE deleted_at IS NULL";
 
 // Every row counted (the smallest index serves it) and the newest id (the
 // primary key's last entry). Both dialects.
@@ -108,7 +111,7 @@ const SCAN_CHANGED_MYSQL: &str = "/* multinic scan */ \
 const CHANGED_MYSQL_WITH_SUBNET: &str = "/* multinic changed */ \
     SELECT i.id, i.macaddress, i.attached_node_name, i.address, i.cidr, s.cidr AS subnet_cidr, \
            i.mtu, i.netplan_success, CAST(i.deleted_at IS NOT NULL AS SIGNED) AS deleted \
-    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id \
+    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id AND s.deleted_at IS NULL \
     WHERE i.modified_at >= FROM_UNIXTIME(?) OR i.id > ?";
 
 const CHANGED_MYSQL_WITHOUT_SUBNET: &str = "/* multinic changed */ \
@@ -119,7 +122,7 @@ const CHANGED_MYSQL_WITHOUT_SUBNET: &str = "/* multinic changed */ \
 const CHANGED_SQLITE_WITH_SUBNET: &str = "/* multinic changed */ \
     SELECT i.id, i.macaddress, i.attached_node_name, i.address, i.cidr, s.cidr AS subnet_cidr, \
            i.mtu, i.netplan_success, (i.deleted_at IS NOT NULL) AS deleted \
-    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id \
+    FROM multi_interface i LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id AND s.deleted_at IS NULL \
     WHERE CAST(strftime('%s', i.modified_at) AS INTEGER) >= ? OR i.id > ?";
 
 const CHANGED_SQLITE_WITHOUT_SUBNET: &str = "/* multinic changed */ \
@@ -169,15 +172,10 @@ impl Dialect {
     /// The rows with the given ids (`n` placeholders).
     pub fn select_ids(self, subnet: bool, n: usize) -> String {
         let ids = vec!["?"; n].join(", ");
+        const JOIN: &str = "LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id AND s.deleted_at IS NULL";
         let (deleted, join, prefix) = match (self, subnet) {
-            (Self::MySql, true) => (
-                "CAST(i.deleted_at IS NOT NULL AS SIGNED)",
-                "LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id",
-                "s.cidr",
-            ),
-            (Self::Sqlite, true) => {
-                ("(i.deleted_at IS NOT NULL)", "LEFT JOIN multi_subnet s ON s.subnet_id = i.subnet_id", "s.cidr")
-            }
+            (Self::MySql, true) => ("CAST(i.deleted_at IS NOT NULL AS SIGNED)", JOIN, "s.cidr"),
+            (Self::Sqlite, true) => ("(i.deleted_at IS NOT NULL)", JOIN, "s.cidr"),
             (Self::MySql, false) => ("CAST(i.deleted_at IS NOT NULL AS SIGNED)", "", "NULL"),
             (Self::Sqlite, false) => ("(i.deleted_at IS NOT NULL)", "", "NULL"),
         };
@@ -204,7 +202,7 @@ impl Dialect {
         }
     }
 
-    /// `multi_subnet`'s `subnet_id` and `cidr`, every row.
+    /// `multi_subnet`'s `subnet_id` and `cidr`, every active row.
     pub fn select_subnets(self) -> &'static str {
         SUBNETS
     }
@@ -278,6 +276,11 @@ mod tests {
             assert!(Dialect::Sqlite.select_ids(subnet, 1).contains("WHERE i.id IN (?)"));
             assert!(Dialect::Sqlite.probe(subnet).contains("strftime"));
             assert!(Dialect::MySql.probe(subnet).contains("UPDATE_TIME"));
+        }
+        for dialect in [Dialect::MySql, Dialect::Sqlite] {
+            for sql in [dialect.select_fleet(true), dialect.select_changed(true), &dialect.select_ids(true, 2)] {
+                assert!(sql.contains("s.subnet_id = i.subnet_id AND s.deleted_at IS NULL"), "{sql}");
+            }
         }
     }
 

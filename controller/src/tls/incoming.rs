@@ -2,8 +2,11 @@
 //!
 //! Each TCP connection gets its own task that runs the handshake under a
 //! timeout, so a peer that never speaks TLS cannot hold up `accept()` for
-//! anyone else. A failed handshake is logged (with the remote address and
-//! rustls's reason) and counted; it never reaches tonic.
+//! anyone else. A failed handshake is logged and counted, and never reaches
+//! tonic. Its log line says what happened in the peer's terms: it sent
+//! nothing, it speaks plaintext (gRPC without TLS), it did not finish in
+//! time, or rustls refused it (with the subject and SANs of the certificate
+//! it presented, if any).
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use multinic_tls::server::capturing_presented;
 use multinic_tls::{CertificateInfo, TrustDomain};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -22,7 +26,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::connection_lifetime;
 use crate::grpc::identity::{Peer, PeerConnection};
@@ -105,28 +109,88 @@ pub fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx, stats, policy) = (acceptor.clone(), tx.clone(), stats.clone(), policy.clone());
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(policy.handshake_timeout, acceptor.accept(tcp)).await;
+                let handshake = handshake(&acceptor, tcp, policy.handshake_timeout).await;
                 drop(permit);
                 match handshake {
-                    Ok(Ok(stream)) => {
+                    Ok(stream) => {
                         let info = connection_info(&stream, remote, &policy);
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
                         debug!(listener = what, remote = %remote, peer = %info.peer, "TLS connection accepted");
                         let _ = tx.send(Ok(TlsConn { inner: stream, info })).await;
                     }
-                    Ok(Err(e)) => {
-                        warn!(listener = what, remote = %remote, error = %e, "refused a TLS handshake");
-                        stats.refuse(e.to_string());
+                    Err(Refusal::Closed) => {
+                        // A TCP probe or a port scan: nothing to tell anyone.
+                        debug!(listener = what, remote = %remote, "connection closed before it sent anything");
+                        stats.refuse("closed before sending anything".into());
                     }
-                    Err(_) => {
-                        info!(listener = what, remote = %remote, timeout = ?policy.handshake_timeout, "TLS handshake timed out");
+                    Err(Refusal::TimedOut(reason)) => {
+                        warn!(listener = what, remote = %remote, timeout = ?policy.handshake_timeout, "dropped a connection: {reason}");
                         stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Refusal::Refused(reason)) => {
+                        warn!(listener = what, remote = %remote, error = %reason, "refused a TLS handshake");
+                        stats.refuse(reason);
                     }
                 }
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Why a connection never became a TLS connection.
+#[derive(Debug)]
+enum Refusal {
+    /// Closed before sending a byte.
+    Closed,
+    /// No handshake within the timeout (the reason says how far it got).
+    TimedOut(String),
+    /// Not TLS, or a handshake rustls refused.
+    Refused(String),
+}
+
+/// A TLS record of the handshake type starts every TLS connection.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Runs the server side of the handshake within `timeout`: first waits for
+/// the peer's first bytes (to tell silence and plaintext from TLS), then
+/// lets rustls finish, noting the client certificate it was shown.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, Refusal> {
+    let deadline = Instant::now() + timeout;
+    let mut first = [0u8; 16];
+    let seen = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+        Err(_) => return Err(Refusal::TimedOut(format!("it sent nothing within {timeout:?}"))),
+        Ok(Err(e)) => return Err(Refusal::Refused(format!("cannot read from the connection: {e}"))),
+        Ok(Ok(0)) => return Err(Refusal::Closed),
+        Ok(Ok(n)) => &first[..n],
+    };
+    if seen[0] != TLS_HANDSHAKE_RECORD {
+        return Err(Refusal::Refused(not_tls(seen)));
+    }
+    let (result, presented) = capturing_presented(tokio::time::timeout_at(deadline, acceptor.accept(tcp))).await;
+    let who = presented.map(|p| format!(" (client certificate: {p})")).unwrap_or_default();
+    match result {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(Refusal::Refused(format!("{e}{who}"))),
+        Err(_) => Err(Refusal::TimedOut(format!("it did not finish the TLS handshake within {timeout:?}{who}"))),
+    }
+}
+
+/// What a peer that does not start with a TLS record speaks, for the log.
+fn not_tls(first: &[u8]) -> String {
+    const HINT: &str =
+        "this port takes only TLS with a client certificate (use https://, and --ca, --tls-cert, --tls-key)";
+    if b"PRI * HTTP/2.0".starts_with(first) || first.starts_with(b"PRI ") {
+        format!("plaintext HTTP/2 (gRPC without TLS): {HINT}")
+    } else if first.iter().take_while(|b| b.is_ascii_uppercase()).count() >= 3 {
+        format!("plaintext HTTP/1 (e.g. curl http://): {HINT}")
+    } else {
+        format!("not TLS (first byte {:#04x}): {HINT}", first[0])
+    }
 }
 
 /// The peer (from the verified certificate) and when its streams must end.
@@ -194,5 +258,19 @@ impl AsyncWrite for TlsConn {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_named_for_what_it_is() {
+        assert!(not_tls(b"PRI * HTTP/2.0\r\n").starts_with("plaintext HTTP/2 (gRPC without TLS)"));
+        assert!(not_tls(b"PR").starts_with("plaintext HTTP/2"), "a short first read");
+        assert!(not_tls(b"GET /healthz HTTP/1.1").starts_with("plaintext HTTP/1"));
+        assert!(not_tls(b"\x00\xff junk").starts_with("not TLS (first byte 0x00)"));
+        assert!(not_tls(b"\x00").contains("use https://"));
     }
 }

@@ -72,6 +72,12 @@ pub enum ErrorCode {
     DuplicateMac,
     RemovalHeld,
     Internal,
+    PushTooLarge,
+    PushUnanswered,
+    PushRejected,
+    DuplicateAddress,
+    DriftRepeated,
+    Drifted,
 }
 
 impl ErrorCode {
@@ -92,6 +98,12 @@ impl ErrorCode {
             Self::DuplicateMac => "DUPLICATE_MAC",
             Self::RemovalHeld => "REMOVAL_HELD",
             Self::Internal => "INTERNAL",
+            Self::PushTooLarge => "PUSH_TOO_LARGE",
+            Self::PushUnanswered => "PUSH_UNANSWERED",
+            Self::PushRejected => "PUSH_REJECTED",
+            Self::DuplicateAddress => "DUPLICATE_ADDRESS",
+            Self::DriftRepeated => "DRIFT_REPEATED",
+            Self::Drifted => "DRIFTED",
         }
     }
 }
