@@ -20,7 +20,8 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use multinic_agent::backend::BackendKind;
+use multinic_agent::backend::Backend;
+use multinic_agent::backend::netplan::Netplan;
 use multinic_agent::files::HostFiles;
 use multinic_agent::journal::Journal;
 use multinic_agent::kernel::LinkOps;
@@ -82,14 +83,9 @@ fn main() {
     setns(&ns, CloneFlags::CLONE_NEWNET).expect("enter the namespace");
     let state = tempfile::tempdir().unwrap();
     let kernel: Arc<dyn LinkOps> = Arc::new(Rtnetlink::open().expect("netlink"));
-    let reconciler = Reconciler::new(
-        BackendKind::Netplan,
-        HostFiles::new(node.root()),
-        10,
-        BackendKind::Netplan.default_apply(),
-        Journal::new(state.path()),
-    )
-    .with_kernel(kernel);
+    let reconciler =
+        Reconciler::new(&Netplan, HostFiles::new(node.root()), 10, Netplan.default_apply(), Journal::new(state.path()))
+            .with_kernel(kernel);
     assert_eq!(reconciler.apply_mode(), ApplyMode::Netlink);
 
     let (mut first, mut change, mut noop, mut remove) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

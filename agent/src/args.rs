@@ -35,8 +35,9 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_HOST_ROOT")]
     pub host_root: Option<PathBuf>,
 
-    /// Network configuration backend: auto (from the host's /etc/os-release), netplan or wicked.
-    #[arg(long, env = "MULTINIC_BACKEND", default_value = "auto")]
+    /// Network configuration backend; auto reads the host's /etc/os-release
+    /// (Ubuntu/Debian: netplan, SUSE 15: wicked).
+    #[arg(long, env = "MULTINIC_BACKEND", default_value = "auto", value_parser = backend_choice())]
     pub backend: BackendChoice,
 
     /// How changes are applied; each is verified through netlink and rolled
@@ -140,6 +141,14 @@ impl Args {
         let agent = Agent::new(&config);
         agent.run(config, shutdown).await
     }
+}
+
+/// `--backend` values: `auto` and every registered backend's name (listed
+/// by `--help`).
+fn backend_choice() -> impl clap::builder::TypedValueParser<Value = BackendChoice> {
+    use clap::builder::TypedValueParser as _;
+    let names = std::iter::once("auto").chain(crate::backend::ALL.iter().map(|b| b.name()));
+    clap::builder::PossibleValuesParser::new(names).try_map(|name| name.parse::<BackendChoice>())
 }
 
 /// The host name up to the first dot.
@@ -255,7 +264,7 @@ mod tests {
 
     #[test]
     fn apply_auto_follows_the_backend_and_host_is_refused_on_netplan() {
-        use crate::backend::BackendKind;
+        use crate::backend::{netplan::Netplan, wicked::Wicked};
         use crate::reconcile::ApplyMode;
         let parse = |flags: &[&str]| {
             let mut argv = vec!["multinic-agent", "--controller", "c:1"];
@@ -263,13 +272,13 @@ mod tests {
             Args::try_parse_from(argv).unwrap().apply
         };
         assert_eq!(parse(&[]), ApplyChoice::Auto, "auto is the default");
-        assert_eq!(parse(&[]).resolve(BackendKind::Netplan).unwrap(), ApplyMode::Netlink);
-        assert_eq!(parse(&[]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
-        let err = parse(&["--apply", "host"]).resolve(BackendKind::Netplan).unwrap_err();
+        assert_eq!(parse(&[]).resolve(&Netplan).unwrap(), ApplyMode::Netlink);
+        assert_eq!(parse(&[]).resolve(&Wicked).unwrap(), ApplyMode::Host);
+        let err = parse(&["--apply", "host"]).resolve(&Netplan).unwrap_err();
         assert!(err.contains("not offered with the netplan backend") && err.contains("--apply netlink"), "{err}");
-        assert_eq!(parse(&["--apply", "host"]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
+        assert_eq!(parse(&["--apply", "host"]).resolve(&Wicked).unwrap(), ApplyMode::Host);
         for mode in ["netlink", "none"] {
-            for backend in [BackendKind::Netplan, BackendKind::Wicked] {
+            for &backend in crate::backend::ALL {
                 assert_eq!(parse(&["--apply", mode]).resolve(backend).unwrap().as_str(), mode);
             }
         }

@@ -161,7 +161,7 @@ async fn stream_once(
     let hello = AgentHello {
         node: config.node.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        backend: reconciler.backend().as_str().to_owned(),
+        backend: reconciler.backend().name().to_owned(),
         apply_mode: reconciler.apply_mode().as_str().to_owned(),
         applied_digest: processed.digest.clone(),
         interfaces: processed.interfaces.clone(),

@@ -3,61 +3,49 @@
 //! Every change starts with a journal entry holding the interface's previous
 //! files and runtime state; the entry is removed only when the change is
 //! verified or undone. A rollback restores exactly that entry and nothing of
-//! any other interface.
+//! any other interface. The NIC is the one the planner found for the MAC
+//! (by ifindex); it is never searched for again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use multinic_proto::{ErrorCode, InterfaceName, InterfaceSpec, InterfaceState, InterfaceStatus, MacAddress};
-use tracing::{error, info, info_span, warn};
+use tracing::{error, info, warn};
 
 use super::{ApplyMode, Reconciler, Run};
-use crate::backend::RenderedFile;
+use crate::backend::{ChangeKind, HostChange, RenderedFile};
 use crate::journal::{Entry, SavedFile};
 use crate::kernel::diff::{LinkTarget, Step, mtu_allowed, rename_steps, verify};
-use crate::kernel::facts::{LinkMatch, find_link};
-use crate::kernel::{KernelState, LinkState, StepError, converge, run_step};
-use crate::plan::NodeFacts;
+use crate::kernel::{LinkState, StepError, converge, run_step};
 
 /// An interface changed and not verified yet.
 #[derive(Debug)]
 pub(super) struct Pending {
-    name: InterfaceName,
-    spec: InterfaceSpec,
-    entry: Entry,
+    pub(super) name: InterfaceName,
+    pub(super) spec: InterfaceSpec,
+    pub(super) entry: Entry,
+    /// The ifindex of its NIC.
+    pub(super) index: u32,
+    /// What host mode is told about it.
+    pub(super) change: HostChange,
 }
 
 impl Reconciler {
-    /// Starts the change of one desired interface. Returns its status when it
-    /// is already decided (applied as it is, waiting, failed); otherwise the
-    /// interface joins `run.pending` for the host apply and verification.
+    /// Starts the change of one desired interface whose NIC (if present) is
+    /// `link`. Returns its status when it is already decided (applied as it
+    /// is, waiting, refused, failed); otherwise the interface joins
+    /// `run.pending` for the host apply and verification.
     pub(super) fn prepare(
         &self,
         run: &mut Run,
         name: InterfaceName,
         spec: &InterfaceSpec,
         write: Option<&[RenderedFile]>,
-        kernel: Option<&KernelState>,
+        link: Option<&LinkState>,
     ) -> Option<InterfaceStatus> {
         let fail = |code, message: String| {
             Some(InterfaceStatus::problem(spec.mac, Some(name), InterfaceState::Failed, code, message))
         };
-        let link = match (self.apply, kernel) {
-            (ApplyMode::None, _) | (_, None) => None,
-            (_, Some(kernel)) => match find_link(kernel, spec.mac) {
-                LinkMatch::One(link) => Some(link),
-                LinkMatch::Absent => None,
-                LinkMatch::Ambiguous(names) => {
-                    let message = format!("MAC {} is claimed by several links ({})", spec.mac, names.join(", "));
-                    return Some(InterfaceStatus::problem(
-                        spec.mac,
-                        Some(name),
-                        InterfaceState::Refused,
-                        ErrorCode::ForeignInterface,
-                        message,
-                    ));
-                }
-            },
-        };
+        let link = link.filter(|_| self.apply != ApplyMode::None && self.kernel.is_some());
         let target = LinkTarget::desired(name, spec);
         if let Some(link) = link {
             if let Err(why) = mtu_allowed(link, target.mtu) {
@@ -69,6 +57,25 @@ impl Reconciler {
             }
         } else if write.is_none() {
             return Some(self.unapplied_status(name, spec));
+        }
+        let change = HostChange {
+            name,
+            mac: spec.mac,
+            link: link.map_or_else(|| name.to_string(), |l| l.name.clone()),
+            kind: ChangeKind::Configure,
+            retired: Vec::new(),
+        };
+        if let (Some(host), Some(_)) = (run.host.as_mut(), link)
+            && let Err(why) = host.admit(&change)
+        {
+            warn!(reason = %why, "the node's network daemon does not let us configure this NIC; nothing changed");
+            return Some(InterfaceStatus::problem(
+                spec.mac,
+                Some(name),
+                InterfaceState::Refused,
+                ErrorCode::ForeignInterface,
+                format!("{why}; it is left alone"),
+            ));
         }
 
         let entry = match self.saved_files(name) {
@@ -98,7 +105,7 @@ impl Reconciler {
             let code = if matches!(e.step, Step::Mtu(_)) { ErrorCode::MtuRejected } else { ErrorCode::ApplyFailed };
             return fail(code, format!("{e}; rolled back to the previous state"));
         }
-        run.pending.push(Pending { name, spec: *spec, entry });
+        run.pending.push(Pending { name, spec: *spec, entry, index: link.index, change });
         None
     }
 
@@ -119,7 +126,7 @@ impl Reconciler {
     }
 
     /// Netlink mode: the whole runtime state. Host mode: only the rename,
-    /// which netplan and wicked cannot do on a live link; they do the rest.
+    /// which no host daemon does on a live link; the daemon does the rest.
     fn runtime_before_host(&self, link: &LinkState, target: &LinkTarget) -> Result<(), StepError> {
         let Some(kernel) = &self.kernel else { return Ok(()) };
         match self.apply {
@@ -131,30 +138,22 @@ impl Reconciler {
         }
     }
 
-    /// Removes the files of a MAC no longer desired and undoes its runtime
-    /// state: addresses removed and link down. The `multinicN` name stays
-    /// until the NIC is unplugged or the node reboots (so the index is not
-    /// handed to another MAC while this NIC still carries it).
+    /// Removes the files of a MAC no longer desired, has the node's daemon
+    /// let go of it (host mode), and undoes its runtime state on `link` (its
+    /// NIC, when that still carries our name and is not protected):
+    /// addresses removed and link down. The `multinicN` name stays until the
+    /// NIC is unplugged or the node reboots (so the index is not handed to
+    /// another MAC while this NIC still carries it).
     pub(super) fn remove(
         &self,
         run: &mut Run,
         name: InterfaceName,
         mac: MacAddress,
-        kernel: Option<&KernelState>,
-        facts: &NodeFacts,
+        link: Option<&LinkState>,
     ) -> InterfaceStatus {
         let fail =
             |code, message: String| InterfaceStatus::problem(mac, Some(name), InterfaceState::Failed, code, message);
-        let link = match (self.apply, kernel) {
-            (ApplyMode::None, _) | (_, None) => None,
-            (_, Some(kernel)) => match find_link(kernel, mac) {
-                // Only a link that is ours by name, and never a protected one.
-                LinkMatch::One(link) if link.name == name.to_string() && !facts.protected.contains_key(&mac) => {
-                    Some(link)
-                }
-                _ => None,
-            },
-        };
+        let link = link.filter(|_| self.apply != ApplyMode::None && self.kernel.is_some());
         let entry = match self.saved_files(name) {
             Ok(files) => Entry::new(name, mac, files, link),
             Err(e) => return fail(ErrorCode::WriteFailed, format!("cannot read the files: {e}; nothing changed")),
@@ -168,119 +167,43 @@ impl Reconciler {
             self.rollback_in(run, &entry);
             return fail(ErrorCode::WriteFailed, format!("{e}; files restored"));
         }
+        let change = HostChange {
+            name,
+            mac,
+            link: link.map_or_else(|| name.to_string(), |l| l.name.clone()),
+            kind: ChangeKind::Remove,
+            retired: Vec::new(),
+        };
+        let mut host = run.host.take();
+        if let Some(session) = host.as_mut() {
+            let verdict = session.apply(std::slice::from_ref(&change)).pop().unwrap_or(Ok(()));
+            if let Err(e) = verdict {
+                warn!(error = %e, "the node's daemon did not let go of the interface; rolling back");
+                session.undo(&change);
+                self.rollback_in(run, &entry);
+                session.reread(std::slice::from_ref(&change));
+                run.host = host;
+                return fail(ErrorCode::ApplyFailed, format!("{e}; files restored"));
+            }
+            session.commit(&change);
+        }
+        run.host = host;
         if let (Some(link), Some(kernel)) = (link, &self.kernel) {
-            let undone =
-                LinkTarget { name: link.name.clone(), mtu: link.mtu, up: false, addresses: Default::default() };
-            if let Err(e) = converge(kernel.as_ref(), link.index, &undone) {
+            // Read again: the daemon letting go may have changed the link.
+            let undone = kernel
+                .read()
+                .ok()
+                .and_then(|state| state.link(link.index).map(|l| l.mtu))
+                .map(|mtu| LinkTarget { name: link.name.clone(), mtu, up: false, addresses: Default::default() });
+            if let Some(Err(e)) = undone.map(|target| converge(kernel.as_ref(), link.index, &target)) {
                 warn!(error = %e, "cannot undo the runtime state; rolling back");
                 self.rollback_in(run, &entry);
                 return fail(ErrorCode::ApplyFailed, format!("{e}; files and runtime state restored"));
             }
         }
         self.commit(&entry);
-        run.removed.push(name);
         info!(runtime_undone = link.is_some(), "removed: MAC no longer desired");
         InterfaceStatus::problem(mac, Some(name), InterfaceState::Removed, ErrorCode::None, "")
-    }
-
-    /// Host apply (host mode), then verification of every pending interface;
-    /// what fails is rolled back alone.
-    pub(super) fn apply_and_verify(&self, run: &mut Run) -> Vec<InterfaceStatus> {
-        let mut statuses = Vec::new();
-        let mut pending = std::mem::take(&mut run.pending);
-        if self.apply == ApplyMode::Host && (!pending.is_empty() || !run.removed.is_empty()) {
-            let mut names: Vec<InterfaceName> =
-                pending.iter().map(|p| p.name).chain(run.removed.iter().copied()).collect();
-            names.sort();
-            if let Err(e) = self.host_apply(&names) {
-                error!(error = %e, "host apply failed; rolling back the changed interfaces");
-                for p in pending.drain(..) {
-                    let _span = info_span!("interface", interface = %p.name, mac = %p.spec.mac).entered();
-                    self.rollback_in(run, &p.entry);
-                    statuses.push(InterfaceStatus::problem(
-                        p.spec.mac,
-                        Some(p.name),
-                        InterfaceState::Failed,
-                        ErrorCode::ApplyFailed,
-                        format!("{e}; rolled back to the previous state"),
-                    ));
-                }
-                self.host_apply_after_rollback(&names);
-            }
-        }
-        if pending.is_empty() {
-            return statuses;
-        }
-        if let Some(marker) = &self.pause_after_write {
-            pause(marker);
-        }
-        let verdicts = self.verify_settled(run, &pending);
-        let mut rolled_back = Vec::new();
-        for (p, verdict) in pending.into_iter().zip(verdicts) {
-            let _span = info_span!("interface", interface = %p.name, mac = %p.spec.mac).entered();
-            match verdict {
-                Ok(()) => {
-                    self.commit(&p.entry);
-                    info!("applied and verified");
-                    statuses.push(InterfaceStatus::applied(p.spec.mac, p.name));
-                }
-                Err(why) => {
-                    warn!(reason = %why, "verification failed; rolling back");
-                    self.rollback_in(run, &p.entry);
-                    rolled_back.push(p.name);
-                    statuses.push(InterfaceStatus::problem(
-                        p.spec.mac,
-                        Some(p.name),
-                        InterfaceState::Failed,
-                        ErrorCode::VerifyFailed,
-                        format!("after apply: {why}; rolled back to the previous state"),
-                    ));
-                }
-            }
-        }
-        if self.apply == ApplyMode::Host && !rolled_back.is_empty() {
-            self.host_apply_after_rollback(&rolled_back);
-        }
-        statuses
-    }
-
-    /// Reads the kernel until every pending interface matches its target or
-    /// the settle time is over; one verdict per pending interface.
-    fn verify_settled(&self, run: &mut Run, pending: &[Pending]) -> Vec<Result<(), String>> {
-        let started = Instant::now();
-        let check = |state: &KernelState, p: &Pending| match find_link(state, p.spec.mac) {
-            LinkMatch::One(link) => verify(link, &LinkTarget::desired(p.name, &p.spec)),
-            LinkMatch::Absent => Err(format!("no link has MAC {} any more", p.spec.mac)),
-            LinkMatch::Ambiguous(names) => Err(format!("several links have MAC {} ({})", p.spec.mac, names.join(", "))),
-        };
-        let verdicts = loop {
-            let verdicts: Vec<Result<(), String>> = match self.kernel.as_ref().map(|k| k.read()) {
-                Some(Ok(state)) => pending.iter().map(|p| check(&state, p)).collect(),
-                Some(Err(e)) => pending.iter().map(|_| Err(format!("cannot read the kernel: {e}"))).collect(),
-                None => pending.iter().map(|_| Err("no netlink access to verify".to_owned())).collect(),
-            };
-            if verdicts.iter().all(Result::is_ok) || started.elapsed() >= self.settle_time {
-                break verdicts;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        run.verify_duration += started.elapsed();
-        verdicts
-    }
-
-    fn host_apply(&self, names: &[InterfaceName]) -> Result<(), String> {
-        for command in self.backend.kind().apply_commands(names) {
-            let output = self.host.run(command.program, &command.args).map_err(|e| e.to_string())?;
-            info!(command = command.program, args = ?command.args, output = %output.trim(), "host apply ran");
-        }
-        Ok(())
-    }
-
-    /// After a rollback restored files, lets the backend read them again.
-    fn host_apply_after_rollback(&self, names: &[InterfaceName]) {
-        if let Err(e) = self.host_apply(names) {
-            warn!(error = %e, "host apply after rollback failed; runtime state was restored through netlink");
-        }
     }
 
     /// The current files of `name`, as a journal records them.
@@ -290,13 +213,13 @@ impl Reconciler {
         Ok(paths.into_iter().map(|path| SavedFile { contents: found.get(&path).cloned(), path }).collect())
     }
 
-    fn commit(&self, entry: &Entry) {
+    pub(super) fn commit(&self, entry: &Entry) {
         if let Err(e) = self.journal.clear(&entry.interface) {
             warn!(error = %e, "cannot clear the journal entry; the next start will roll this change back");
         }
     }
 
-    fn rollback_in(&self, run: &mut Run, entry: &Entry) {
+    pub(super) fn rollback_in(&self, run: &mut Run, entry: &Entry) {
         run.rollbacks += 1;
         if let Err(e) = self.rollback(entry) {
             error!(error = %e, "rollback incomplete; the journal entry is kept for the next start");
@@ -340,11 +263,10 @@ impl Reconciler {
     }
 }
 
-/// The test hook: marks the spot and stops here until killed.
 /// Test hook: creates `marker`, then stops for `MULTINIC_TEST_PAUSE_SECONDS`
 /// (so a test can stop the agent mid-apply) or, when unset, forever (so a
 /// test can kill it there).
-fn pause(marker: &std::path::Path) {
+pub(super) fn pause(marker: &std::path::Path) {
     warn!(marker = %marker.display(), "test hook: paused after writing, before verifying");
     if let Err(e) = std::fs::write(marker, std::process::id().to_string()) {
         warn!(error = %e, "test hook: cannot create the marker");

@@ -9,6 +9,7 @@
 //! no netlink request. This module never touches a NIC the planner refused
 //! (protected, foreign, over capacity) and never a file outside our paths.
 
+mod apply;
 mod interface;
 #[cfg(test)]
 mod tests;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use multinic_proto::{DesiredSet, ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, MacAddress};
 use tracing::{info, info_span, warn};
 
-use crate::backend::{Backend, BackendKind};
+use crate::backend::{Backend, HostSession};
 use crate::files::{FileError, HostFiles};
 use crate::hostns::HostNamespaces;
 use crate::journal::Journal;
@@ -35,8 +36,8 @@ use crate::plan::{Action, Current, plan};
 pub enum ApplyMode {
     /// Files, then the host's own tool for exactly the changed interfaces
     /// (`wicked ifreload <names>`) run in the host's namespaces; renames by
-    /// netlink first. Not offered on netplan nodes (see
-    /// [`BackendKind::host_apply_refusal`]).
+    /// netlink first. Not offered where the backend refuses it
+    /// ([`Backend::host`]).
     Host,
     /// Files, then the runtime state set directly through netlink.
     Netlink,
@@ -86,16 +87,17 @@ pub enum ApplyChoice {
 
 impl ApplyChoice {
     /// The mode to run with on `backend`: `auto` is the backend's default
-    /// ([`BackendKind::default_apply`]); a mode the backend cannot run
-    /// without disturbing the rest of the node is refused, saying why.
-    pub fn resolve(self, backend: BackendKind) -> Result<ApplyMode, String> {
+    /// ([`Backend::default_apply`]); a mode the backend cannot run without
+    /// disturbing the rest of the node is refused, saying why.
+    pub fn resolve(self, backend: &dyn Backend) -> Result<ApplyMode, String> {
         let mode = match self {
             Self::Auto => return Ok(backend.default_apply()),
             Self::Mode(mode) => mode,
         };
-        match (mode, backend.host_apply_refusal()) {
-            (ApplyMode::Host, Some(why)) => Err(format!(
-                "--apply host is not offered with the {backend} backend: {why}; use --apply {} (what auto chooses there)",
+        match (mode, backend.host()) {
+            (ApplyMode::Host, Err(why)) => Err(format!(
+                "--apply host is not offered with the {} backend: {why}; use --apply {} (what auto chooses there)",
+                backend.name(),
                 backend.default_apply().as_str()
             )),
             _ => Ok(mode),
@@ -172,9 +174,15 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// A reconciler without kernel access (add it with [`Self::with_kernel`]).
-    pub fn new(backend: BackendKind, files: HostFiles, capacity: u8, apply: ApplyMode, journal: Journal) -> Self {
+    pub fn new(
+        backend: &'static dyn Backend,
+        files: HostFiles,
+        capacity: u8,
+        apply: ApplyMode,
+        journal: Journal,
+    ) -> Self {
         Self {
-            backend: backend.backend(),
+            backend,
             files,
             capacity,
             apply,
@@ -212,8 +220,8 @@ impl Reconciler {
         self
     }
 
-    pub fn backend(&self) -> BackendKind {
-        self.backend.kind()
+    pub fn backend(&self) -> &'static dyn Backend {
+        self.backend
     }
 
     pub fn apply_mode(&self) -> ApplyMode {
@@ -336,18 +344,21 @@ impl Reconciler {
         let mut statuses = Vec::new();
         for action in plan.actions {
             match action {
-                Action::Keep { name, spec } if scope.includes(&spec.mac) => {
+                Action::Keep { name, spec, link } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
-                    statuses.extend(self.prepare(&mut run, name, &spec, None, kernel.as_ref()));
+                    let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
+                    statuses.extend(self.prepare(&mut run, name, &spec, None, link));
                 }
-                Action::Write { name, spec, files, previous } if scope.includes(&spec.mac) => {
+                Action::Write { name, spec, files, previous, link } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
                     info!(mtu = spec.mtu.get(), address = ?spec.address.map(|a| a.to_string()), previous = ?previous.map(|p| p.to_string()), "configuring");
-                    statuses.extend(self.prepare(&mut run, name, &spec, Some(&files), kernel.as_ref()));
+                    let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
+                    statuses.extend(self.prepare(&mut run, name, &spec, Some(&files), link));
                 }
-                Action::Remove { name, mac, .. } if matches!(scope, Scope::All) => {
+                Action::Remove { name, mac, link, .. } if matches!(scope, Scope::All) => {
                     let _span = info_span!("interface", interface = %name, mac = %mac).entered();
-                    statuses.push(self.remove(&mut run, name, mac, kernel.as_ref(), &facts));
+                    let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
+                    statuses.push(self.remove(&mut run, name, mac, link));
                 }
                 Action::Refuse { spec, name, code, message } if scope.includes(&spec.mac) => {
                     warn!(mac = %spec.mac, code = %code, "{message}");
@@ -414,7 +425,6 @@ impl Reconciler {
 }
 
 /// Counters and pending work of one reconcile.
-#[derive(Debug)]
 struct Run {
     writes_before: u64,
     changes_before: u64,
@@ -423,12 +433,17 @@ struct Run {
     rollbacks: u32,
     /// Interfaces changed and waiting for the host apply and verification.
     pending: Vec<interface::Pending>,
-    /// Interfaces whose files were removed (host mode reloads them too).
-    removed: Vec<InterfaceName>,
+    /// Host mode: the backend's session with the node's daemon (opening it
+    /// asks the daemon nothing).
+    host: Option<Box<dyn HostSession>>,
 }
 
 impl Run {
     fn new(reconciler: &Reconciler) -> Self {
+        let host = match (reconciler.apply, reconciler.backend.host()) {
+            (ApplyMode::Host, Ok(tool)) => Some(tool.session(reconciler.host)),
+            _ => None,
+        };
         Self {
             writes_before: reconciler.files.writes() + reconciler.files.removals(),
             changes_before: reconciler.netlink_changes(),
@@ -436,7 +451,7 @@ impl Run {
             verify_duration: Duration::ZERO,
             rollbacks: 0,
             pending: Vec::new(),
-            removed: Vec::new(),
+            host,
         }
     }
 

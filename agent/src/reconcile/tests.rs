@@ -7,7 +7,7 @@ use std::sync::Arc;
 use multinic_proto::{DesiredSet, ErrorCode, InterfaceName, InterfaceSpec, InterfaceState, MacAddress, Mtu};
 
 use super::*;
-use crate::backend::BackendKind;
+use crate::backend::{netplan::Netplan, wicked::Wicked};
 use crate::files::HostFiles;
 use crate::journal::{Entry, Journal, SavedFile};
 use crate::kernel::memory::MemoryKernel;
@@ -46,14 +46,9 @@ fn node(dir: &Path, apply: ApplyMode, links: Vec<LinkState>) -> (Reconciler, Arc
     let mut all = vec![primary];
     all.extend(links);
     let kernel = Arc::new(MemoryKernel::new(KernelState { links: all, default_route_links: [1].into() }));
-    let reconciler = Reconciler::new(
-        BackendKind::Netplan,
-        HostFiles::new(dir),
-        10,
-        apply,
-        Journal::new(&dir.join("var/lib/multinic")),
-    )
-    .with_kernel(kernel.clone() as Arc<dyn LinkOps>);
+    let reconciler =
+        Reconciler::new(&Netplan, HostFiles::new(dir), 10, apply, Journal::new(&dir.join("var/lib/multinic")))
+            .with_kernel(kernel.clone() as Arc<dyn LinkOps>);
     (reconciler, kernel)
 }
 
@@ -285,7 +280,7 @@ fn without_kernel_access_nothing_changes_in_netlink_mode() {
 fn writes_then_noop_then_removes_in_a_dry_run() {
     let dir = tempfile::tempdir().unwrap();
     let r = Reconciler::new(
-        BackendKind::Netplan,
+        &Netplan,
         HostFiles::new(dir.path()),
         10,
         ApplyMode::None,
@@ -325,7 +320,7 @@ fn wicked_files_are_written_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = Arc::new(MemoryKernel::new(KernelState { links: vec![link(2, "eth1", 1)], ..Default::default() }));
     let r = Reconciler::new(
-        BackendKind::Wicked,
+        &Wicked,
         HostFiles::new(dir.path()),
         10,
         ApplyMode::Netlink,

@@ -1,0 +1,128 @@
+//! The second half of a reconcile: the host apply (host mode) of every
+//! interface prepared, then verification through netlink, then commit or
+//! rollback of each interface on its own.
+//!
+//! Interfaces are independent here too: one the daemon refuses, or one
+//! whose verification fails, is undone alone (the daemon first, then its
+//! files and runtime state from the journal, then the daemon reads the
+//! restored files); the others carry on. This module never acts on an
+//! interface that was not prepared in the same reconcile.
+
+use std::time::{Duration, Instant};
+
+use multinic_proto::{ErrorCode, InterfaceState, InterfaceStatus};
+use tracing::{error, info, info_span, warn};
+
+use super::interface::{Pending, pause};
+use super::{Reconciler, Run};
+use crate::backend::HostChange;
+use crate::kernel::KernelState;
+use crate::kernel::diff::{LinkTarget, verify};
+
+impl Reconciler {
+    /// Host apply (host mode), then verification of every pending interface;
+    /// what fails is rolled back alone.
+    pub(super) fn apply_and_verify(&self, run: &mut Run) -> Vec<InterfaceStatus> {
+        let mut statuses = Vec::new();
+        let mut pending = std::mem::take(&mut run.pending);
+        let mut host = run.host.take();
+        if let Some(session) = host.as_mut()
+            && !pending.is_empty()
+        {
+            let changes: Vec<HostChange> = pending.iter().map(|p| p.change.clone()).collect();
+            let verdicts = session.apply(&changes);
+            let mut applied = Vec::new();
+            let mut undone = Vec::new();
+            for (p, verdict) in pending.into_iter().zip(verdicts) {
+                let Err(e) = verdict else {
+                    applied.push(p);
+                    continue;
+                };
+                let _span = info_span!("interface", interface = %p.name, mac = %p.spec.mac).entered();
+                error!(error = %e, "host apply failed; rolling back");
+                session.undo(&p.change);
+                self.rollback_in(run, &p.entry);
+                statuses.push(InterfaceStatus::problem(
+                    p.spec.mac,
+                    Some(p.name),
+                    InterfaceState::Failed,
+                    ErrorCode::ApplyFailed,
+                    format!("{e}; rolled back to the previous state"),
+                ));
+                undone.push(p.change);
+            }
+            if !undone.is_empty() {
+                session.reread(&undone);
+            }
+            pending = applied;
+        }
+        if pending.is_empty() {
+            run.host = host;
+            return statuses;
+        }
+        if let Some(marker) = &self.pause_after_write {
+            pause(marker);
+        }
+        let verdicts = self.verify_settled(run, &pending);
+        let mut undone = Vec::new();
+        for (p, verdict) in pending.into_iter().zip(verdicts) {
+            let _span = info_span!("interface", interface = %p.name, mac = %p.spec.mac).entered();
+            match verdict {
+                Ok(()) => {
+                    if let Some(session) = host.as_mut() {
+                        session.commit(&p.change);
+                    }
+                    self.commit(&p.entry);
+                    info!("applied and verified");
+                    statuses.push(InterfaceStatus::applied(p.spec.mac, p.name));
+                }
+                Err(why) => {
+                    warn!(reason = %why, "verification failed; rolling back");
+                    if let Some(session) = host.as_mut() {
+                        session.undo(&p.change);
+                    }
+                    self.rollback_in(run, &p.entry);
+                    statuses.push(InterfaceStatus::problem(
+                        p.spec.mac,
+                        Some(p.name),
+                        InterfaceState::Failed,
+                        ErrorCode::VerifyFailed,
+                        format!("after apply: {why}; rolled back to the previous state"),
+                    ));
+                    undone.push(p.change);
+                }
+            }
+        }
+        if let Some(session) = host.as_mut()
+            && !undone.is_empty()
+        {
+            session.reread(&undone);
+        }
+        run.host = host;
+        statuses
+    }
+
+    /// Reads the kernel until every pending interface's NIC (by ifindex)
+    /// matches its target or the settle time is over; one verdict per
+    /// pending interface.
+    fn verify_settled(&self, run: &mut Run, pending: &[Pending]) -> Vec<Result<(), String>> {
+        let started = Instant::now();
+        let check = |state: &KernelState, p: &Pending| match state.link(p.index) {
+            Some(link) if link.identity() == Some(p.spec.mac) => verify(link, &LinkTarget::desired(p.name, &p.spec)),
+            _ => Err(format!("the NIC with MAC {} (ifindex {}) is gone", p.spec.mac, p.index)),
+        };
+        let verdicts = loop {
+            let verdicts: Vec<Result<(), String>> = match self.kernel.as_ref().map(|k| k.read()) {
+                Some(Ok(state)) => pending.iter().map(|p| check(&state, p)).collect(),
+                Some(Err(e)) => pending.iter().map(|_| Err(format!("cannot read the kernel: {e}"))).collect(),
+                None => pending.iter().map(|_| Err("no netlink access to verify".to_owned())).collect(),
+            };
+            if verdicts.iter().all(Result::is_ok) || started.elapsed() >= self.settle_time {
+                break verdicts;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        run.verify_duration += started.elapsed();
+        verdicts
+    }
+}
