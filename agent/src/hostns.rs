@@ -62,7 +62,12 @@ impl HostNamespaces {
     pub fn run(&self, program: &str, args: &[String]) -> Result<String, HostError> {
         let command = std::iter::once(program).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ");
         let mut cmd = Command::new(program);
-        cmd.args(args).env("PATH", HOST_PATH).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .env("PATH", HOST_PATH)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         enter_namespaces(&mut cmd, self.pid)?;
         let child =
             cmd.spawn().map_err(|source| HostError::Spawn { command: command.clone(), pid: self.pid, source })?;

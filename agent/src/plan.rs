@@ -48,8 +48,10 @@ pub struct NodeFacts {
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Our files already say exactly this. `link` is the MAC's NIC, if present.
-    Keep { name: InterfaceName, spec: InterfaceSpec, link: Option<KernelLink> },
+    /// Our files already say exactly this. `link` is the MAC's NIC, if
+    /// present; `retired` are files of ours the rendering no longer has
+    /// (the predecessor's), removed once the interface is verified.
+    Keep { name: InterfaceName, spec: InterfaceSpec, link: Option<KernelLink>, retired: Vec<PathBuf> },
     /// Create or rewrite the files of `name`.
     Write {
         name: InterfaceName,
@@ -57,6 +59,7 @@ pub enum Action {
         files: Vec<RenderedFile>,
         previous: Option<InterfaceSpec>,
         link: Option<KernelLink>,
+        retired: Vec<PathBuf>,
     },
     /// `mac` is no longer desired: remove the files of `name`. `link` is its
     /// NIC when that still carries our name and is not protected: only then
@@ -188,17 +191,22 @@ pub fn plan(
             Some(Current::Parsed { spec: prev, .. }) if prev.mac == spec.mac => Some(*prev),
             _ => None,
         };
-        let unchanged = match current.get(&name) {
-            Some(Current::Parsed { files: on_disk, .. }) => {
-                on_disk.len() == files.len() && files.iter().all(|f| on_disk.get(&f.path) == Some(&f.contents))
-            }
-            _ => false,
+        let on_disk = match current.get(&name) {
+            Some(Current::Parsed { files: on_disk, .. }) => Some(on_disk),
+            _ => None,
         };
+        let unchanged = on_disk.is_some_and(|d| files.iter().all(|f| d.get(&f.path) == Some(&f.contents)));
+        let retired: Vec<PathBuf> = on_disk
+            .into_iter()
+            .flat_map(|d| d.keys())
+            .filter(|path| !files.iter().any(|f| &f.path == *path))
+            .cloned()
+            .collect();
         let link = facts.owners.get(&spec.mac).cloned();
         if unchanged {
-            actions.push(Action::Keep { name, spec: *spec, link });
+            actions.push(Action::Keep { name, spec: *spec, link, retired });
         } else {
-            actions.push(Action::Write { name, spec: *spec, files, previous, link });
+            actions.push(Action::Write { name, spec: *spec, files, previous, link, retired });
         }
     }
 
@@ -389,6 +397,20 @@ mod tests {
         assert!(p.actions.iter().any(|a| matches!(a, Action::Corrupt { .. })));
         assert_eq!(names(&p), vec![("multinic1".into(), 1)]);
         assert!(!p.actions.iter().any(|a| matches!(a, Action::Remove { .. })));
+    }
+
+    #[test]
+    fn files_the_rendering_no_longer_has_are_retired_not_rewritten() {
+        let spec = spec(1, 1500);
+        let mut files: BTreeMap<PathBuf, String> =
+            Netplan.render(name(0), &spec).into_iter().map(|f| (f.path, f.contents)).collect();
+        files.insert(PathBuf::from("etc/old/ifcfg-multinic0"), "the predecessor's".into());
+        let current = [(name(0), Current::Parsed { spec, files })].into();
+        let p = plan(&DesiredSet::new([spec]).unwrap(), &current, &NodeFacts::default(), 10, &Netplan);
+        assert!(p.is_noop(), "the rendered files are in place: {p:?}");
+        assert!(
+            matches!(&p.actions[0], Action::Keep { retired, .. } if retired == &[PathBuf::from("etc/old/ifcfg-multinic0")])
+        );
     }
 
     #[test]

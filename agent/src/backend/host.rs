@@ -42,6 +42,15 @@ pub enum ChangeKind {
     Remove,
 }
 
+/// Why a session does not let an interface be changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// The daemon is told to leave this NIC alone: reported refused.
+    Refused(String),
+    /// The daemon could not be asked: reported failed, nothing changed.
+    Failed(String),
+}
+
 /// The host side of a backend: opens one session per reconcile.
 pub trait HostApply: fmt::Debug + Send + Sync {
     /// A session that runs its commands in the namespaces of `host`.
@@ -52,9 +61,9 @@ pub trait HostApply: fmt::Debug + Send + Sync {
 /// learns about an interface between calls (e.g. a checkpoint to roll back).
 pub trait HostSession: Send {
     /// Called before anything of the interface changes (no file written, no
-    /// rename): whether the daemon lets us configure this NIC. `Err` is the
-    /// reason it is refused; nothing is then touched.
-    fn admit(&mut self, change: &HostChange) -> Result<(), String> {
+    /// rename): whether the daemon lets us configure this NIC. On `Err`
+    /// nothing is touched.
+    fn admit(&mut self, change: &HostChange) -> Result<(), NotAdmitted> {
         let _ = change;
         Ok(())
     }

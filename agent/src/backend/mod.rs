@@ -14,6 +14,7 @@
 
 pub mod host;
 pub mod netplan;
+pub mod networkmanager;
 pub mod os_release;
 pub mod wicked;
 
@@ -26,14 +27,14 @@ use std::path::{Path, PathBuf};
 
 use multinic_proto::{InterfaceName, InterfaceSpec};
 
-pub use host::{ChangeKind, HostApply, HostChange, HostCommand, HostSession};
+pub use host::{ChangeKind, HostApply, HostChange, HostCommand, HostSession, NotAdmitted};
 pub use os_release::OsRelease;
 
 use crate::reconcile::ApplyMode;
 
 /// Every backend of this build, in the order `--backend auto` asks them
 /// whether they serve the host: the one registration.
-pub static ALL: &[&dyn Backend] = &[&netplan::Netplan, &wicked::Wicked];
+pub static ALL: &[&dyn Backend] = &[&netplan::Netplan, &wicked::Wicked, &networkmanager::NetworkManager];
 
 /// The backend called `name` (`--backend`).
 pub fn named(name: &str) -> Option<&'static dyn Backend> {
@@ -183,8 +184,9 @@ mod tests {
         let leap = "NAME=\"openSUSE Leap\"\nVERSION_ID=\"15.6\"\nID=\"opensuse-leap\"\nID_LIKE=\"suse opensuse\"\n";
         assert_eq!(detect(leap), Ok("wicked"));
         let rhel = "NAME=\"Red Hat Enterprise Linux\"\nID=\"rhel\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"9.4\"\n";
-        let err = detect(rhel).unwrap_err();
-        assert!(err.contains("set --backend") && err.contains("for Red Hat Enterprise Linux 9.4 ("), "{err}");
+        assert_eq!(detect(rhel), Ok("networkmanager"));
+        let err = detect("NAME=\"Arch Linux\"\nID=arch\n").unwrap_err();
+        assert!(err.contains("set --backend") && err.contains("for Arch Linux (ID=arch"), "{err}");
     }
 
     #[test]
@@ -192,7 +194,7 @@ mod tests {
         assert_eq!("auto".parse::<BackendChoice>(), Ok(BackendChoice::Auto));
         assert_eq!("wicked".parse::<BackendChoice>(), Ok(BackendChoice::Named(&wicked::Wicked)));
         let err = "nm".parse::<BackendChoice>().unwrap_err();
-        assert!(err.contains("expected auto, netplan or wicked"), "{err}");
+        assert!(err.contains("expected auto, netplan, wicked or networkmanager"), "{err}");
         assert!(ALL.iter().all(|b| named(b.name()).is_some()));
     }
 }

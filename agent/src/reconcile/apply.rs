@@ -69,6 +69,7 @@ impl Reconciler {
             let _span = info_span!("interface", interface = %p.name, mac = %p.spec.mac).entered();
             match verdict {
                 Ok(()) => {
+                    self.retire(&p.change.retired);
                     if let Some(session) = host.as_mut() {
                         session.commit(&p.change);
                     }
@@ -100,6 +101,18 @@ impl Reconciler {
         }
         run.host = host;
         statuses
+    }
+
+    /// Removes files of ours the interface's rendering no longer has (the
+    /// predecessor's), now that it is verified. They are in the journal
+    /// entry until it is cleared, so a crash before then restores them.
+    fn retire(&self, retired: &[std::path::PathBuf]) {
+        for path in retired {
+            match self.files.remove(path) {
+                Ok(()) => info!(file = %self.files.abs(path).display(), "retired: replaced by our verified files"),
+                Err(e) => warn!(error = %e, "cannot retire a file; it is retired at the next change"),
+            }
+        }
     }
 
     /// Reads the kernel until every pending interface's NIC (by ifindex)

@@ -6,13 +6,14 @@
 //! any other interface. The NIC is the one the planner found for the MAC
 //! (by ifindex); it is never searched for again.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use multinic_proto::{ErrorCode, InterfaceName, InterfaceSpec, InterfaceState, InterfaceStatus, MacAddress};
 use tracing::{error, info, warn};
 
 use super::{ApplyMode, Reconciler, Run};
-use crate::backend::{ChangeKind, HostChange, RenderedFile};
+use crate::backend::{ChangeKind, HostChange, NotAdmitted, RenderedFile};
 use crate::journal::{Entry, SavedFile};
 use crate::kernel::diff::{LinkTarget, Step, mtu_allowed, rename_steps, verify};
 use crate::kernel::{LinkState, StepError, converge, run_step};
@@ -41,6 +42,7 @@ impl Reconciler {
         spec: &InterfaceSpec,
         write: Option<&[RenderedFile]>,
         link: Option<&LinkState>,
+        retired: Vec<PathBuf>,
     ) -> Option<InterfaceStatus> {
         let fail = |code, message: String| {
             Some(InterfaceStatus::problem(spec.mac, Some(name), InterfaceState::Failed, code, message))
@@ -52,7 +54,8 @@ impl Reconciler {
                 warn!(reason = %why, "MTU out of the device's range; nothing changed");
                 return fail(ErrorCode::MtuRejected, format!("{why}; nothing changed"));
             }
-            if write.is_none() && verify(link, &target).is_ok() {
+            // Files to retire (the predecessor's) go only once ours are verified.
+            if write.is_none() && retired.is_empty() && verify(link, &target).is_ok() {
                 return Some(InterfaceStatus::applied(spec.mac, name));
             }
         } else if write.is_none() {
@@ -63,19 +66,26 @@ impl Reconciler {
             mac: spec.mac,
             link: link.map_or_else(|| name.to_string(), |l| l.name.clone()),
             kind: ChangeKind::Configure,
-            retired: Vec::new(),
+            retired,
         };
-        if let (Some(host), Some(_)) = (run.host.as_mut(), link)
-            && let Err(why) = host.admit(&change)
-        {
-            warn!(reason = %why, "the node's network daemon does not let us configure this NIC; nothing changed");
-            return Some(InterfaceStatus::problem(
-                spec.mac,
-                Some(name),
-                InterfaceState::Refused,
-                ErrorCode::ForeignInterface,
-                format!("{why}; it is left alone"),
-            ));
+        if let (Some(host), Some(_)) = (run.host.as_mut(), link) {
+            match host.admit(&change) {
+                Ok(()) => {}
+                Err(NotAdmitted::Refused(why)) => {
+                    warn!(reason = %why, "the node's network daemon is told to leave this NIC alone; nothing changed");
+                    return Some(InterfaceStatus::problem(
+                        spec.mac,
+                        Some(name),
+                        InterfaceState::Refused,
+                        ErrorCode::ForeignInterface,
+                        format!("{why}; it is left alone"),
+                    ));
+                }
+                Err(NotAdmitted::Failed(why)) => {
+                    warn!(reason = %why, "cannot ask the node's network daemon; nothing changed");
+                    return fail(ErrorCode::ApplyFailed, format!("{why}; nothing changed"));
+                }
+            }
         }
 
         let entry = match self.saved_files(name) {
@@ -227,10 +237,15 @@ impl Reconciler {
     }
 
     /// Restores the files and (same boot, same NIC) the runtime state of
-    /// `entry`, then forgets it.
+    /// `entry`, then forgets it. A file already as journaled is left alone
+    /// (e.g. the predecessor's file, never written by a failed change).
     pub(super) fn rollback(&self, entry: &Entry) -> Result<(), String> {
         let mut problems = Vec::new();
         for file in &entry.files {
+            let now = self.files.read_existing(std::slice::from_ref(&file.path)).map(|mut f| f.remove(&file.path));
+            if now.as_ref().is_ok_and(|now| *now == file.contents) {
+                continue;
+            }
             let restored = match &file.contents {
                 Some(contents) => self.files.write_atomic(&file.path, contents),
                 None => self.files.remove(&file.path),

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use multinic_proto::{DesiredSet, ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, MacAddress};
 use tracing::{info, info_span, warn};
 
-use crate::backend::{Backend, HostSession};
+use crate::backend::{Backend, ChangeKind, HostChange, HostSession};
 use crate::files::{FileError, HostFiles};
 use crate::hostns::HostNamespaces;
 use crate::journal::Journal;
@@ -344,16 +344,16 @@ impl Reconciler {
         let mut statuses = Vec::new();
         for action in plan.actions {
             match action {
-                Action::Keep { name, spec, link } if scope.includes(&spec.mac) => {
+                Action::Keep { name, spec, link, retired } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
                     let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
-                    statuses.extend(self.prepare(&mut run, name, &spec, None, link));
+                    statuses.extend(self.prepare(&mut run, name, &spec, None, link, retired));
                 }
-                Action::Write { name, spec, files, previous, link } if scope.includes(&spec.mac) => {
+                Action::Write { name, spec, files, previous, link, retired } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
                     info!(mtu = spec.mtu.get(), address = ?spec.address.map(|a| a.to_string()), previous = ?previous.map(|p| p.to_string()), "configuring");
                     let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
-                    statuses.extend(self.prepare(&mut run, name, &spec, Some(&files), link));
+                    statuses.extend(self.prepare(&mut run, name, &spec, Some(&files), link, retired));
                 }
                 Action::Remove { name, mac, link, .. } if matches!(scope, Scope::All) => {
                     let _span = info_span!("interface", interface = %name, mac = %mac).entered();
@@ -400,16 +400,26 @@ impl Reconciler {
             }
         };
         let mut rolled_back = 0;
+        let mut host = Run::new(self).host;
         for (interface, entry) in pending {
             match entry {
                 Ok(entry) => {
                     let _span = info_span!("interface", interface = %interface, mac = %entry.mac).entered();
+                    // Host mode: the daemon goes back first (a checkpoint the
+                    // crash left), and reads the restored files after.
+                    let change = interrupted_change(&entry);
+                    if let (Some(session), Some(change)) = (host.as_mut(), &change) {
+                        session.undo(change);
+                    }
                     match self.rollback(&entry) {
                         Ok(()) => {
                             rolled_back += 1;
                             info!(same_boot = entry.same_boot(), "rolled back a change interrupted by a crash");
                         }
                         Err(e) => warn!(error = %e, "cannot roll back an interrupted change; kept for the next start"),
+                    }
+                    if let (Some(session), Some(change)) = (host.as_mut(), change) {
+                        session.reread(&[change]);
                     }
                 }
                 Err(reason) => {
@@ -422,6 +432,18 @@ impl Reconciler {
         }
         rolled_back
     }
+}
+
+/// What host mode is told about a change a crash interrupted.
+fn interrupted_change(entry: &crate::journal::Entry) -> Option<HostChange> {
+    let name = InterfaceName::parse(&entry.interface, multinic_proto::MAX_CAPACITY)?;
+    Some(HostChange {
+        name,
+        mac: entry.mac.parse().ok()?,
+        link: entry.link.as_ref().map_or_else(|| entry.interface.clone(), |l| l.name.clone()),
+        kind: ChangeKind::Configure,
+        retired: Vec::new(),
+    })
 }
 
 /// Counters and pending work of one reconcile.

@@ -372,3 +372,58 @@ fn held_macs_keep_their_files_and_are_reported_held() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), before, "a held MAC's file is left as it is");
     assert_eq!(multinic_proto::Outcome::of(&out.statuses), multinic_proto::Outcome::Applied, "{out:?}");
 }
+
+#[test]
+fn the_predecessors_file_keeps_the_name_and_goes_only_once_ours_is_verified() {
+    use crate::backend::networkmanager::NetworkManager;
+    let dir = tempfile::tempdir().unwrap();
+    // The predecessor named MAC 1 multinic2 and MAC 2 multinic5 (absent now);
+    // MAC 3's NIC swallows addresses, so its verification fails.
+    let scripts = dir.path().join("etc/sysconfig/network-scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let old = |n: u8, i: u8| {
+        format!(
+            "DEVICE=multinic{n}\nNAME=multinic{n}\nTYPE=Ethernet\nONBOOT=yes\nBOOTPROTO=none\nIPADDR=10.0.{i}.5\nPREFIX=24\nMTU=1500\nHWADDR=02:00:00:00:00:0{i}"
+        )
+    };
+    for (n, i) in [(2, 1), (5, 2), (7, 3)] {
+        std::fs::write(scripts.join(format!("ifcfg-multinic{n}")), old(n, i)).unwrap();
+    }
+    std::fs::write(scripts.join("ifcfg-eth0"), "DEVICE=eth0\n").unwrap();
+    let mut one = link(2, "multinic2", 1);
+    one.up = true;
+    one.addresses.insert("10.0.1.5/24".parse().unwrap());
+    let kernel =
+        Arc::new(MemoryKernel::new(KernelState { links: vec![one, link(3, "multinic7", 3)], ..Default::default() }));
+    kernel.drop_addresses_on(3);
+    let r = Reconciler::new(
+        &NetworkManager,
+        HostFiles::new(dir.path()),
+        10,
+        ApplyMode::Netlink,
+        Journal::new(&dir.path().join("state")),
+    )
+    .with_kernel(kernel.clone() as Arc<dyn LinkOps>);
+    let set = DesiredSet::new([
+        spec(1, Some("10.0.1.5/24"), 1500),
+        spec(2, Some("10.0.2.5/24"), 1500),
+        spec(3, Some("10.0.3.5/24"), 1500),
+    ])
+    .unwrap();
+    let out = r.reconcile(&set);
+    assert_eq!(state_of(&out, 1).0, InterfaceState::Applied);
+    assert_eq!(state_of(&out, 2).0, InterfaceState::Waiting);
+    assert_eq!(state_of(&out, 3).1, ErrorCode::VerifyFailed);
+    let names: Vec<_> = out.statuses.iter().map(|s| s.name.unwrap().to_string()).collect();
+    assert_eq!(names, ["multinic2", "multinic5", "multinic7"], "every MAC keeps the predecessor's name");
+    assert_eq!(out.netlink_changes, 3, "MAC 1 needed nothing; MAC 3: up, its address, then down again");
+    assert!(!scripts.join("ifcfg-multinic2").exists(), "retired once ours is verified");
+    assert_eq!(std::fs::read_to_string(scripts.join("ifcfg-multinic5")).unwrap(), old(5, 2), "not while waiting");
+    assert_eq!(std::fs::read_to_string(scripts.join("ifcfg-multinic7")).unwrap(), old(7, 3), "not after a failure");
+    assert!(dir.path().join("etc/NetworkManager/system-connections/multinic2.nmconnection").exists());
+    assert!(!dir.path().join("etc/NetworkManager/system-connections/multinic7.nmconnection").exists());
+    assert!(scripts.join("ifcfg-eth0").exists());
+    let again = r.reconcile(&DesiredSet::new([spec(1, Some("10.0.1.5/24"), 1500)]).unwrap());
+    assert_eq!(state_of(&again, 1).0, InterfaceState::Applied);
+    assert_eq!(again.statuses.len(), 3, "the others are removed now: {again:?}");
+}
