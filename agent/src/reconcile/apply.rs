@@ -124,6 +124,8 @@ impl Reconciler {
             Some(link) if link.identity() == Some(p.spec.mac) => verify(link, &LinkTarget::desired(p.name, &p.spec)),
             _ => Err(format!("the NIC with MAC {} (ifindex {}) is gone", p.spec.mac, p.index)),
         };
+        // Quick re-reads first: a daemon's apply is usually done in a few ms.
+        let mut pause = Duration::from_millis(5);
         let verdicts = loop {
             let verdicts: Vec<Result<(), String>> = match self.kernel.as_ref().map(|k| k.read()) {
                 Some(Ok(state)) => pending.iter().map(|p| check(&state, p)).collect(),
@@ -133,7 +135,8 @@ impl Reconciler {
             if verdicts.iter().all(Result::is_ok) || started.elapsed() >= self.settle_time {
                 break verdicts;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
         };
         run.verify_duration += started.elapsed();
         verdicts

@@ -3,26 +3,29 @@
 //! what NetworkManager had.
 //!
 //! Every call goes to the host's own tools, run in the host's namespaces:
-//! `busctl` (systemd's D-Bus client: NetworkManager's D-Bus API, with
-//! answers in JSON) and `nmcli` for the activation itself (it waits until
-//! the device is activated, or says why it failed). The agent's image has
-//! no D-Bus library and the host's bus socket is only reachable in the
-//! host's mount namespace. Per interface:
+//! `busctl` (systemd's D-Bus client: NetworkManager's D-Bus API, answers in
+//! JSON) and `nmcli` for the activation itself (it waits until the device
+//! is activated, or says why it failed). The agent's image has no D-Bus
+//! library, and the host's bus socket is only reachable in the host's mount
+//! namespace. Per interface:
 //!
-//! 1. before anything changes ([`HostSession::admit`]): the NIC's device,
-//!    whether NetworkManager manages it (an unmanaged NIC is refused), its
-//!    active profile, and NetworkManager's automatic profiles of it
-//!    ("Wired connection N", generated for a NIC without a profile);
+//! 1. before anything changes ([`HostSession::admit`]), one
+//!    `GetManagedObjects`: the NIC's device, whether NetworkManager manages
+//!    it (an unmanaged NIC is refused), the profile active on it, and
+//!    NetworkManager's automatic profiles of it ("Wired connection N",
+//!    generated for a NIC without a profile);
 //! 2. apply: `CheckpointCreate([device], 120 s)`, `LoadConnections([our
 //!    keyfile])` (what `nmcli connection load` calls; its answer names the
 //!    files NetworkManager refused, while nmcli exits 0), then
 //!    `Device.Reapply` when our profile is already active on that NIC (only
 //!    MTU or address changed), else `nmcli connection up uuid …`;
-//! 3. verified: `CheckpointDestroy`, NetworkManager's automatic profiles of
-//!    the NIC deleted (NetworkManager then records the NIC in
-//!    `no-auto-default.state` and never creates one again), the
-//!    predecessor's retired profile unloaded; failed: `CheckpointRollback`,
-//!    and once the journal has put the previous files back,
+//! 3. verified: `CheckpointDestroy` and the deletion of NetworkManager's
+//!    automatic profiles of the NIC, side by side (NetworkManager then
+//!    records the NIC in `no-auto-default.state` and never creates one
+//!    again), and `LoadConnections` of the predecessor's retired file;
+//!    failed: `CheckpointRollback` (and, on a NIC where no profile of
+//!    NetworkManager's was active, `Device.Disconnect`, so that it activates
+//!    nothing there), then once the journal has put the previous files back,
 //!    `LoadConnections` of them (a removed file unloads its profile);
 //! 4. removal: `LoadConnections` of our removed keyfile (NetworkManager
 //!    deactivates and forgets the profile) before the runtime state is undone.
@@ -43,6 +46,8 @@ use crate::backend::{ChangeKind, HostApply, HostChange, HostSession, NotAdmitted
 use crate::hostns::HostNamespaces;
 
 const SERVICE: &str = "org.freedesktop.NetworkManager";
+const OBJECTS: &str = "/org/freedesktop";
+const OBJECT_MANAGER: &str = "org.freedesktop.DBus.ObjectManager";
 const ROOT: &str = "/org/freedesktop/NetworkManager";
 const SETTINGS: &str = "/org/freedesktop/NetworkManager/Settings";
 const MANAGER: &str = "org.freedesktop.NetworkManager";
@@ -95,6 +100,7 @@ struct Interface {
 #[derive(Debug)]
 struct Automatic {
     object: String,
+    /// Its file name (`Wired connection 1.nmconnection`), for logs.
     id: String,
 }
 
@@ -105,50 +111,23 @@ struct NmSession {
 }
 
 impl HostSession for NmSession {
+    /// One call: NetworkManager's whole object tree (`GetManagedObjects`),
+    /// read by [`admission`].
     fn admit(&mut self, change: &HostChange) -> Result<(), NotAdmitted> {
-        let device = self.bus.device(&change.link, DEVICE_WAIT).map_err(NotAdmitted::Failed)?;
-        let ask = |e: String| NotAdmitted::Failed(format!("cannot ask NetworkManager about {}: {e}", change.link));
-        let props =
-            self.bus.get(&device, DEVICE, &["Managed", "ActiveConnection", "AvailableConnections"]).map_err(ask)?;
-        if props.first().and_then(Value::as_bool) != Some(true) {
-            return Err(NotAdmitted::Refused(format!(
-                "NetworkManager does not manage {} (unmanaged-devices in its configuration, a udev rule, or \
-                 NM_CONTROLLED=no)",
-                change.link
-            )));
-        }
         let ours = keyfile::uuid(change.mac);
-        let mut interface = Interface { device, ..Interface::default() };
-        let mut candidates: Vec<String> = Vec::new();
-        let mut our_profile = None;
-        if let Some(active) = props.get(1).and_then(Value::as_str).filter(|p| *p != "/") {
-            let about = self.bus.get(active, ACTIVE, &["Uuid", "Connection"]).map_err(ask)?;
-            let uuid = about.first().and_then(Value::as_str).unwrap_or_default().to_owned();
-            let profile = about.get(1).and_then(Value::as_str).unwrap_or_default().to_owned();
-            if uuid == ours {
-                interface.reapply = change.link == change.name.to_string();
-                interface.active_before = Some(uuid);
-                our_profile = Some(profile);
-            } else {
-                let flags = self.bus.get(&profile, CONNECTION, &["Flags"]).ok();
-                let volatile = flags.and_then(|f| f.first()?.as_u64()).is_some_and(|f| f & FLAG_VOLATILE != 0);
-                if !volatile {
-                    interface.active_before = Some(uuid);
-                }
-                candidates.push(profile);
+        let started = Instant::now();
+        let interface = loop {
+            let tree = self
+                .bus
+                .call(OBJECTS, OBJECT_MANAGER, "GetManagedObjects", "", &[])
+                .map_err(|e| NotAdmitted::Failed(format!("cannot ask NetworkManager about {}: {e}", change.link)))?;
+            match admission(tree.first().unwrap_or(&Value::Null), change, &ours)? {
+                Some(interface) => break interface,
+                // A NIC just plugged in may take a moment to appear there.
+                None if started.elapsed() < DEVICE_WAIT => std::thread::sleep(Duration::from_millis(200)),
+                None => return Err(NotAdmitted::Failed(format!("NetworkManager has no device {}", change.link))),
             }
-        }
-        for profile in props.get(2).map(object_paths).unwrap_or_default() {
-            if !candidates.contains(&profile) && our_profile.as_ref() != Some(&profile) {
-                candidates.push(profile);
-            }
-        }
-        let names = [change.link.as_str(), &change.name.to_string()];
-        for profile in candidates {
-            if let Some(id) = self.automatic_profile(&profile, &names, &ours) {
-                interface.automatic.push(Automatic { object: profile, id });
-            }
-        }
+        };
         self.interfaces.insert(change.name, interface);
         Ok(())
     }
@@ -168,25 +147,36 @@ impl HostSession for NmSession {
             .collect()
     }
 
+    /// The calls are independent of one another: they run side by side.
     fn commit(&mut self, change: &HostChange) {
         let Some(interface) = self.interfaces.remove(&change.name) else { return };
-        if let Some(checkpoint) = &interface.checkpoint
-            && let Err(e) = self.bus.call(ROOT, MANAGER, "CheckpointDestroy", "o", &[checkpoint])
-        {
-            error!(checkpoint = %checkpoint, error = %e, "cannot drop the checkpoint: NetworkManager will roll this interface back when it times out");
-        }
-        for Automatic { object, id, .. } in &interface.automatic {
-            match self.bus.call(object, CONNECTION, "Delete", "", &[]) {
-                Ok(_) => info!(
-                    profile = %id,
-                    "deleted NetworkManager's automatic profile of this NIC (it records the NIC in no-auto-default.state \
-                     and does not create one again)"
-                ),
-                Err(e) => {
-                    warn!(profile = %id, error = %e, "cannot delete NetworkManager's automatic profile of this NIC")
-                }
+        let span = tracing::Span::current();
+        let bus = &self.bus;
+        std::thread::scope(|scope| {
+            if let Some(checkpoint) = &interface.checkpoint {
+                let span = span.clone();
+                scope.spawn(move || {
+                    let _span = span.enter();
+                    if let Err(e) = bus.call(ROOT, MANAGER, "CheckpointDestroy", "o", &[checkpoint]) {
+                        error!(checkpoint = %checkpoint, error = %e, "cannot drop the checkpoint: NetworkManager will roll this interface back when it times out");
+                    }
+                });
             }
-        }
+            for Automatic { object, id } in &interface.automatic {
+                let span = span.clone();
+                scope.spawn(move || {
+                    let _span = span.enter();
+                    match bus.call(object, CONNECTION, "Delete", "", &[]) {
+                        Ok(_) => info!(
+                            profile = %id,
+                            "deleted NetworkManager's automatic profile of this NIC (it records the NIC in \
+                             no-auto-default.state and does not create one again)"
+                        ),
+                        Err(e) => warn!(profile = %id, error = %e, "cannot delete NetworkManager's automatic profile of this NIC"),
+                    }
+                });
+            }
+        });
         let retired: Vec<&Path> = change.retired.iter().map(|p| p.as_path()).collect();
         if !retired.is_empty() {
             self.load_ignoring_missing(&retired);
@@ -315,17 +305,6 @@ impl NmSession {
         }
     }
 
-    /// The id of `profile` if it is NetworkManager's automatic profile of
-    /// the NIC called one of `names` (and not ours).
-    fn automatic_profile(&self, profile: &str, names: &[&str], ours: &str) -> Option<String> {
-        let flags = self.bus.get(profile, CONNECTION, &["Flags"]).ok()?.first()?.as_u64()?;
-        if flags & FLAG_NM_GENERATED == 0 || flags & (FLAG_VOLATILE | FLAG_EXTERNAL) != 0 {
-            return None;
-        }
-        let settings = self.bus.call(profile, CONNECTION, "GetSettings", "", &[]).ok()?;
-        automatic_profile_id(settings.first()?, names, ours)
-    }
-
     /// A checkpoint a crashed agent left on the NIC of `change`: one that
     /// covers exactly that device, with our timeout (so never an admin's).
     fn leftover_checkpoint(&self, change: &HostChange) -> Option<String> {
@@ -423,14 +402,54 @@ fn strings(value: &Value) -> Vec<String> {
     value.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
 }
 
-/// The id of a profile (its `GetSettings` answer) if it is an automatic
-/// Ethernet profile bound to one of `names`, and not ours.
-fn automatic_profile_id(settings: &Value, names: &[&str], ours: &str) -> Option<String> {
-    let connection = settings.get("connection")?;
-    let field = |key: &str| connection.get(key).and_then(|v| v.get("data")).and_then(Value::as_str);
-    let bound = field("interface-name").is_some_and(|n| names.contains(&n));
-    (field("type") == Some("802-3-ethernet") && bound && field("uuid") != Some(ours))
-        .then(|| field("id").unwrap_or_default().to_owned())
+/// What NetworkManager's object tree (`GetManagedObjects`) says about the
+/// NIC of `change`: refused when NetworkManager does not manage it, `None`
+/// when it has no device of that name (yet). NetworkManager's automatic
+/// profiles of the NIC are those it generated itself (not for outside
+/// configuration: those are volatile), kept in memory under
+/// `/run/NetworkManager`, and available on or active on this device (an
+/// automatic profile is bound to its NIC's name).
+fn admission(tree: &Value, change: &HostChange, ours: &str) -> Result<Option<Interface>, NotAdmitted> {
+    let empty = serde_json::Map::new();
+    let objects = tree.as_object().unwrap_or(&empty);
+    let prop = |object: &str, interface: &str, name: &str| {
+        objects.get(object).and_then(|o| o.get(interface)).and_then(|i| i.get(name)).map(data).unwrap_or(Value::Null)
+    };
+    let Some(device) = objects.keys().find(|o| prop(o, DEVICE, "Interface").as_str() == Some(change.link.as_str()))
+    else {
+        return Ok(None);
+    };
+    if prop(device, DEVICE, "Managed").as_bool() != Some(true) {
+        return Err(NotAdmitted::Refused(format!(
+            "NetworkManager does not manage {} (unmanaged-devices in its configuration, a udev rule, or \
+             NM_CONTROLLED=no)",
+            change.link
+        )));
+    }
+    let mut interface = Interface { device: device.clone(), ..Interface::default() };
+    let mut candidates = object_paths(&prop(device, DEVICE, "AvailableConnections"));
+    if let Some(active) = prop(device, DEVICE, "ActiveConnection").as_str().filter(|p| *p != "/") {
+        let uuid = prop(active, ACTIVE, "Uuid").as_str().unwrap_or_default().to_owned();
+        let profile = prop(active, ACTIVE, "Connection").as_str().unwrap_or_default().to_owned();
+        let volatile = prop(&profile, CONNECTION, "Flags").as_u64().is_some_and(|f| f & FLAG_VOLATILE != 0);
+        if uuid == ours {
+            interface.reapply = change.link == change.name.to_string();
+            candidates.retain(|p| *p != profile);
+        } else if !candidates.contains(&profile) {
+            candidates.push(profile);
+        }
+        interface.active_before = (!volatile).then_some(uuid);
+    }
+    for object in candidates {
+        let flags = prop(&object, CONNECTION, "Flags").as_u64().unwrap_or_default();
+        let file = prop(&object, CONNECTION, "Filename");
+        let in_memory = file.as_str().is_some_and(|f| f.starts_with("/run/NetworkManager/"));
+        if flags & FLAG_NM_GENERATED != 0 && flags & (FLAG_VOLATILE | FLAG_EXTERNAL) == 0 && in_memory {
+            let id = file.as_str().and_then(|f| f.rsplit('/').next()).unwrap_or_default().to_owned();
+            interface.automatic.push(Automatic { object, id });
+        }
+    }
+    Ok(Some(interface))
 }
 
 #[cfg(test)]
@@ -454,28 +473,75 @@ mod tests {
         assert!(parse_answer("Call failed: No device found").is_err());
     }
 
+    /// A `GetManagedObjects` answer as NetworkManager 1.42 gives it, cut
+    /// down to what admission reads: `ens4` with its automatic profile
+    /// active, our profile loaded, an admin's profile for any NIC, the
+    /// unmanaged `ens8`, and `multinic5` configured from outside.
+    fn tree() -> Value {
+        let s = |v: &str| serde_json::json!({"type": "s", "data": v});
+        let o = |v: &str| serde_json::json!({"type": "o", "data": v});
+        let u = |v: u64| serde_json::json!({"type": "u", "data": v});
+        let profile = |flags, file: &str| serde_json::json!({CONNECTION: {"Flags": u(flags), "Filename": s(file)}});
+        serde_json::json!({
+            "/D/4": {DEVICE: {"Interface": s("ens4"), "Managed": {"type": "b", "data": true},
+                "ActiveConnection": o("/A/1"),
+                "AvailableConnections": {"type": "ao", "data": ["/S/1", "/S/2", "/S/3"]}}},
+            "/D/8": {DEVICE: {"Interface": s("ens8"), "Managed": {"type": "b", "data": false}}},
+            "/D/5": {DEVICE: {"Interface": s("multinic5"), "Managed": {"type": "b", "data": true},
+                "ActiveConnection": o("/A/2"), "AvailableConnections": {"type": "ao", "data": ["/S/6"]}}},
+            "/A/1": {ACTIVE: {"Uuid": s("23d6f901-7fd2-3703-95ba-985f1fba7da7"), "Connection": o("/S/1")}},
+            "/A/2": {ACTIVE: {"Uuid": s("75c52e45-1935-4ce4-ac4b-2a4e44cd5d94"), "Connection": o("/S/5")}},
+            "/S/1": profile(0x3, "/run/NetworkManager/system-connections/Wired connection 1.nmconnection"),
+            "/S/2": profile(0x0, "/etc/NetworkManager/system-connections/multinic0.nmconnection"),
+            "/S/3": profile(0x0, "/etc/NetworkManager/system-connections/any-ethernet.nmconnection"),
+            "/S/5": profile(0xf, "/run/NetworkManager/system-connections/multinic5.nmconnection"),
+            "/S/6": profile(0x3, "/run/NetworkManager/system-connections/Wired connection 6.nmconnection"),
+        })
+    }
+
+    fn change(link: &str, index: u8) -> HostChange {
+        HostChange {
+            name: InterfaceName::new(index, 10).unwrap(),
+            mac: "fa:16:3e:00:0e:01".parse().unwrap(),
+            link: link.into(),
+            kind: ChangeKind::Configure,
+            retired: Vec::new(),
+        }
+    }
+
     #[test]
-    fn only_an_automatic_profile_bound_to_our_nic_is_recognised() {
-        let settings = |id: &str, name: &str, kind: &str, uuid: &str| {
-            serde_json::json!({"connection": {
-                "id": {"type": "s", "data": id},
-                "interface-name": {"type": "s", "data": name},
-                "type": {"type": "s", "data": kind},
-                "uuid": {"type": "s", "data": uuid},
-            }})
-        };
+    fn admission_finds_the_device_and_only_networkmanagers_own_automatic_profiles() {
         let ours = "6d756c74-696e-8963-8000-fa163e000e01";
-        let names = ["ens4", "multinic0"];
-        let wired = settings("Wired connection 3", "ens4", "802-3-ethernet", "23d6f901-7fd2-3703-95ba-985f1fba7da7");
-        assert_eq!(automatic_profile_id(&wired, &names, ours).as_deref(), Some("Wired connection 3"));
-        let other_nic = settings("Wired connection 4", "ens5", "802-3-ethernet", "x");
-        assert_eq!(automatic_profile_id(&other_nic, &names, ours), None);
-        let unbound = serde_json::json!({"connection": {"type": {"type": "s", "data": "802-3-ethernet"}}});
-        assert_eq!(automatic_profile_id(&unbound, &names, ours), None, "a profile for any NIC is not ours to delete");
+        let first = admission(&tree(), &change("ens4", 0), ours).unwrap().unwrap();
+        assert_eq!(first.device, "/D/4");
+        let automatic: Vec<&str> = first.automatic.iter().map(|a| a.object.as_str()).collect();
+        assert_eq!(automatic, ["/S/1"], "not ours, not the admin's profile for any NIC");
+        assert_eq!(first.active_before.as_deref(), Some("23d6f901-7fd2-3703-95ba-985f1fba7da7"));
+        assert!(!first.reapply);
+
+        let outside = admission(&tree(), &change("multinic5", 5), ours).unwrap().unwrap();
+        assert_eq!(outside.active_before, None, "a volatile profile for outside configuration is nothing to restore");
         assert_eq!(
-            automatic_profile_id(&settings("multinic0", "multinic0", "802-3-ethernet", ours), &names, ours),
-            None
+            outside.automatic.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["Wired connection 6.nmconnection"]
         );
-        assert_eq!(automatic_profile_id(&settings("w", "ens4", "vlan", "y"), &names, ours), None);
+
+        let refused = admission(&tree(), &change("ens8", 1), ours).unwrap_err();
+        assert!(matches!(&refused, NotAdmitted::Refused(why) if why.contains("does not manage ens8")), "{refused:?}");
+        assert!(admission(&tree(), &change("ens9", 2), ours).unwrap().is_none(), "not (yet) known");
+    }
+
+    #[test]
+    fn our_active_profile_is_reapplied_when_the_nic_keeps_its_name() {
+        let mut t = tree();
+        t["/A/1"][ACTIVE]["Uuid"]["data"] = "6d756c74-696e-8963-8000-fa163e000e01".into();
+        t["/A/1"][ACTIVE]["Connection"]["data"] = "/S/2".into();
+        let ours = "6d756c74-696e-8963-8000-fa163e000e01";
+        let named = admission(&t, &change("ens4", 0), ours).unwrap().unwrap();
+        assert!(!named.reapply, "ens4 is not multinic0 yet: activate");
+        t["/D/4"][DEVICE]["Interface"]["data"] = "multinic0".into();
+        let same = admission(&t, &change("multinic0", 0), ours).unwrap().unwrap();
+        assert!(same.reapply);
+        assert!(same.automatic.iter().all(|a| a.object != "/S/2"));
     }
 }
