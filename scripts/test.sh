@@ -23,13 +23,32 @@ have buildah || need+=(buildah)
 [ -x /lib/systemd/systemd-networkd ] || need+=(systemd)
 have dbus-daemon || need+=(dbus)
 have udevadm || need+=(udev)
+have dbus-monitor || need+=(dbus-bin)
+fresh_nm=""
+[ -x /usr/sbin/NetworkManager ] || { need+=(network-manager); fresh_nm=1; }
+# libnm's own keyfile reader, for every keyfile the agent renders.
+/usr/bin/python3 -c 'import gi; gi.require_version("NM", "1.0")' 2>/dev/null || need+=(python3-gi gir1.2-nm-1.0)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
+  # Nothing the packages ship may start here (NetworkManager would take the
+  # machine's own NICs): policy-rc.d refuses every start during the install.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+  [ -z "$policy" ] || $sudo rm -f /usr/sbin/policy-rc.d
+  # Nor at the next boot: the tests run it confined, by themselves.
+  if [ -n "$fresh_nm" ] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable NetworkManager.service NetworkManager-wait-online.service \
+      NetworkManager-dispatcher.service >/dev/null 2>&1 || true
+  fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
