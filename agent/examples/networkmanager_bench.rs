@@ -34,9 +34,10 @@ use multinic_agent::hostns::HostNamespaces;
 use multinic_agent::journal::Journal;
 use multinic_agent::kernel::LinkOps;
 use multinic_agent::kernel::rtnl::Rtnetlink;
-use multinic_agent::reconcile::{ApplyMode, Outcome, Reconciler};
-use multinic_proto::{DesiredSet, InterfaceName, InterfaceSpec, InterfaceState, MacAddress, Mtu};
+use multinic_agent::reconcile::{ApplyMode, Reconciler};
+use multinic_proto::{DesiredSet, InterfaceName, InterfaceSpec, MacAddress, Mtu};
 use multinic_testkit::bystanders::{Bystanders, Snapshot};
+use multinic_testkit::latency::{report, timed};
 use multinic_testkit::networkmanager::NmNode;
 use nix::sched::{CloneFlags, setns};
 
@@ -49,18 +50,6 @@ fn set(address: &str, mtu: i64) -> DesiredSet {
     DesiredSet::new([spec]).unwrap()
 }
 
-/// Runs one reconcile; its wall time, checking that it succeeded.
-fn timed(reconciler: &Reconciler, desired: &DesiredSet, what: &str) -> (Duration, Outcome) {
-    let started = Instant::now();
-    let outcome = reconciler.reconcile(desired);
-    let took = started.elapsed();
-    for status in &outcome.statuses {
-        let ok = matches!(status.state, InterfaceState::Applied | InterfaceState::Removed);
-        assert!(ok, "{what}: {status:?}");
-    }
-    (took, outcome)
-}
-
 /// NetworkManager's own load + up of our profile, through the same host
 /// commands the agent runs (`setns` into the host, then nmcli).
 fn nm_load_and_up(host: &HostNamespaces) -> Duration {
@@ -70,24 +59,6 @@ fn nm_load_and_up(host: &HostNamespaces) -> Duration {
     host.run("nmcli", &["connection".into(), "load".into(), path]).unwrap();
     host.run("nmcli", &["connection".into(), "up".into(), "uuid".into(), uuid]).unwrap();
     started.elapsed()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index].as_secs_f64() * 1e3
-}
-
-fn report(what: &str, mut samples: Vec<Duration>) -> f64 {
-    samples.sort();
-    println!(
-        "{what:<30} p50 {:>7.1} ms  p95 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  ({} rounds)",
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.95),
-        percentile(&samples, 0.99),
-        percentile(&samples, 1.0),
-        samples.len()
-    );
-    percentile(&samples, 0.5)
 }
 
 fn main() {

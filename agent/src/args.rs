@@ -36,19 +36,23 @@ pub struct Args {
     pub host_root: Option<PathBuf>,
 
     /// Network configuration backend; auto reads the host's /etc/os-release
-    /// (Ubuntu/Debian: netplan, SUSE 15: wicked).
+    /// (Ubuntu/Debian: netplan, SUSE 15: wicked, the RHEL family and SUSE
+    /// 16: networkmanager).
     #[arg(long, env = "MULTINIC_BACKEND", default_value = "auto", value_parser = backend_choice())]
     pub backend: BackendChoice,
 
     /// How changes are applied; each is verified through netlink and rolled
     /// back per interface on failure. auto: the backend's default (netplan:
-    /// netlink; wicked: host). netlink: write the files (for boot) and set
-    /// name, MTU, addresses and link state directly; no network daemon is
-    /// called, nothing else on the node changes. host: write the files,
-    /// rename by MAC through netlink, then run `wicked ifreload` of exactly
-    /// the changed interfaces in the host's namespaces (entered through PID
-    /// 1; needs hostPID); refused with netplan, whose only apply is
-    /// whole-host. none: render the files only (dry run).
+    /// netlink; wicked and networkmanager: host). netlink: write the files
+    /// (for boot) and set name, MTU, addresses and link state directly; no
+    /// network daemon is called, nothing else on the node changes. host:
+    /// write the files, rename by MAC through netlink, then have the node's
+    /// daemon apply exactly the changed interfaces, run in the host's
+    /// namespaces (entered through PID 1; needs hostPID): `wicked ifreload`
+    /// of them, or NetworkManager's checkpoint, load and activation (or
+    /// reapply) of our profile of each (busctl, nmcli); refused with
+    /// netplan, whose only apply is whole-host. none: render the files only
+    /// (dry run).
     #[arg(long, env = "MULTINIC_APPLY", default_value = "auto")]
     pub apply: ApplyChoice,
 

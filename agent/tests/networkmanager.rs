@@ -14,18 +14,15 @@
 //! own keyfile reader.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use multinic_testkit::agent_process::{AgentOptions, AgentProcess};
 use multinic_testkit::bystanders::{Bystanders, Snapshot};
-use multinic_testkit::mariadb::MariaDb;
+use multinic_testkit::e2e::{Stack, WAIT};
+use multinic_testkit::eventually;
 use multinic_testkit::netns::Link;
 use multinic_testkit::networkmanager::{NmNode, UNMANAGED_MAC, UNMANAGED_NIC, libnm_read};
-use multinic_testkit::process::{ControllerProcess, controller_beside};
 use multinic_testkit::rows::{NewRow, netplan_success_of_port};
-use multinic_testkit::{eventually, free_addr};
-use sqlx::MySqlPool;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_multinic-agent");
 const NODE: &str = "node-under-test";
@@ -34,73 +31,43 @@ const B: &str = "fa:16:3e:00:0e:02";
 const C: &str = "fa:16:3e:00:0e:03";
 const D: &str = "fa:16:3e:00:0e:04";
 const ALL: [&str; 5] = [A, B, C, D, UNMANAGED_MAC];
-const WAIT: Duration = Duration::from_secs(40);
 const RHEL: &str = "NAME=\"Red Hat Enterprise Linux\"\nVERSION=\"9.4 (Plow)\"\nID=\"rhel\"\nID_LIKE=\"fedora\"\n\
                     VERSION_ID=\"9.4\"\nPRETTY_NAME=\"Red Hat Enterprise Linux 9.4 (Plow)\"\n";
 
-/// A NetworkManager node with bystanders, a database, the real controller
-/// and (once started) the real agent with `--backend auto --apply auto`.
+/// A NetworkManager node with bystanders and the stack (database, the real
+/// controller and, once started, the real agent with `--backend auto
+/// --apply auto`, entering the confined host's namespaces). The stack
+/// stops first.
 struct Setup {
-    agent: Option<AgentProcess>,
-    controller: ControllerProcess,
-    pool: MySqlPool,
-    _db: MariaDb,
-    state: tempfile::TempDir,
-    _logs: tempfile::TempDir,
-    port: u16,
+    stack: Stack,
     node: NmNode,
+}
+
+impl Deref for Setup {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+impl DerefMut for Setup {
+    fn deref_mut(&mut self) -> &mut Stack {
+        &mut self.stack
+    }
 }
 
 impl Setup {
     async fn start() -> Option<Self> {
         let mut node = NmNode::start()?;
-        let db = MariaDb::start().await?;
         Bystanders::install(&node.kernel);
-        std::fs::write(node.path("etc/os-release"), RHEL).unwrap();
-        let logs = tempfile::tempdir().unwrap();
-        let binary = controller_beside(AGENT);
-        let controller =
-            ControllerProcess::start(&binary, &db.url(), free_addr(), &logs.path().join("controller.log"), &[]).await;
-        controller.wait_ready().await;
-        let port = node.kernel.forward_to(controller.grpc);
-        let state = tempfile::Builder::new().prefix("multinic-state-").tempdir().unwrap();
-        let pool = db.pool().await;
-        Some(Self { agent: None, controller, pool, _db: db, state, _logs: logs, port, node })
-    }
-
-    fn start_agent(&mut self) {
-        let options = AgentOptions {
-            binary: PathBuf::from(AGENT),
-            namespace: self.node.kernel.name().to_owned(),
-            controller: format!("127.0.0.1:{}", self.port),
-            host_root: self.node.root().to_path_buf(),
-            state_dir: self.state.path().to_path_buf(),
-            apply: "auto".into(),
-            backend: "auto".into(),
-            extra_args: vec!["--host-pid".into(), self.node.host.pid().to_string()],
-            env: Vec::new(),
-        };
-        self.agent = Some(AgentProcess::start(&options));
-    }
-
-    fn agent(&self) -> &AgentProcess {
-        self.agent.as_ref().expect("agent started")
+        let (root, pid) = (node.root().to_path_buf(), node.host.pid().to_string());
+        let stack = Stack::start(AGENT, &mut node.kernel, &root, RHEL, vec!["--host-pid".into(), pid]).await?;
+        Some(Self { stack, node })
     }
 
     /// Waits until the row of `port` says `value`.
     async fn row_is(&self, port: &str, value: i64) {
-        let what = format!(
-            "netplan_success of {port} = {value}; agent log:\n{}\ncontroller log:\n{}\nNetworkManager log:\n{}",
-            self.agent.as_ref().map(AgentProcess::log_text).unwrap_or_default(),
-            self.controller.log(),
-            self.node.log()
-        );
-        eventually(WAIT, &what, || async { (netplan_success_of_port(&self.pool, port).await == value).then_some(()) })
-            .await;
-    }
-
-    async fn sql(&self, statement: &str) {
-        sqlx::query(statement).execute(&self.pool).await.unwrap();
+        self.stack.row_is(port, value, &format!("NetworkManager's log:\n{}", self.node.log())).await;
     }
 
     fn link(&self, name: &str) -> Link {
@@ -138,10 +105,6 @@ impl Setup {
             .filter(|(name, ..)| name.starts_with("Wired connection"))
             .map(|(name, _, device, _)| (name, device))
             .collect()
-    }
-
-    fn applies(&self) -> Vec<serde_json::Value> {
-        self.agent().events("applied desired state")
     }
 }
 
@@ -212,16 +175,7 @@ async fn on_networkmanager_every_change_of_one_nic_leaves_the_rest_of_the_node_a
     let calls = s.node.calls();
     let ours = (s.link("multinic0"), s.link("multinic1"));
     let profiles = (s.profile("multinic0"), s.profile("multinic1"));
-    s.agent = None;
-    s.start_agent();
-    eventually(WAIT, "the restarted agent connects", || async {
-        (!s.agent().events("connected to the controller").is_empty()).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for event in s.applies() {
-        assert_eq!(event["changes"], 0, "a restart changes nothing: {event}");
-    }
+    s.restart_agent_expecting_no_change().await;
     assert_eq!(s.node.calls(), calls, "a restart asks NetworkManager nothing");
     assert_eq!((s.profile("multinic0"), s.profile("multinic1")), profiles);
     assert_eq!((s.link("multinic0"), s.link("multinic1")), ours);

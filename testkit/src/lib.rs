@@ -9,8 +9,11 @@
 //!   runs confined; [`networkd`]: systemd-networkd driven by netplan on it;
 //!   [`networkmanager`]: NetworkManager as on RHEL, with libnm's keyfile
 //!   reader ([`networkmanager::libnm_read`]) for every keyfile we render.
+//! - [`e2e`]: MariaDB, the real controller and the real agent of one such
+//!   node, for the end-to-end tests against real daemons.
 //! - [`bystanders`]: what a node carries besides our NICs (a CNI's routes,
 //!   a VIP, rules) and the snapshot that proves an apply left it alone.
+//! - [`latency`]: one timed reconcile and percentiles, for the latency examples.
 //! - [`fake_controller`]: a scripted controller that records what agents say.
 //! - [`process`]: the real controller binary as a child (SIGKILL, SIGTERM).
 //! - [`proxy`]: a Service stand-in routing to the ready replica.
@@ -28,8 +31,10 @@ pub mod agent_process;
 pub mod bystanders;
 pub mod certs;
 pub mod confined;
+pub mod e2e;
 pub mod fake_controller;
 pub mod fleet;
+pub mod latency;
 pub mod mariadb;
 pub mod netns;
 pub mod networkd;

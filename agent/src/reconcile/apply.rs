@@ -15,7 +15,7 @@ use tracing::{error, info, info_span, warn};
 
 use super::interface::{Pending, pause};
 use super::{Reconciler, Run};
-use crate::backend::HostChange;
+use crate::backend::{HostChange, HostSession};
 use crate::kernel::KernelState;
 use crate::kernel::diff::{LinkTarget, verify};
 
@@ -40,15 +40,7 @@ impl Reconciler {
                 };
                 let _span = info_span!("interface", interface = %p.name, mac = %p.spec.mac).entered();
                 error!(error = %e, "host apply failed; rolling back");
-                session.undo(&p.change);
-                self.rollback_in(run, &p.entry);
-                statuses.push(InterfaceStatus::problem(
-                    p.spec.mac,
-                    Some(p.name),
-                    InterfaceState::Failed,
-                    ErrorCode::ApplyFailed,
-                    format!("{e}; rolled back to the previous state"),
-                ));
+                statuses.push(self.undo(run, Some(&mut **session), &p, ErrorCode::ApplyFailed, &e));
                 undone.push(p.change);
             }
             if !undone.is_empty() {
@@ -79,17 +71,8 @@ impl Reconciler {
                 }
                 Err(why) => {
                     warn!(reason = %why, "verification failed; rolling back");
-                    if let Some(session) = host.as_mut() {
-                        session.undo(&p.change);
-                    }
-                    self.rollback_in(run, &p.entry);
-                    statuses.push(InterfaceStatus::problem(
-                        p.spec.mac,
-                        Some(p.name),
-                        InterfaceState::Failed,
-                        ErrorCode::VerifyFailed,
-                        format!("after apply: {why}; rolled back to the previous state"),
-                    ));
+                    let why = format!("after apply: {why}");
+                    statuses.push(self.undo(run, host.as_deref_mut(), &p, ErrorCode::VerifyFailed, &why));
                     undone.push(p.change);
                 }
             }
@@ -101,6 +84,24 @@ impl Reconciler {
         }
         run.host = host;
         statuses
+    }
+
+    /// Undoes one pending interface: the daemon first (host mode), then its
+    /// files and runtime state from the journal; its failed status.
+    fn undo(
+        &self,
+        run: &mut Run,
+        session: Option<&mut (dyn HostSession + 'static)>,
+        p: &Pending,
+        code: ErrorCode,
+        why: &str,
+    ) -> InterfaceStatus {
+        if let Some(session) = session {
+            session.undo(&p.change);
+        }
+        self.rollback_in(run, &p.entry);
+        let message = format!("{why}; rolled back to the previous state");
+        InterfaceStatus::problem(p.spec.mac, Some(p.name), InterfaceState::Failed, code, message)
     }
 
     /// Removes files of ours the interface's rendering no longer has (the
