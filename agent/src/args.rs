@@ -17,7 +17,7 @@ use crate::tls::{AgentIdentity, AgentTls, AgentTransport, default_issuer_url};
 use crate::{Agent, AgentConfig, controller_url, default_host_root};
 
 /// Applies this node's secondary NICs as the multinic controller says:
-/// renders netplan or wicked files, names NICs multinic0..N by MAC, and
+/// renders netplan, wicked or NetworkManager files, names NICs multinic0..N by MAC, and
 /// reports the outcome.
 #[derive(Debug, Parser)]
 #[command(name = "multinic-agent", version, about, long_about = None)]
@@ -61,7 +61,7 @@ pub struct Args {
           value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CAPACITY)))]
     pub capacity: u8,
 
-    /// Where the agent keeps its journal (never where netplan or wicked read).
+    /// Where the agent keeps its journal (never where netplan, wicked, NetworkManager or udev read).
     #[arg(long, env = "MULTINIC_STATE_DIR", default_value = "/var/lib/multinic")]
     pub state_dir: PathBuf,
 

@@ -24,7 +24,14 @@ use crate::kernel::{KernelAddr, LinkState, LinkTarget};
 const VERSION: u32 = 1;
 
 /// Folders (under the host root) that configuration daemons read.
-const FORBIDDEN: [&str; 4] = ["etc/netplan", "etc/sysconfig/network", "etc/udev/rules.d", "etc/NetworkManager"];
+const FORBIDDEN: [&str; 6] = [
+    "etc/netplan",
+    "etc/sysconfig/network",
+    "etc/sysconfig/network-scripts",
+    "etc/udev/rules.d",
+    "etc/NetworkManager",
+    "etc/systemd/network",
+];
 
 /// A journal operation that failed.
 #[derive(Debug, thiserror::Error)]

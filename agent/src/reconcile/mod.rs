@@ -264,7 +264,7 @@ impl Reconciler {
     }
 
     /// Moves damaged files of ours to `<state-dir>/quarantine/` (never where
-    /// netplan or wicked read), freeing their name.
+    /// a network daemon reads), freeing their name.
     fn quarantine(&self, name: InterfaceName, files: &BTreeMap<PathBuf, String>) -> Result<(), String> {
         let dir = self.journal.dir().parent().unwrap_or(self.journal.dir()).join("quarantine");
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
