@@ -339,12 +339,10 @@ async fn a_node_the_predecessor_configured_is_taken_over_without_renaming_its_ni
     NewRow::new("a", NODE, A).address(Some("10.66.0.5"), Some("10.66.0.0/24")).mtu(1450).insert(&s.pool).await;
     NewRow::new("b", NODE, B).address(Some("10.67.0.5"), Some("10.67.0.0/24")).mtu(1400).insert(&s.pool).await;
     NewRow::new("c", NODE, C).address(Some("fd68::5"), Some("fd68::/64")).insert(&s.pool).await;
-    // Before the agent connects: a node without rows is told it has no
-    // interfaces, and the predecessor's would then be removed.
-    eventually(WAIT, "the controller reads the rows", || async {
-        s.controller.log().contains("desired sets changed").then_some(())
-    })
-    .await;
+    // Before the agent connects: a node without rows (or with some of them)
+    // is told it has no (other) interfaces, and the predecessor's would
+    // then be removed.
+    s.wait_desired(NODE, 3).await;
     s.start_agent();
     s.row_is("a", 1).await;
     s.row_is("b", 1).await;

@@ -104,6 +104,22 @@ impl Stack {
         sqlx::query(statement).execute(&self.pool).await.expect("SQL");
     }
 
+    /// Waits until the controller's desired set for `node` has `count`
+    /// interfaces (asked over its FleetService): rows inserted one by one
+    /// may be read in more than one poll, and an agent that connects in
+    /// between is told the partial set, removals included.
+    pub async fn wait_desired(&self, node: &str, count: usize) {
+        use multinic_proto::v1::GetNodeRequest;
+        use multinic_proto::v1::fleet_service_client::FleetServiceClient;
+        let what = format!("the controller's desired set for {node} to have {count} interfaces");
+        crate::eventually(WAIT, &what, || async {
+            let mut client = FleetServiceClient::connect(self.controller.url()).await.ok()?;
+            let status = client.get_node(GetNodeRequest { name: node.to_owned() }).await.ok()?.into_inner();
+            (status.interfaces.len() == count).then_some(())
+        })
+        .await;
+    }
+
     /// The "applied desired state" events the agent logged so far.
     pub fn applies(&self) -> Vec<Value> {
         self.agent().events("applied desired state")
