@@ -11,7 +11,6 @@
 
 mod apply;
 mod error;
-mod foreign;
 mod interface;
 mod mode;
 #[cfg(test)]
@@ -28,7 +27,7 @@ use tracing::{info, info_span, warn};
 
 pub use self::error::{ApplyError, Rollback, RollbackError, RollbackProblem, VerifyError};
 pub use self::mode::{ApplyChoice, ApplyMode, HostApplyRefused};
-use crate::backend::{Backend, BackendKind};
+use crate::backend::{Backend, HostSession};
 use crate::files::{FileError, HostFiles, ReadError};
 use crate::hostns::HostNamespaces;
 use crate::journal::Journal;
@@ -93,9 +92,15 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// A reconciler without kernel access (add it with [`Self::with_kernel`]).
-    pub fn new(backend: BackendKind, files: HostFiles, capacity: u8, apply: ApplyMode, journal: Journal) -> Self {
+    pub fn new(
+        backend: &'static dyn Backend,
+        files: HostFiles,
+        capacity: u8,
+        apply: ApplyMode,
+        journal: Journal,
+    ) -> Self {
         Self {
-            backend: backend.backend(),
+            backend,
             files,
             capacity,
             apply,
@@ -135,8 +140,8 @@ impl Reconciler {
         self
     }
 
-    pub fn backend(&self) -> BackendKind {
-        self.backend.kind()
+    pub fn backend(&self) -> &'static dyn Backend {
+        self.backend
     }
 
     pub fn apply_mode(&self) -> ApplyMode {
@@ -175,8 +180,8 @@ impl Reconciler {
             let entry = match self.backend.parse(name, &files) {
                 Ok(spec) => Current::Parsed { spec, files },
                 Err(e) => match self.quarantine(name, &files) {
-                    // Out of the way: a broken file would make netplan or
-                    // wicked fail for every interface of the host.
+                    // Out of the way: a broken file would make the node's
+                    // daemon fail for every interface of the host.
                     Ok(()) => continue,
                     Err(reason) => {
                         warn!(interface = %name, error = %e, reason = %reason, "cannot move a damaged file of ours aside");
@@ -190,7 +195,7 @@ impl Reconciler {
     }
 
     /// Moves damaged files of ours to `<state-dir>/quarantine/` (never where
-    /// netplan or wicked read), freeing their name.
+    /// a network daemon reads), freeing their name.
     fn quarantine(&self, name: InterfaceName, files: &BTreeMap<PathBuf, String>) -> Result<(), FileError> {
         let dir = self.journal.dir().parent().unwrap_or(self.journal.dir()).join("quarantine");
         std::fs::create_dir_all(&dir).map_err(|source| FileError { operation: "create", path: dir.clone(), source })?;
@@ -212,10 +217,11 @@ impl Reconciler {
     }
 
     /// Gives the files of `name` (content already right) back their mode
-    /// and owner if they lost them. A failure is logged, not reported: the
-    /// interface works as its file says.
-    fn make_private(&self, name: InterfaceName) {
-        for path in self.backend.paths(name) {
+    /// and owner if they lost them; files about to be `retired` (the
+    /// predecessor's) are left as they are. A failure is logged, not
+    /// reported: the interface works as its file says.
+    fn make_private(&self, name: InterfaceName, retired: &[PathBuf]) {
+        for path in self.backend.paths(name).into_iter().filter(|p| !retired.contains(p)) {
             match self.files.make_private(&path) {
                 Ok(None) => {}
                 Ok(Some(wrong)) => warn!(
@@ -281,28 +287,31 @@ impl Reconciler {
             }
         };
         let mut facts = kernel.as_ref().map(|k| node_facts(k, &self.node_ips)).unwrap_or_default();
-        for (mac, reason) in foreign::definitions(self.backend.kind(), &self.files) {
+        for (mac, reason) in self.backend.foreign_definitions(&self.files) {
             facts.foreign.entry(mac).or_insert(reason);
         }
         let plan = plan(desired, &current, &facts, self.capacity, self.backend);
         let mut statuses = Vec::new();
         for action in plan.actions {
             match action {
-                Action::Keep { name, spec } if scope.includes(&spec.mac) => {
+                Action::Keep { name, spec, link, retired } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
-                    self.make_private(name);
-                    let prepared = self.prepare(&mut run, name, &spec, None, kernel.as_ref());
+                    self.make_private(name, &retired);
+                    let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
+                    let prepared = self.prepare(&mut run, name, &spec, None, link, retired);
                     statuses.extend(prepared.unwrap_or_else(|e| Some(e.status(spec.mac, Some(name)))));
                 }
-                Action::Write { name, spec, files, previous } if scope.includes(&spec.mac) => {
+                Action::Write { name, spec, files, previous, link, retired } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
                     info!(mtu = spec.mtu.get(), address = ?spec.address.map(|a| a.to_string()), previous = ?previous.map(|p| p.to_string()), "configuring");
-                    let prepared = self.prepare(&mut run, name, &spec, Some(&files), kernel.as_ref());
+                    let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
+                    let prepared = self.prepare(&mut run, name, &spec, Some(&files), link, retired);
                     statuses.extend(prepared.unwrap_or_else(|e| Some(e.status(spec.mac, Some(name)))));
                 }
-                Action::Remove { name, mac, .. } if matches!(scope, Scope::All) => {
+                Action::Remove { name, mac, link, .. } if matches!(scope, Scope::All) => {
                     let _span = info_span!("interface", interface = %name, mac = %mac).entered();
-                    let removed = self.remove(&mut run, name, mac, kernel.as_ref(), &facts);
+                    let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
+                    let removed = self.remove(&mut run, name, mac, link);
                     statuses.push(removed.unwrap_or_else(|e| e.status(mac, Some(name))));
                 }
                 Action::Refuse { spec, name, code, message } if scope.includes(&spec.mac) => {
@@ -344,12 +353,17 @@ struct Run {
     rollbacks: u32,
     /// Interfaces changed and waiting for the host apply and verification.
     pending: Vec<interface::Pending>,
-    /// Interfaces whose files were removed (host mode reloads them too).
-    removed: Vec<InterfaceName>,
+    /// Host mode: the backend's session with the node's daemon (opening it
+    /// asks the daemon nothing).
+    host: Option<Box<dyn HostSession>>,
 }
 
 impl Run {
     fn new(reconciler: &Reconciler) -> Self {
+        let host = match (reconciler.apply, reconciler.backend.host()) {
+            (ApplyMode::Host, Ok(tool)) => Some(tool.session(reconciler.host)),
+            _ => None,
+        };
         Self {
             writes_before: file_changes(&reconciler.files),
             changes_before: reconciler.netlink_changes(),
@@ -357,7 +371,7 @@ impl Run {
             verify_duration: Duration::ZERO,
             rollbacks: 0,
             pending: Vec::new(),
-            removed: Vec::new(),
+            host,
         }
     }
 
