@@ -1,5 +1,6 @@
 //! Measures how long the agent takes to apply interfaces through netlink on
-//! a real kernel, and what a repeated push costs. Needs root.
+//! a real kernel, what a repeated push costs, and what a drift check of a
+//! node in line costs (CPU per check, writes, netlink changes). Needs root.
 //!
 //! ```sh
 //! cargo run -p multinic-agent --example apply_bench -- 10
@@ -8,7 +9,9 @@
 //! It creates a network namespace with N veth NICs, moves itself into it,
 //! and runs the real reconciler (`--apply netlink`, netplan files in a
 //! temporary host root): first apply, identical push, MTU change on every
-//! interface, removal of every interface. The namespace is deleted at the end.
+//! interface, 1,000 drift checks of the node as applied (CPU time of the
+//! process, from /proc/self/schedstat: user and system, the netlink dump's
+//! included), removal of every interface. The namespace is deleted at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::File;
@@ -24,6 +27,7 @@ use multinic_agent::kernel::rtnl::Rtnetlink;
 use multinic_agent::reconcile::{ApplyMode, Outcome, Reconciler};
 use multinic_proto::{DesiredSet, InterfaceSpec, InterfaceState, MacAddress, Mtu};
 use nix::sched::{CloneFlags, setns};
+use std::collections::BTreeMap;
 
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().expect("run ip");
@@ -50,6 +54,40 @@ fn print(what: &str, n: u8, wall: std::time::Duration, outcome: &Outcome) {
         outcome.verify_duration.as_secs_f64() * 1e3,
         outcome.netlink_changes,
         outcome.file_writes,
+    );
+}
+
+/// CPU time this process has run so far (all threads), in nanoseconds.
+fn cpu_ns() -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let path = task.expect("task").path().join("schedstat");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        total += text.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    }
+    total
+}
+
+/// 1,000 checks of the node as `desired` left it: CPU per check, and
+/// what they changed (nothing, or the check is broken).
+fn checks(reconciler: &Reconciler, desired: &DesiredSet, n: u8) {
+    const CHECKS: u32 = 1000;
+    let applied: BTreeMap<_, _> = desired.iter().map(|s| (s.mac, InterfaceState::Applied)).collect();
+    let (writes, netlink) = (reconciler.files().writes() + reconciler.files().removals(), reconciler.netlink_changes());
+    let (cpu, wall) = (cpu_ns(), Instant::now());
+    for _ in 0..CHECKS {
+        let check = reconciler.check(desired, &applied).expect("check");
+        assert!(check.in_line(), "the node drifted during the benchmark: {check:?}");
+    }
+    let (cpu, wall) = (cpu_ns() - cpu, wall.elapsed());
+    let writes = reconciler.files().writes() + reconciler.files().removals() - writes;
+    let netlink = reconciler.netlink_changes() - netlink;
+    println!(
+        "{:<22} {n:>2} interfaces: CPU {:>6.3} ms/check, wall {:>6.3} ms/check ({CHECKS} checks), \
+         {netlink} netlink changes, {writes} file writes",
+        "drift check (in line)",
+        cpu as f64 / 1e6 / f64::from(CHECKS),
+        wall.as_secs_f64() * 1e3 / f64::from(CHECKS),
     );
 }
 
@@ -84,6 +122,9 @@ fn main() {
         ("MTU change", set(n, 9000)),
         ("remove all", DesiredSet::empty()),
     ] {
+        if what == "remove all" {
+            checks(&reconciler, &set(n, 9000), n);
+        }
         let started = Instant::now();
         let outcome = reconciler.reconcile(&desired);
         print(what, n, started.elapsed(), &outcome);

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use multinic_proto::runtime::{LogFormat, parse_duration};
+use multinic_proto::runtime::{LogFormat, parse_duration, parse_duration_or_zero};
 use multinic_proto::{DEFAULT_CAPACITY, MAX_CAPACITY, NodeName};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendChoice, detect_backend};
 use crate::reconcile::ApplyChoice;
 use crate::tls::{AgentIdentity, AgentTls, AgentTransport, default_issuer_url};
+use crate::worker::drift::DriftConfig;
 use crate::{Agent, AgentConfig, controller_url, default_host_root};
 
 /// Applies this node's secondary NICs as the multinic controller says:
@@ -92,6 +93,23 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_APPLY_DEADLINE", default_value = "3m", value_parser = parse_duration)]
     pub apply_deadline: Duration,
 
+    /// How often the node is checked for drift, while the stream to the
+    /// controller is up: the kernel (one netlink dump) and our files
+    /// compared with the last applied set, read only. What drifted is
+    /// repaired per interface (see --drift-repair) and reported. 0 turns
+    /// the check off.
+    #[arg(long, env = "MULTINIC_DRIFT_CHECK_INTERVAL", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub drift_check_interval: Duration,
+
+    /// Whether drift is repaired, through the same journal and rollback as
+    /// any apply (one kind of drift on one interface at most 3 times in 30
+    /// check intervals; seen again, the interface is reported
+    /// DRIFT_REPEATED and left alone until a new push or 60 intervals
+    /// later). false: drift is only reported (the interface as failed,
+    /// DRIFTED) until it is back as applied.
+    #[arg(long, env = "MULTINIC_DRIFT_REPAIR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drift_repair: bool,
+
     #[command(flatten)]
     pub tls: TlsArgs,
 
@@ -120,6 +138,8 @@ impl Args {
             http_listen,
             health_port,
             apply_deadline,
+            drift_check_interval,
+            drift_repair,
             tls,
             log_format: _,
             log_level: _,
@@ -147,6 +167,7 @@ impl Args {
             node_ips: node_ip,
             host_pid,
             apply_deadline,
+            drift: DriftConfig { interval: drift_check_interval, repair: drift_repair },
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(multinic_proto::runtime::signal_shutdown(shutdown.clone()));
@@ -324,6 +345,27 @@ mod tests {
         assert_eq!(env("health_port").as_deref(), Some(std::ffi::OsStr::new("HEALTH_PORT")));
         assert_eq!(env("http_listen").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_HTTP_LISTEN")));
         assert_eq!(env("apply_deadline").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_APPLY_DEADLINE")));
+        assert_eq!(env("drift_check_interval").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_DRIFT_CHECK_INTERVAL")));
+        assert_eq!(env("drift_repair").as_deref(), Some(std::ffi::OsStr::new("MULTINIC_DRIFT_REPAIR")));
+    }
+
+    #[test]
+    fn drift_checks_every_minute_and_repairs_by_default_and_zero_turns_them_off() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["multinic-agent", "--controller", "c:1"];
+            argv.extend(flags);
+            Args::try_parse_from(argv).map(|a| (a.drift_check_interval, a.drift_repair))
+        };
+        assert_eq!(parse(&[]).unwrap(), (Duration::from_secs(60), true));
+        assert_eq!(parse(&["--drift-check-interval", "0"]).unwrap().0, Duration::ZERO);
+        assert_eq!(
+            parse(&["--drift-check-interval", "5s", "--drift-repair=false"]).unwrap(),
+            (Duration::from_secs(5), false)
+        );
+        let err = parse(&["--drift-repair=maybe"]).unwrap_err().to_string();
+        assert!(err.contains("maybe"), "{err}");
+        let err = parse(&["--drift-check-interval", "soon"]).unwrap_err().to_string();
+        assert!(err.contains("soon"), "{err}");
     }
 
     #[test]

@@ -5,13 +5,16 @@
 //! start: roll back the journal ─▶ session (stream) ─▶ worker (commands)
 //!   ─▶ reconcile: our files + kernel facts ─▶ plan (pure) ─▶ journal ─▶ write
 //!   ─▶ apply ─▶ verify (or roll back) ─▶ report
+//! every --drift-check-interval: check (read only) ─▶ repair what drifted
+//!   (a scoped reconcile) ─▶ report
 //! ```
 //!
 //! Errors are typed per module (thiserror); `anyhow` lives only in the
 //! binary's edge (`main.rs`, [`args`]).
 //!
 //! The agent never talks to the database, never touches a file or NIC that
-//! is not ours, and does nothing on a push identical to what it has.
+//! is not ours, and does nothing on a push identical to what it has, nor
+//! at a drift check of a node that is as applied.
 
 pub mod args;
 pub mod backend;
@@ -51,6 +54,7 @@ use crate::reconcile::{ApplyMode, Reconciler};
 use crate::session::SessionConfig;
 use crate::status::AgentStatus;
 use crate::tls::{AgentTransport, TlsError};
+use crate::worker::drift::DriftConfig;
 use crate::worker::{ApplyAbandoned, Worker};
 
 /// Everything a running agent needs.
@@ -74,6 +78,8 @@ pub struct AgentConfig {
     pub host_pid: u32,
     /// An apply running longer makes the agent unready until it ends.
     pub apply_deadline: Duration,
+    /// How often the node is checked for drift, and whether drift is repaired.
+    pub drift: DriftConfig,
 }
 
 /// `--apply-deadline` by default: above what a slow host apply takes (the
@@ -97,9 +103,13 @@ impl AgentConfig {
             node_ips: Vec::new(),
             host_pid: HostNamespaces::HOST_PID,
             apply_deadline: DEFAULT_APPLY_DEADLINE,
+            drift: DEFAULT_DRIFT,
         }
     }
 }
+
+/// `--drift-check-interval 60s --drift-repair=true`.
+pub const DEFAULT_DRIFT: DriftConfig = DriftConfig { interval: Duration::from_secs(60), repair: true };
 
 /// Why the agent stopped before its shutdown was asked for, or did not
 /// stop cleanly.
@@ -169,6 +179,7 @@ impl Agent {
             node_ips,
             host_pid,
             apply_deadline,
+            drift,
         } = config;
         self.status.metrics().set_info(node.as_str(), backend.name(), apply.as_str());
         Journal::new(&state_dir).check(&host_root)?;
@@ -199,6 +210,8 @@ impl Agent {
             node_ips = ?node_ips,
             host_pid,
             apply_deadline = ?apply_deadline,
+            drift_check_interval = ?drift.interval,
+            drift_repair = drift.repair,
             "agent starting"
         );
         let tls = match &transport {
@@ -219,7 +232,8 @@ impl Agent {
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
         };
-        let worker = Worker::new(self.reconciler.clone(), self.status.clone(), apply_deadline, shutdown.clone());
+        let worker = Worker::new(self.reconciler.clone(), self.status.clone(), apply_deadline, shutdown.clone())
+            .with_drift(drift);
         session::run(session, worker, self.status.clone(), shutdown).await?;
         info!("agent stopped");
         Ok(())

@@ -34,6 +34,18 @@ pub struct Metrics {
     pub apply_overdue: Gauge,
     /// Files written and removed, and files whose mode or owner was put right.
     pub file_changes: Counter,
+    /// Mutating netlink requests applies sent.
+    pub netlink_changes: Counter,
+    // --- Drift (issue 16).
+    /// Drift checks run.
+    pub drift_checks: Counter,
+    /// Drift findings, by kind (seen again at each check until repaired).
+    pub drift_detected: Family<Labels, Counter>,
+    /// Drift findings repaired (and verified), by kind.
+    pub drift_repairs: Family<Labels, Counter>,
+    /// Interfaces of the last set reported failed for drift: repairs given
+    /// up (DRIFT_REPEATED) or not made (DRIFTED).
+    pub drift_unrepaired: Gauge,
     // --- What the alerting rules need (issue 19).
     /// Always 1; its labels name the node (alerts about an agent name its
     /// node through this series) and the agent's version and settings.
@@ -60,6 +72,11 @@ impl Metrics {
             connected: Gauge::default(),
             apply_overdue: Gauge::default(),
             file_changes: Counter::default(),
+            netlink_changes: Counter::default(),
+            drift_checks: Counter::default(),
+            drift_detected: Family::default(),
+            drift_repairs: Family::default(),
+            drift_unrepaired: Gauge::default(),
             info: Family::default(),
         };
         registry.register("applies", "Desired states processed, by outcome", m.applies.clone());
@@ -86,6 +103,27 @@ impl Metrics {
             "file_changes",
             "Files written or removed, and files whose mode or owner was put right",
             m.file_changes.clone(),
+        );
+        registry.register("netlink_changes", "Mutating netlink requests sent by applies", m.netlink_changes.clone());
+        registry.register(
+            "drift_checks",
+            "Drift checks of the node against the last applied set",
+            m.drift_checks.clone(),
+        );
+        registry.register(
+            "drift_detected",
+            "Drift found by checks, by kind (counted at each check until repaired)",
+            m.drift_detected.clone(),
+        );
+        registry.register(
+            "drift_repairs",
+            "Drift repaired through the journal and verified, by kind",
+            m.drift_repairs.clone(),
+        );
+        registry.register(
+            "drift_unrepaired",
+            "Interfaces reported failed for drift: repairs given up (DRIFT_REPEATED) or not made (DRIFTED)",
+            m.drift_unrepaired.clone(),
         );
         registry.register(
             "info",

@@ -72,6 +72,7 @@ impl AgentStatus {
             self.metrics.verify_duration.observe(work.verify_duration.as_secs_f64());
             self.metrics.rollbacks.inc_by(u64::from(work.rollbacks));
             self.metrics.file_changes.inc_by(work.file_writes);
+            self.metrics.netlink_changes.inc_by(work.netlink_changes);
         }
     }
 
@@ -83,6 +84,8 @@ impl AgentStatus {
             let count = processed.interfaces.iter().filter(|s| s.state == state).count();
             self.metrics.interfaces.get_or_create(&vec![("state", state.as_str())]).set(count as i64);
         }
+        let unrepaired = processed.interfaces.iter().filter(|s| crate::worker::drift::is_drift(s.code)).count();
+        self.metrics.drift_unrepaired.set(unrepaired as i64);
         self.metrics.connected.set(i64::from(self.connected()));
         self.metrics.apply_overdue.set(i64::from(self.overdue().is_some()));
         self.metrics.render()

@@ -15,9 +15,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Node, assert_state, set, spec, status};
+use common::{HTTP, Node, WAIT, assert_state, set, spec, status};
 use multinic_agent::hostns::HostNamespaces;
-use multinic_proto::{ErrorCode, InterfaceState, Outcome};
+use multinic_proto::{DriftAction, DriftKind, ErrorCode, InterfaceState, Outcome};
+use multinic_testkit::eventually;
 use multinic_testkit::netns::{self, TestNode};
 
 const A: &str = "fa:16:3e:00:04:01";
@@ -124,6 +125,46 @@ async fn host_mode_renames_runs_the_host_tool_verifies_and_rolls_back_when_it_fa
     assert_eq!(node.file("etc/sysconfig/network/ifcfg-multinic0").unwrap(), file, "previous file restored");
     assert_eq!(node.kernel.link("multinic0").unwrap(), link, "runtime state as before");
     assert_eq!(host.read("calls"), once.repeat(3), "applied, failed, and tried again after the rollback");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_mode_checks_a_steady_node_without_a_host_call_and_repairs_drift_with_one_ifreload_of_that_nic() {
+    let Some(mut node) = Node::new() else { return };
+    node.kernel.add_nic("eth1", A);
+    let script = "#!/bin/sh\necho \"wicked $*\" >> /usr/local/sbin/calls\n\
+                  ip link set multinic0 mtu 9000 up && ip addr replace 10.50.0.5/24 dev multinic0";
+    let udevadm = "#!/bin/sh\necho \"udevadm $*\" >> /usr/local/sbin/calls";
+    let host = HostStandIn::start(node.kernel.name(), &[("wicked", script), ("udevadm", udevadm)]);
+    let mut options = node.options("auto", "wicked");
+    options.extra_args =
+        ["--host-pid", &host.pid().to_string(), "--drift-check-interval", "300ms", "--http-listen", HTTP]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+    node.start_with(&options);
+    let nonce = node.controller.push(1, &set(&[spec(A, Some("10.50.0.5/24"), 9000)])).await;
+    let report = node.controller.report(nonce, WAIT, "the first apply", |_| true).await;
+    assert_eq!(report.outcome, Outcome::Applied, "{report:?}\n{}", node.agent().log_text());
+    let once = "udevadm control --reload\nwicked ifreload multinic0\n";
+    assert_eq!(host.read("calls"), once);
+
+    // Ten checks of a node as applied: the host's tool is not called.
+    let checks = node.metrics().await.get("multinic_agent_drift_checks_total", &[]);
+    eventually(WAIT, "ten drift checks", || async {
+        (node.metrics().await.get("multinic_agent_drift_checks_total", &[]) >= checks + 10.0).then_some(())
+    })
+    .await;
+    assert_eq!(host.read("calls"), once, "no daemon call while nothing drifted");
+
+    // The MTU set by hand: repaired the way wicked applies one NIC.
+    node.kernel.ip(&["link", "set", "multinic0", "mtu", "1500"]);
+    let report = node
+        .controller
+        .report(nonce, WAIT, "the drift report", |r| r.drift.iter().any(|f| f.kind == DriftKind::Mtu))
+        .await;
+    assert_eq!(report.drift[0].action, DriftAction::Repaired, "{report:?}");
+    assert_eq!(node.kernel.link("multinic0").unwrap().mtu, 9000);
+    assert_eq!(host.read("calls"), once.repeat(2), "one more ifreload of exactly that NIC");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
 use multinic_testkit::bystanders::{Bystanders, Snapshot};
-use multinic_testkit::e2e::{Stack, WAIT};
+use multinic_testkit::e2e::{AGENT_HTTP, Stack, WAIT};
 use multinic_testkit::eventually;
 use multinic_testkit::netns::Link;
 use multinic_testkit::networkd::NetworkdNode;
@@ -61,6 +61,12 @@ impl Setup {
     /// Waits until the row of `port` says `value`.
     async fn row_is(&self, port: &str, value: i64) {
         self.stack.row_is(port, value, "").await;
+    }
+
+    /// The agent's drift checks so far (started with `--http-listen`
+    /// [`AGENT_HTTP`]).
+    async fn drift_checks(&self) -> f64 {
+        self.stack.drift_checks(&self.node.kernel).await
     }
 
     fn link(&self, name: &str) -> Link {
@@ -214,6 +220,56 @@ async fn on_networkd_a_hot_plugged_nic_waits_then_applies_and_a_rejected_mtu_rol
     assert_eq!((s.link("multinic0"), s.link("multinic1")), (a, c), "A rolled back, C untouched");
     assert_eq!(s.file("90-multinic0.yaml"), file, "the file for boot says what the kernel has");
     s.assert_untouched(&before, calls, "rejected MTU");
+}
+
+/// networkd's loaded unit can be older than what the agent set by netlink
+/// (docs/node-daemons.md): an admin's `networkctl reconfigure` then applies
+/// the older state. That is drift, and the agent's check sets it back by
+/// netlink; a steady node's checks ask networkd nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_networkd_a_reconfigure_that_applies_an_older_unit_is_drift_the_agent_repairs_by_netlink() {
+    let Some(mut s) = Setup::start().await else { return };
+    s.node.kernel.add_nic("ens4", A);
+    NewRow::new("a", NODE, A).address(Some("10.63.0.5"), Some("10.63.0.0/24")).mtu(1480).insert(&s.pool).await;
+    s.start_agent_with(&["--drift-check-interval", "1s", "--http-listen", AGENT_HTTP]);
+    s.row_is("a", 1).await;
+    // A boot: networkd manages multinic0 from the unit generated from our
+    // file (MTU 1480); then a change by netlink, which that unit does not know.
+    s.node.boot_like_reload();
+    Bystanders::install(&s.node.kernel);
+    s.sql("UPDATE multi_interface SET mtu = 1400, netplan_success = 0 WHERE port_id = 'a'").await;
+    s.row_is("a", 1).await;
+    assert_eq!(state_of(&s.link("multinic0")), (1400, true, vec!["10.63.0.5/24".to_owned()]));
+
+    // Ten checks of a node as applied ask networkd nothing and change nothing.
+    let before = Snapshot::take(&s.node.kernel, &[A, B, C]);
+    let (calls, ours) = (s.node.daemon_activity().len(), s.link("multinic0"));
+    let checks = s.drift_checks().await;
+    eventually(WAIT, "ten drift checks", || async { (s.drift_checks().await >= checks + 10.0).then_some(()) }).await;
+    s.assert_untouched(&before, calls, "ten drift checks");
+    assert_eq!(s.link("multinic0"), ours);
+    assert!(s.agent().events("repaired drift").is_empty());
+
+    // An admin's reconfigure: networkd applies its older unit (MTU 1480).
+    s.node.host.must("networkctl", &["reconfigure", "multinic0"]);
+    let what = format!("the MTU networkd set repaired; agent log:\n{}", s.agent().log_text());
+    let repaired = eventually(WAIT, &what, || async {
+        s.agent().events("repaired drift").into_iter().find(|e| e["kind"] == "mtu")
+    })
+    .await;
+    assert_eq!(
+        (repaired["from"].as_str(), repaired["to"].as_str()),
+        (Some("MTU 1480"), Some("MTU 1400")),
+        "{repaired}"
+    );
+    eventually(WAIT, "multinic0 back at MTU 1400", || async { (s.link("multinic0").mtu == 1400).then_some(()) }).await;
+    assert_eq!(state_of(&s.link("multinic0")), (1400, true, vec!["10.63.0.5/24".to_owned()]));
+    assert_eq!(netplan_success_of_port(&s.pool, "a").await, 1, "repaired: the row stays 1");
+    // The repair itself asked networkd nothing: its activity is the admin's.
+    let settled = s.node.daemon_activity().len();
+    let checks = s.drift_checks().await;
+    eventually(WAIT, "three more checks", || async { (s.drift_checks().await >= checks + 3.0).then_some(()) }).await;
+    assert_eq!(s.node.daemon_activity().len(), settled, "{:#?}", &s.node.daemon_activity()[settled..]);
 }
 
 /// Why the agent no longer runs `netplan apply`: the real one, on the same

@@ -253,6 +253,7 @@ impl AgentRun {
             outcome: Outcome::Applied,
             interfaces: statuses.clone(),
             error: String::new(),
+            drift: Vec::new(),
         };
         self.agent.set_applied(Applied {
             digest: Some(push.set.digest().clone()),

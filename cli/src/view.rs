@@ -93,6 +93,40 @@ pub struct NodeView {
     pub row_warnings_omitted: u32,
     /// What is wrong with the node as a whole.
     pub problems: Vec<NodeProblemView>,
+    /// When its agent last reported drift (the node no longer as applied).
+    pub last_drift: Option<String>,
+    /// What that drift check found, and what the agent did about it.
+    pub drift: Vec<DriftView>,
+    /// Drift repaired on the node since the controller became active.
+    pub drift_repairs: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DriftView {
+    pub mac_address: String,
+    pub name: String,
+    pub kind: String,
+    pub found: String,
+    pub wanted: String,
+    pub action: String,
+}
+
+impl From<&v1::DriftFinding> for DriftView {
+    fn from(f: &v1::DriftFinding) -> Self {
+        // Unknown values (a newer agent) read as their number.
+        let kind =
+            multinic_proto::DriftKind::try_from(f.kind).map_or_else(|_| f.kind.to_string(), |k| k.as_str().into());
+        let action = multinic_proto::DriftAction::try_from(f.action)
+            .map_or_else(|_| f.action.to_string(), |a| a.as_str().into());
+        Self {
+            mac_address: f.mac_address.clone(),
+            name: f.name.clone(),
+            kind,
+            found: f.found.clone(),
+            wanted: f.wanted.clone(),
+            action,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -176,6 +210,9 @@ impl From<&v1::NodeStatus> for NodeView {
                 .iter()
                 .map(|p| NodeProblemView { error_code: error_code(p.error_code), message: p.message.clone() })
                 .collect(),
+            last_drift: time(n.last_drift_unix_ms),
+            drift: n.last_drift.iter().map(DriftView::from).collect(),
+            drift_repairs: n.drift_repairs,
         }
     }
 }
@@ -273,9 +310,9 @@ pub fn colors_enabled() -> bool {
 /// progress, red bad), when colours are enabled.
 pub fn paint(text: &str, enabled: bool) -> String {
     let code = match text.trim() {
-        "converged" | "applied" | "yes" => "32",
+        "converged" | "applied" | "yes" | "repaired" => "32",
         "pending" | "waiting" | "held" => "33",
-        "failed" | "refused" | "no" | "DOWN" => "31",
+        "failed" | "refused" | "no" | "DOWN" | "repair_failed" | "given_up" | "not_repaired" => "31",
         _ => return text.to_owned(),
     };
     if enabled { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }

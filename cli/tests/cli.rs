@@ -132,7 +132,11 @@ const NODE_KEYS: &[&str] = &[
     "row_warnings",
     "row_warnings_omitted",
     "problems",
+    "last_drift",
+    "drift",
+    "drift_repairs",
 ];
+const DRIFT_KEYS: &[&str] = &["mac_address", "name", "kind", "found", "wanted", "action"];
 const INTERFACE_KEYS: &[&str] =
     &["node", "mac_address", "name", "address", "mtu", "state", "error_code", "message", "last_change", "row_ids"];
 const PROBLEM_KEYS: &[&str] = &["row_id", "node", "mac_address", "error_code", "message"];
@@ -273,6 +277,62 @@ async fn a_converged_fleet_exits_0_and_watch_streams_changes() {
     .unwrap();
     assert!(seen_mtu);
     child.kill().await.unwrap();
+    controller.stop().await;
+    a.stop().await;
+}
+
+/// An agent repairs a file of its own that was deleted: `get node` shows
+/// when and what (table and JSON), and the controller counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_a_node_repaired_shows_in_get_node_and_in_metrics() {
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    insert(&pool, "a1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
+    let controller = TestController::start(&db.url(), Duration::from_millis(200)).await;
+    let root = tempfile::tempdir().unwrap();
+    let a = TestAgent::start_adjusted(root, &controller.url(), "node-a", |config| {
+        config.drift.interval = Duration::from_millis(300);
+    })
+    .await;
+    wait_for(&controller, "node-a", Convergence::Converged).await;
+    let json: Value =
+        serde_json::from_str(&cli(&controller, &["get", "node", "node-a", "-o", "json"]).await.stdout).unwrap();
+    assert_eq!((&json["last_drift"], &json["drift_repairs"]), (&Value::Null, &Value::from(0)), "{json}");
+    assert!(!cli(&controller, &["get", "node", "node-a"]).await.stdout.contains("Drift:"));
+
+    std::fs::remove_file(a.netplan_path(0)).unwrap();
+    eventually(WAIT, "the file put back", || async { a.netplan_file(0).map(|_| ()) }).await;
+    let json = eventually(WAIT, "drift in get node -o json", || async {
+        let out = cli(&controller, &["get", "node", "node-a", "-o", "json"]).await.stdout;
+        let json: Value = serde_json::from_str(&out).unwrap();
+        (!json["last_drift"].is_null()).then_some(json)
+    })
+    .await;
+    assert_eq!(keys(&json), set(NODE_KEYS));
+    assert_eq!(json["drift_repairs"], 1);
+    let finding = &json["drift"][0];
+    assert_eq!(keys(finding), set(DRIFT_KEYS));
+    assert_eq!(
+        (&finding["name"], &finding["kind"], &finding["action"]),
+        (&Value::from("multinic0"), &Value::from("file_deleted"), &Value::from("repaired"))
+    );
+    assert_eq!(finding["found"], "no /etc/netplan/90-multinic0.yaml");
+    assert_eq!(json["convergence"], "converged", "repaired: the node matches");
+
+    let table = cli(&controller, &["get", "node", "node-a"]).await.stdout;
+    for needle in [
+        "Drift:       last found",
+        "1 repaired since the controller became active",
+        "Last drift found:",
+        "file_deleted",
+        "no /etc/netplan/90-multinic0.yaml",
+        "repaired",
+    ] {
+        assert!(table.contains(needle), "{needle:?} in\n{table}");
+    }
+    let metrics = multinic_testkit::scrape::Metrics::scrape(controller.http).await;
+    let labels = [("kind", "file_deleted"), ("action", "repaired")];
+    assert_eq!(metrics.get("multinic_controller_drift_findings_total", &labels), 1.0);
     controller.stop().await;
     a.stop().await;
 }

@@ -81,8 +81,10 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_MIN_GUARDED_REMOVALS", default_value_t = 10)]
     pub min_guarded_removals: usize,
 
-    /// Hold every removal this long after becoming active, until the agents
-    /// have reported what they have (0s: judge at once).
+    /// After becoming active, hold every removal until every node with rows
+    /// (and every connected agent) has reported what it has, at most this
+    /// long; removals on nodes with no rows left wait the whole time, and
+    /// agents' claims made within it count (0s: judge at once).
     #[arg(long, env = "MULTINIC_REMOVAL_WARMUP", default_value = "30s", value_parser = parse_duration_or_zero)]
     pub removal_warmup: Duration,
 

@@ -8,19 +8,28 @@
 //! it removed), one MAC per name, and only states an agent reports; a
 //! Report must answer exactly the push it names (its generation, its
 //! interfaces in interface states, its held MACs as held, anything else
-//! only as removed: a MAC no longer desired, or a second file of a MAC)
-//! with an outcome that matches its statuses. A claim that fails is refused whole, never half
+//! only as removed — a MAC no longer desired, or a second file of a MAC —
+//! or as failed, a removal that failed)
+//! with an outcome that matches its statuses. Drift a report carries may
+//! name only the push's interfaces (any kind) or, as a file that should not
+//! be there, a MAC the push neither names nor holds; at most
+//! [`MAX_DRIFT_FINDINGS`]. A claim that fails is refused whole, never half
 //! believed. Pure: values in, a verdict out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use multinic_proto::{
-    AgentReport, DesiredSet, InterfaceName, InterfaceState, InterfaceStatus, MAX_CAPACITY, MacAddress, Outcome,
+    AgentReport, DesiredSet, DriftKind, InterfaceName, InterfaceState, InterfaceStatus, MAX_CAPACITY, MacAddress,
+    Outcome,
 };
 
 /// A node has at most this many interfaces of ours (the largest capacity an
 /// agent may be given), so no agent can have, or remove, more.
 pub const MAX_PRESENT: usize = MAX_CAPACITY as usize;
+
+/// A report carries at most this much drift: every kind on every
+/// interface a node can have.
+pub const MAX_DRIFT_FINDINGS: usize = MAX_PRESENT * DriftKind::ALL.len();
 
 /// Why a Hello or a Report is not believed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +50,10 @@ pub enum ClaimError {
     NotAsPushed { mac: MacAddress, state: InterfaceState, role: &'static str },
     #[error("the report says {claimed}, but its interfaces make it {actual}")]
     Outcome { claimed: &'static str, actual: &'static str },
+    #[error("{count} drift findings; a report carries at most {MAX_DRIFT_FINDINGS}")]
+    TooMuchDrift { count: usize },
+    #[error("drift ({kind}) reported for {mac}, but the push {role}")]
+    DriftNotAsPushed { mac: MacAddress, kind: DriftKind, role: &'static str },
 }
 
 impl ClaimError {
@@ -52,6 +65,7 @@ impl ClaimError {
             Self::ControllerState { .. } => "controller_state",
             Self::Generation { .. } => "generation_mismatch",
             Self::RejectedWithStatuses { .. } | Self::NotAsPushed { .. } | Self::Outcome { .. } => "inconsistent",
+            Self::TooMuchDrift { .. } | Self::DriftNotAsPushed { .. } => "drift",
         }
     }
 }
@@ -75,12 +89,13 @@ pub fn check_report(pushed: &DesiredSet, generation: u64, report: &AgentReport) 
         return Err(ClaimError::Generation { reported: report.generation, pushed: generation });
     }
     if report.outcome == Outcome::Rejected {
-        return match report.interfaces.len() {
+        return match report.interfaces.len() + report.drift.len() {
             0 => Ok(()),
             count => Err(ClaimError::RejectedWithStatuses { count }),
         };
     }
     check_against_set(pushed, &report.interfaces)?;
+    check_drift(pushed, report)?;
     let actual = Outcome::of(&report.interfaces);
     if actual != report.outcome {
         return Err(ClaimError::Outcome { claimed: report.outcome.as_str(), actual: actual.as_str() });
@@ -91,14 +106,17 @@ pub fn check_report(pushed: &DesiredSet, generation: u64, report: &AgentReport) 
 /// Checks statuses about `set` (a report's, or an adopted Hello's): each
 /// interface of the set in an interface state, each held MAC as held, any
 /// other MAC only as removed (a file of a desired MAC may be removed too:
-/// the second of two files for one MAC), and no more removed than a node
-/// can have.
+/// the second of two files for one MAC) or failed (its removal failed), and
+/// no more of those than a node can have.
 pub fn check_against_set(set: &DesiredSet, statuses: &[InterfaceStatus]) -> Result<(), ClaimError> {
     check_statuses(statuses)?;
     let mut removed = 0;
     for s in statuses {
         let role = match (set.get(&s.mac).is_some(), set.is_held(&s.mac), s.state) {
-            (_, _, InterfaceState::Removed) => {
+            // Removed, or a removal that failed (the agent keeps what it
+            // had for that MAC and says why): both about a MAC the push no
+            // longer names.
+            (_, _, InterfaceState::Removed) | (false, false, InterfaceState::Failed) => {
                 removed += 1;
                 continue;
             }
@@ -113,6 +131,24 @@ pub fn check_against_set(set: &DesiredSet, statuses: &[InterfaceStatus]) -> Resu
     }
     if removed > MAX_PRESENT {
         return Err(ClaimError::TooMany { count: removed, what: "removed" });
+    }
+    Ok(())
+}
+
+/// Drift findings name the push's interfaces, or (a file that should not
+/// be there) a MAC it neither names nor holds; a held MAC is never touched,
+/// so never drifts.
+fn check_drift(set: &DesiredSet, report: &AgentReport) -> Result<(), ClaimError> {
+    if report.drift.len() > MAX_DRIFT_FINDINGS {
+        return Err(ClaimError::TooMuchDrift { count: report.drift.len() });
+    }
+    for finding in &report.drift {
+        let role = match (set.get(&finding.mac).is_some(), set.is_held(&finding.mac), finding.kind) {
+            (true, _, _) | (false, false, DriftKind::FileUnwanted) => continue,
+            (false, true, _) => "holds it (left as it is)",
+            (false, false, _) => "does not name it",
+        };
+        return Err(ClaimError::DriftNotAsPushed { mac: finding.mac, kind: finding.kind, role });
     }
     Ok(())
 }
@@ -181,6 +217,7 @@ mod tests {
             outcome,
             interfaces,
             error: String::new(),
+            drift: Vec::new(),
         }
     }
 
@@ -250,8 +287,40 @@ mod tests {
         // The second of two files for one MAC is removed beside the one kept.
         let second_file = [status(1, Some(0), InterfaceState::Applied), status(1, Some(4), InterfaceState::Removed)];
         check_against_set(&set(), &second_file).unwrap();
+        // A removal that failed is reported about a MAC the push no longer
+        // names; the rest of that report stands.
+        let failed_removal = [status(1, Some(0), InterfaceState::Applied), status(7, Some(5), InterfaceState::Failed)];
+        check_against_set(&set(), &failed_removal).unwrap();
         let removed: Vec<_> =
             (10..=MAX_PRESENT as u16 + 10).map(|i| status(i, None, InterfaceState::Removed)).collect();
         assert!(matches!(check_against_set(&set(), &removed), Err(ClaimError::TooMany { what: "removed", .. })));
+    }
+
+    #[test]
+    fn drift_names_the_pushs_interfaces_or_a_file_it_does_not_want() {
+        use multinic_proto::{DriftAction, DriftFinding};
+        let finding = |m: u16, kind| DriftFinding {
+            mac: mac(m),
+            name: name(0),
+            kind,
+            found: "MTU 1300".into(),
+            wanted: "MTU 1500".into(),
+            action: DriftAction::Repaired,
+        };
+        let applied = vec![status(1, Some(0), InterfaceState::Applied), status(2, Some(1), InterfaceState::Applied)];
+        let with = |drift: Vec<DriftFinding>| AgentReport { drift, ..report(Outcome::Applied, applied.clone()) };
+        check_report(&set(), 4, &with(vec![finding(1, DriftKind::Mtu), finding(9, DriftKind::FileUnwanted)])).unwrap();
+        for (bad, role) in [
+            (finding(9, DriftKind::Mtu), "does not name it"),
+            (finding(3, DriftKind::Mtu), "holds it"),
+            (finding(3, DriftKind::FileUnwanted), "holds it"),
+        ] {
+            let err = check_report(&set(), 4, &with(vec![bad])).unwrap_err();
+            assert!(err.to_string().contains(role) && err.reason() == "drift", "{err}");
+        }
+        let flood = vec![finding(1, DriftKind::Mtu); MAX_DRIFT_FINDINGS + 1];
+        assert_eq!(check_report(&set(), 4, &with(flood)).unwrap_err(), ClaimError::TooMuchDrift { count: 801 });
+        let rejected = AgentReport { drift: vec![finding(1, DriftKind::Mtu)], ..report(Outcome::Rejected, vec![]) };
+        assert!(check_report(&set(), 4, &rejected).is_err(), "a rejected push changed nothing, so found nothing");
     }
 }

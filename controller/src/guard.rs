@@ -9,7 +9,11 @@
 //!
 //! Right after the controller becomes active it does not yet know what every
 //! agent has (agents report on reconnect), so removals are held for a
-//! warm-up period before they are judged.
+//! warm-up period before they are judged. Once every node with rows (and
+//! every agent connected) has reported, the warm-up holds only removals on
+//! nodes with no rows left (a node deleted from the table whole, whose
+//! agent may still be on its way to report; 30 s at most), and the rest is
+//! judged at once.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -49,6 +53,34 @@ pub enum Verdict {
     Release,
     /// Removals are held, for this reason.
     Hold(String),
+    /// Only removals on nodes with no rows left are held (the end of the
+    /// warm-up, once every node with rows has reported), for this reason.
+    HoldRowless(String),
+}
+
+/// The warm-up after this replica became active, while it lasts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Warming {
+    /// It ends after this long at most.
+    pub left: Duration,
+    /// Whether every node with rows (there is at least one) and every
+    /// connected agent has reported what it has.
+    pub all_reported: bool,
+    /// How many have not, and the first of them by name.
+    pub waiting: usize,
+    pub first: Vec<NodeName>,
+}
+
+impl Warming {
+    fn waiting_for(&self) -> String {
+        if self.waiting == 0 {
+            return String::new();
+        }
+        let names = self.first.iter().map(NodeName::as_str).collect::<Vec<_>>().join(", ");
+        let more = self.waiting.saturating_sub(self.first.len());
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        format!(" ({} not yet: {names}{more})", self.waiting)
+    }
 }
 
 /// What the fleet looks like to the guard.
@@ -71,14 +103,15 @@ impl Counts {
 }
 
 /// Decides whether removals go ahead.
-pub fn verdict(config: &GuardConfig, counts: Counts, warming_up: Option<Duration>, confirmed: bool) -> Verdict {
+pub fn verdict(config: &GuardConfig, counts: Counts, warming: Option<&Warming>, confirmed: bool) -> Verdict {
     if counts.removals == 0 || confirmed {
         return Verdict::Release;
     }
-    if let Some(left) = warming_up {
+    if let Some(w) = warming.filter(|w| !w.all_reported) {
         return Verdict::Hold(format!(
-            "warming up: removals wait {}s more until every agent has reported what it has",
-            left.as_secs().max(1)
+            "warming up: removals wait until every node with rows has reported what it has{}, at most {}s more",
+            w.waiting_for(),
+            w.left.as_secs().max(1)
         ));
     }
     let share = counts.removals as f64 / counts.present.max(1) as f64;
@@ -89,6 +122,13 @@ pub fn verdict(config: &GuardConfig, counts: Counts, warming_up: Option<Duration
             counts.present,
             share * 100.0,
             config.max_share * 100.0
+        ));
+    }
+    if let Some(w) = warming {
+        return Verdict::HoldRowless(format!(
+            "warming up: every node with rows has reported, so their removals go ahead; removals on nodes with no \
+             rows left wait {}s more, for agents that have not reconnected yet",
+            w.left.as_secs().max(1)
         ));
     }
     Verdict::Release
@@ -137,10 +177,22 @@ mod tests {
     }
 
     #[test]
-    fn warm_up_holds_every_removal() {
+    fn warm_up_holds_every_removal_until_every_node_with_rows_reported() {
         let c = GuardConfig::default();
-        let v = verdict(&c, Counts { present: 100, removals: 1 }, Some(Duration::from_secs(12)), false);
-        assert!(matches!(v, Verdict::Hold(r) if r.contains("12s")));
+        let a: NodeName = "node-a".parse().unwrap();
+        let warming = Warming { left: Duration::from_secs(12), all_reported: false, waiting: 5, first: vec![a] };
+        let v = verdict(&c, Counts { present: 100, removals: 1 }, Some(&warming), false);
+        let Verdict::Hold(reason) = v else { panic!("{v:?}") };
+        assert!(reason.contains("(5 not yet: node-a and 4 more), at most 12s more"), "{reason}");
+
+        let reported = Warming { all_reported: true, waiting: 0, first: vec![], ..warming };
+        let v = verdict(&c, Counts { present: 100, removals: 1 }, Some(&reported), false);
+        assert!(matches!(&v, Verdict::HoldRowless(r) if r.contains("no rows left wait 12s more")), "{v:?}");
+        // The share rule still holds everything.
+        let strict = GuardConfig { min_removals: 1, ..c };
+        let v = verdict(&strict, Counts { present: 10, removals: 6 }, Some(&reported), false);
+        assert!(matches!(&v, Verdict::Hold(r) if r.contains("6 of 10")), "{v:?}");
+        assert_eq!(verdict(&c, Counts { present: 10, removals: 0 }, Some(&warming), false), Verdict::Release);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub rejected_messages: Family<Labels, Counter>,
     pub removals_held: Gauge,
     pub tls_handshakes: Family<Labels, Counter>,
+    /// Drift agents reported, by kind and what they did about it.
+    pub drift_findings: Family<Labels, Counter>,
     // --- What the alerting rules need (issue 19), kept in its own module.
     pub alerts: AlertMetrics,
 }
@@ -67,6 +69,7 @@ impl Metrics {
             rejected_messages: Family::default(),
             removals_held: Gauge::default(),
             tls_handshakes: Family::default(),
+            drift_findings: Family::default(),
             alerts: AlertMetrics::default(),
             registry: Registry::default(),
         };
@@ -109,6 +112,11 @@ impl Metrics {
             "removals_held",
             "Interface removals held back by the mass-deletion guard",
             m.removals_held.clone(),
+        );
+        registry.register(
+            "drift_findings",
+            "Drift agents reported (their node no longer as applied), by kind and action (repaired, repair_failed, not_repaired, given_up)",
+            m.drift_findings.clone(),
         );
         // --- What the alerting rules need (issue 19).
         let alerts = AlertMetrics::register(&mut registry);

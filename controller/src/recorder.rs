@@ -191,6 +191,7 @@ mod tests {
             outcome: Outcome::Applied,
             interfaces: vec![status],
             error: String::new(),
+            drift: Vec::new(),
         };
         fleet.record(&a, session, &pushed, &report).unwrap();
 

@@ -123,6 +123,7 @@ async fn a_rogue_nodes_claims_hold_back_no_removal_elsewhere() {
         outcome: v1::Outcome::Applied.into(),
         interfaces: hello.interfaces,
         error: String::new(),
+        drift: Vec::new(),
     };
     rogue.send(AgentMessage { kind: Some(AgentKind::Report(report)) }).await.unwrap();
     eventually(WAIT, "the report refused", || async {

@@ -4,8 +4,9 @@
 //! value. Conversions to the wire cannot fail.
 
 use crate::domain::{
-    AgentHello, AgentReport, DesiredPush, DesiredSet, Digest, ErrorCode, IfaceAddr, InterfaceName, InterfaceSpec,
-    InterfaceState, InterfaceStatus, MAX_CAPACITY, MacAddress, Mtu, Outcome, ParseError,
+    AgentHello, AgentReport, DesiredPush, DesiredSet, Digest, DriftAction, DriftFinding, DriftKind, ErrorCode,
+    IfaceAddr, InterfaceName, InterfaceSpec, InterfaceState, InterfaceStatus, MAX_CAPACITY, MacAddress, Mtu, Outcome,
+    ParseError,
 };
 use crate::v1;
 
@@ -116,6 +117,8 @@ impl From<ErrorCode> for v1::ErrorCode {
             ErrorCode::PushUnanswered => Self::PushUnanswered,
             ErrorCode::PushRejected => Self::PushRejected,
             ErrorCode::DuplicateAddress => Self::DuplicateAddress,
+            ErrorCode::DriftRepeated => Self::DriftRepeated,
+            ErrorCode::Drifted => Self::Drifted,
         }
     }
 }
@@ -142,6 +145,8 @@ impl From<i32> for ErrorCode {
             Ok(v1::ErrorCode::PushUnanswered) => Self::PushUnanswered,
             Ok(v1::ErrorCode::PushRejected) => Self::PushRejected,
             Ok(v1::ErrorCode::DuplicateAddress) => Self::DuplicateAddress,
+            Ok(v1::ErrorCode::DriftRepeated) => Self::DriftRepeated,
+            Ok(v1::ErrorCode::Drifted) => Self::Drifted,
             Ok(v1::ErrorCode::Internal) | Err(_) => Self::Internal,
         }
     }
@@ -227,6 +232,7 @@ impl From<&AgentReport> for v1::Report {
             outcome: v1::Outcome::from(report.outcome).into(),
             interfaces: report.interfaces.iter().map(v1::InterfaceStatus::from).collect(),
             error: report.error.clone(),
+            drift: report.drift.iter().map(v1::DriftFinding::from).collect(),
         }
     }
 }
@@ -248,9 +254,105 @@ impl TryFrom<&v1::Report> for AgentReport {
             outcome,
             interfaces: statuses(&msg.interfaces)?,
             error: truncate(&msg.error, 1024),
+            drift: msg.drift.iter().map(DriftFinding::try_from).collect::<Result<_, _>>()?,
         })
     }
 }
+
+impl From<DriftKind> for v1::DriftKind {
+    fn from(kind: DriftKind) -> Self {
+        match kind {
+            DriftKind::Mtu => Self::Mtu,
+            DriftKind::AddressMissing => Self::AddressMissing,
+            DriftKind::AddressExtra => Self::AddressExtra,
+            DriftKind::LinkDown => Self::LinkDown,
+            DriftKind::NameLost => Self::NameLost,
+            DriftKind::FileDeleted => Self::FileDeleted,
+            DriftKind::FileEdited => Self::FileEdited,
+            DriftKind::FileUnwanted => Self::FileUnwanted,
+        }
+    }
+}
+
+impl TryFrom<i32> for DriftKind {
+    type Error = ParseError;
+
+    fn try_from(value: i32) -> Result<Self, Self::Error> {
+        let unknown = ParseError::UnknownEnum { field: "DriftFinding.kind", value };
+        Ok(match v1::DriftKind::try_from(value).map_err(|_| unknown.clone())? {
+            v1::DriftKind::Mtu => Self::Mtu,
+            v1::DriftKind::AddressMissing => Self::AddressMissing,
+            v1::DriftKind::AddressExtra => Self::AddressExtra,
+            v1::DriftKind::LinkDown => Self::LinkDown,
+            v1::DriftKind::NameLost => Self::NameLost,
+            v1::DriftKind::FileDeleted => Self::FileDeleted,
+            v1::DriftKind::FileEdited => Self::FileEdited,
+            v1::DriftKind::FileUnwanted => Self::FileUnwanted,
+            v1::DriftKind::Unspecified => return Err(unknown),
+        })
+    }
+}
+
+impl From<DriftAction> for v1::DriftAction {
+    fn from(action: DriftAction) -> Self {
+        match action {
+            DriftAction::Repaired => Self::Repaired,
+            DriftAction::RepairFailed => Self::RepairFailed,
+            DriftAction::NotRepaired => Self::NotRepaired,
+            DriftAction::GivenUp => Self::GivenUp,
+        }
+    }
+}
+
+impl TryFrom<i32> for DriftAction {
+    type Error = ParseError;
+
+    fn try_from(value: i32) -> Result<Self, Self::Error> {
+        let unknown = ParseError::UnknownEnum { field: "DriftFinding.action", value };
+        Ok(match v1::DriftAction::try_from(value).map_err(|_| unknown.clone())? {
+            v1::DriftAction::Repaired => Self::Repaired,
+            v1::DriftAction::RepairFailed => Self::RepairFailed,
+            v1::DriftAction::NotRepaired => Self::NotRepaired,
+            v1::DriftAction::GivenUp => Self::GivenUp,
+            v1::DriftAction::Unspecified => return Err(unknown),
+        })
+    }
+}
+
+impl From<&DriftFinding> for v1::DriftFinding {
+    fn from(finding: &DriftFinding) -> Self {
+        Self {
+            mac_address: finding.mac.to_string(),
+            name: finding.name.to_string(),
+            kind: v1::DriftKind::from(finding.kind).into(),
+            found: finding.found.clone(),
+            wanted: finding.wanted.clone(),
+            action: v1::DriftAction::from(finding.action).into(),
+        }
+    }
+}
+
+impl TryFrom<&v1::DriftFinding> for DriftFinding {
+    type Error = ParseError;
+
+    fn try_from(msg: &v1::DriftFinding) -> Result<Self, Self::Error> {
+        let name = InterfaceName::parse(&msg.name, MAX_CAPACITY).ok_or_else(|| ParseError::InterfaceName {
+            input: truncate(&msg.name, 32),
+            reason: "not a multinicN name".to_owned(),
+        })?;
+        Ok(Self {
+            mac: msg.mac_address.parse()?,
+            name,
+            kind: DriftKind::try_from(msg.kind)?,
+            found: truncate(&msg.found, DRIFT_TEXT_LIMIT),
+            wanted: truncate(&msg.wanted, DRIFT_TEXT_LIMIT),
+            action: DriftAction::try_from(msg.action)?,
+        })
+    }
+}
+
+/// The most of a drift finding's `found` and `wanted` texts a peer keeps.
+pub const DRIFT_TEXT_LIMIT: usize = 256;
 
 fn statuses(msgs: &[v1::InterfaceStatus]) -> Result<Vec<InterfaceStatus>, ParseError> {
     msgs.iter().map(InterfaceStatus::try_from).collect()
@@ -331,6 +433,14 @@ mod tests {
                 "device refused mtu 9000",
             )],
             error: String::new(),
+            drift: vec![DriftFinding {
+                mac,
+                name: InterfaceName::new(0, 10).unwrap(),
+                kind: DriftKind::Mtu,
+                found: "MTU 1300".into(),
+                wanted: "MTU 1500".into(),
+                action: DriftAction::Repaired,
+            }],
         };
         let wire = v1::Report::from(&report);
         assert_eq!(AgentReport::try_from(&wire).unwrap(), report);
@@ -341,6 +451,40 @@ mod tests {
         let mut bad = wire;
         bad.interfaces[0].name = "eth0".into();
         assert!(AgentReport::try_from(&bad).unwrap_err().to_string().contains("eth0"));
+    }
+
+    #[test]
+    fn drift_findings_round_trip_and_unknown_or_oversized_ones_are_bounded() {
+        for kind in DriftKind::ALL {
+            for action in
+                [DriftAction::Repaired, DriftAction::RepairFailed, DriftAction::NotRepaired, DriftAction::GivenUp]
+            {
+                let finding = DriftFinding {
+                    mac: "fa:16:3e:00:00:01".parse().unwrap(),
+                    name: InterfaceName::new(3, 10).unwrap(),
+                    kind,
+                    found: "found".into(),
+                    wanted: "wanted".into(),
+                    action,
+                };
+                assert_eq!(DriftFinding::try_from(&v1::DriftFinding::from(&finding)).unwrap(), finding);
+            }
+        }
+        let good = v1::DriftFinding {
+            mac_address: "fa:16:3e:00:00:01".into(),
+            name: "multinic0".into(),
+            kind: v1::DriftKind::Mtu.into(),
+            found: "x".repeat(10_000),
+            wanted: String::new(),
+            action: v1::DriftAction::Repaired.into(),
+        };
+        assert!(DriftFinding::try_from(&good).unwrap().found.len() <= DRIFT_TEXT_LIMIT + 3, "bounded");
+        let err = DriftFinding::try_from(&v1::DriftFinding { kind: 0, ..good.clone() }).unwrap_err();
+        assert!(err.to_string().contains("DriftFinding.kind"), "{err}");
+        let err = DriftFinding::try_from(&v1::DriftFinding { action: 42, ..good.clone() }).unwrap_err();
+        assert!(err.to_string().contains("DriftFinding.action"), "{err}");
+        let err = DriftFinding::try_from(&v1::DriftFinding { name: "eth0".into(), ..good }).unwrap_err();
+        assert!(err.to_string().contains("eth0"), "{err}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ proptest! {
         message in "\\PC{0,2000}", outcome in any::<i32>(),
     ) {
         let status = v1::InterfaceStatus { mac_address: mac, name, state, error_code: code, message };
-        let report = v1::Report { generation: 0, nonce: 0, digest: String::new(), outcome, interfaces: vec![status], error: String::new() };
+        let report = v1::Report { generation: 0, nonce: 0, digest: String::new(), outcome, interfaces: vec![status], error: String::new(), drift: Vec::new() };
         if let Ok(r) = AgentReport::try_from(&report) {
             prop_assert!(r.interfaces[0].message.len() <= 1024 + 3);
         }

@@ -19,9 +19,14 @@ use crate::mariadb::MariaDb;
 use crate::netns::TestNode;
 use crate::process::{ControllerProcess, controller_beside};
 use crate::rows::netplan_success_of_port;
+use crate::scrape::Metrics;
 
 /// How long a test waits for the stack to converge.
 pub const WAIT: Duration = Duration::from_secs(40);
+
+/// Where the agent serves HTTP inside the node's namespace, when a test
+/// starts it with `--http-listen` this (see [`Stack::agent_metrics`]).
+pub const AGENT_HTTP: &str = "127.0.0.1:9737";
 
 /// MariaDB, the controller and the agent of one test node.
 #[derive(Debug)]
@@ -78,8 +83,31 @@ impl Stack {
 
     /// Starts the agent (again: the previous one is killed first).
     pub fn start_agent(&mut self) {
+        self.start_agent_with(&[]);
+    }
+
+    /// Starts the agent with `extra_args` after those given to
+    /// [`Self::start`] (again: the previous one is killed first).
+    pub fn start_agent_with(&mut self, extra_args: &[&str]) {
         self.agent = None;
-        self.agent = Some(AgentProcess::start(&self.options));
+        let mut options = self.options.clone();
+        options.extra_args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        self.agent = Some(AgentProcess::start(&options));
+    }
+
+    /// The agent's `/metrics`, read inside the node's namespace `kernel`,
+    /// when it was started with `--http-listen` [`AGENT_HTTP`].
+    pub async fn agent_metrics(&self, kernel: &TestNode) -> Metrics {
+        let addr = AGENT_HTTP.parse().expect("a socket address");
+        let (code, body) = kernel.http_get(addr, "/metrics").await.expect("the agent serves HTTP");
+        assert_eq!(code, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    /// How many drift checks the agent made so far (see
+    /// [`Self::agent_metrics`]).
+    pub async fn drift_checks(&self, kernel: &TestNode) -> f64 {
+        self.agent_metrics(kernel).await.get("multinic_agent_drift_checks_total", &[])
     }
 
     pub fn agent(&self) -> &AgentProcess {

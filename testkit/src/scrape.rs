@@ -18,7 +18,12 @@ impl Metrics {
     pub async fn scrape(addr: SocketAddr) -> Self {
         let (code, body) = crate::http_get(addr, "/metrics").await;
         assert_eq!(code, 200, "{body}");
-        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        Self::parse(&body)
+    }
+
+    /// Parses Prometheus text (e.g. scraped from inside a test namespace).
+    pub fn parse(text: &str) -> Self {
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
         Self(Scrape::parse(lines).expect("valid Prometheus text"))
     }
 

@@ -121,6 +121,7 @@ async fn bad_streams_get_clear_statuses_and_hurt_nobody() {
                 message: String::new(),
             }],
             error: String::new(),
+            drift: Vec::new(),
         })),
     };
     let mac = push.interfaces[0].mac_address.clone();
@@ -212,6 +213,7 @@ async fn reports_that_do_not_fit_their_push_are_refused_whole() {
         outcome: outcome.into(),
         interfaces,
         error: String::new(),
+        drift: Vec::new(),
     };
     let send = |r: v1::Report| AgentMessage { kind: Some(AgentKind::Report(r)) };
 

@@ -215,6 +215,7 @@ async fn stream_until_reconnect(controller: &TestController, tls: &multinic_tls:
                     outcome: v1::Outcome::Applied.into(),
                     interfaces: Vec::new(),
                     error: String::new(),
+                    drift: Vec::new(),
                 };
                 tx.send(AgentMessage { kind: Some(AgentKind::Report(report)) }).await.unwrap();
             }

@@ -1,6 +1,8 @@
 //! Carries out a desired set on the node: read the kernel and our files,
 //! plan, journal, write, apply, verify, roll back what failed, and say per
-//! interface how it went.
+//! interface how it went. Also checks, read only, whether the node is still
+//! as the last apply left it (`check.rs`), with the same planner, so that a
+//! drift repair is an ordinary reconcile of the drifted interfaces.
 //!
 //! One reconcile runs at a time (the session awaits it), so name assignment
 //! is one serialised decision per node. Interfaces are independent: one
@@ -10,6 +12,7 @@
 //! (protected, foreign, over capacity) and never a file outside our paths.
 
 mod apply;
+mod check;
 mod error;
 mod interface;
 mod mode;
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use multinic_proto::{DesiredSet, ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, MacAddress};
 use tracing::{info, info_span, warn};
 
+pub use self::check::{CheckError, Drift, DriftCheck, Verdict};
 pub use self::error::{ApplyError, Rollback, RollbackError, RollbackProblem, VerifyError};
 pub use self::mode::{ApplyChoice, ApplyMode, HostApplyRefused};
 use crate::backend::{Backend, HostSession};
@@ -33,14 +37,17 @@ use crate::hostns::HostNamespaces;
 use crate::journal::Journal;
 use crate::kernel::facts::{LinkMatch, find_link, node_facts};
 use crate::kernel::{KernelError, KernelState, LinkOps};
-use crate::plan::{Action, Current, plan};
+use crate::plan::{Action, Current, NodeFacts, plan};
 
-/// Which desired MACs a reconcile acts on.
+/// Which MACs a reconcile acts on.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {
     /// The whole set, removals included.
     All,
-    /// Only these MACs (a waiting NIC appeared); nothing else is touched.
+    /// Only these MACs (a waiting NIC appeared, an interface drifted): their
+    /// files and links, and the removal of files of theirs that are not
+    /// wanted (a MAC no longer desired, a second file of a desired MAC);
+    /// nothing else is touched.
     Only(&'a BTreeSet<MacAddress>),
 }
 
@@ -160,16 +167,40 @@ impl Reconciler {
     /// Our files on the host, by name. A path of ours holding something
     /// that is not a file we could have written (a link, a FIFO, a device, a
     /// huge file) is left exactly as it is: its name stays reserved and is
-    /// reported as damaged.
+    /// reported as damaged. Files of ours that do not parse are moved aside
+    /// (see [`Self::quarantine`]).
     pub fn current(&self) -> Result<BTreeMap<InterfaceName, Current>, ReadError> {
-        let mut current = BTreeMap::new();
+        let Scan { mut current, unparsed } = self.scan()?;
+        for (name, entry) in &current {
+            if let Current::Corrupt { error, .. } = entry {
+                warn!(interface = %name, error = %error, "a path of ours holds something multinic never writes: left untouched, its name reserved");
+            }
+        }
+        for (name, Unparsed { files, error }) in unparsed {
+            match self.quarantine(name, &files) {
+                // Out of the way: a broken file would make the node's
+                // daemon fail for every interface of the host.
+                Ok(()) => {}
+                Err(reason) => {
+                    warn!(interface = %name, error = %error, reason = %reason, "cannot move a damaged file of ours aside");
+                    current.insert(name, Current::Corrupt { files, error });
+                }
+            }
+        }
+        Ok(current)
+    }
+
+    /// Our files as they are, read only (bounded, links not followed):
+    /// what parses and what is damaged in `current`, and apart from it what
+    /// does not parse. Changes nothing and logs nothing.
+    fn scan(&self) -> Result<Scan, ReadError> {
+        let mut scan = Scan::default();
         for index in 0..self.capacity {
             let Some(name) = InterfaceName::new(index, self.capacity) else { continue };
             let files = match self.files.read_existing(&self.backend.paths(name)) {
                 Ok(files) => files,
                 Err(e) if e.is_damaged() => {
-                    warn!(interface = %name, error = %e, "a path of ours holds something multinic never writes: left untouched, its name reserved");
-                    current.insert(name, Current::Corrupt { files: BTreeMap::new(), error: e.to_string() });
+                    scan.current.insert(name, Current::Corrupt { files: BTreeMap::new(), error: e.to_string() });
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -177,21 +208,26 @@ impl Reconciler {
             if files.is_empty() {
                 continue;
             }
-            let entry = match self.backend.parse(name, &files) {
-                Ok(spec) => Current::Parsed { spec, files },
-                Err(e) => match self.quarantine(name, &files) {
-                    // Out of the way: a broken file would make the node's
-                    // daemon fail for every interface of the host.
-                    Ok(()) => continue,
-                    Err(reason) => {
-                        warn!(interface = %name, error = %e, reason = %reason, "cannot move a damaged file of ours aside");
-                        Current::Corrupt { files, error: e.to_string() }
-                    }
-                },
-            };
-            current.insert(name, entry);
+            match self.backend.parse(name, &files) {
+                Ok(spec) => {
+                    scan.current.insert(name, Current::Parsed { spec, files });
+                }
+                Err(e) => {
+                    scan.unparsed.insert(name, Unparsed { files, error: e.to_string() });
+                }
+            }
         }
-        Ok(current)
+        Ok(scan)
+    }
+
+    /// What the planner knows of the node: the kernel's facts (protected
+    /// and foreign links) plus MACs another tool's file defines.
+    fn facts(&self, kernel: Option<&KernelState>) -> NodeFacts {
+        let mut facts = kernel.map(|k| node_facts(k, &self.node_ips)).unwrap_or_default();
+        for (mac, reason) in self.backend.foreign_definitions(&self.files) {
+            facts.foreign.entry(mac).or_insert(reason);
+        }
+        facts
     }
 
     /// Moves damaged files of ours to `<state-dir>/quarantine/` (never where
@@ -286,10 +322,7 @@ impl Reconciler {
                 return failed_all(run, ApplyError::ReadOurFiles(e));
             }
         };
-        let mut facts = kernel.as_ref().map(|k| node_facts(k, &self.node_ips)).unwrap_or_default();
-        for (mac, reason) in self.backend.foreign_definitions(&self.files) {
-            facts.foreign.entry(mac).or_insert(reason);
-        }
+        let facts = self.facts(kernel.as_ref());
         let plan = plan(desired, &current, &facts, self.capacity, self.backend);
         let mut statuses = Vec::new();
         for action in plan.actions {
@@ -308,7 +341,7 @@ impl Reconciler {
                     let prepared = self.prepare(&mut run, name, &spec, Some(&files), link, retired);
                     statuses.extend(prepared.unwrap_or_else(|e| Some(e.status(spec.mac, Some(name)))));
                 }
-                Action::Remove { name, mac, link, .. } if matches!(scope, Scope::All) => {
+                Action::Remove { name, mac, link, .. } if scope.includes(&mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %mac).entered();
                     let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
                     let removed = self.remove(&mut run, name, mac, link);
@@ -341,6 +374,22 @@ impl Reconciler {
         statuses.extend(self.apply_and_verify(&mut run));
         run.finish(statuses, self)
     }
+}
+
+/// Our files as read, before anything is moved aside.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Files that parse, and paths that hold something we never write.
+    current: BTreeMap<InterfaceName, Current>,
+    /// Files of ours that do not parse (edited or damaged).
+    unparsed: BTreeMap<InterfaceName, Unparsed>,
+}
+
+/// The files of one name that do not parse, and why.
+#[derive(Debug)]
+struct Unparsed {
+    files: BTreeMap<PathBuf, String>,
+    error: String,
 }
 
 /// Counters and pending work of one reconcile.

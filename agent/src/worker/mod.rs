@@ -8,6 +8,7 @@
 //! | [`Command::Push`] | applies the set, remembers it as the last push | its report |
 //! | [`Command::Reject`] | nothing on the node; forgets the last push | a rejected report |
 //! | [`Command::Recheck`] | applies the waiting NICs of the last push that appeared, only them | the last push's report, updated, if any appeared |
+//! | [`Command::Check`] | checks the node against the last push (read only) and repairs what drifted, only that (`check.rs`, `drift.rs`) | the last push's report with what drifted, if anything did |
 //!
 //! The worker owns what outlives a stream: the last applied push (so that
 //! waiting NICs are picked up on the next stream too) and the status
@@ -16,16 +17,18 @@
 //!
 //! Work the agent starts by itself is scheduled here, not in the session:
 //! [`Worker::due`] says which command is next and after how long, and the
-//! session sleeps that long and hands it back. A periodic drift check
-//! (issue 16) fits as one more variant, `Check { nonce }`: `due` returns it
-//! once its interval has passed since the last apply, and `handle` runs
-//! [`Reconciler::reconcile`] on the last set and, through the same
-//! `report` tail as every other apply, answers with the last push's report
-//! when anything had drifted. The session does not change for it.
+//! session sleeps that long and hands it back: a recheck every second
+//! while a NIC waits, a drift check every `--drift-check-interval` after
+//! the last push or check. Both answer, through the same `report` tail as
+//! every apply, with the last push's report when there is news. Checks run
+//! while a stream is up (their reports need one); a restarted stream
+//! resumes them.
 //!
 //! The worker never reads the network configuration of the node itself:
 //! the [`Reconciler`] does.
 
+mod check;
+pub mod drift;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -39,6 +42,7 @@ use multinic_proto::{
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info, info_span, warn};
 
+use self::drift::{DriftConfig, DriftPolicy};
 pub use self::watch::{ApplyAbandoned, SHUTDOWN_WAIT};
 use self::watch::{Unfinished, Watch};
 use crate::reconcile::{self, Reconciler, Scope};
@@ -57,6 +61,9 @@ pub enum Command {
     /// Look for NICs of the last push that waited and appeared; the report
     /// (if any did) answers the push with this nonce.
     Recheck { nonce: u64 },
+    /// Check the node against the last push for drift and act on it; the
+    /// report (if anything drifted) answers the push with this nonce.
+    Check { nonce: u64 },
 }
 
 /// A push refused at the edge, with what could still be read of it.
@@ -90,6 +97,11 @@ enum Trigger {
     Push,
     /// This many waiting NICs appeared.
     Appeared(usize),
+    /// A drift check found this much; `reconciled`: it ran a repair.
+    Drift {
+        findings: usize,
+        reconciled: bool,
+    },
 }
 
 /// Carries out the session's commands on the node.
@@ -99,6 +111,7 @@ pub struct Worker {
     status: Arc<AgentStatus>,
     watch: Watch,
     last: Option<Applied>,
+    drift: DriftPolicy,
 }
 
 impl Worker {
@@ -110,7 +123,19 @@ impl Worker {
         apply_deadline: Duration,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { reconciler, status, watch: Watch { deadline: apply_deadline, shutdown }, last: None }
+        Self {
+            reconciler,
+            status,
+            watch: Watch { deadline: apply_deadline, shutdown },
+            last: None,
+            drift: DriftPolicy::new(DriftConfig::OFF),
+        }
+    }
+
+    /// Checks the node for drift as `config` says (off unless called).
+    pub fn with_drift(mut self, config: DriftConfig) -> Self {
+        self.drift = DriftPolicy::new(config);
+        self
     }
 
     /// What this node says first on a stream: the last set it processed
@@ -129,12 +154,20 @@ impl Worker {
 
     /// The command the worker wants to run by itself next, and after how
     /// long from now, if any: a [`Command::Recheck`] every [`WAITING_POLL`]
-    /// while a NIC of the last push waits. `nonce` is the one its report
-    /// answers (the stream's last push, or 0 when the controller adopted
-    /// our Hello).
+    /// while a NIC of the last push waits, a [`Command::Check`] when the
+    /// drift check interval has passed since the last push or check
+    /// (whichever comes first). `nonce` is the one its report answers (the
+    /// stream's last push, or 0 when the controller adopted our Hello).
     pub fn due(&self, nonce: u64) -> Option<(Duration, Command)> {
-        let waits = self.last.as_ref().is_some_and(|last| !last.waiting().is_empty());
-        waits.then_some((WAITING_POLL, Command::Recheck { nonce }))
+        let last = self.last.as_ref()?;
+        let recheck = (!last.waiting().is_empty()).then_some(WAITING_POLL);
+        let check = self.drift.due_in(Instant::now());
+        match (recheck, check) {
+            (Some(recheck), Some(check)) if check < recheck => Some((check, Command::Check { nonce })),
+            (Some(recheck), _) => Some((recheck, Command::Recheck { nonce })),
+            (None, Some(check)) => Some((check, Command::Check { nonce })),
+            (None, None) => None,
+        }
     }
 
     /// Carries out `command`: the report to send, if there is one; `Err`
@@ -144,6 +177,7 @@ impl Worker {
             Command::Push(push) => self.push(push).await.map(Some),
             Command::Reject(rejected) => Ok(Some(self.reject(rejected))),
             Command::Recheck { nonce } => self.recheck(nonce).await,
+            Command::Check { nonce } => self.drift_check(nonce).await,
         }
     }
 
@@ -152,6 +186,7 @@ impl Worker {
         warn!(generation, error = %error, "rejected a malformed push; nothing changed");
         // The controller moved on from the last set: stop reporting on it.
         self.last = None;
+        self.drift.forget();
         self.status.record_apply(Outcome::Rejected, Duration::ZERO, None);
         AgentReport {
             generation,
@@ -160,6 +195,7 @@ impl Worker {
             outcome: Outcome::Rejected,
             interfaces: Vec::new(),
             error: error.to_string(),
+            drift: Vec::new(),
         }
     }
 
@@ -172,6 +208,7 @@ impl Worker {
             Err(Unfinished::Abandoned(abandoned)) => return Err(abandoned),
             Err(Unfinished::Panicked(e)) => {
                 self.last = None;
+                self.drift.forget();
                 return Ok(AgentReport {
                     generation: push.generation,
                     nonce: push.nonce,
@@ -179,9 +216,11 @@ impl Worker {
                     outcome: Outcome::Rejected,
                     interfaces: Vec::new(),
                     error: format!("internal error while applying: {e}"),
+                    drift: Vec::new(),
                 });
             }
         };
+        self.drift.pushed(Instant::now());
         let last =
             self.last.insert(Applied { generation: push.generation, set: push.set, statuses: work.statuses.clone() });
         Ok(report(&self.status, last, push.nonce, &work, started.elapsed(), Trigger::Push, &span))
@@ -190,15 +229,14 @@ impl Worker {
     async fn recheck(&mut self, nonce: u64) -> Result<Option<AgentReport>, ApplyAbandoned> {
         let Some(last) = &self.last else { return Ok(None) };
         let (reconciler, waiting) = (self.reconciler.clone(), last.waiting());
-        let appeared = match tokio::task::spawn_blocking(move || reconciler.present(&waiting)).await {
-            Ok(Ok(appeared)) if !appeared.is_empty() => appeared,
-            Ok(Ok(_)) => return Ok(None),
-            Ok(Err(e)) => {
-                debug!(error = %e, "cannot read links to look for waiting NICs");
-                return Ok(None);
-            }
+        let Some(present) = read_node("looking for waiting NICs", move || reconciler.present(&waiting)).await else {
+            return Ok(None);
+        };
+        let appeared = match present {
+            Ok(appeared) if !appeared.is_empty() => appeared,
+            Ok(_) => return Ok(None),
             Err(e) => {
-                warn!(error = %e, "looking for waiting NICs panicked");
+                debug!(error = %e, "cannot read links to look for waiting NICs");
                 return Ok(None);
             }
         };
@@ -215,12 +253,7 @@ impl Worker {
             }
         };
         let Some(last) = self.last.as_mut() else { return Ok(None) };
-        for new in &work.statuses {
-            match last.statuses.iter_mut().find(|s| s.mac == new.mac) {
-                Some(old) => *old = new.clone(),
-                None => last.statuses.push(new.clone()),
-            }
-        }
+        merge(last, &work.statuses);
         let trigger = Trigger::Appeared(appeared.len());
         Ok(Some(report(&self.status, last, nonce, &work, started.elapsed(), trigger, &span)))
     }
@@ -240,6 +273,28 @@ impl Worker {
     }
 }
 
+/// Runs `read` (a look at the node, no change) on the blocking pool; a
+/// panic is logged and gives `None`.
+async fn read_node<T: Send + 'static>(what: &'static str, read: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(value) => Some(value),
+        Err(e) => {
+            warn!(error = %e, "{what} panicked");
+            None
+        }
+    }
+}
+
+/// Puts the statuses of a scoped reconcile in place of the last push's.
+fn merge(last: &mut Applied, statuses: &[InterfaceStatus]) {
+    for new in statuses {
+        match last.statuses.iter_mut().find(|s| s.mac == new.mac) {
+            Some(old) => *old = new.clone(),
+            None => last.statuses.push(new.clone()),
+        }
+    }
+}
+
 /// The tail of every apply: the metrics, the log line, what Hello and
 /// `GET /` say from now on, and the report on the last push (`last`, whose
 /// statuses already include what `work` did).
@@ -253,7 +308,9 @@ fn report(
     span: &Span,
 ) -> AgentReport {
     let result = Outcome::of(&last.statuses);
-    status.record_apply(result, took, Some(work));
+    if !matches!(trigger, Trigger::Drift { reconciled: false, .. }) {
+        status.record_apply(result, took, Some(work));
+    }
     let (apply_ms, verify_ms) = (work.apply_duration.as_millis() as u64, work.verify_duration.as_millis() as u64);
     span.in_scope(|| match trigger {
         Trigger::Push => info!(
@@ -268,23 +325,31 @@ fn report(
             took_ms = took.as_millis() as u64,
             "applied desired state"
         ),
-        Trigger::Appeared(appeared) => info!(
-            appeared,
-            outcome = result.as_str(),
-            file_writes = work.file_writes,
-            netlink_changes = work.netlink_changes,
-            rollbacks = work.rollbacks,
-            apply_ms,
-            verify_ms,
-            "applied NICs that appeared"
-        ),
+        Trigger::Appeared(_) | Trigger::Drift { .. } => {
+            let (what, appeared, findings) = match trigger {
+                Trigger::Drift { findings, .. } => ("the drift check found the node out of line", 0, findings),
+                Trigger::Appeared(appeared) => ("applied NICs that appeared", appeared, 0),
+                Trigger::Push => ("", 0, 0),
+            };
+            info!(
+                appeared,
+                findings,
+                outcome = result.as_str(),
+                file_writes = work.file_writes,
+                netlink_changes = work.netlink_changes,
+                rollbacks = work.rollbacks,
+                apply_ms,
+                verify_ms,
+                "{what}"
+            );
+        }
     });
     let kept: Vec<_> = last.statuses.iter().filter(|s| s.state != InterfaceState::Removed).cloned().collect();
     let processed =
         Processed { digest: Some(last.set.digest().clone()), generation: last.generation, interfaces: kept };
     match trigger {
         Trigger::Push => status.processed_push(processed),
-        Trigger::Appeared(_) => status.refresh_processed(processed),
+        Trigger::Appeared(_) | Trigger::Drift { .. } => status.refresh_processed(processed),
     }
     AgentReport {
         generation: last.generation,
@@ -293,6 +358,7 @@ fn report(
         outcome: result,
         interfaces: last.statuses.clone(),
         error: String::new(),
+        drift: Vec::new(),
     }
 }
 

@@ -8,10 +8,14 @@ use multinic_proto::{AgentReport, DesiredSet, ErrorCode, InterfaceSpec, Interfac
 use multinic_testkit::agent_process::{AgentOptions, AgentProcess};
 use multinic_testkit::fake_controller::FakeController;
 use multinic_testkit::netns::{self, TestNode};
+use multinic_testkit::scrape::Metrics;
 use serde_json::Value;
 use tempfile::TempDir;
 
 pub const WAIT: Duration = Duration::from_secs(20);
+/// Where an agent serves HTTP inside its namespace (`--http-listen`), for
+/// tests that read its metrics.
+pub const HTTP: &str = "127.0.0.1:9737";
 
 /// One node: a namespace, a host root, a state dir, a scripted controller
 /// listening inside the namespace, and (once started) the agent.
@@ -88,6 +92,15 @@ impl Node {
 
     pub fn file(&self, rel: &str) -> Option<String> {
         std::fs::read_to_string(self.root.path().join(rel)).ok()
+    }
+
+    /// The agent's `/metrics`, when it was started with
+    /// `--http-listen` [`HTTP`] (inside the namespace).
+    pub async fn metrics(&self) -> Metrics {
+        let (code, body) =
+            self.kernel.http_get(HTTP.parse().unwrap(), "/metrics").await.expect("the agent serves HTTP");
+        assert_eq!(code, 200, "{body}");
+        Metrics::parse(&body)
     }
 
     /// The agent's "applied desired state" event for `generation`.

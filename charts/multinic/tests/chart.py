@@ -77,6 +77,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "netlink": {"database": DATABASE, "agent": {"applyMode": "netlink", "backend": "netplan"}},
     "dry-run": {"database": DATABASE, "agent": {"applyMode": "none", "backend": "wicked"}},
+    "drift-report-only": {"database": DATABASE, "agent": {"drift": {"checkInterval": "0", "repair": False}}},
     "monitoring": {
         "database": DATABASE,
         "metrics": {

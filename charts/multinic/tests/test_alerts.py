@@ -27,7 +27,7 @@ ENABLED = {"database": DATABASE, "metrics": {"prometheusRule": {"enabled": True}
 ALERTS = [
     "MultinicControllerDown", "MultinicNoActiveController", "MultinicDatabaseUnreachable",
     "MultinicDatabaseWritesFailing", "MultinicAgentsDisconnected", "MultinicNodeNotConverged",
-    "MultinicInterfacesFailed", "MultinicRemovalsHeld", "MultinicInvalidRows", "MultinicCertificateExpiresSoon",
+    "MultinicInterfacesFailed", "MultinicDriftUnrepaired", "MultinicRemovalsHeld", "MultinicInvalidRows", "MultinicCertificateExpiresSoon",
     "MultinicTLSHandshakesRejected", "MultinicConvergenceSlow",
 ]
 
@@ -66,7 +66,7 @@ def test_each_alert_has_a_runbook_section():
 
 def test_alerts_that_name_a_node_keep_the_node_label():
     by_name = {r["alert"]: r for r in alerts_of(render(ENABLED))}
-    for name in ["MultinicNodeNotConverged", "MultinicInterfacesFailed"]:
+    for name in ["MultinicNodeNotConverged", "MultinicInterfacesFailed", "MultinicDriftUnrepaired"]:
         rule = by_name[name]
         assert "by (namespace, node)" in rule["expr"], name
         assert "{{ $labels.node }}" in rule["annotations"]["description"], name

@@ -77,5 +77,6 @@ def test_the_dashboard_shows_what_the_issue_asks_for():
         "multinic_controller_removals_held", "multinic_controller_invalid_rows", "multinic_agent_applies_total",
         "multinic_agent_rollbacks_total", "multinic_controller_node_not_converged",
         "multinic_controller_certificate_expiration_timestamp_seconds",
+        "multinic_agent_drift_repairs_total", "multinic_agent_drift_unrepaired",
     ]:
         assert metric in used, f"no panel shows {metric}"

@@ -171,7 +171,7 @@ def test_chart_pods_run_from_the_images(images):
     assert node["name"] == "node-a" and node["connected"] is True, node
     assert [(i["mac_address"], i["name"], i["state"], i["error_code"]) for i in node["interfaces"]] == [
         ("02:00:5e:10:00:aa", "multinic0", "waiting", "MAC_NOT_PRESENT")], node
-    assert node["apply_mode"] == "host" and node["backend"] == "netplan", "auto read the host's os-release"
+    assert node["apply_mode"] == "netlink" and node["backend"] == "netplan", "auto read the host's os-release: netplan applies by netlink"
     assert result["operator"]["status_exit"] == 2, result["operator"]["status"]  # not converged: waiting
     # What the processes may do is what the securityContexts say.
     ctl = result["controller_status"]

@@ -137,6 +137,7 @@ def system(tmp_path):
             "--apply", "none", "--backend", "netplan", "--host-root", str(root), "--state-dir", str(root / "state"),
             "--log-format", "text", "--ca", str(pki / "ca.crt"), "--tls-cert", str(pki / f"agent-{certificate}.crt"),
             "--tls-key", str(pki / f"agent-{certificate}.key"), "--http-listen", f"127.0.0.1:{port}",
+            "--drift-check-interval", "1s",
         ], tmp_path / f"{name}.log")
     out = render(VALUES)
     work = tmp_path / "prometheus"
@@ -212,6 +213,16 @@ def test_alerts_fire_and_resolve_with_the_database_and_the_dashboard_queries_hol
     prom.wait(lambda: value(prom, 'multinic_controller_rejected_messages_total{reason="wrong_node"}'),
               "the impostor's Hello counted as rejected", 60)
     processes["impostor"].stop()
+    assert value(prom, 'multinic_controller_nodes{state="converged"}') == 2 and not ours(prom.alerts())
+
+    # Drift: node-a's file deleted behind the agent's back is put back at its
+    # next check and counted on both sides; no alert of ours.
+    ours_file = system["tmp"] / "node-a" / "etc" / "netplan" / "90-multinic0.yaml"
+    ours_file.unlink()
+    prom.wait(lambda: value(prom, 'multinic_agent_drift_repairs_total{kind="file_deleted"}'), "repair counted", 60)
+    prom.wait(lambda: value(prom, 'multinic_controller_drift_findings_total{kind="file_deleted", action="repaired"}'),
+              "drift reported to the controller", 60)
+    assert ours_file.exists() and value(prom, "sum(multinic_agent_drift_unrepaired)") == 0
     assert value(prom, 'multinic_controller_nodes{state="converged"}') == 2 and not ours(prom.alerts())
 
     # The certificate gauges say what the files say.

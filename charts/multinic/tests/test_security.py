@@ -354,3 +354,13 @@ def test_monitoring_objects():
     pm = out.one("PodMonitor")["spec"]
     assert pm["selector"]["matchLabels"] == out.agent["spec"]["selector"]["matchLabels"]
     assert pm["podMetricsEndpoints"][0]["port"] == "http"
+
+
+@pytest.mark.parametrize(
+    "drift, interval, repair",
+    [({}, "60s", "true"), ({"checkInterval": "5m"}, "5m", "true"), ({"checkInterval": "0", "repair": False}, "0", "false")],
+)
+def test_agent_drift_settings_reach_the_agent(drift, interval, repair):
+    ds = render(merge(VALUE_SETS["defaults"], {"agent": {"drift": drift}})).agent
+    assert env_value(ds, "MULTINIC_DRIFT_CHECK_INTERVAL") == interval
+    assert env_value(ds, "MULTINIC_DRIFT_REPAIR") == repair

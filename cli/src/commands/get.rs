@@ -9,7 +9,9 @@ use tonic::transport::Channel;
 
 use crate::client::ConnectArgs;
 use crate::out::out;
-use crate::view::{Format, InterfaceView, NodeView, Table, age, convergence, print_structured, problems_table};
+use crate::view::{
+    DriftView, Format, InterfaceView, NodeView, Table, age, convergence, print_structured, problems_table,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum What {
@@ -163,6 +165,13 @@ fn node_details(n: &v1::NodeStatus, wide: bool) -> String {
         short(&view.applied_digest),
         short(&view.desired_digest),
     );
+    if view.last_drift.is_some() {
+        out.push_str(&format!(
+            "Drift:       last found {} ago, {} repaired since the controller became active\n\n",
+            age(n.last_drift_unix_ms),
+            view.drift_repairs
+        ));
+    }
     if !view.problems.is_empty() {
         out.push_str("Problems:\n");
         for p in &view.problems {
@@ -178,6 +187,10 @@ fn node_details(n: &v1::NodeStatus, wide: bool) -> String {
     if view.interfaces_omitted > 0 {
         out.push_str(&format!("... and {} more held interfaces not listed\n", view.interfaces_omitted));
     }
+    if !view.drift.is_empty() {
+        out.push_str("\nLast drift found:\n");
+        out.push_str(&drift_table(&view.drift));
+    }
     if !view.row_problems.is_empty() {
         out.push_str("\nRows with problems:\n");
         out.push_str(&problems_table(&view.row_problems, view.row_problems_omitted, false, "rejected rows"));
@@ -187,6 +200,22 @@ fn node_details(n: &v1::NodeStatus, wide: bool) -> String {
         out.push_str(&problems_table(&view.row_warnings, view.row_warnings_omitted, false, "warnings"));
     }
     out
+}
+
+/// `NAME MAC KIND FOUND WANTED ACTION` rows of one drift check.
+pub fn drift_table(drift: &[DriftView]) -> String {
+    let mut table = Table::new(&["NAME", "MAC", "KIND", "FOUND", "WANTED", "ACTION"]).color_columns(&[5]);
+    for d in drift {
+        table.row(vec![
+            d.name.clone(),
+            d.mac_address.clone(),
+            d.kind.clone(),
+            d.found.clone(),
+            d.wanted.clone(),
+            d.action.clone(),
+        ]);
+    }
+    table.render()
 }
 
 fn dash(s: &str) -> String {

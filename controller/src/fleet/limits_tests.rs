@@ -110,6 +110,7 @@ fn a_report_speaks_only_for_the_macs_its_push_named() {
         outcome: Outcome::Applied,
         interfaces: hello("n1", None, [2, 3]).interfaces,
         error: String::new(),
+        drift: Vec::new(),
     };
     // A status about another MAC sneaked in (a caller that skipped the checks).
     report.interfaces.push(InterfaceStatus::applied(mac(900), InterfaceName::new(5, 100).unwrap()));
@@ -249,8 +250,62 @@ fn a_second_file_removed_beside_the_kept_one_leaves_the_interface_applied() {
         outcome: Outcome::Applied,
         interfaces,
         error: String::new(),
+        drift: Vec::new(),
     };
     crate::claims::check_report(&pushed.set, pushed.generation, &report).unwrap();
     fleet.record(&name("n1"), session, &pushed, &report).unwrap();
     assert_eq!(fleet.node(&name("n1")).unwrap().convergence, Convergence::Converged);
+}
+
+#[test]
+fn the_warm_up_ends_once_every_node_with_rows_reported_but_rowless_removals_wait_for_its_end() {
+    let fleet = Fleet::with_guard(GuardConfig { warmup: Duration::from_secs(3600), ..GuardConfig::default() });
+    fleet.set_active(true);
+    // Node a has rows for MACs 1 and 2, node b for MAC 3; node gone has none.
+    fleet.publish(desired_fleet(&FleetSnapshot {
+        rows: vec![row(1, "a", 1, 1500), row(2, "a", 2, 1500), row(3, "b", 3, 1500)],
+    }));
+    let digest = |n: &str| fleet.node(&name(n)).unwrap().published.unwrap().set.digest().clone();
+
+    // a still has MAC 9 (its row was deleted while the controller was away).
+    fleet.connect(&hello("a", Some(digest("a")), [1, 2, 9]));
+    // (The warm-up looks at most every 100 ms, and at every poll tick.)
+    fleet.rejudge_guard();
+    let status = fleet.guard_status();
+    assert_eq!(status.removals_held, 1);
+    let reason = status.reason.unwrap();
+    assert!(
+        reason.contains("until every node with rows has reported") && reason.contains("(1 not yet: b)"),
+        "{reason}"
+    );
+    let view = fleet.node(&name("a")).unwrap();
+    assert!(view.guard_reason.as_deref().is_some_and(|r| r.contains("1 not yet: b")), "status says why: {view:?}");
+
+    // b reports: every node with rows has; a's removal goes at once, an hour early.
+    fleet.connect(&hello("b", Some(digest("b")), [3]));
+    fleet.rejudge_guard();
+    assert_eq!(fleet.guard_status(), GuardStatus::default(), "nothing held");
+    assert!(fleet.node(&name("a")).unwrap().guarded.is_empty());
+    assert!(!fleet.node(&name("a")).unwrap().published.unwrap().set.is_held(&mac(9)), "a's removal is pushed");
+
+    // A node deleted from the table whole still waits for the warm-up's end.
+    fleet.connect(&hello("gone", Some(Digest::from_wire("ab").unwrap()), [7, 8]));
+    let status = fleet.guard_status();
+    assert_eq!(status.removals_held, 2, "{status:?}");
+    assert!(status.reason.unwrap().contains("no rows left wait"));
+    let gone = fleet.node(&name("gone")).unwrap();
+    assert_eq!(gone.guarded, [mac(7), mac(8)].into());
+    assert!(gone.published.unwrap().set.is_held(&mac(7)));
+}
+
+#[test]
+fn an_empty_table_keeps_the_whole_warm_up() {
+    let fleet = Fleet::with_guard(GuardConfig { warmup: Duration::from_secs(3600), ..GuardConfig::default() });
+    fleet.set_active(true);
+    fleet.publish(desired_fleet(&FleetSnapshot::default()));
+    fleet.connect(&hello("a", Some(Digest::from_wire("ab").unwrap()), [1, 2]));
+    fleet.rejudge_guard();
+    let status = fleet.guard_status();
+    assert_eq!(status.removals_held, 2, "no node has rows: nothing says the table is whole");
+    assert!(status.reason.unwrap().contains("until every node with rows has reported"));
 }

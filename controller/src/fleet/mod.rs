@@ -27,8 +27,8 @@ mod removals;
 mod tests;
 
 pub use node::{
-    Applied, Convergence, InterfaceRecord, MAX_PUSH_BYTES, NodeProblem, Published, SessionInfo, UNANSWERED_AFTER,
-    Unanswered, human, wire_bound,
+    Applied, Convergence, InterfaceRecord, MAX_PUSH_BYTES, NodeDrift, NodeProblem, Published, SessionInfo,
+    UNANSWERED_AFTER, Unanswered, human, wire_bound,
 };
 use node::{NodeEntry, Refreshed, apply_report, present_in};
 use removals::GuardState;
@@ -63,6 +63,10 @@ pub struct NodeSnapshot {
     pub guarded: BTreeSet<MacAddress>,
     /// What is wrong with the node as a whole now.
     pub problems: Vec<NodeProblem>,
+    /// The last drift its agent reported, if any.
+    pub drift: Option<NodeDrift>,
+    /// Why the guard holds removals (its holds are in `guarded`), if it does.
+    pub guard_reason: Option<String>,
 }
 
 /// A bounded list and how many were left out.
@@ -130,6 +134,9 @@ pub struct Fleet {
     /// The mass-deletion guard. Lock order: this mutex, then map shards;
     /// never a shard and then this mutex.
     guard: Mutex<GuardState>,
+    /// Counts the times this replica became active (what a node reported
+    /// in is compared with it).
+    activation: AtomicU64,
 }
 
 impl Default for Fleet {
@@ -151,6 +158,7 @@ impl Fleet {
             guard_config: GuardConfig::default(),
             answer_within: UNANSWERED_AFTER,
             guard: Mutex::new(GuardState::default()),
+            activation: AtomicU64::new(0),
         }
     }
 
@@ -170,7 +178,10 @@ impl Fleet {
     pub fn set_active(&self, active: bool) -> bool {
         let changed = self.active.send_if_modified(|current| std::mem::replace(current, active) != active);
         if changed && active {
-            lock(&self.guard).activated = Some(Instant::now());
+            self.activation.fetch_add(1, Ordering::Relaxed);
+            let mut g = lock(&self.guard);
+            g.activated = Some(Instant::now());
+            g.warmup = Default::default();
         }
         changed
     }
@@ -253,10 +264,10 @@ impl Fleet {
                 totals = totals.replace(gone.counts, Counts::default());
             }
         }
-        let was_holding = g.holding.is_some();
+        let was = g.hold;
         let hold = self.judge(&mut g, totals);
         let mut changed = Vec::new();
-        if hold != was_holding || first_sync {
+        if hold != was || first_sync {
             self.refresh_all(&mut g, &mut changed);
         } else {
             g.totals = totals;
@@ -320,6 +331,7 @@ impl Fleet {
         if hello.applied_digest.is_some() || !hello.interfaces.is_empty() {
             entry.take_inventory(present_in(&hello.interfaces), None);
             entry.inventory_known = true;
+            entry.reported_in = self.activation.load(Ordering::Relaxed);
         } else {
             entry.claimed.clear();
             entry.inventory_known = false;
@@ -365,6 +377,7 @@ impl Fleet {
         }
         let generation = published.generation;
         apply_report(&mut entry, &published, generation, &hello.interfaces);
+        entry.reported_in = self.activation.load(Ordering::Relaxed);
         drop(entry);
         self.node_changed(&hello.node);
         let _ = self.changes.send(hello.node.clone());
@@ -394,6 +407,8 @@ impl Fleet {
             return Ok(());
         }
         apply_report(&mut entry, pushed, pushed.generation, &report.interfaces);
+        entry.reported_in = self.activation.load(Ordering::Relaxed);
+        entry.record_drift(&report.drift, SystemTime::now());
         drop(entry);
         self.node_changed(node);
         let _ = self.changes.send(node.clone());
@@ -484,6 +499,8 @@ impl Fleet {
 
     /// A copy of one node's state.
     pub fn node(&self, name: &NodeName) -> Option<NodeSnapshot> {
+        // Before the node's shard: lock order is the guard, then shards.
+        let guard_reason = lock(&self.guard).holding.clone();
         let entry = self.nodes.get(name)?;
         Some(NodeSnapshot {
             name: name.clone(),
@@ -497,6 +514,8 @@ impl Fleet {
             interfaces: entry.interfaces.to_map(),
             guarded: entry.guarded.clone(),
             problems: entry.problems(SystemTime::now(), self.answer_within),
+            drift: entry.drift.clone(),
+            guard_reason: (!entry.guarded.is_empty()).then_some(guard_reason).flatten(),
         })
     }
 

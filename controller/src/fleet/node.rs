@@ -14,7 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use multinic_proto::{DesiredSet, Digest, ErrorCode, InterfaceSpec, InterfaceState, InterfaceStatus, MacAddress};
+use multinic_proto::{
+    DesiredSet, Digest, DriftAction, DriftFinding, ErrorCode, InterfaceSpec, InterfaceState, InterfaceStatus,
+    MacAddress,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +100,28 @@ pub struct Applied {
     pub at: SystemTime,
 }
 
+/// What the node's agent last reported a drift check found, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDrift {
+    /// When the report arrived.
+    pub at: SystemTime,
+    /// What it found and did (bounded by what a report may carry).
+    pub findings: Vec<DriftFinding>,
+    /// Findings repaired since this controller started.
+    pub repairs: u64,
+}
+
+/// What the mass-deletion guard holds back now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Hold {
+    #[default]
+    Nothing,
+    /// Every removal.
+    All,
+    /// Removals on nodes with no rows left (the end of the warm-up).
+    Rowless,
+}
+
 /// What [`NodeEntry::refresh`] changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refreshed {
@@ -163,6 +188,11 @@ pub(super) struct NodeEntry {
     pub(super) rejected: Option<String>,
     /// Why the database's set cannot be pushed (too large), while it cannot.
     pub(super) undeliverable: Option<String>,
+    /// The last drift the agent reported.
+    pub(super) drift: Option<NodeDrift>,
+    /// The activation of this replica in which the agent last said what it
+    /// has (0: never); the warm-up waits for the current one.
+    pub(super) reported_in: u64,
 }
 
 impl NodeEntry {
@@ -187,7 +217,19 @@ impl NodeEntry {
             unanswered: None,
             rejected: None,
             undeliverable: None,
+            drift: None,
+            reported_in: 0,
         }
+    }
+
+    /// Keeps what a drift check found (`findings`, from a report believed).
+    pub(super) fn record_drift(&mut self, findings: &[DriftFinding], at: SystemTime) {
+        if findings.is_empty() {
+            return;
+        }
+        let repaired = findings.iter().filter(|f| f.action == DriftAction::Repaired).count() as u64;
+        let repairs = self.drift.as_ref().map_or(0, |d| d.repairs) + repaired;
+        self.drift = Some(NodeDrift { at, findings: findings.to_vec(), repairs });
     }
 
     /// Everything the agent is taken to have: believed and claimed MACs.
@@ -227,9 +269,14 @@ impl NodeEntry {
     /// Recomputes the set to push (the database's set, plus the removals the
     /// guard holds, within the message limit) and publishes it if it changed
     /// and the fleet was read.
-    pub(super) fn refresh(&mut self, hold: bool, synced: bool) -> Refreshed {
+    pub(super) fn refresh(&mut self, hold: Hold, synced: bool) -> Refreshed {
         self.counts = self.guard_counts();
-        self.guarded = if hold { guard::removals(self.inventory(), &self.desired.set) } else { BTreeSet::new() };
+        let held = match hold {
+            Hold::All => true,
+            Hold::Rowless => !self.in_db,
+            Hold::Nothing => false,
+        };
+        self.guarded = if held { guard::removals(self.inventory(), &self.desired.set) } else { BTreeSet::new() };
         if !synced {
             return Refreshed::Nothing;
         }

@@ -6,25 +6,50 @@
 //! few nodes costs work for those nodes; every node is revisited only when
 //! the verdict flips. Lock order: the guard mutex, then map shards; never a
 //! shard and then the mutex.
+//!
+//! The warm-up after this replica became active holds every removal until
+//! every node with rows, and every agent connected, has said what it has
+//! (looked up at most every [`WARMUP_LOOK_EVERY`] while it lasts, and at
+//! every poll tick); then only removals on nodes with no rows left wait,
+//! until `--removal-warmup` has passed (claims made until then count).
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use multinic_proto::{MacAddress, NodeName};
 
-use super::node::Refreshed;
+use super::node::{Hold, Refreshed};
 use super::{Fleet, lock, read};
-use crate::guard::{self, Counts, Verdict};
+use crate::guard::{self, Counts, Verdict, Warming};
+
+/// How often, at most, the warm-up looks whether every node has reported.
+pub const WARMUP_LOOK_EVERY: Duration = Duration::from_millis(100);
+/// Nodes a warm-up reason names at most.
+const WARMUP_NAMES: usize = 3;
 
 #[derive(Debug, Default)]
 pub(super) struct GuardState {
     pub(super) totals: Counts,
     /// Why removals are held, while they are.
     pub(super) holding: Option<String>,
+    /// Which removals are held.
+    pub(super) hold: Hold,
     /// The removals an operator confirmed (they, or any part of them, go).
     pub(super) confirmed: Option<BTreeSet<(NodeName, MacAddress)>>,
     /// When this replica became active (warm-up starts).
     pub(super) activated: Option<Instant>,
+    /// Who the warm-up still waits for.
+    pub(super) warmup: WarmupState,
+}
+
+/// The warm-up's last look at the fleet.
+#[derive(Debug, Default)]
+pub(super) struct WarmupState {
+    looked: Option<Instant>,
+    all_reported: bool,
+    waiting: usize,
+    first: Vec<NodeName>,
 }
 
 /// The mass-deletion guard as status shows it.
@@ -52,9 +77,9 @@ impl Fleet {
         let mut g = lock(&self.guard);
         let Some((old, new)) = self.nodes.get(name).map(|e| (e.counts, e.guard_counts())) else { return };
         let totals = g.totals.replace(old, new);
-        let was_holding = g.holding.is_some();
+        let was = g.hold;
         let hold = self.judge(&mut g, totals);
-        if hold != was_holding {
+        if hold != was {
             let mut changed = Vec::new();
             self.refresh_all(&mut g, &mut changed);
             drop(g);
@@ -71,7 +96,8 @@ impl Fleet {
     }
 
     /// Whether the guard still warms up (this replica became active less
-    /// than the warm-up ago), when agents report what they have.
+    /// than the warm-up ago), when agents report what they have: their
+    /// claims count until then, also once the nodes with rows reported.
     pub(super) fn warming_up(&self) -> bool {
         lock(&self.guard).activated.is_none_or(|t| t.elapsed() < self.guard_config.warmup)
     }
@@ -81,9 +107,10 @@ impl Fleet {
     /// every poll tick; costs nothing otherwise.
     pub fn rejudge_guard(&self) {
         let mut g = lock(&self.guard);
-        let was_holding = g.holding.is_some();
+        g.warmup.looked = None;
+        let was = g.hold;
         let totals = g.totals;
-        if self.judge(&mut g, totals) != was_holding {
+        if self.judge(&mut g, totals) != was {
             let mut changed = Vec::new();
             self.refresh_all(&mut g, &mut changed);
             drop(g);
@@ -113,22 +140,68 @@ impl Fleet {
         g.totals = totals;
     }
 
+    /// The warm-up as it stands, if it still runs: how long at most, and
+    /// who has not reported yet (looked up again when the last look is
+    /// older than [`WARMUP_LOOK_EVERY`]; once everyone has, that stays).
+    fn warming(&self, g: &mut GuardState) -> Option<Warming> {
+        let left =
+            g.activated.and_then(|t| self.guard_config.warmup.checked_sub(t.elapsed())).filter(|l| !l.is_zero())?;
+        let look = g.warmup.looked.is_none_or(|t| t.elapsed() >= WARMUP_LOOK_EVERY);
+        if !g.warmup.all_reported && look && read(&self.db).synced {
+            g.warmup.looked = Some(Instant::now());
+            let current = self.activation.load(Ordering::Relaxed);
+            let (mut rows, mut first) = (0usize, std::collections::BinaryHeap::new());
+            let mut waiting = 0;
+            for entry in &self.nodes {
+                if !entry.in_db && entry.session.is_none() {
+                    continue;
+                }
+                rows += usize::from(entry.in_db);
+                if entry.reported_in != current {
+                    waiting += 1;
+                    first.push(entry.key().clone());
+                    if first.len() > WARMUP_NAMES {
+                        first.pop();
+                    }
+                }
+            }
+            let all_reported = rows > 0 && waiting == 0;
+            if all_reported && !g.warmup.all_reported {
+                let after = g.activated.map(|t| t.elapsed()).unwrap_or_default();
+                tracing::info!(
+                    after = ?after,
+                    left = ?left,
+                    "every node with rows and every connected agent has said what it has: removals are judged now; \
+                     removals on nodes with no rows left wait until the warm-up's end"
+                );
+            }
+            g.warmup = WarmupState { looked: g.warmup.looked, all_reported, waiting, first: first.into_sorted_vec() };
+        }
+        Some(Warming {
+            left,
+            all_reported: g.warmup.all_reported,
+            waiting: g.warmup.waiting,
+            first: g.warmup.first.clone(),
+        })
+    }
+
     /// The guard's verdict for `totals`; records it (and logs changes).
-    pub(super) fn judge(&self, g: &mut GuardState, totals: Counts) -> bool {
-        let warming =
-            g.activated.and_then(|t| self.guard_config.warmup.checked_sub(t.elapsed())).filter(|left| !left.is_zero());
-        let verdict = guard::verdict(&self.guard_config, totals, warming, false);
+    pub(super) fn judge(&self, g: &mut GuardState, totals: Counts) -> Hold {
+        let warming = self.warming(g);
+        let verdict = guard::verdict(&self.guard_config, totals, warming.as_ref(), false);
         let verdict = match verdict {
-            Verdict::Hold(reason) => match &g.confirmed {
-                Some(confirmed) if self.removals().is_subset(confirmed) => Verdict::Release,
-                _ => Verdict::Hold(reason),
-            },
+            Verdict::Hold(_) | Verdict::HoldRowless(_)
+                if g.confirmed.as_ref().is_some_and(|confirmed| self.removals().is_subset(confirmed)) =>
+            {
+                Verdict::Release
+            }
             Verdict::Release => {
                 if totals.removals == 0 {
                     g.confirmed = None;
                 }
                 Verdict::Release
             }
+            held => held,
         };
         match verdict {
             Verdict::Hold(reason) => {
@@ -142,15 +215,20 @@ impl Fleet {
                     );
                 }
                 g.holding = Some(reason);
-                true
+                g.hold = Hold::All;
+            }
+            Verdict::HoldRowless(reason) => {
+                g.holding = Some(reason);
+                g.hold = Hold::Rowless;
             }
             Verdict::Release => {
                 if let Some(reason) = g.holding.take() {
                     tracing::info!(was = %reason, "mass-deletion guard: removals released");
                 }
-                false
+                g.hold = Hold::Nothing;
             }
         }
+        g.hold
     }
 
     /// Every removal the database calls for now.
@@ -169,11 +247,16 @@ impl Fleet {
         guard::token(self.removals().iter().map(|(n, m)| (n, m)))
     }
 
-    /// The guard as status shows it.
+    /// The guard as status shows it (nothing while it holds nothing: the
+    /// end of the warm-up may hold removals on nodes without rows, and there
+    /// may be none).
     pub fn guard_status(&self) -> GuardStatus {
         let g = lock(&self.guard);
         let Some(reason) = g.holding.clone() else { return GuardStatus::default() };
         let removals_held = self.nodes.iter().map(|e| e.guarded.len()).sum();
+        if removals_held == 0 && g.hold == Hold::Rowless {
+            return GuardStatus::default();
+        }
         GuardStatus { removals_held, reason: Some(reason), token: Some(self.removal_token()) }
     }
 

@@ -33,6 +33,7 @@ fn applied_report(p: &Published) -> AgentReport {
             .map(|(i, s)| InterfaceStatus::applied(s.mac, InterfaceName::new(i as u8, 10).unwrap()))
             .collect(),
         error: String::new(),
+        drift: Vec::new(),
     }
 }
 
@@ -76,6 +77,56 @@ fn report_drives_row_updates_for_exact_content_only() {
 }
 
 #[test]
+fn drift_that_could_not_be_repaired_reads_zero_and_status_keeps_what_was_found() {
+    use multinic_proto::{DriftAction, DriftFinding, DriftKind};
+    let fleet = Fleet::new();
+    let a: NodeName = "a".parse().unwrap();
+    // Both rows read 1: the node applied them.
+    let snap = FleetSnapshot {
+        rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 1), row(2, "a", "fa:16:3e:00:00:02", 1500, 1)],
+    };
+    fleet.publish(desired_fleet(&snap));
+    let (session, rx, _) = fleet.connect(&hello("a", None));
+    let pushed = rx.borrow().clone().unwrap();
+    fleet.record(&a, session, &pushed, &applied_report(&pushed)).unwrap();
+    assert!(fleet.row_updates(&a).is_empty());
+    assert!(fleet.node(&a).unwrap().drift.is_none(), "no drift reported yet");
+
+    // The agent repaired an MTU on one interface: both stay 1, the repair counts.
+    let finding = |mac: &str, action| DriftFinding {
+        mac: mac.parse().unwrap(),
+        name: InterfaceName::new(0, 10).unwrap(),
+        kind: DriftKind::Mtu,
+        found: "MTU 1300".into(),
+        wanted: "MTU 1500".into(),
+        action,
+    };
+    let repaired =
+        AgentReport { drift: vec![finding("fa:16:3e:00:00:01", DriftAction::Repaired)], ..applied_report(&pushed) };
+    fleet.record(&a, session, &pushed, &repaired).unwrap();
+    let node = fleet.node(&a).unwrap();
+    let drift = node.drift.expect("kept for status");
+    assert_eq!((drift.findings.len(), drift.repairs), (1, 1));
+    assert_eq!(node.convergence, Convergence::Converged);
+    assert!(fleet.row_updates(&a).is_empty(), "repaired: still 1");
+
+    // Then it gave up on it: that row reads 0, the other stays 1.
+    let mut gave_up = applied_report(&pushed);
+    gave_up.outcome = Outcome::Partial;
+    let status = gave_up.interfaces.iter_mut().find(|s| s.mac.to_string() == "fa:16:3e:00:00:01").unwrap();
+    status.state = InterfaceState::Failed;
+    status.code = ErrorCode::DriftRepeated;
+    gave_up.drift = vec![finding("fa:16:3e:00:00:01", DriftAction::GivenUp)];
+    fleet.record(&a, session, &pushed, &gave_up).unwrap();
+    let wanted: Vec<_> = fleet.row_updates(&a).into_iter().map(|u| (u.id, u.success)).collect();
+    assert_eq!(wanted, vec![(1, false)], "the row whose drift was not repaired goes to 0, the other stays 1");
+    let node = fleet.node(&a).unwrap();
+    assert_eq!(node.convergence, Convergence::Failed);
+    let drift = node.drift.unwrap();
+    assert_eq!((drift.findings[0].action, drift.repairs), (DriftAction::GivenUp, 1), "the count goes on");
+}
+
+#[test]
 fn failed_interfaces_and_invalid_rows_read_zero() {
     let fleet = Fleet::new();
     let a: NodeName = "a".parse().unwrap();
@@ -98,6 +149,7 @@ fn failed_interfaces_and_invalid_rows_read_zero() {
             "full",
         )],
         error: String::new(),
+        drift: Vec::new(),
     };
     fleet.record(&a, session, &pushed, &report).unwrap();
     let mut updates: Vec<_> = fleet.row_updates(&a).into_iter().map(|u| (u.id, u.success)).collect();

@@ -379,8 +379,13 @@ impl Session {
                     generation = report.generation,
                     outcome = report.outcome.as_str(),
                     interfaces = report.interfaces.len(),
+                    drift = report.drift.len(),
                     "agent reported"
                 );
+                for finding in &report.drift {
+                    let labels = vec![("kind", finding.kind.as_str()), ("action", finding.action.as_str())];
+                    self.svc.metrics.drift_findings.get_or_create(&labels).inc();
+                }
                 self.svc.recorder.dirty(node.clone());
             }
             Err(e) => warn!(error = %e, "report not recorded"),

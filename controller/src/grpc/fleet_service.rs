@@ -304,13 +304,14 @@ pub fn node_status(node: &NodeSnapshot) -> v1::NodeStatus {
         for mac in held.iter().take(VIEW_LIMIT) {
             let record = node.interfaces.get(mac);
             let (code, message) = if node.guarded.contains(mac) {
+                let why = node.guard_reason.as_deref().unwrap_or("it holds removals");
                 (
                     multinic_proto::ErrorCode::RemovalHeld,
-                    "its rows are gone but the mass-deletion guard holds the removal",
+                    format!("its rows are gone but the mass-deletion guard holds the removal: {why}"),
                 )
             } else {
                 let code = node.desired.held_codes.get(mac).copied().unwrap_or(multinic_proto::ErrorCode::InvalidRow);
-                (code, "left as it is: its rows are invalid or in conflict (see rejected rows)")
+                (code, "left as it is: its rows are invalid or in conflict (see rejected rows)".to_owned())
             };
             interfaces.push(v1::InterfaceView {
                 mac_address: mac.to_string(),
@@ -319,7 +320,7 @@ pub fn node_status(node: &NodeSnapshot) -> v1::NodeStatus {
                 mtu: 0,
                 state: v1::InterfaceState::Held.into(),
                 error_code: v1::ErrorCode::from(code).into(),
-                message: message.to_owned(),
+                message,
                 last_change_unix_ms: record.map_or(0, |r| unix_ms(r.since)),
                 row_ids: rows_of(mac),
             });
@@ -347,6 +348,14 @@ pub fn node_status(node: &NodeSnapshot) -> v1::NodeStatus {
         row_warnings: warnings.iter().take(VIEW_LIMIT).map(row_problem).collect(),
         row_warnings_omitted: count(warnings.len().saturating_sub(VIEW_LIMIT)),
         problems: node.problems.iter().map(node_problem).collect(),
+        last_drift_unix_ms: node.drift.as_ref().map_or(0, |d| unix_ms(d.at)),
+        last_drift: node
+            .drift
+            .iter()
+            .flat_map(|d| d.findings.iter().take(VIEW_LIMIT))
+            .map(v1::DriftFinding::from)
+            .collect(),
+        drift_repairs: node.drift.as_ref().map_or(0, |d| d.repairs),
     }
 }
 

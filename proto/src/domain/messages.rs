@@ -1,6 +1,6 @@
 //! The domain form of the messages agents and the controller exchange.
 
-use super::{DesiredSet, Digest, InterfaceStatus, NodeName, Outcome};
+use super::{DesiredSet, Digest, DriftFinding, InterfaceStatus, NodeName, Outcome};
 
 /// One push of a node's desired set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,4 +31,6 @@ pub struct AgentReport {
     pub interfaces: Vec<InterfaceStatus>,
     /// Why the push was rejected as a whole; empty otherwise.
     pub error: String,
+    /// What a drift check found and did; empty in the answer to a push.
+    pub drift: Vec<DriftFinding>,
 }

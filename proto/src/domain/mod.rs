@@ -4,6 +4,7 @@
 
 mod addr;
 mod desired;
+mod drift;
 mod error;
 mod mac;
 mod messages;
@@ -12,6 +13,7 @@ mod status;
 
 pub use addr::{IfaceAddr, Mtu};
 pub use desired::{DesiredSet, Digest, InterfaceSpec};
+pub use drift::{DriftAction, DriftFinding, DriftKind};
 pub use error::ParseError;
 pub use mac::MacAddress;
 pub use messages::{AgentHello, AgentReport, DesiredPush};

@@ -76,6 +76,8 @@ pub enum ErrorCode {
     PushUnanswered,
     PushRejected,
     DuplicateAddress,
+    DriftRepeated,
+    Drifted,
 }
 
 impl ErrorCode {
@@ -100,6 +102,8 @@ impl ErrorCode {
             Self::PushUnanswered => "PUSH_UNANSWERED",
             Self::PushRejected => "PUSH_REJECTED",
             Self::DuplicateAddress => "DUPLICATE_ADDRESS",
+            Self::DriftRepeated => "DRIFT_REPEATED",
+            Self::Drifted => "DRIFTED",
         }
     }
 }
