@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use multinic_testkit::bystanders::{Bystanders, Snapshot};
-use multinic_testkit::e2e::{Stack, WAIT};
+use multinic_testkit::e2e::{AGENT_HTTP, Stack, WAIT};
 use multinic_testkit::eventually;
 use multinic_testkit::netns::Link;
 use multinic_testkit::networkmanager::{NmNode, UNMANAGED_MAC, UNMANAGED_NIC, libnm_read};
@@ -272,6 +272,123 @@ async fn on_networkmanager_a_hot_plugged_nic_is_taken_over_a_refused_profile_rol
     assert_eq!(netplan_success_of_port(&s.pool, "d").await, 0, "D stays failed");
     assert_eq!(s.device("ens7"), d_before, "and as it was");
     s.assert_untouched(&before, "hot-plugged NIC applied");
+}
+
+/// Drift on NetworkManager: checks of a steady node read our keyfiles,
+/// `.link` files and the kernel, and ask NetworkManager nothing and write
+/// nothing; an MTU set by hand and a deleted keyfile are repaired through
+/// the apply's own road (our profile loaded and reapplied on that one
+/// device, under a checkpoint), never a reload or restart, and the other
+/// NIC of ours and the rest of the node stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_networkmanager_a_steady_node_is_checked_without_a_call_and_drift_is_repaired_on_that_profile_alone() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(mut s) = Setup::start().await else { return };
+    s.node.kernel.add_nic("ens4", A);
+    s.node.kernel.add_nic("ens5", B);
+    NewRow::new("a", NODE, A).address(Some("10.64.0.5"), Some("10.64.0.0/24")).mtu(1450).insert(&s.pool).await;
+    NewRow::new("b", NODE, B).mtu(1400).insert(&s.pool).await;
+    s.start_agent_with(&["--drift-check-interval", "300ms", "--http-listen", AGENT_HTTP]);
+    s.row_is("a", 1).await;
+    s.row_is("b", 1).await;
+    let applied_a = (1450, true, vec!["10.64.0.5/24".to_owned()]);
+    assert_eq!(state_of(&s.link("multinic0")), applied_a);
+    let before = Snapshot::take(&s.node.kernel, &ALL);
+    let ours: Vec<_> = [
+        "etc/NetworkManager/system-connections/multinic0.nmconnection",
+        "etc/NetworkManager/system-connections/multinic1.nmconnection",
+        "etc/systemd/network/10-multinic0.link",
+        "etc/systemd/network/10-multinic1.link",
+    ]
+    .iter()
+    .map(|p| s.node.path(p))
+    .collect();
+    let files = || -> Vec<_> {
+        ours.iter()
+            .map(|p| p.metadata().map(|m| (m.ino(), m.mtime_nsec(), std::fs::read_to_string(p).unwrap())).ok())
+            .collect()
+    };
+    let counters = |m: &multinic_testkit::scrape::Metrics| {
+        ["multinic_agent_file_changes_total", "multinic_agent_netlink_changes_total", "multinic_agent_applies_total"]
+            .map(|name| m.get(name, &[]))
+    };
+
+    // Ten checks of a node as applied: no call to NetworkManager, no write,
+    // no netlink change, no apply.
+    let (files_before, b_before) = (files(), s.link("multinic1"));
+    let metrics = s.agent_metrics(&s.node.kernel).await;
+    let (checks, counted) = (metrics.get("multinic_agent_drift_checks_total", &[]), counters(&metrics));
+    let calls = s.node.calls();
+    eventually(WAIT, "ten drift checks", || async {
+        (s.drift_checks(&s.node.kernel).await >= checks + 10.0).then_some(())
+    })
+    .await;
+    assert_eq!(s.node.calls_since(calls), Vec::<String>::new(), "a check asks NetworkManager nothing");
+    assert_eq!(counters(&s.agent_metrics(&s.node.kernel).await), counted, "file changes, netlink changes, applies");
+    assert!(files() == files_before, "our files untouched by the checks");
+    assert_eq!(s.link("multinic1"), b_before);
+    assert!(s.agent().events("repaired drift").is_empty(), "{}", s.agent().log_text());
+    s.assert_untouched(&before, "ten drift checks");
+
+    // The MTU set by hand: our profile reapplied on that device alone.
+    let b = (s.link("multinic1"), s.device("multinic1"), s.profile("multinic1"));
+    let calls = s.node.calls();
+    s.node.kernel.ip(&["link", "set", "multinic0", "mtu", "1300"]);
+    let repaired = repair_of(&s, "mtu").await;
+    assert_eq!((repaired["from"].as_str(), repaired["to"].as_str()), (Some("MTU 1300"), Some("MTU 1450")));
+    assert_eq!(state_of(&s.link("multinic0")), applied_a);
+    assert_repaired_alone(&s.node.calls_since(calls), "the MTU set by hand");
+    assert_eq!(s.device("multinic0"), (CONNECTED.to_owned(), "multinic0".to_owned()));
+    assert_eq!((s.link("multinic1"), s.device("multinic1"), s.profile("multinic1")), b, "B as it was");
+    assert_eq!(s.node.checkpoints(), 0, "no checkpoint left behind");
+    assert_eq!(netplan_success_of_port(&s.pool, "a").await, 1, "repaired: the row stays 1");
+    s.assert_untouched(&before, "MTU repaired");
+
+    // Our keyfile deleted by hand: written again as it was, loaded and
+    // reapplied.
+    let profile = s.profile("multinic0").unwrap();
+    let calls = s.node.calls();
+    std::fs::remove_file(&ours[0]).unwrap();
+    let repaired = repair_of(&s, "file_deleted").await;
+    assert_eq!(repaired["to"], "/etc/NetworkManager/system-connections/multinic0.nmconnection as rendered");
+    assert_eq!(s.profile("multinic0").as_deref(), Some(profile.as_str()), "written again as it was");
+    assert_eq!(ours[0].metadata().unwrap().mode() & 0o777, 0o600);
+    let made = s.node.calls_since(calls);
+    assert_repaired_alone(&made, "our keyfile deleted");
+    assert!(made.iter().any(|c| c.ends_with(".LoadConnections")), "the keyfile is loaded again: {made:#?}");
+    assert_eq!(s.libnm("multinic0")["mtu"], 1450);
+    assert_eq!(state_of(&s.link("multinic0")), applied_a);
+    assert_eq!(s.device("multinic0"), (CONNECTED.to_owned(), "multinic0".to_owned()));
+    assert_eq!((s.link("multinic1"), s.device("multinic1"), s.profile("multinic1")), b, "B as it was");
+    assert_eq!(s.automatic_profiles(), vec![], "no automatic profile came back");
+    assert_eq!(netplan_success_of_port(&s.pool, "a").await, 1);
+    s.assert_untouched(&before, "keyfile repaired");
+}
+
+/// Waits for the agent's log of a repair of `kind`; the event.
+async fn repair_of(s: &Setup, kind: &str) -> serde_json::Value {
+    let what = format!("{kind} drift repaired; NetworkManager's log:\n{}", s.node.log());
+    let event = eventually(WAIT, &what, || async {
+        s.agent().events("repaired drift").into_iter().find(|e| e["kind"] == kind)
+    })
+    .await;
+    assert_eq!(event["interface"], "multinic0", "{event}");
+    event
+}
+
+/// Asserts that the calls a repair made to NetworkManager (`calls`) are
+/// those of an apply of one profile on its device: reapplied in place
+/// under a checkpoint, never a reload, a restart or an activation.
+fn assert_repaired_alone(calls: &[String], when: &str) {
+    let count = |member: &str| calls.iter().filter(|c| c.ends_with(&format!(".{member}"))).count();
+    assert_eq!(
+        ["CheckpointCreate", "Reapply", "CheckpointDestroy"].map(count),
+        [1, 1, 1],
+        "{when}: one checkpoint, one reapply: {calls:#?}"
+    );
+    for never in ["ReloadConnections", "Reload", "ActivateConnection", "Disconnect", "Delete", "CheckpointRollback"] {
+        assert_eq!(count(never), 0, "{when}: {never} called: {calls:#?}");
+    }
 }
 
 /// The predecessor's file as it wrote it on RHEL: mode 0644, no trailing newline.

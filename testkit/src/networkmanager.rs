@@ -261,6 +261,21 @@ impl NmNode {
         self.host.log("monitor").lines().filter(|l| l.starts_with("method call ")).count()
     }
 
+    /// The method calls after the first `from` ([`Self::calls`] taken
+    /// earlier), as `interface.member` (e.g.
+    /// `org.freedesktop.NetworkManager.Device.Reapply`), in order.
+    pub fn calls_since(&self, from: usize) -> Vec<String> {
+        let log = self.host.log("monitor");
+        let field = |line: &str, key: &str| {
+            line.split("; ").find_map(|f| f.strip_prefix(key)).map(str::to_owned).unwrap_or_default()
+        };
+        log.lines()
+            .filter(|l| l.starts_with("method call "))
+            .skip(from)
+            .map(|l| format!("{}.{}", field(l, "interface="), field(l, "member=")))
+            .collect()
+    }
+
     /// NetworkManager's own log so far.
     pub fn log(&self) -> String {
         self.host.log("networkmanager")
