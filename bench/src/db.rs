@@ -51,6 +51,54 @@ pub async fn seed(pool: &MySqlPool, nodes: &[(usize, String)], per_node: usize) 
     Ok(rows.len())
 }
 
+/// Rows per history INSERT (MariaDB's SEQUENCE engine makes them in the
+/// server).
+const HISTORY_CHUNK: usize = 100_000;
+
+/// Inserts `rows` rows of history, all modified a day ago:
+/// `deleted_percent` of them soft-deleted rows of the benchmark's own
+/// `nodes` nodes (ports removed long ago), the rest active rows of nodes
+/// that have no agent here (another cluster sharing the table), ten per
+/// node. Their MACs (`06:…`) never collide with the nodes' own.
+pub async fn seed_history(pool: &MySqlPool, rows: usize, deleted_percent: u8, nodes: usize) -> Result<(), BenchError> {
+    let deleted = i64::from(deleted_percent.min(100));
+    let nodes = i64::try_from(nodes.max(1)).unwrap_or(i64::MAX);
+    let mut from = 1;
+    while from <= rows {
+        let to = (from + HISTORY_CHUNK - 1).min(rows);
+        let sql = format!(
+            "INSERT INTO multi_interface (port_id, subnet_id, macaddress, attached_node_name, mtu, netplan_success, \
+                                          created_at, modified_at, deleted_at) \
+             SELECT CONCAT('history-', seq), 'bench-subnet', \
+                    CONCAT('06:', LPAD(HEX((seq >> 24) & 255), 2, '0'), ':', LPAD(HEX((seq >> 16) & 255), 2, '0'), \
+                           ':', LPAD(HEX((seq >> 8) & 255), 2, '0'), ':', LPAD(HEX(seq & 255), 2, '0'), ':01'), \
+                    IF(seq % 100 < ?, CONCAT('{prefix}', LPAD(seq % ?, 5, '0')), CONCAT('other-', LPAD(seq DIV 10, 6, '0'))), \
+                    1500, 1, NOW() - INTERVAL 1 DAY, NOW() - INTERVAL 1 DAY, IF(seq % 100 < ?, NOW() - INTERVAL 1 DAY, NULL) \
+             FROM seq_{from}_to_{to}",
+            prefix = crate::run::SIM_PREFIX,
+        );
+        sqlx::query(&sql)
+            .bind(deleted)
+            .bind(nodes)
+            .bind(deleted)
+            .execute(pool)
+            .await
+            .map_err(sql_error("seed history rows"))?;
+        from = to + 1;
+    }
+    Ok(())
+}
+
+/// Adds an index on `modified_at` (the benchmark's database only: what an
+/// operator may do; the controller never runs DDL).
+pub async fn index_modified_at(root: &mut MySqlConnection) -> Result<(), BenchError> {
+    sqlx::raw_sql("ALTER TABLE multinic.multi_interface ADD INDEX bench_modified_at (modified_at)")
+        .execute(&mut *root)
+        .await
+        .map_err(sql_error("add an index on modified_at"))?;
+    Ok(())
+}
+
 /// Creates the write log and its trigger (the benchmark's database only):
 /// the controller's writes only (`USER()` is the client, not the definer).
 pub async fn install_write_log(root: &mut MySqlConnection) -> Result<(), BenchError> {

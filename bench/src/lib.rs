@@ -17,6 +17,7 @@
 pub mod baseline;
 pub mod binaries;
 pub mod db;
+pub mod dbtime;
 pub mod identities;
 pub mod procfs;
 pub mod real_agents;
@@ -79,13 +80,25 @@ pub struct Binaries {
 pub struct BenchConfig {
     pub agents: usize,
     pub interfaces_per_node: usize,
+    /// Rows of history added before the run (see [`db::seed_history`]).
+    pub history_rows: usize,
+    /// Of those, the share soft-deleted, in percent; the rest are active
+    /// rows of nodes that have no agent here.
+    pub history_deleted_percent: u8,
+    /// The private MariaDB's `--innodb-buffer-pool-size`.
+    pub db_buffer_pool: String,
+    /// Add an index on `modified_at` before the run (the benchmark's own
+    /// database only).
+    pub index_modified_at: bool,
     pub poll_interval: Duration,
     /// The controller's `--full-read-interval` (left at its default if `None`).
     pub full_read_interval: Option<Duration>,
     pub rounds: Rounds,
     /// Instances of the real agent binary measured at the end.
     pub real_agents: usize,
-    /// How long idle CPU, idle queries and real agents are measured.
+    /// How long idle CPU, idle queries and database time, and the real
+    /// agents, are measured (longer than the full-read interval, so that
+    /// the window holds a periodic full read).
     pub idle_window: Duration,
     /// Pause before memory is read, so that bursts have settled.
     pub settle: Duration,
@@ -106,11 +119,15 @@ impl BenchConfig {
         Self {
             agents,
             interfaces_per_node: 2,
+            history_rows: 0,
+            history_deleted_percent: 50,
+            db_buffer_pool: "1G".into(),
+            index_modified_at: false,
             poll_interval: Duration::from_secs(2),
             full_read_interval: None,
             rounds: Rounds { one_node: 20, one_percent: 5, all: 3 },
             real_agents: 3,
-            idle_window: Duration::from_secs(10),
+            idle_window: Duration::from_secs(65),
             settle: Duration::from_secs(3),
             connect_gate: 256,
             restarts: vec![nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL],

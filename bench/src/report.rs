@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::dbtime::{DbTime, KindTime};
 use crate::stats::Latency;
 
 /// Everything one run measured.
@@ -24,6 +25,10 @@ pub struct Report {
     pub controller_idle_cpu_percent: f64,
     pub db_idle: DbLoad,
     pub db_change: DbLoad,
+    /// MariaDB's own time on the controller's statements while idle.
+    pub db_time_idle: DbTime,
+    /// ... and per kind of statement during the change rounds.
+    pub db_time_changes: Vec<KindTime>,
     pub restarts: Vec<Restart>,
     pub real_agents: Option<RealAgents>,
 }
@@ -34,6 +39,12 @@ pub struct Setup {
     pub agents: usize,
     pub rows: usize,
     pub interfaces_per_node: usize,
+    /// Rows of history added first, and the share of them soft-deleted (%).
+    pub history_rows: usize,
+    pub history_deleted_percent: u8,
+    pub db_buffer_pool: String,
+    /// An index on `modified_at` was added for the run.
+    pub index_modified_at: bool,
     pub poll_interval_ms: u64,
     pub full_read_interval_s: u64,
     pub cpus: usize,
@@ -125,9 +136,14 @@ impl Report {
         let mut t = Table::default();
         let s = &self.setup;
         t.title(format!(
-            "multinic fleet benchmark: {} agents over mTLS, {} rows, poll {} ms, full re-read every {} s, {} CPUs, load {} -> {}",
+            "multinic fleet benchmark: {} agents over mTLS, {} rows + {} history ({} % soft-deleted){}, \
+             buffer pool {}, poll {} ms, full re-read every {} s, {} CPUs, load {} -> {}",
             s.agents,
             s.rows,
+            s.history_rows,
+            s.history_deleted_percent,
+            if s.index_modified_at { ", index on modified_at" } else { "" },
+            s.db_buffer_pool,
             s.poll_interval_ms,
             s.full_read_interval_s,
             s.cpus,
@@ -181,6 +197,29 @@ impl Report {
                 ),
             );
         }
+        let d = &self.db_time_idle;
+        t.row(
+            &format!("DB time per idle tick ({:.0} s, performance_schema)", d.window_s),
+            format!(
+                "p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (n={}); controller's DB share {:.2} % of a core",
+                d.tick.p50_ms, d.tick.p99_ms, d.tick.max_ms, d.tick.n, d.busy_percent
+            ),
+        );
+        t.row(
+            "    ticks that read rows (the periodic full read)",
+            if d.reading_ticks.n == 0 {
+                "none in the window".to_owned()
+            } else {
+                format!("max {:.1} ms  (n={})", d.reading_ticks.max_ms, d.reading_ticks.n)
+            },
+        );
+        let kinds = |kinds: &[KindTime]| {
+            let each: Vec<String> =
+                kinds.iter().map(|k| format!("{} {}x {:.2} ms", k.kind, k.count, k.mean_ms)).collect();
+            if each.is_empty() { "none".to_owned() } else { each.join(", ") }
+        };
+        t.row("    by statement, idle (count, mean)", kinds(&d.kinds));
+        t.row("    by statement, change rounds (count, mean)", kinds(&self.db_time_changes));
         for r in &self.restarts {
             t.row(
                 &format!("controller restart ({})", r.signal),
@@ -260,7 +299,14 @@ mod tests {
             ..Report::default()
         };
         let table = report.table();
-        for needle in ["convergence 1 node", "1.10x", "SIGTERM", "real agent binary", "DB per poll tick, idle"] {
+        for needle in [
+            "convergence 1 node",
+            "1.10x",
+            "SIGTERM",
+            "real agent binary",
+            "DB per poll tick, idle",
+            "DB time per idle tick",
+        ] {
             assert!(table.contains(needle), "{needle} missing from\n{table}");
         }
         let json = serde_json::to_value(&report).unwrap();

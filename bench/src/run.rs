@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use multinic_proto::NodeName;
 use multinic_testkit::certs::TestPki;
-use multinic_testkit::mariadb::MariaDb;
+use multinic_testkit::mariadb::{MariaDb, ServerOptions};
 use nix::sys::signal::Signal;
 use sqlx::{MySqlConnection, MySqlPool};
 use tempfile::TempDir;
@@ -45,13 +45,26 @@ pub async fn run(config: &BenchConfig, progress: &(dyn Fn(&str) + Sync)) -> Resu
     let load_start = loadavg();
     let limit = crate::raise_fd_limit((config.agents as u64) * 4 + 10_000);
     progress(&format!("open-file limit {limit}; starting MariaDB"));
-    let db = MariaDb::start().await.ok_or_else(|| BenchError::Setup("mariadbd is not installed".into()))?;
+    let server =
+        ServerOptions { buffer_pool: config.db_buffer_pool.clone(), statement_history: Some(crate::dbtime::HISTORY) };
+    let db = MariaDb::start_with(server).await.ok_or_else(|| BenchError::Setup("mariadbd is not installed".into()))?;
     let pool = db.pool().await;
     let mut root = db.root().await;
     db::install_write_log(&mut root).await?;
     let sim: Vec<(usize, String)> = (0..config.agents).map(|i| (i, format!("{SIM_PREFIX}{i:05}"))).collect();
     let real: Vec<(usize, String)> =
         (0..config.real_agents).map(|i| (config.agents + i, format!("{REAL_PREFIX}{i}"))).collect();
+    if config.history_rows > 0 {
+        progress(&format!(
+            "adding {} history rows ({} % soft-deleted, the rest other nodes' active rows)",
+            config.history_rows, config.history_deleted_percent
+        ));
+        db::seed_history(&pool, config.history_rows, config.history_deleted_percent, config.agents).await?;
+    }
+    if config.index_modified_at {
+        progress("adding an index on multi_interface.modified_at");
+        db::index_modified_at(&mut root).await?;
+    }
     let rows = db::seed(&pool, &sim, config.interfaces_per_node).await?;
     db::seed(&pool, &real, config.interfaces_per_node).await?;
     progress(&format!("{rows} rows for {} nodes; making {} node certificates", sim.len(), sim.len()));
@@ -90,6 +103,10 @@ async fn phases(bench: &mut Bench<'_>, real: Vec<(usize, String)>) -> Result<Rep
             agents: config.agents,
             rows: 0,
             interfaces_per_node: config.interfaces_per_node,
+            history_rows: config.history_rows,
+            history_deleted_percent: config.history_deleted_percent,
+            db_buffer_pool: config.db_buffer_pool.clone(),
+            index_modified_at: config.index_modified_at,
             poll_interval_ms: u64::try_from(config.poll_interval.as_millis()).unwrap_or(u64::MAX),
             full_read_interval_s: config.full_read_interval.map_or(60, |d| d.as_secs()),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -141,8 +158,11 @@ async fn phases(bench: &mut Bench<'_>, real: Vec<(usize, String)>) -> Result<Rep
     report.controller = memory(rss_idle, rss_agents, config.agents);
     progress(&format!("controller: {:.1} KB per agent; measuring idle", report.controller.per_agent_kb));
 
-    (report.db_idle, report.controller_idle_cpu_percent) = scenario::idle(bench, &controller).await?;
+    (report.db_idle, report.controller_idle_cpu_percent, report.db_time_idle) =
+        scenario::idle(bench, &controller).await?;
+    let prepared = crate::dbtime::prepared(&mut bench.root).await?;
     report.convergence = scenario::convergence(bench, &controller, &mut report.db_change).await?;
+    report.db_time_changes = crate::dbtime::kinds_between(&prepared, &crate::dbtime::prepared(&mut bench.root).await?);
     for signal in config.restarts.clone() {
         let (next, restart) = scenario::restart(bench, controller, &options, &fleet, signal).await?;
         controller = next;
@@ -194,7 +214,9 @@ async fn real_agents(
     })
     .await?;
     tokio::time::sleep(config.settle).await;
-    let measured = fleet.measure(config.idle_window, bench.db.port()).await?;
+    // Ten seconds are plenty for an idle agent (the idle window is long
+    // only so that it holds a periodic full read).
+    let measured = fleet.measure(config.idle_window.min(Duration::from_secs(10)), bench.db.port()).await?;
     fleet.stop().await;
     Ok(measured)
 }

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use multinic_controller::change::RECENT;
+
 use crate::db::{self, UserStats};
+use crate::dbtime::{self, DbTime};
 use crate::report::{DbLoad, Restart, Scenario};
 use crate::run::{Bench, SIM_PREFIX, wait};
 use crate::server::{ControllerOptions, ServerProcess};
@@ -21,16 +24,50 @@ use crate::sim::{SimAgent, SimFleet};
 use crate::stats::Latency;
 use crate::{BenchError, procfs};
 
-/// Idle: the controller's CPU and its database statements over one window.
-pub(crate) async fn idle(bench: &mut Bench<'_>, controller: &ServerProcess) -> Result<(DbLoad, f64), BenchError> {
+/// Idle: the controller's CPU, its database statements and MariaDB's time
+/// on them over one window, once the controller has stopped reading rows
+/// after the fleet's first convergence (its own writes included).
+pub(crate) async fn idle(
+    bench: &mut Bench<'_>,
+    controller: &ServerProcess,
+) -> Result<(DbLoad, f64, DbTime), BenchError> {
+    let poll = bench.config.poll_interval;
+    until_quiet(controller, poll, bench.config.timeout).await?;
     let window = bench.config.idle_window;
     let before = db::user_stats(&mut bench.root).await?;
+    let prepared = dbtime::prepared(&mut bench.root).await?;
+    let from = dbtime::clock(&mut bench.root).await?;
     let started = Instant::now();
     let cpu = procfs::cpu_over(controller.pid()?, window).await?;
     let elapsed = started.elapsed();
+    let to = dbtime::clock(&mut bench.root).await?;
+    let kinds = dbtime::kinds_between(&prepared, &dbtime::prepared(&mut bench.root).await?);
     let after = db::user_stats(&mut bench.root).await?;
     let connections = db::connections(&mut bench.root).await?;
-    Ok((load(after.since(&before), elapsed, bench.config.poll_interval, connections), cpu))
+    let statements = dbtime::statements(&mut bench.root, from, to).await?;
+    let time = DbTime::of(&statements, kinds, elapsed, poll);
+    Ok((load(after.since(&before), elapsed, poll, connections), cpu, time))
+}
+
+/// Waits until the controller has read nothing but its probe for longer
+/// than it keeps re-reading after a write (`change::RECENT`) plus two
+/// polls.
+async fn until_quiet(controller: &ServerProcess, poll: Duration, timeout: Duration) -> Result<(), BenchError> {
+    let quiet_for = Duration::from_secs(RECENT.unsigned_abs() + 1) + poll * 2;
+    let deadline = Instant::now() + timeout;
+    let mut reads = controller.metrics().await?.reads;
+    let mut since = Instant::now();
+    while since.elapsed() < quiet_for {
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout { what: "the controller to stop reading rows".into() });
+        }
+        tokio::time::sleep(poll / 2).await;
+        let now = controller.metrics().await?.reads;
+        if now != reads {
+            (reads, since) = (now, Instant::now());
+        }
+    }
+    Ok(())
 }
 
 /// Every change scenario; fills `db_change` from the 100% rounds.

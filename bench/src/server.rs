@@ -146,6 +146,9 @@ pub struct Metrics {
     pub agents_connected: u64,
     pub converged: u64,
     pub rows_recorded: u64,
+    /// Database reads beyond the per-tick probe (changed rows, subnets,
+    /// whole fleet).
+    pub reads: u64,
 }
 
 impl Metrics {
@@ -162,6 +165,10 @@ impl Metrics {
             agents_connected: value("multinic_controller_agents_connected "),
             converged: value("multinic_controller_nodes{state=\"converged\"} "),
             rows_recorded: value("multinic_controller_rows_recorded_total{"),
+            reads: ["changed", "subnets", "full"]
+                .iter()
+                .map(|kind| value(&format!("multinic_controller_db_reads_total{{kind=\"{kind}\"}} ")))
+                .sum(),
         }
     }
 }
@@ -194,7 +201,10 @@ mod tests {
     fn parses_the_metrics_it_needs() {
         let text = "# HELP x\nmultinic_controller_pushes_total 12\nmultinic_controller_agents_connected 3\n\
             multinic_controller_nodes{state=\"converged\"} 2\nmultinic_controller_nodes{state=\"pending\"} 1\n\
-            multinic_controller_rows_recorded_total{value=\"1\"} 5\nmultinic_controller_rows_recorded_total{value=\"0\"} 1\n";
-        assert_eq!(Metrics::parse(text), Metrics { pushes: 12, agents_connected: 3, converged: 2, rows_recorded: 6 });
+            multinic_controller_rows_recorded_total{value=\"1\"} 5\nmultinic_controller_rows_recorded_total{value=\"0\"} 1\n\
+            multinic_controller_db_reads_total{kind=\"probe\"} 40\nmultinic_controller_db_reads_total{kind=\"changed\"} 3\n\
+            multinic_controller_db_reads_total{kind=\"full\"} 2\n";
+        let want = Metrics { pushes: 12, agents_connected: 3, converged: 2, rows_recorded: 6, reads: 5 };
+        assert_eq!(Metrics::parse(text), want);
     }
 }

@@ -32,10 +32,14 @@ async fn a_small_fleet_converges_and_restarts_without_pushes() {
     config.idle_window = Duration::from_secs(1);
     config.settle = Duration::from_millis(500);
     config.timeout = Duration::from_secs(60);
+    // No periodic full read falls in the idle window.
+    config.full_read_interval = Some(Duration::from_secs(600));
+    config.history_rows = 3000;
 
     let report = run::run(&config, &|line| eprintln!("[bench] {line}")).await.unwrap();
 
     assert_eq!(report.setup.rows, AGENTS * config.interfaces_per_node);
+    assert_eq!(report.setup.history_rows, 3000);
     assert_eq!(report.initial.pushes, AGENTS as u64, "one push per node to converge a fresh fleet");
     let rounds = [config.rounds.one_node, config.rounds.one_percent, config.rounds.all];
     assert_eq!(report.convergence.len(), 3);
@@ -52,6 +56,14 @@ async fn a_small_fleet_converges_and_restarts_without_pushes() {
         assert_eq!(restart.rows_written, 0, "{restart:?}");
         assert_eq!(restart.db_updates, 0, "{restart:?}");
     }
+    // MariaDB's accounting saw the idle controller run only its lock check
+    // and its probe, a little of each, whatever the table's history.
+    let idle = &report.db_time_idle;
+    assert!(idle.tick.n > 0, "{idle:?}");
+    assert_eq!(idle.reading_ticks.n, 0, "{idle:?}");
+    let kinds: Vec<&str> = idle.kinds.iter().map(|k| k.kind.as_str()).collect();
+    assert_eq!(kinds, ["lock", "probe"], "{idle:?}");
+    assert!(report.db_time_changes.iter().any(|k| k.kind == "changed"), "{:?}", report.db_time_changes);
     let real = report.real_agents.as_ref().unwrap();
     assert_eq!(real.count, 2);
     assert_eq!(real.db_connections, 0, "agents never connect to the database");

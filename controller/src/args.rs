@@ -57,14 +57,22 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: SocketAddr,
 
-    /// How often the database is probed for changes (e.g. 500ms, 2s): two
-    /// small statements when nothing changed, else only the changed rows.
+    /// How often the database is probed for changes (e.g. 500ms, 2s). An
+    /// idle tick is two small statements (the controller-lock check, and
+    /// the newest id and the tables' last-write times: no scan, about 1 ms
+    /// of database time at any table size); after a write, the recently
+    /// modified rows are read for a few ticks (one scan of multi_interface
+    /// without an index on modified_at).
     #[arg(long, env = "POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
-    /// The whole fleet is read at least this often, whatever the cheap
-    /// per-tick probe says (a safety net for writers that keep modified_at;
-    /// 0s reads the whole fleet every tick).
+    /// The whole fleet is read at least this often, whatever the probe
+    /// says: the safety net for writers that keep modified_at (every other
+    /// change is seen within one poll). Each read costs the database a scan
+    /// and sends every active row (measured: 0.03 s at 22,000 rows, 0.5 s
+    /// at 1,000,000 rows with 500,000 active), so at 60s that is about
+    /// 0.05 % / 0.8 % of a database core; at 10s, six times as much. 0s
+    /// reads the whole fleet every tick.
     #[arg(long, env = "MULTINIC_FULL_READ_INTERVAL", default_value = "60s", value_parser = parse_duration_or_zero)]
     pub full_read_interval: Duration,
 

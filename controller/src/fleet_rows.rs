@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use multinic_proto::{MacAddress, NodeName};
 
-use crate::desired::{Context, NodeDesired, RowProblem, node_desired, row_address, row_node};
+use crate::desired::{Context, DesiredFleet, NodeDesired, RowProblem, node_desired, row_address, row_node};
 use crate::store::{FleetSnapshot, InterfaceRow, RowChange, RowContent};
 
 /// The active rows, indexed by node, by MAC and by address.
@@ -134,6 +134,18 @@ impl FleetRows {
         let ids = self.by_node.get(node)?;
         let rows: Vec<&InterfaceRow> = ids.iter().filter_map(|id| self.rows.get(id)).collect();
         Some(node_desired(node, &rows, self))
+    }
+
+    /// Every node's desired state and the unattached rows: what
+    /// [`crate::desired::desired_fleet`] makes of the same rows.
+    pub fn desired_fleet(&self) -> DesiredFleet {
+        let nodes = self.by_node.keys().filter_map(|n| Some((n.clone(), self.desired(n)?))).collect();
+        DesiredFleet { nodes, unattached: self.unattached() }
+    }
+
+    /// One active row, by id.
+    pub fn row(&self, id: i64) -> Option<&InterfaceRow> {
+        self.rows.get(&id)
     }
 
     /// The desired state of each touched node.
@@ -256,6 +268,7 @@ mod tests {
         }
         assert_eq!(rows.by_node.len(), full.nodes.len());
         assert_eq!(rows.unattached(), full.unattached);
+        assert_eq!(rows.desired_fleet(), full);
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl Election for NamedLock {
         let mut held = self.held.lock().await;
         if let Some(conn) = held.as_mut() {
             let mine: Result<Option<i64>, _> =
-                sqlx::query_scalar("SELECT IS_USED_LOCK(CONCAT(?, DATABASE())) = CONNECTION_ID()")
+                sqlx::query_scalar("/* multinic lock */ SELECT IS_USED_LOCK(CONCAT(?, DATABASE())) = CONNECTION_ID()")
                     .bind(LOCK_PREFIX)
                     .fetch_one(&mut *conn)
                     .await;
@@ -81,7 +81,7 @@ impl Election for NamedLock {
             }
         }
         let mut conn = self.options.connect().await.map_err(lost)?;
-        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT(?, DATABASE()), 0)")
+        let got: Option<i64> = sqlx::query_scalar("/* multinic lock */ SELECT GET_LOCK(CONCAT(?, DATABASE()), 0)")
             .bind(LOCK_PREFIX)
             .fetch_one(&mut conn)
             .await
@@ -96,8 +96,10 @@ impl Election for NamedLock {
 
     async fn release(&self) {
         if let Some(mut conn) = self.held.lock().await.take() {
-            let _ =
-                sqlx::query("SELECT RELEASE_LOCK(CONCAT(?, DATABASE()))").bind(LOCK_PREFIX).execute(&mut conn).await;
+            let _ = sqlx::query("/* multinic lock */ SELECT RELEASE_LOCK(CONCAT(?, DATABASE()))")
+                .bind(LOCK_PREFIX)
+                .execute(&mut conn)
+                .await;
         }
     }
 }

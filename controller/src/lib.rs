@@ -7,7 +7,7 @@
 //! `netplan_success`.
 //!
 //! ```text
-//! Store::probe ─▶ ChangeTracker (pure) ─▶ Store::read_changed | read_fleet ─▶ FleetRows (pure)
+//! RowFeed: Store::probe ─▶ ChangeTracker (pure) ─▶ Store::read_changed | read_fleet ─▶ FleetRows (pure)
 //!   ─▶ node_desired (pure, touched nodes) ─▶ Fleet::publish_nodes ─▶ agent sessions ─▶ agents
 //!                                              Fleet::record ◀─ reports ◀──────┘
 //!                 Store::record ◀─ recorder (batched multi-row conditional UPDATEs)
@@ -18,6 +18,7 @@ pub mod args;
 pub mod change;
 pub mod claims;
 pub mod desired;
+pub mod feed;
 pub mod fleet;
 pub mod fleet_rows;
 pub mod grpc;

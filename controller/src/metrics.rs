@@ -24,6 +24,7 @@ pub struct Metrics {
     pub db_reads: Family<Labels, Counter>,
     pub db_write_errors: Counter,
     pub db_up: Gauge,
+    pub db_write_time_known: Gauge,
     pub invalid_rows: Gauge,
     pub desired_changes: Counter,
     pub pushes: Counter,
@@ -58,6 +59,7 @@ impl Metrics {
             db_reads: Family::default(),
             db_write_errors: Counter::default(),
             db_up: Gauge::default(),
+            db_write_time_known: Gauge::default(),
             invalid_rows: Gauge::default(),
             desired_changes: Counter::default(),
             pushes: Counter::default(),
@@ -81,7 +83,8 @@ impl Metrics {
         registry.register("db_poll_errors", "Database reads that failed", m.db_poll_errors.clone());
         registry.register(
             "db_reads",
-            "Database reads by kind: probe (every tick), changed (recently modified rows), full (the whole fleet)",
+            "Database reads by kind: probe (every tick), changed (recently modified or inserted rows), \
+             subnets (multi_subnet's cidrs), full (the whole fleet)",
             m.db_reads.clone(),
         );
         registry.register("db_write_errors", "netplan_success writes that failed", m.db_write_errors.clone());
@@ -89,6 +92,13 @@ impl Metrics {
             "db_up",
             "1 when the database answered the last poll (a standby: its lock check)",
             m.db_up.clone(),
+        );
+        registry.register(
+            "db_write_time_known",
+            "1 when the database says when multi_interface was last written (an idle tick then reads no rows); \
+             0 when every tick reads the recently modified rows (after a database restart until the table's \
+             next write, when InnoDB evicted its metadata, or on SQLite)",
+            m.db_write_time_known.clone(),
         );
         registry.register("invalid_rows", "Active rows rejected by validation", m.invalid_rows.clone());
         registry.register("desired_changes", "Node desired sets that changed", m.desired_changes.clone());

@@ -3,10 +3,11 @@
 //! the nodes those rows touch.
 //!
 //! See [`crate::change`] for when it reads nothing, the recently modified
-//! rows, or the whole fleet. A failed read changes nothing that was
-//! published: agents keep their last good desired set, the controller
-//! reports the database as down, and the next good tick reads the whole
-//! fleet again. It never publishes anything from a read that failed.
+//! rows, or the whole fleet, and [`crate::feed`] for the reading itself. A
+//! failed read changes nothing that was published: agents keep their last
+//! good desired set, the controller reports the database as down, and the
+//! next good tick reads the whole fleet again. It never publishes anything
+//! from a read that failed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,14 +17,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::change::{ChangeTracker, FullReason, ReadPlan};
-use crate::desired::desired_fleet;
+use crate::change::{ChangeReason, FullReason};
+use crate::feed::{FeedRead, RowFeed};
 use crate::fleet::Fleet;
-use crate::fleet_rows::{FleetRows, Touched};
 use crate::leader::Election;
 use crate::metrics::Metrics;
 use crate::recorder::RecorderHandle;
-use crate::store::{RowUpdate, Store, StoreError, TableProbe};
+use crate::store::{RowUpdate, Store, StoreError};
 
 /// Everything the poll loop works with.
 pub struct PollLoop {
@@ -63,10 +63,9 @@ impl PollLoop {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tracker = ChangeTracker::new(self.full_read_interval);
-        // The copy of the rows; `None` until the first full read.
-        let mut rows: Option<FleetRows> = None;
+        let mut feed = RowFeed::new(self.store.clone(), self.full_read_interval);
         let mut was_up = None;
+        let mut write_time_known = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -85,7 +84,7 @@ impl PollLoop {
                     // The database answered: a standby's db_up says so, so
                     // that "database unreachable" means no replica reaches it.
                     self.fleet.db_ok();
-                    tracker.reset();
+                    feed.reset();
                     continue;
                 }
                 Err(error) => {
@@ -96,13 +95,16 @@ impl PollLoop {
                     was_up = Some(false);
                     self.metrics.db_poll_errors.inc();
                     self.fleet.db_failed(error.to_string());
-                    tracker.reset();
+                    feed.reset();
                     continue;
                 }
             }
             let started = Instant::now();
-            let result = self.tick(&mut tracker, &mut rows).await;
+            let result = self.tick(&mut feed).await;
             self.metrics.db_poll_duration.observe(started.elapsed().as_secs_f64());
+            if let Some(probe) = feed.probe() {
+                self.note_write_time(probe.updated.is_some(), &mut write_time_known);
+            }
             match result {
                 Ok(tick) => {
                     // The warm-up may have ended with nothing else changing.
@@ -122,49 +124,53 @@ impl PollLoop {
                     }
                     was_up = Some(false);
                     self.fleet.db_failed(error.to_string());
-                    tracker.reset();
+                    feed.reset();
                 }
             }
         }
     }
 
     /// Probe, read what the plan says, and republish the touched nodes.
-    async fn tick(&mut self, tracker: &mut ChangeTracker, rows: &mut Option<FleetRows>) -> Result<Tick, StoreError> {
-        let probe = self.store.probe().await?;
-        self.metrics.db_reads.get_or_create(&vec![("kind", "probe")]).inc();
-        let (read, mut touched) = match (tracker.plan(&probe, Instant::now()), rows.as_mut()) {
-            (ReadPlan::Nothing, _) => ("none", Touched::default()),
-            (ReadPlan::Changed { since }, Some(copy)) => {
-                let changed = self.store.read_changed(since).await?;
-                self.metrics.db_reads.get_or_create(&vec![("kind", "changed")]).inc();
-                let touched = copy.apply(changed.rows);
-                if i64::try_from(copy.len()).ok() == Some(changed.probe.active) {
-                    tracker.read_changed(changed.probe);
-                    ("changed", touched)
-                } else {
-                    let mut more = self.read_full(tracker, rows, changed.probe, FullReason::Mismatch).await?;
-                    more.nodes.extend(touched.nodes);
-                    more.unattached |= touched.unattached;
-                    ("full", more)
+    async fn tick(&mut self, feed: &mut RowFeed) -> Result<Tick, StoreError> {
+        let read = feed.tick(Instant::now()).await;
+        if feed.probe().is_some() {
+            self.metrics.db_reads.get_or_create(&vec![("kind", "probe")]).inc();
+        }
+        let read = read?;
+        let kind = read.kind();
+        for counted in read_kinds(&read) {
+            self.metrics.db_reads.get_or_create(&vec![("kind", counted)]).inc();
+        }
+        let mut touched = match read {
+            FeedRead::Nothing => Default::default(),
+            FeedRead::Changed { rows, touched, .. } => {
+                if !touched.is_empty() {
+                    let why = rows.map_or("", ChangeReason::as_str);
+                    debug!(why, nodes = touched.nodes.len(), "read the changed rows");
                 }
+                touched
             }
-            (ReadPlan::Changed { .. }, None) => {
-                ("full", self.read_full(tracker, rows, probe, FullReason::Start).await?)
+            FeedRead::Full { reason, touched, first } => {
+                let rows = feed.rows().map_or(0, |r| r.len());
+                match reason {
+                    FullReason::Periodic | FullReason::Start => {
+                        debug!(reason = reason.as_str(), rows, "read the whole fleet")
+                    }
+                    _ => info!(reason = reason.as_str(), rows, "read the whole fleet"),
+                }
+                if first {
+                    self.publish_all(feed);
+                }
+                touched
             }
-            (ReadPlan::Full(reason), _) => ("full", self.read_full(tracker, rows, probe, reason).await?),
         };
         // Writes the recorder made, noted after the read: a read that began
         // before a write landed must not bring its old value back.
-        if let Some(copy) = rows.as_mut() {
-            while let Ok(updates) = self.recorded.try_recv() {
-                for u in updates {
-                    let t = copy.recorded(u.id, &u.content, u.success);
-                    touched.nodes.extend(t.nodes);
-                }
-            }
+        while let Ok(updates) = self.recorded.try_recv() {
+            touched.nodes.extend(feed.recorded(&updates).nodes);
         }
-        let Some(copy) = rows.as_ref() else { return Ok(Tick::default()) };
-        let tick = Tick { read, touched: touched.nodes.len(), rows: copy.len() };
+        let Some(copy) = feed.rows() else { return Ok(Tick::default()) };
+        let tick = Tick { read: kind, touched: touched.nodes.len(), rows: copy.len() };
         if touched.is_empty() {
             self.fleet.db_ok();
             return Ok(tick);
@@ -172,8 +178,44 @@ impl PollLoop {
         let desired = copy.desired_of(&touched.nodes);
         let unattached = touched.unattached.then(|| copy.unattached());
         let changed = self.fleet.publish_nodes(desired, unattached);
-        self.published(&changed, read, touched.nodes.into_iter().collect());
+        self.published(&changed, kind, touched.nodes.into_iter().collect());
         Ok(tick)
+    }
+
+    /// The first read since start: every node is published.
+    fn publish_all(&self, feed: &RowFeed) {
+        let Some(copy) = feed.rows() else { return };
+        let desired = copy.desired_fleet();
+        for problem in desired.problems() {
+            debug!(row = problem.row_id, node = ?problem.node.as_ref().map(|n| n.as_str()), mac = %problem.mac, code = %problem.code, message = %problem.message, "row rejected");
+        }
+        let nodes: Vec<_> = desired.nodes.keys().cloned().collect();
+        let changed = self.fleet.publish(desired);
+        self.published(&changed, "full", nodes);
+    }
+
+    /// Says when the database starts or stops telling when `multi_interface`
+    /// was last written (on MySQL/MariaDB: it forgets after a restart or
+    /// when InnoDB evicts the table; SQLite never tells).
+    fn note_write_time(&self, known: bool, was: &mut Option<bool>) {
+        self.metrics.db_write_time_known.set(i64::from(known));
+        if *was == Some(known) {
+            return;
+        }
+        let reason = ChangeReason::Unknown.as_str();
+        match (known, self.store.kind()) {
+            (false, "sqlite") => {}
+            (false, _) => warn!(
+                reason,
+                "the database cannot say when multi_interface was last written (restarted, or its metadata left \
+                 InnoDB's cache): every tick reads the recently modified rows until the table's next write"
+            ),
+            (true, _) if was.is_some() => {
+                info!("the database says when multi_interface was last written again: idle ticks read no rows")
+            }
+            (true, _) => {}
+        }
+        *was = Some(known);
     }
 
     /// After a publish: metrics and a log line for the sets that changed,
@@ -186,37 +228,26 @@ impl PollLoop {
         }
         self.recorder.dirty_nodes(read_nodes);
     }
+}
 
-    /// Reads the whole fleet. The first time, every node is published;
-    /// later, only the nodes whose rows differ from the copy.
-    async fn read_full(
-        &mut self,
-        tracker: &mut ChangeTracker,
-        rows: &mut Option<FleetRows>,
-        probe: TableProbe,
-        reason: FullReason,
-    ) -> Result<Touched, StoreError> {
-        let snapshot = self.store.read_fleet().await?;
-        self.metrics.db_reads.get_or_create(&vec![("kind", "full")]).inc();
-        tracker.read_full(probe, Instant::now());
-        match reason {
-            FullReason::Periodic | FullReason::Start => {
-                debug!(reason = reason.as_str(), rows = snapshot.rows.len(), "read the whole fleet")
+/// The reads a tick made beyond its probe, for `db_reads_total{kind}`. A
+/// full read after a check that did not add up (or found a cidr changed)
+/// counts the check too.
+fn read_kinds(read: &FeedRead) -> Vec<&'static str> {
+    match read {
+        FeedRead::Nothing => vec![],
+        FeedRead::Changed { subnets, rows, .. } => {
+            let mut kinds = vec![];
+            if *subnets {
+                kinds.push("subnets");
             }
-            _ => info!(reason = reason.as_str(), rows = snapshot.rows.len(), "read the whole fleet"),
+            if rows.is_some() {
+                kinds.push("changed");
+            }
+            kinds
         }
-        if let Some(copy) = rows.as_mut() {
-            return Ok(copy.replace(snapshot));
-        }
-        let desired = desired_fleet(&snapshot);
-        for problem in desired.problems() {
-            debug!(row = problem.row_id, node = ?problem.node.as_ref().map(|n| n.as_str()), mac = %problem.mac, code = %problem.code, message = %problem.message, "row rejected");
-        }
-        let nodes: Vec<_> = desired.nodes.keys().cloned().collect();
-        let changed = self.fleet.publish(desired);
-        self.published(&changed, "full", nodes);
-        *rows = Some(FleetRows::from_snapshot(snapshot));
-        // Already published: nothing more is touched.
-        Ok(Touched::default())
+        FeedRead::Full { reason: FullReason::Mismatch, .. } => vec!["changed", "full"],
+        FeedRead::Full { reason: FullReason::Subnets, .. } => vec!["subnets", "full"],
+        FeedRead::Full { .. } => vec!["full"],
     }
 }

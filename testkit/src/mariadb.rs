@@ -31,12 +31,36 @@ pub struct MariaDb {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    options: ServerOptions,
+}
+
+/// How the server is started beyond the defaults every test uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// `--innodb-buffer-pool-size` (tests: 32M; a benchmark holding a
+    /// million rows wants them to fit, as a production server would).
+    pub buffer_pool: String,
+    /// performance_schema with statement history (`events_statements_history_long`),
+    /// for MariaDB's own accounting of each statement's time. Off by
+    /// default, as in `mariadbd --no-defaults`.
+    pub statement_history: Option<u32>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { buffer_pool: "32M".into(), statement_history: None }
+    }
 }
 
 impl MariaDb {
     /// Starts a server with the schema loaded, or `None` when `mariadbd` is
     /// missing on a developer machine (CI fails instead).
     pub async fn start() -> Option<Self> {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    /// [`MariaDb::start`] with other server options.
+    pub async fn start_with(options: ServerOptions) -> Option<Self> {
         let available = crate::have("mariadbd") && crate::have("mariadb-install-db");
         if !crate::require(available, "mariadbd", "apt-get install -y mariadb-server") {
             return None;
@@ -45,7 +69,7 @@ impl MariaDb {
         let dir = tempfile::Builder::new().prefix("multinic-mariadb-").tempdir().expect("temp dir");
         let status = Command::new("cp").arg("-a").arg(&template).arg(dir.path().join("data")).status().expect("cp");
         assert!(status.success(), "cannot copy the MariaDB template");
-        let mut db = Self { dir, port: free_port(), child: None };
+        let mut db = Self { dir, port: free_port(), child: None, options };
         db.spawn().await;
         let mut root = db.root().await;
         for sql in [
@@ -145,14 +169,20 @@ impl MariaDb {
                 "--bind-address=127.0.0.1",
                 "--skip-name-resolve",
                 "--skip-log-bin",
-                "--innodb-buffer-pool-size=32M",
                 "--innodb-log-file-size=16M",
                 "--innodb-flush-log-at-trx-commit=2",
                 "--max-connections=500",
             ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .arg(format!("--innodb-buffer-pool-size={}", self.options.buffer_pool));
+        if let Some(size) = self.options.statement_history {
+            cmd.args([
+                "--performance-schema=ON",
+                "--performance-schema-consumer-events-statements-current=ON",
+                "--performance-schema-consumer-events-statements-history-long=ON",
+            ])
+            .arg(format!("--performance-schema-events-statements-history-long-size={size}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         if crate::is_root() {
             cmd.arg("--user=root");
         }

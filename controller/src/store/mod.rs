@@ -8,6 +8,7 @@
 mod dialect;
 mod sql;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
-pub use dialect::{Dialect, RECORD_CHUNK};
+pub use dialect::{Dialect, MYSQL_SESSION_SETUP, RECORD_CHUNK};
 pub use sql::SqlStore;
 
 /// One active row of `multi_interface`, exactly as stored (no normalisation:
@@ -76,35 +77,63 @@ pub struct FleetSnapshot {
     pub rows: Vec<InterfaceRow>,
 }
 
-/// A cheap summary of the tables (aggregates only, no rows), compared from
-/// one poll to the next to tell whether anything changed.
+/// A full read: every active row, the table's tally and `multi_subnet`'s
+/// cidrs (`None` without the table), from one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct FleetRead {
+    pub snapshot: FleetSnapshot,
+    pub tally: Tally,
+    pub subnets: Option<SubnetCidrs>,
+}
+
+/// `multi_subnet`'s cidr of each `subnet_id`: what the rows' cidrs fall
+/// back to.
+pub type SubnetCidrs = BTreeMap<String, Option<String>>;
+
+/// Every row of `multi_interface` counted (soft-deleted ones included) and
+/// the newest id, from the same snapshot as the rows read with it.
 ///
-/// It cannot see everything: an UPDATE that keeps `modified_at` (a writer
-/// setting it explicitly) changes none of these figures, and `modified_at`
-/// has a resolution of one second. The poll loop therefore re-reads recently
-/// modified rows for a while after every change, and the whole fleet now
-/// and then.
+/// Compared from one read to the next, it reveals hard deletes: a read that
+/// finds every row inserted since the last one must leave the count at the
+/// last count plus those rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub rows: i64,
+    pub max_id: i64,
+}
+
+/// What a poll tick asks of the database before deciding what to read:
+/// index lookups and table metadata only, whatever the tables hold.
+///
+/// `updated` is the engine's own record of the table's last write
+/// (`information_schema.TABLES.UPDATE_TIME`): in MariaDB it is the start
+/// time, in seconds, of the last transaction that committed a change, kept
+/// in memory only. So it is unknown (`None`) after a restart until the next
+/// write, and when InnoDB evicts the table's metadata; SQLite has none. It
+/// also moves with our own `netplan_success` writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TableProbe {
-    /// Rows of `multi_interface`, soft-deleted ones included.
-    pub rows: i64,
-    /// Rows with `deleted_at IS NULL`.
-    pub active: i64,
+    /// Newest id of `multi_interface` (the primary key's last entry).
     pub max_id: i64,
-    /// Newest `modified_at`, Unix seconds.
-    pub max_modified: Option<i64>,
-    /// `multi_subnet`'s row count and newest `modified_at`; `None` when the
-    /// table does not exist.
-    pub subnets: Option<(i64, Option<i64>)>,
-    /// The database's clock when probed, Unix seconds (not a table figure).
+    /// When `multi_interface` was last written (Unix seconds), if known.
+    pub updated: Option<i64>,
+    /// What is known of `multi_subnet`'s last write; `None` when the table
+    /// does not exist.
+    pub subnets: Option<SubnetSignal>,
+    /// The database's clock when probed, Unix seconds.
     pub now: i64,
 }
 
-impl TableProbe {
-    /// Whether the tables look the same as in `other` (the clock aside).
-    pub fn same_tables(&self, other: &Self) -> bool {
-        Self { now: 0, ..*self } == Self { now: 0, ..*other }
-    }
+/// How a probe saw `multi_subnet`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubnetSignal {
+    /// Its last write, from the engine (Unix seconds).
+    Written(i64),
+    /// The engine does not know: its row count and newest `modified_at`
+    /// (a scan, asked for only in that case; the table is small).
+    Counted { rows: i64, max_modified: Option<i64> },
+    /// Neither (the engine lost it during the probe itself).
+    Unknown,
 }
 
 /// A row modified recently, as it is now.
@@ -115,11 +144,11 @@ pub struct RowChange {
     pub deleted: bool,
 }
 
-/// The rows modified since a point in time, and the tables' probe, both
-/// read in one transaction (one consistent view).
+/// The rows modified since a point in time or inserted after an id, and
+/// the table's tally, both read in one transaction (one consistent view).
 #[derive(Debug, Clone, Default)]
 pub struct ChangedRows {
-    pub probe: TableProbe,
+    pub tally: Tally,
     pub rows: Vec<RowChange>,
 }
 
@@ -167,15 +196,22 @@ pub enum StoreError {
 /// so the rest of the controller never sees SQL.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Every active row of `multi_interface` (with `multi_subnet.cidr`).
-    async fn read_fleet(&self) -> Result<FleetSnapshot, StoreError>;
+    /// Every active row of `multi_interface` (with `multi_subnet.cidr`),
+    /// and the table's tally from the same snapshot.
+    async fn read_fleet(&self) -> Result<FleetRead, StoreError>;
 
-    /// Aggregates of the tables: one statement, no rows sent.
+    /// The cheap signals of the tables: one statement, one row, no scan of
+    /// `multi_interface` (a scan of `multi_subnet` only when the engine
+    /// cannot say when it was last written).
     async fn probe(&self) -> Result<TableProbe, StoreError>;
 
     /// Every row (soft-deleted ones included) whose `modified_at` is at or
-    /// after `since` (Unix seconds), with a probe of the same view.
-    async fn read_changed(&self, since: i64) -> Result<ChangedRows, StoreError>;
+    /// after `since` (Unix seconds) or whose id is above `after_id`, with
+    /// the table's tally from the same snapshot.
+    async fn read_changed(&self, since: i64, after_id: i64) -> Result<ChangedRows, StoreError>;
+
+    /// `multi_subnet`'s cidrs (`None` when the table does not exist).
+    async fn read_subnets(&self) -> Result<Option<SubnetCidrs>, StoreError>;
 
     /// Applies the updates in one transaction, a few hundred rows per
     /// statement; returns how many rows changed.
@@ -276,6 +312,12 @@ fn mysql_pool(options: MySqlConnectOptions, max: u32, acquire: Duration) -> sqlx
         .min_connections(0)
         .acquire_timeout(acquire)
         .idle_timeout(Some(Duration::from_secs(300)))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::Executor::execute(&mut *conn, dialect::MYSQL_SESSION_SETUP).await?;
+                Ok(())
+            })
+        })
         .connect_lazy_with(options)
 }
 
