@@ -23,6 +23,11 @@ have buildah || need+=(buildah)
 [ -x /lib/systemd/systemd-networkd ] || need+=(systemd)
 have dbus-daemon || need+=(dbus)
 have udevadm || need+=(udev)
+have dbus-monitor || need+=(dbus-bin)
+fresh_nm=""
+[ -x /usr/sbin/NetworkManager ] || { need+=(network-manager); fresh_nm=1; }
+# libnm's own keyfile reader, for every keyfile the agent renders.
+/usr/bin/python3 -c 'import gi; gi.require_version("NM", "1.0")' 2>/dev/null || need+=(python3-gi gir1.2-nm-1.0)
 # promtool (the alert rules' checks and unit tests) and prometheus (the
 # end-to-end alert test runs its own server on loopback).
 { have promtool && have prometheus; } || need+=(prometheus)
@@ -32,9 +37,11 @@ if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  # The tests start their own mariadbd and prometheus; the packages' system
-  # services must not start (policy-rc.d 101: "action forbidden"), unless
-  # the machine already has a policy of its own.
+  # The tests start their own mariadbd, prometheus and NetworkManager
+  # (confined to a namespace); nothing the packages ship may start here
+  # (NetworkManager would take the machine's own NICs): policy-rc.d 101,
+  # "action forbidden", refuses every start during the install, unless the
+  # machine already has a policy of its own.
   policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     policy=/usr/sbin/policy-rc.d
@@ -45,6 +52,11 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" || status=$?
   [ -z "$policy" ] || $sudo rm -f "$policy"
   [ "$status" = 0 ] || exit "$status"
+  # Nor at the next boot: the tests run NetworkManager confined, by themselves.
+  if [ -n "$fresh_nm" ] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable NetworkManager.service NetworkManager-wait-online.service \
+      NetworkManager-dispatcher.service >/dev/null 2>&1 || true
+  fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 

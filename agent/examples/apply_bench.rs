@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use multinic_agent::backend::BackendKind;
+use multinic_agent::backend::netplan::Netplan;
 use multinic_agent::files::HostFiles;
 use multinic_agent::journal::Journal;
 use multinic_agent::kernel::LinkOps;
@@ -108,7 +108,7 @@ fn main() {
     let root = tempfile::tempdir().unwrap();
     let kernel: Arc<dyn LinkOps> = Arc::new(Rtnetlink::open().expect("netlink"));
     let reconciler = Reconciler::new(
-        BackendKind::Netplan,
+        &Netplan,
         HostFiles::new(root.path()),
         n.max(10),
         ApplyMode::Netlink,

@@ -18,16 +18,17 @@
 
 use std::fs::File;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use multinic_agent::backend::BackendKind;
+use multinic_agent::backend::Backend;
+use multinic_agent::backend::netplan::Netplan;
 use multinic_agent::files::HostFiles;
 use multinic_agent::journal::Journal;
 use multinic_agent::kernel::LinkOps;
 use multinic_agent::kernel::rtnl::Rtnetlink;
-use multinic_agent::reconcile::{ApplyMode, Outcome, Reconciler};
-use multinic_proto::{DesiredSet, InterfaceSpec, InterfaceState, MacAddress, Mtu};
+use multinic_agent::reconcile::{ApplyMode, Reconciler};
+use multinic_proto::{DesiredSet, InterfaceSpec, MacAddress, Mtu};
 use multinic_testkit::bystanders::{Bystanders, Snapshot};
+use multinic_testkit::latency::{report, timed};
 use multinic_testkit::networkd::NetworkdNode;
 use nix::sched::{CloneFlags, setns};
 
@@ -38,35 +39,6 @@ fn set(address: &str, mtu: i64) -> DesiredSet {
     let mac = MacAddress::from_octets(MAC).unwrap();
     let spec = InterfaceSpec::new(mac, Some(address.parse().unwrap()), Mtu::new(mtu).unwrap()).unwrap();
     DesiredSet::new([spec]).unwrap()
-}
-
-/// Runs one reconcile; its wall time, checking that it succeeded.
-fn timed(reconciler: &Reconciler, desired: &DesiredSet, what: &str) -> (Duration, Outcome) {
-    let started = Instant::now();
-    let outcome = reconciler.reconcile(desired);
-    let took = started.elapsed();
-    for status in &outcome.statuses {
-        let ok = matches!(status.state, InterfaceState::Applied | InterfaceState::Removed);
-        assert!(ok, "{what}: {status:?}");
-    }
-    (took, outcome)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index].as_secs_f64() * 1e3
-}
-
-fn report(what: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{what:<14} p50 {:>6.2} ms  p95 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms  ({} rounds)",
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.95),
-        percentile(&samples, 0.99),
-        percentile(&samples, 1.0),
-        samples.len()
-    );
 }
 
 fn main() {
@@ -82,14 +54,9 @@ fn main() {
     setns(&ns, CloneFlags::CLONE_NEWNET).expect("enter the namespace");
     let state = tempfile::tempdir().unwrap();
     let kernel: Arc<dyn LinkOps> = Arc::new(Rtnetlink::open().expect("netlink"));
-    let reconciler = Reconciler::new(
-        BackendKind::Netplan,
-        HostFiles::new(node.root()),
-        10,
-        BackendKind::Netplan.default_apply(),
-        Journal::new(state.path()),
-    )
-    .with_kernel(kernel);
+    let reconciler =
+        Reconciler::new(&Netplan, HostFiles::new(node.root()), 10, Netplan.default_apply(), Journal::new(state.path()))
+            .with_kernel(kernel);
     assert_eq!(reconciler.apply_mode(), ApplyMode::Netlink);
 
     let (mut first, mut change, mut noop, mut remove) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -18,7 +18,7 @@ use crate::worker::drift::DriftConfig;
 use crate::{Agent, AgentConfig, controller_url, default_host_root};
 
 /// Applies this node's secondary NICs as the multinic controller says:
-/// renders netplan or wicked files, names NICs multinic0..N by MAC, and
+/// renders netplan, wicked or NetworkManager files, names NICs multinic0..N by MAC, and
 /// reports the outcome.
 #[derive(Debug, Parser)]
 #[command(name = "multinic-agent", version, about, long_about = None)]
@@ -36,19 +36,24 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_HOST_ROOT")]
     pub host_root: Option<PathBuf>,
 
-    /// Network configuration backend: auto (from the host's /etc/os-release), netplan or wicked.
-    #[arg(long, env = "MULTINIC_BACKEND", default_value = "auto")]
+    /// Network configuration backend; auto reads the host's /etc/os-release
+    /// (Ubuntu/Debian: netplan, SUSE 15: wicked, the RHEL family and SUSE
+    /// 16: networkmanager).
+    #[arg(long, env = "MULTINIC_BACKEND", default_value = "auto", value_parser = backend_choice())]
     pub backend: BackendChoice,
 
     /// How changes are applied; each is verified through netlink and rolled
     /// back per interface on failure. auto: the backend's default (netplan:
-    /// netlink; wicked: host). netlink: write the files (for boot) and set
-    /// name, MTU, addresses and link state directly; no network daemon is
-    /// called, nothing else on the node changes. host: write the files,
-    /// rename by MAC through netlink, then run `wicked ifreload` of exactly
-    /// the changed interfaces in the host's namespaces (entered through PID
-    /// 1; needs hostPID); refused with netplan, whose only apply is
-    /// whole-host. none: render the files only (dry run).
+    /// netlink; wicked and networkmanager: host). netlink: write the files
+    /// (for boot) and set name, MTU, addresses and link state directly; no
+    /// network daemon is called, nothing else on the node changes. host:
+    /// write the files, rename by MAC through netlink, then have the node's
+    /// daemon apply exactly the changed interfaces, run in the host's
+    /// namespaces (entered through PID 1; needs hostPID): `wicked ifreload`
+    /// of them, or NetworkManager's checkpoint, load and activation (or
+    /// reapply) of our profile of each (busctl, nmcli); refused with
+    /// netplan, whose only apply is whole-host. none: render the files only
+    /// (dry run).
     #[arg(long, env = "MULTINIC_APPLY", default_value = "auto")]
     pub apply: ApplyChoice,
 
@@ -57,7 +62,7 @@ pub struct Args {
           value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CAPACITY)))]
     pub capacity: u8,
 
-    /// Where the agent keeps its journal (never where netplan or wicked read).
+    /// Where the agent keeps its journal (never where netplan, wicked, NetworkManager or udev read).
     #[arg(long, env = "MULTINIC_STATE_DIR", default_value = "/var/lib/multinic")]
     pub state_dir: PathBuf,
 
@@ -178,6 +183,14 @@ fn http_address(http_listen: Option<SocketAddr>, health_port: Option<u16>) -> So
     http_listen.unwrap_or_else(|| SocketAddr::new(any, health_port.unwrap_or(8080)))
 }
 
+/// `--backend` values: `auto` and every registered backend's name (listed
+/// by `--help`).
+fn backend_choice() -> impl clap::builder::TypedValueParser<Value = BackendChoice> {
+    use clap::builder::TypedValueParser as _;
+    let names = std::iter::once("auto").chain(crate::backend::ALL.iter().map(|b| b.name()));
+    clap::builder::PossibleValuesParser::new(names).try_map(|name| name.parse::<BackendChoice>())
+}
+
 /// The host name up to the first dot.
 fn short_hostname() -> anyhow::Result<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").context("read /proc/sys/kernel/hostname")?;
@@ -291,7 +304,7 @@ mod tests {
 
     #[test]
     fn apply_auto_follows_the_backend_and_host_is_refused_on_netplan() {
-        use crate::backend::BackendKind;
+        use crate::backend::{netplan::Netplan, wicked::Wicked};
         use crate::reconcile::ApplyMode;
         let parse = |flags: &[&str]| {
             let mut argv = vec!["multinic-agent", "--controller", "c:1"];
@@ -299,13 +312,13 @@ mod tests {
             Args::try_parse_from(argv).unwrap().apply
         };
         assert_eq!(parse(&[]), ApplyChoice::Auto, "auto is the default");
-        assert_eq!(parse(&[]).resolve(BackendKind::Netplan).unwrap(), ApplyMode::Netlink);
-        assert_eq!(parse(&[]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
-        let err = parse(&["--apply", "host"]).resolve(BackendKind::Netplan).unwrap_err().to_string();
+        assert_eq!(parse(&[]).resolve(&Netplan).unwrap(), ApplyMode::Netlink);
+        assert_eq!(parse(&[]).resolve(&Wicked).unwrap(), ApplyMode::Host);
+        let err = parse(&["--apply", "host"]).resolve(&Netplan).unwrap_err().to_string();
         assert!(err.contains("not offered with the netplan backend") && err.contains("--apply netlink"), "{err}");
-        assert_eq!(parse(&["--apply", "host"]).resolve(BackendKind::Wicked).unwrap(), ApplyMode::Host);
+        assert_eq!(parse(&["--apply", "host"]).resolve(&Wicked).unwrap(), ApplyMode::Host);
         for mode in ["netlink", "none"] {
-            for backend in [BackendKind::Netplan, BackendKind::Wicked] {
+            for &backend in crate::backend::ALL {
                 assert_eq!(parse(&["--apply", mode]).resolve(backend).unwrap().as_str(), mode);
             }
         }

@@ -2,8 +2,9 @@
 //!
 //! Writes are atomic (temporary file in the same folder, fsync, rename, fsync
 //! of the folder) and mode 0600. The temporary name starts with a dot and
-//! ends in `.multinic-tmp`, which neither netplan (`*.yaml`) nor wicked
-//! (`ifcfg-*`) reads. Nothing here touches a path it was not given.
+//! ends in `.multinic-tmp`, which neither netplan (`*.yaml`), wicked
+//! (`ifcfg-*`), udev (`*.link`) nor NetworkManager (it skips hidden files)
+//! reads. Nothing here touches a path it was not given.
 //!
 //! Reads are bounded ([`read_bounded`]): a path that holds anything but a
 //! regular file of a sane size (a symbolic link, a FIFO, a device, a file

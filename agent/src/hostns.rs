@@ -1,5 +1,7 @@
-//! Running the host's own tools (`netplan apply`, `wicked ifreload`) from
-//! inside the agent's container, in the namespaces of a host process.
+//! Running the host's own tools (`wicked ifreload`, NetworkManager's
+//! `busctl` and `nmcli` calls) from inside the agent's container, in the
+//! namespaces of a host process, with the host's `PATH` and `LC_ALL=C` (the
+//! tools' messages end up in reports, in English).
 //!
 //! The child enters the target's network and mount namespaces with
 //! `setns(2)` between fork and exec (`pre_exec`), so the program is looked
@@ -19,6 +21,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
+use tracing::debug;
 
 /// The PATH commands are looked up in, inside the host's filesystem.
 pub const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -60,15 +63,22 @@ impl HostNamespaces {
     /// Runs `program args…` in the namespaces of `self.pid` and returns its
     /// combined output; a non-zero exit or a timeout is an error.
     pub fn run(&self, program: &str, args: &[String]) -> Result<String, HostError> {
+        let started = Instant::now();
         let command = std::iter::once(program).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ");
         let mut cmd = Command::new(program);
-        cmd.args(args).env("PATH", HOST_PATH).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .env("PATH", HOST_PATH)
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         enter_namespaces(&mut cmd, self.pid)?;
         let child =
             cmd.spawn().map_err(|source| HostError::Spawn { command: command.clone(), pid: self.pid, source })?;
         let (status, output) = wait_with_timeout(child, self.timeout)
             .map_err(|source| HostError::Spawn { command: command.clone(), pid: self.pid, source })?
             .ok_or_else(|| HostError::Timeout { command: command.clone(), timeout: self.timeout })?;
+        debug!(command = %command, took_ms = started.elapsed().as_millis(), ok = status.success(), "host command ran");
         if !status.success() {
             return Err(HostError::Failed { command, status, output: output.trim().to_owned() });
         }
@@ -102,6 +112,8 @@ pub fn enter_namespaces(cmd: &mut Command, pid: u32) -> Result<(), HostError> {
 }
 
 /// Waits for `child` at most `timeout`; kills it when late (`Ok(None)`).
+/// The exit is noticed at once (a waiting thread, not a polling loop):
+/// host mode runs several short commands per interface.
 fn wait_with_timeout(mut child: Child, timeout: Duration) -> io::Result<Option<(ExitStatus, String)>> {
     // Readers on their own threads, so a chatty child never blocks on a full pipe.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
@@ -117,20 +129,22 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> io::Result<Option<(
     };
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let pid = child.id();
+    let (done, exited) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = done.send(());
+        status
+    });
+    let late = exited.recv_timeout(timeout).is_err();
+    if late {
+        // The child is ours and not reaped yet (the waiter reaps it), so the pid is still its.
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = waiter.join().map_err(|_| io::Error::other("the waiting thread panicked"))??;
     let output = format!("{}{}", stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
-    Ok(status.map(|s| (s, output)))
+    Ok((!late).then_some((status, output)))
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 //! An entry found at start-up means the agent died mid-change; it is rolled
 //! back before anything else happens.
 //!
-//! The journal must never live where netplan, wicked or udev read
-//! configuration: [`Journal::check`] refuses such a state directory.
+//! The journal must never live where netplan, wicked, NetworkManager or udev
+//! read configuration: [`Journal::check`] refuses such a state directory.
 
 use std::fs;
 use std::io;
@@ -24,7 +24,14 @@ use crate::kernel::{KernelAddr, LinkState, LinkTarget};
 const VERSION: u32 = 1;
 
 /// Folders (under the host root) that configuration daemons read.
-const FORBIDDEN: [&str; 4] = ["etc/netplan", "etc/sysconfig/network", "etc/udev/rules.d", "etc/NetworkManager"];
+const FORBIDDEN: [&str; 6] = [
+    "etc/netplan",
+    "etc/sysconfig/network",
+    "etc/sysconfig/network-scripts",
+    "etc/udev/rules.d",
+    "etc/NetworkManager",
+    "etc/systemd/network",
+];
 
 /// A journal operation that failed.
 #[derive(Debug, thiserror::Error)]

@@ -44,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::BackendKind;
+use crate::backend::Backend;
 use crate::files::HostFiles;
 use crate::hostns::HostNamespaces;
 use crate::journal::{Journal, JournalError};
@@ -67,7 +67,7 @@ pub struct AgentConfig {
     pub node: NodeName,
     /// The host's `/`, as mounted in the pod (`/host`), or `/`.
     pub host_root: PathBuf,
-    pub backend: BackendKind,
+    pub backend: &'static dyn Backend,
     pub apply: ApplyMode,
     pub capacity: u8,
     pub state_dir: PathBuf,
@@ -96,7 +96,7 @@ impl AgentConfig {
             node,
             state_dir: host_root.join("var/lib/multinic"),
             host_root,
-            backend: BackendKind::Netplan,
+            backend: &backend::netplan::Netplan,
             apply: ApplyMode::None,
             capacity: DEFAULT_CAPACITY,
             http_listen: None,
@@ -181,7 +181,7 @@ impl Agent {
             apply_deadline,
             drift,
         } = config;
-        self.status.metrics().set_info(node.as_str(), backend.as_str(), apply.as_str());
+        self.status.metrics().set_info(node.as_str(), backend.name(), apply.as_str());
         Journal::new(&state_dir).check(&host_root)?;
         // Before anything else, and before connecting: undo interrupted changes.
         let reconciler = self.reconciler.clone();
@@ -204,7 +204,7 @@ impl Agent {
             node = %node,
             controller = %controller,
             host_root = %host_root.display(),
-            backend = %backend,
+            backend = backend.name(),
             apply = apply.as_str(),
             capacity,
             node_ips = ?node_ips,

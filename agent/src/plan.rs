@@ -21,9 +21,10 @@ pub enum Current {
     Corrupt { files: BTreeMap<PathBuf, String>, error: String },
 }
 
-/// A network link as the kernel shows it.
+/// A network link as the kernel shows it: found by MAC, changed by ifindex.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelLink {
+    pub index: u32,
     pub name: String,
     pub mac: MacAddress,
 }
@@ -33,6 +34,9 @@ pub struct KernelLink {
 pub struct NodeFacts {
     /// Links present (empty when the agent does not look, e.g. `--apply none`).
     pub links: Vec<KernelLink>,
+    /// The one link of each MAC that has exactly one (by permanent MAC
+    /// first, see [`crate::kernel::facts::find_link`]).
+    pub owners: BTreeMap<MacAddress, KernelLink>,
     /// MACs that must never be touched (default route, primary address),
     /// with the reason.
     pub protected: BTreeMap<MacAddress, String>,
@@ -44,12 +48,23 @@ pub struct NodeFacts {
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Our files already say exactly this.
-    Keep { name: InterfaceName, spec: InterfaceSpec },
+    /// Our files already say exactly this. `link` is the MAC's NIC, if
+    /// present; `retired` are files of ours the rendering no longer has
+    /// (the predecessor's), removed once the interface is verified.
+    Keep { name: InterfaceName, spec: InterfaceSpec, link: Option<KernelLink>, retired: Vec<PathBuf> },
     /// Create or rewrite the files of `name`.
-    Write { name: InterfaceName, spec: InterfaceSpec, files: Vec<RenderedFile>, previous: Option<InterfaceSpec> },
-    /// `mac` is no longer desired: remove the files of `name`.
-    Remove { name: InterfaceName, mac: MacAddress, spec: InterfaceSpec, paths: Vec<PathBuf> },
+    Write {
+        name: InterfaceName,
+        spec: InterfaceSpec,
+        files: Vec<RenderedFile>,
+        previous: Option<InterfaceSpec>,
+        link: Option<KernelLink>,
+        retired: Vec<PathBuf>,
+    },
+    /// `mac` is no longer desired: remove the files of `name`. `link` is its
+    /// NIC when that still carries our name and is not protected: only then
+    /// is its runtime state undone.
+    Remove { name: InterfaceName, mac: MacAddress, spec: InterfaceSpec, paths: Vec<PathBuf>, link: Option<KernelLink> },
     /// `spec` cannot be configured; nothing is touched.
     Refuse { spec: InterfaceSpec, name: Option<InterfaceName>, code: ErrorCode, message: String },
     /// The controller holds `mac`: whatever exists for it stays as it is.
@@ -127,7 +142,18 @@ pub fn plan(
         if let Current::Parsed { spec, .. } = cur {
             let duplicate = duplicates.iter().any(|(n, _)| n == name);
             if duplicate || !keeps(&spec.mac) {
-                actions.push(Action::Remove { name: *name, mac: spec.mac, spec: *spec, paths: backend.paths(*name) });
+                let link = facts
+                    .owners
+                    .get(&spec.mac)
+                    .filter(|l| l.name == name.to_string() && !facts.protected.contains_key(&spec.mac))
+                    .cloned();
+                actions.push(Action::Remove {
+                    name: *name,
+                    mac: spec.mac,
+                    spec: *spec,
+                    paths: backend.paths(*name),
+                    link,
+                });
             }
         }
     }
@@ -186,16 +212,22 @@ pub fn plan(
             Some(Current::Parsed { spec: prev, .. }) if prev.mac == spec.mac => Some(*prev),
             _ => None,
         };
-        let unchanged = match current.get(&name) {
-            Some(Current::Parsed { files: on_disk, .. }) => {
-                on_disk.len() == files.len() && files.iter().all(|f| on_disk.get(&f.path) == Some(&f.contents))
-            }
-            _ => false,
+        let on_disk = match current.get(&name) {
+            Some(Current::Parsed { files: on_disk, .. }) => Some(on_disk),
+            _ => None,
         };
+        let unchanged = on_disk.is_some_and(|d| files.iter().all(|f| d.get(&f.path) == Some(&f.contents)));
+        let retired: Vec<PathBuf> = on_disk
+            .into_iter()
+            .flat_map(|d| d.keys())
+            .filter(|path| !files.iter().any(|f| &f.path == *path))
+            .cloned()
+            .collect();
+        let link = facts.owners.get(&spec.mac).cloned();
         if unchanged {
-            actions.push(Action::Keep { name, spec: *spec });
+            actions.push(Action::Keep { name, spec: *spec, link, retired });
         } else {
-            actions.push(Action::Write { name, spec: *spec, files, previous });
+            actions.push(Action::Write { name, spec: *spec, files, previous, link, retired });
         }
     }
 
@@ -251,7 +283,7 @@ mod tests {
         plan.actions
             .iter()
             .filter_map(|a| match a {
-                Action::Keep { name, spec } | Action::Write { name, spec, .. } => {
+                Action::Keep { name, spec, .. } | Action::Write { name, spec, .. } => {
                     Some((name.to_string(), spec.mac.octets()[5]))
                 }
                 _ => None,
@@ -324,11 +356,10 @@ mod tests {
         // multinic0 exists in the kernel for another MAC; our MAC already has multinic3.
         let facts = NodeFacts {
             links: vec![
-                KernelLink { name: "multinic0".into(), mac: spec(99, 1500).mac },
-                KernelLink { name: "multinic3".into(), mac: spec(1, 1500).mac },
+                KernelLink { index: 2, name: "multinic0".into(), mac: spec(99, 1500).mac },
+                KernelLink { index: 3, name: "multinic3".into(), mac: spec(1, 1500).mac },
             ],
-            protected: BTreeMap::new(),
-            foreign: BTreeMap::new(),
+            ..NodeFacts::default()
         };
         let desired = DesiredSet::new([spec(1, 1500), spec(2, 1500)]).unwrap();
         let p = plan(&desired, &BTreeMap::new(), &facts, 10, &Netplan);
@@ -338,9 +369,8 @@ mod tests {
     #[test]
     fn protected_macs_are_refused() {
         let facts = NodeFacts {
-            links: vec![],
             protected: [(spec(1, 1500).mac, "the NIC with the default route".to_owned())].into(),
-            foreign: BTreeMap::new(),
+            ..NodeFacts::default()
         };
         let desired = DesiredSet::new([spec(1, 1500)]).unwrap();
         let p = plan(&desired, &BTreeMap::new(), &facts, 10, &Netplan);
@@ -372,7 +402,7 @@ mod tests {
         assert!(names(&p).contains(&("multinic0".into(), 50)), "{p:?}");
         // ...unless the kernel still has a link called multinic0.
         let facts = NodeFacts {
-            links: vec![KernelLink { name: "multinic0".into(), mac: spec(1, 1500).mac }],
+            links: vec![KernelLink { index: 2, name: "multinic0".into(), mac: spec(1, 1500).mac }],
             ..NodeFacts::default()
         };
         let p = plan(&desired, &current, &facts, 10, &Netplan);
@@ -397,8 +427,8 @@ mod tests {
         current.insert(name(0), Current::Corrupt { files: BTreeMap::new(), error });
         let facts = NodeFacts {
             links: vec![
-                KernelLink { name: "multinic0".into(), mac: spec(1, 1500).mac },
-                KernelLink { name: "multinic1".into(), mac: spec(2, 1500).mac },
+                KernelLink { index: 2, name: "multinic0".into(), mac: spec(1, 1500).mac },
+                KernelLink { index: 3, name: "multinic1".into(), mac: spec(2, 1500).mac },
             ],
             ..NodeFacts::default()
         };
@@ -420,6 +450,20 @@ mod tests {
         assert!(refused[0].3.contains("is a FIFO") && refused[0].3.contains("multinic0"), "{}", refused[0].3);
         // The others go on; the damaged name is nobody's.
         assert_eq!(names(&p), vec![("multinic1".into(), 2), ("multinic2".into(), 3)]);
+    }
+
+    #[test]
+    fn files_the_rendering_no_longer_has_are_retired_not_rewritten() {
+        let spec = spec(1, 1500);
+        let mut files: BTreeMap<PathBuf, String> =
+            Netplan.render(name(0), &spec).into_iter().map(|f| (f.path, f.contents)).collect();
+        files.insert(PathBuf::from("etc/old/ifcfg-multinic0"), "the predecessor's".into());
+        let current = [(name(0), Current::Parsed { spec, files })].into();
+        let p = plan(&DesiredSet::new([spec]).unwrap(), &current, &NodeFacts::default(), 10, &Netplan);
+        assert!(p.is_noop(), "the rendered files are in place: {p:?}");
+        assert!(
+            matches!(&p.actions[0], Action::Keep { retired, .. } if retired == &[PathBuf::from("etc/old/ifcfg-multinic0")])
+        );
     }
 
     #[test]

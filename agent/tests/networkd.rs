@@ -10,104 +10,63 @@
 //! carrier, and that networkd was asked nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 
-use multinic_testkit::agent_process::{AgentOptions, AgentProcess};
 use multinic_testkit::bystanders::{Bystanders, Snapshot};
-use multinic_testkit::mariadb::MariaDb;
+use multinic_testkit::e2e::{AGENT_HTTP, Stack, WAIT};
+use multinic_testkit::eventually;
 use multinic_testkit::netns::Link;
 use multinic_testkit::networkd::NetworkdNode;
-use multinic_testkit::process::{ControllerProcess, controller_beside};
 use multinic_testkit::rows::{NewRow, netplan_success_of_port};
-use multinic_testkit::scrape::Metrics;
-use multinic_testkit::{eventually, free_addr};
-use sqlx::MySqlPool;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_multinic-agent");
 const NODE: &str = "node-under-test";
 const A: &str = "fa:16:3e:00:0d:01";
 const B: &str = "fa:16:3e:00:0d:02";
 const C: &str = "fa:16:3e:00:0d:03";
-const WAIT: Duration = Duration::from_secs(30);
-/// The agent's HTTP address inside the node's namespace.
-const AGENT_HTTP: &str = "127.0.0.1:9737";
 const UBUNTU: &str =
     "PRETTY_NAME=\"Ubuntu 24.04.1 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"24.04\"\nID=ubuntu\nID_LIKE=debian\n";
 
-/// A networkd node with bystanders, a database, the real controller and
-/// (once started) the real agent with `--backend auto --apply auto`.
+/// A networkd node with bystanders and the stack (database, the real
+/// controller and, once started, the real agent with `--backend auto
+/// --apply auto`). The stack stops first.
 struct Setup {
-    agent: Option<AgentProcess>,
-    controller: ControllerProcess,
-    pool: MySqlPool,
-    _db: MariaDb,
-    state: tempfile::TempDir,
-    logs: tempfile::TempDir,
-    port: u16,
+    stack: Stack,
     node: NetworkdNode,
+}
+
+impl Deref for Setup {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+impl DerefMut for Setup {
+    fn deref_mut(&mut self) -> &mut Stack {
+        &mut self.stack
+    }
 }
 
 impl Setup {
     async fn start() -> Option<Self> {
         let mut node = NetworkdNode::start()?;
-        let db = MariaDb::start().await?;
         Bystanders::install(&node.kernel);
-        std::fs::create_dir_all(node.root().join("etc")).unwrap();
-        std::fs::write(node.root().join("etc/os-release"), UBUNTU).unwrap();
-        let logs = tempfile::tempdir().unwrap();
-        let binary = controller_beside(AGENT);
-        let controller =
-            ControllerProcess::start(&binary, &db.url(), free_addr(), &logs.path().join("controller.log"), &[]).await;
-        controller.wait_ready().await;
-        let port = node.kernel.forward_to(controller.grpc);
-        let state = tempfile::Builder::new().prefix("multinic-state-").tempdir().unwrap();
-        let pool = db.pool().await;
-        Some(Self { agent: None, controller, pool, _db: db, state, logs, port, node })
-    }
-
-    fn start_agent(&mut self) {
-        self.start_agent_with(&[]);
-    }
-
-    fn start_agent_with(&mut self, extra_args: &[&str]) {
-        let options = AgentOptions {
-            binary: PathBuf::from(AGENT),
-            namespace: self.node.kernel.name().to_owned(),
-            controller: format!("127.0.0.1:{}", self.port),
-            host_root: self.node.root().to_path_buf(),
-            state_dir: self.state.path().to_path_buf(),
-            apply: "auto".into(),
-            backend: "auto".into(),
-            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
-            env: Vec::new(),
-        };
-        self.agent = Some(AgentProcess::start(&options));
-    }
-
-    /// The agent's drift checks so far (it serves HTTP on [`AGENT_HTTP`]).
-    async fn drift_checks(&self) -> f64 {
-        let (_, body) = self.node.kernel.http_get(AGENT_HTTP.parse().unwrap(), "/metrics").await.expect("agent HTTP");
-        Metrics::parse(&body).get("multinic_agent_drift_checks_total", &[])
-    }
-
-    fn agent(&self) -> &AgentProcess {
-        self.agent.as_ref().expect("agent started")
+        let root = node.root().to_path_buf();
+        let stack = Stack::start(AGENT, &mut node.kernel, &root, UBUNTU, Vec::new()).await?;
+        Some(Self { stack, node })
     }
 
     /// Waits until the row of `port` says `value`.
     async fn row_is(&self, port: &str, value: i64) {
-        let what = format!(
-            "netplan_success of {port} = {value}; agent log:\n{}\ncontroller log:\n{}",
-            self.agent.as_ref().map(AgentProcess::log_text).unwrap_or_default(),
-            self.controller.log()
-        );
-        eventually(WAIT, &what, || async { (netplan_success_of_port(&self.pool, port).await == value).then_some(()) })
-            .await;
+        self.stack.row_is(port, value, "").await;
     }
 
-    async fn sql(&self, statement: &str) {
-        sqlx::query(statement).execute(&self.pool).await.unwrap();
+    /// The agent's drift checks so far (started with `--http-listen`
+    /// [`AGENT_HTTP`]).
+    async fn drift_checks(&self) -> f64 {
+        self.stack.drift_checks(&self.node.kernel).await
     }
 
     fn link(&self, name: &str) -> Link {
@@ -124,11 +83,6 @@ impl Setup {
         before.assert_same(&Snapshot::take(&self.node.kernel, &[A, B, C]), when);
         let activity = self.node.daemon_activity();
         assert_eq!(activity.len(), calls, "{when}: networkd was asked to act: {:#?}", &activity[calls..]);
-    }
-
-    /// The "applied desired state" events the agent logged so far.
-    fn applies(&self) -> Vec<serde_json::Value> {
-        self.agent().events("applied desired state")
     }
 }
 
@@ -185,16 +139,7 @@ async fn on_networkd_every_change_of_one_nic_leaves_the_rest_of_the_node_alone()
     // changes, nothing asked of networkd.
     let calls = s.node.daemon_activity().len();
     let files = (s.file("90-multinic0.yaml"), s.file("91-multinic1.yaml"));
-    s.agent = None;
-    s.start_agent();
-    eventually(WAIT, "the restarted agent connects", || async {
-        (!s.agent().events("connected to the controller").is_empty()).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for event in s.applies() {
-        assert_eq!(event["changes"], 0, "a restart changes nothing: {event}");
-    }
+    s.restart_agent_expecting_no_change().await;
     assert_eq!((s.file("90-multinic0.yaml"), s.file("91-multinic1.yaml")), files);
     assert_eq!((s.link("multinic0"), s.link("multinic1")), ours);
     s.assert_untouched(&before, calls, "agent restart");
@@ -275,7 +220,6 @@ async fn on_networkd_a_hot_plugged_nic_waits_then_applies_and_a_rejected_mtu_rol
     assert_eq!((s.link("multinic0"), s.link("multinic1")), (a, c), "A rolled back, C untouched");
     assert_eq!(s.file("90-multinic0.yaml"), file, "the file for boot says what the kernel has");
     s.assert_untouched(&before, calls, "rejected MTU");
-    drop(s.logs);
 }
 
 /// networkd's loaded unit can be older than what the agent set by netlink

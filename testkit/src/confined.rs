@@ -79,7 +79,6 @@ pub fn available() -> bool {
 struct Daemon {
     name: String,
     child: Child,
-    log: PathBuf,
 }
 
 /// A host process with a private `/run`, the test's configuration folders,
@@ -161,10 +160,11 @@ impl ConfinedHost {
     }
 
     /// Starts `program args…` in the host as daemon `name`, with `env`,
-    /// its stdout and stderr in [`Self::log`].
+    /// its stdout and stderr in [`Self::log`] (appended to, when a daemon
+    /// of that name ran before).
     pub fn spawn(&mut self, name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) {
         let log = self.dir.path().join(format!("{name}.log"));
-        let file = File::create(&log).expect("daemon log");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("daemon log");
         let child = self
             .command(program, args)
             .envs(env.iter().copied())
@@ -173,16 +173,29 @@ impl ConfinedHost {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        self.daemons.push(Daemon { name: name.to_owned(), child, log });
+        self.daemons.push(Daemon { name: name.to_owned(), child });
+    }
+
+    /// Stops daemon `name` as a shutdown would: SIGTERM, then SIGKILL if it
+    /// has not exited within 10 s.
+    pub fn stop(&mut self, name: &str) {
+        let Some(at) = self.daemons.iter().position(|d| d.name == name) else { return };
+        let mut daemon = self.daemons.remove(at);
+        let _ = Command::new("kill").args(["-TERM", &daemon.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = daemon.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = daemon.child.kill();
+        let _ = daemon.child.wait();
     }
 
     /// What daemon `name` has logged so far.
     pub fn log(&self, name: &str) -> String {
-        self.daemons
-            .iter()
-            .find(|d| d.name == name)
-            .and_then(|d| std::fs::read_to_string(&d.log).ok())
-            .unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 
     /// Waits until daemon `name` has logged `needle`; panics after `timeout`
@@ -216,7 +229,8 @@ impl ConfinedHost {
         }
     }
 
-    fn command(&self, program: &str, args: &[&str]) -> Command {
+    /// `program args…` as a command that runs in the host's namespaces.
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &self.pid().to_string(), "-m", "-n", "-u", "--", program]).args(args);
         cmd

@@ -6,9 +6,14 @@
 //! - [`netns`]: a network namespace set up as a node, inspected with `ip -j`.
 //! - [`agent_process`]: the real agent binary run inside such a namespace.
 //! - [`confined`]: a host in such a namespace whose real network daemon
-//!   runs confined; [`networkd`]: systemd-networkd driven by netplan on it.
+//!   runs confined; [`networkd`]: systemd-networkd driven by netplan on it;
+//!   [`networkmanager`]: NetworkManager as on RHEL, with libnm's keyfile
+//!   reader ([`networkmanager::libnm_read`]) for every keyfile we render.
+//! - [`e2e`]: MariaDB, the real controller and the real agent of one such
+//!   node, for the end-to-end tests against real daemons.
 //! - [`bystanders`]: what a node carries besides our NICs (a CNI's routes,
 //!   a VIP, rules) and the snapshot that proves an apply left it alone.
+//! - [`latency`]: one timed reconcile and percentiles, for the latency examples.
 //! - [`fake_controller`]: a scripted controller that records what agents say.
 //! - [`process`]: the real controller binary as a child (SIGKILL, SIGTERM).
 //! - [`proxy`]: a Service stand-in routing to the ready replica.
@@ -28,11 +33,14 @@ pub mod agent_process;
 pub mod bystanders;
 pub mod certs;
 pub mod confined;
+pub mod e2e;
 pub mod fake_controller;
 pub mod fleet;
+pub mod latency;
 pub mod mariadb;
 pub mod netns;
 pub mod networkd;
+pub mod networkmanager;
 pub mod process;
 pub mod proxy;
 pub mod rows;
@@ -144,6 +152,14 @@ pub fn netplan_generate(root: &Path) -> Result<(), String> {
         return Err(format!("netplan generate warned: {stderr}"));
     }
     Ok(())
+}
+
+/// Writes `contents` to `path` with mode 0600, as network daemons want
+/// their configuration files (and as the agent writes its own).
+pub fn write_0600(path: &Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
 }
 
 /// Checks `netplan` is present, honouring the skip policy.

@@ -76,7 +76,7 @@ impl NetworkdNode {
         let units_dir = root.path().join("etc/systemd/network");
         std::fs::create_dir_all(&netplan_dir).expect("etc/netplan");
         std::fs::create_dir_all(&units_dir).expect("etc/systemd/network");
-        write_0600(&netplan_dir.join("50-cloud-init.yaml"), CLOUD_INIT);
+        crate::write_0600(&netplan_dir.join("50-cloud-init.yaml"), CLOUD_INIT);
         let host = ConfinedHost::start(
             kernel.name(),
             &[
@@ -172,10 +172,4 @@ impl NetworkdNode {
         });
         self.kernel.settle();
     }
-}
-
-fn write_0600(path: &Path, contents: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, contents).expect("write");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 0600");
 }

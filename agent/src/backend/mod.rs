@@ -1,10 +1,23 @@
-//! Backends: how one interface becomes files on the host, and back.
+//! Backends: everything a host's network configuration system means to the
+//! agent, one module each behind the [`Backend`] trait.
 //!
-//! Rendering is pure and deterministic; reading our own files back is its
-//! exact inverse, so comparing rendered bytes with the bytes on disk detects
-//! drift when, and only when, there is some.
+//! A backend renders one interface's files (pure and deterministic), reads
+//! its own files back exactly (so comparing rendered bytes with the bytes on
+//! disk detects drift when, and only when, there is some), says which hosts
+//! it serves (`--backend auto`), what `--apply auto` means there, what host
+//! mode asks of the node's own daemon ([`HostApply`]) or why host mode is
+//! refused, and which NICs another tool's files also define. Nothing
+//! outside a backend's module knows more about it: adding a backend is its
+//! module plus one entry in [`ALL`].
+//!
+//! Rendering and parsing never do I/O; only a [`HostSession`] runs commands,
+//! and only for the interfaces it is given; reading other tools' files
+//! never writes.
 
+pub mod host;
 pub mod netplan;
+pub mod networkmanager;
+pub mod os_release;
 pub mod wicked;
 
 #[cfg(test)]
@@ -14,98 +27,21 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use multinic_proto::{InterfaceName, InterfaceSpec};
+use multinic_proto::{InterfaceName, InterfaceSpec, MacAddress};
 
+pub use host::{ChangeKind, HostApply, HostApplyError, HostChange, HostCommand, HostSession, HostVerdict, NotAdmitted};
+pub use os_release::OsRelease;
+
+use crate::files::HostFiles;
 use crate::reconcile::ApplyMode;
 
-/// Which network configuration system the host uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendKind {
-    /// Ubuntu: `/etc/netplan/9N-multinicN.yaml`.
-    Netplan,
-    /// SUSE 15: `/etc/sysconfig/network/ifcfg-multinicN` plus a udev rule.
-    Wicked,
-}
+/// Every backend of this build, in the order `--backend auto` asks them
+/// whether they serve the host: the one registration.
+pub static ALL: &[&dyn Backend] = &[&netplan::Netplan, &wicked::Wicked, &networkmanager::NetworkManager];
 
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Netplan => "netplan",
-            Self::Wicked => "wicked",
-        }
-    }
-
-    /// The backend's renderer and parser.
-    pub fn backend(self) -> &'static dyn Backend {
-        match self {
-            Self::Netplan => &netplan::Netplan,
-            Self::Wicked => &wicked::Wicked,
-        }
-    }
-}
-
-/// A command run on the host to make the backend apply our files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostCommand {
-    pub program: &'static str,
-    pub args: Vec<String>,
-}
-
-impl BackendKind {
-    /// What `--apply auto` means here. netplan: `netlink` (the file is
-    /// written for boot, the runtime state set through netlink; no daemon is
-    /// asked to do anything). wicked: `host` (`wicked ifreload` of exactly
-    /// the changed interfaces).
-    pub fn default_apply(self) -> ApplyMode {
-        match self {
-            Self::Netplan => ApplyMode::Netlink,
-            Self::Wicked => ApplyMode::Host,
-        }
-    }
-
-    /// Why `--apply host` is refused on this backend, if it is: the host's
-    /// tool cannot apply one interface without disturbing the others.
-    ///
-    /// netplan has no per-interface apply. Measured against the real
-    /// systemd-networkd (docs/node-daemons.md): `netplan apply` regenerates
-    /// and reconfigures every link networkd manages, which drops every route
-    /// through them that networkd did not add (a CNI's) and foreign addresses
-    /// (a VIP); even handing networkd only our NIC's own units removes a
-    /// CNI's blackhole routes and policy rules in networkd's default
-    /// configuration.
-    pub fn host_apply_refusal(self) -> Option<&'static str> {
-        match self {
-            Self::Netplan => Some(
-                "netplan has no per-interface apply, and networkd reconfiguring links removes other state on the \
-                 node (routes through a reconfigured NIC, a CNI's blackhole routes and policy rules)",
-            ),
-            Self::Wicked => None,
-        }
-    }
-
-    /// What the host runs after our files of `names` changed, in host mode:
-    /// a udev rule reload and `wicked ifreload` of exactly those interfaces.
-    /// Nothing for netplan, where host mode is refused
-    /// ([`Self::host_apply_refusal`]).
-    pub fn apply_commands(self, names: &[InterfaceName]) -> Vec<HostCommand> {
-        match self {
-            Self::Netplan => Vec::new(),
-            Self::Wicked => {
-                let mut ifreload = vec!["ifreload".to_owned()];
-                ifreload.extend(names.iter().map(ToString::to_string));
-                vec![
-                    HostCommand { program: "udevadm", args: vec!["control".into(), "--reload".into()] },
-                    HostCommand { program: "wicked", args: ifreload },
-                ]
-            }
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// The backend called `name` (`--backend`).
+pub fn named(name: &str) -> Option<&'static dyn Backend> {
+    ALL.iter().copied().find(|b| b.name() == name)
 }
 
 /// One file as rendered: a path relative to the host root, and its content.
@@ -129,9 +65,23 @@ impl ParseFileError {
     }
 }
 
-/// Renders and parses the files of one interface. Implementations are pure.
+/// A network configuration system: its files for one interface, the hosts
+/// it serves, and how host mode applies. Rendering and parsing are pure.
 pub trait Backend: fmt::Debug + Send + Sync {
-    fn kind(&self) -> BackendKind;
+    /// Its name for `--backend`, logs and the Hello (`netplan`).
+    fn name(&self) -> &'static str;
+
+    /// Whether hosts with this os-release configure their network with it.
+    fn serves(&self, os: &OsRelease) -> bool;
+
+    /// What `--apply auto` means here: the mode that applies one NIC
+    /// without disturbing anything else on the node (docs/node-daemons.md).
+    fn default_apply(&self) -> ApplyMode;
+
+    /// What host mode asks of the node's daemon, or why host mode is
+    /// refused: the daemon cannot apply one interface without disturbing
+    /// the others.
+    fn host(&self) -> Result<&dyn HostApply, &'static str>;
 
     /// Every path (relative to the host root) that belongs to interface `name`.
     /// A file is ours if and only if its path is one of these.
@@ -142,26 +92,52 @@ pub trait Backend: fmt::Debug + Send + Sync {
 
     /// Reads back the files of `name` (those of `paths(name)` that exist).
     fn parse(&self, name: InterfaceName, files: &BTreeMap<PathBuf, String>) -> Result<InterfaceSpec, ParseFileError>;
+
+    /// MACs that another tool's configuration on the host also defines, so
+    /// that our files for them would not hold (each with the sentence to
+    /// report): they are refused as foreign. Only reads other files,
+    /// bounded; none by default.
+    fn foreign_definitions(&self, files: &HostFiles) -> BTreeMap<MacAddress, String> {
+        let _ = files;
+        BTreeMap::new()
+    }
 }
 
 /// `--backend`: a backend, or `auto` to read the host's `/etc/os-release`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum BackendChoice {
     Auto,
-    Netplan,
-    Wicked,
+    Named(&'static dyn Backend),
+}
+
+impl PartialEq for BackendChoice {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Auto, Self::Auto) => true,
+            (Self::Named(a), Self::Named(b)) => a.name() == b.name(),
+            _ => false,
+        }
+    }
 }
 
 impl std::str::FromStr for BackendChoice {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "netplan" => Ok(Self::Netplan),
-            "wicked" => Ok(Self::Wicked),
-            other => Err(format!("unknown backend {other:?}: expected auto, netplan or wicked")),
+        if s == "auto" {
+            return Ok(Self::Auto);
         }
+        named(s).map(Self::Named).ok_or_else(|| format!("unknown backend {s:?}: expected auto, {}", names()))
+    }
+}
+
+/// The backends' names, for messages: `netplan, wicked or networkmanager`.
+pub fn names() -> String {
+    let all: Vec<&str> = ALL.iter().map(|b| b.name()).collect();
+    match all.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
     }
 }
 
@@ -174,17 +150,14 @@ pub enum DetectError {
         #[source]
         source: crate::files::ReadError,
     },
-    #[error("{os} uses {backend}, which this build does not support yet")]
-    Unsupported { os: String, backend: &'static str },
-    #[error("cannot choose a backend for {os} (ID={id}, ID_LIKE={id_like}); set --backend netplan or wicked")]
-    Unknown { os: String, id: String, id_like: String },
+    #[error("cannot choose a backend for {os} (ID={id}, ID_LIKE={id_like}); set --backend {names}")]
+    Unknown { os: String, id: String, id_like: String, names: String },
 }
 
 /// Resolves `--backend` against the host's `/etc/os-release`.
-pub fn detect_backend(choice: BackendChoice, host_root: &Path) -> Result<BackendKind, DetectError> {
+pub fn detect_backend(choice: BackendChoice, host_root: &Path) -> Result<&'static dyn Backend, DetectError> {
     match choice {
-        BackendChoice::Netplan => Ok(BackendKind::Netplan),
-        BackendChoice::Wicked => Ok(BackendKind::Wicked),
+        BackendChoice::Named(backend) => Ok(backend),
         BackendChoice::Auto => {
             use crate::files::{Links, OTHER_FILE_LIMIT, ReadError, read_text};
             let path = host_root.join("etc/os-release");
@@ -203,58 +176,47 @@ pub fn detect_backend(choice: BackendChoice, host_root: &Path) -> Result<Backend
     }
 }
 
-/// The backend an `/etc/os-release` calls for: netplan for Ubuntu (and
-/// Debian-likes that ship netplan), wicked for SUSE 15.
-pub fn backend_for_os_release(text: &str) -> Result<BackendKind, DetectError> {
-    let field = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-            .map(|v| v.trim().trim_matches('"').to_ascii_lowercase())
-            .unwrap_or_default()
-    };
-    let (id, id_like, version) = (field("ID"), field("ID_LIKE"), field("VERSION_ID"));
-    let os = field("PRETTY_NAME");
-    let words: Vec<&str> = std::iter::once(id.as_str()).chain(id_like.split_whitespace()).collect();
-    if words.iter().any(|w| matches!(*w, "ubuntu" | "debian")) {
-        return Ok(BackendKind::Netplan);
-    }
-    if words.iter().any(|w| matches!(*w, "sles" | "suse" | "opensuse" | "opensuse-leap")) {
-        let major = version.split('.').next().unwrap_or_default();
-        if major == "15" {
-            return Ok(BackendKind::Wicked);
-        }
-        return Err(DetectError::Unsupported { os, backend: "NetworkManager" });
-    }
-    Err(DetectError::Unknown { os, id, id_like })
+/// The first backend of [`ALL`] that serves the host this os-release describes.
+pub fn backend_for_os_release(text: &str) -> Result<&'static dyn Backend, DetectError> {
+    let os = OsRelease::parse(text);
+    ALL.iter().copied().find(|b| b.serves(&os)).ok_or_else(|| DetectError::Unknown {
+        os: os.to_string(),
+        id: os.id.clone(),
+        id_like: os.id_like.join(" "),
+        names: names(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn apply_commands_name_the_interfaces_where_the_backend_can() {
-        let names = [InterfaceName::new(0, 10).unwrap(), InterfaceName::new(3, 10).unwrap()];
-        assert_eq!(BackendKind::Netplan.apply_commands(&names), Vec::new(), "no whole-host netplan apply");
-        let wicked = BackendKind::Wicked.apply_commands(&names);
-        assert_eq!(wicked[1].program, "wicked");
-        assert_eq!(wicked[1].args, vec!["ifreload", "multinic0", "multinic3"]);
+    fn detect(text: &str) -> Result<&'static str, String> {
+        backend_for_os_release(text).map(|b| b.name()).map_err(|e| e.to_string())
     }
 
     #[test]
     fn os_release_picks_the_backend() {
         let ubuntu =
             "PRETTY_NAME=\"Ubuntu 22.04.4 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\nID_LIKE=debian\n";
-        assert_eq!(backend_for_os_release(ubuntu).unwrap(), BackendKind::Netplan);
-        let rhel = "NAME=\"Red Hat Enterprise Linux\"\nID=\"rhel\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"9.4\"\n";
-        assert!(backend_for_os_release(rhel).unwrap_err().to_string().contains("--backend"));
+        assert_eq!(detect(ubuntu), Ok("netplan"));
         let sles = "NAME=\"SLES\"\nVERSION_ID=\"15.5\"\nID=\"sles\"\nID_LIKE=\"suse\"\nPRETTY_NAME=\"SUSE Linux Enterprise Server 15 SP5\"\n";
-        assert_eq!(backend_for_os_release(sles).unwrap(), BackendKind::Wicked);
+        assert_eq!(detect(sles), Ok("wicked"));
         let leap = "NAME=\"openSUSE Leap\"\nVERSION_ID=\"15.6\"\nID=\"opensuse-leap\"\nID_LIKE=\"suse opensuse\"\n";
-        assert_eq!(backend_for_os_release(leap).unwrap(), BackendKind::Wicked);
-        let sles16 =
-            "NAME=\"SLES\"\nVERSION_ID=\"16.0\"\nID=\"sles\"\nPRETTY_NAME=\"SUSE Linux Enterprise Server 16.0\"\n";
-        assert!(backend_for_os_release(sles16).unwrap_err().to_string().contains("NetworkManager"));
+        assert_eq!(detect(leap), Ok("wicked"));
+        let rhel = "NAME=\"Red Hat Enterprise Linux\"\nID=\"rhel\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"9.4\"\n";
+        assert_eq!(detect(rhel), Ok("networkmanager"));
+        let err = detect("NAME=\"Arch Linux\"\nID=arch\n").unwrap_err();
+        assert!(err.contains("set --backend") && err.contains("for Arch Linux (ID=arch"), "{err}");
+    }
+
+    #[test]
+    fn backends_are_chosen_by_name() {
+        assert_eq!("auto".parse::<BackendChoice>(), Ok(BackendChoice::Auto));
+        assert_eq!("wicked".parse::<BackendChoice>(), Ok(BackendChoice::Named(&wicked::Wicked)));
+        let err = "nm".parse::<BackendChoice>().unwrap_err();
+        assert!(err.contains("expected auto, netplan, wicked or networkmanager"), "{err}");
+        assert!(ALL.iter().all(|b| named(b.name()).is_some()));
     }
 
     #[test]
@@ -265,7 +227,7 @@ mod tests {
         std::fs::write(dir.path().join("usr/lib/os-release"), "ID=ubuntu\n").unwrap();
         let etc = dir.path().join("etc/os-release");
         std::os::unix::fs::symlink("../usr/lib/os-release", &etc).unwrap();
-        assert_eq!(detect_backend(BackendChoice::Auto, dir.path()).unwrap(), BackendKind::Netplan);
+        assert_eq!(detect_backend(BackendChoice::Auto, dir.path()).unwrap().name(), "netplan");
 
         std::fs::remove_file(&etc).unwrap();
         let err = detect_backend(BackendChoice::Auto, dir.path()).unwrap_err();

@@ -12,10 +12,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use multinic_proto::{IfaceAddr, InterfaceName, InterfaceSpec, MacAddress, Mtu};
+use tracing::{info, warn};
 
-use super::{Backend, BackendKind, ParseFileError, RenderedFile};
+use super::{
+    Backend, HostApply, HostChange, HostCommand, HostSession, HostVerdict, OsRelease, ParseFileError, RenderedFile,
+};
+use crate::hostns::{HostError, HostNamespaces};
+use crate::reconcile::ApplyMode;
 
 const HEADER: &str = "# Managed by multinic-agent: do not edit, changes are overwritten.\n";
 
@@ -34,8 +40,22 @@ pub fn rule_path(name: InterfaceName) -> PathBuf {
 }
 
 impl Backend for Wicked {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Wicked
+    fn name(&self) -> &'static str {
+        "wicked"
+    }
+
+    /// SUSE 15 (SLES, openSUSE Leap): SUSE 16 moved to NetworkManager.
+    fn serves(&self, os: &OsRelease) -> bool {
+        os.is_like(&["sles", "suse", "opensuse", "opensuse-leap"]) && os.major_version() == Some(15)
+    }
+
+    /// `host`: `wicked ifreload` of exactly the changed interfaces.
+    fn default_apply(&self) -> ApplyMode {
+        ApplyMode::Host
+    }
+
+    fn host(&self) -> Result<&dyn HostApply, &'static str> {
+        Ok(&WickedHost)
     }
 
     fn paths(&self, name: InterfaceName) -> Vec<PathBuf> {
@@ -57,6 +77,59 @@ impl Backend for Wicked {
         let mac = parse_rule(name, &rule, rule_text)?;
         parse_ifcfg(mac, &ifcfg, ifcfg_text)
     }
+}
+
+/// Host mode on wicked: a udev rule reload and `wicked ifreload` of exactly
+/// the changed interfaces, decided from wicked's source and documentation
+/// (docs/node-daemons.md): it takes each named interface down to
+/// `device-ready` and up again from its file, and nothing else.
+#[derive(Debug, Clone, Copy)]
+pub struct WickedHost;
+
+impl HostApply for WickedHost {
+    fn session(&self, host: HostNamespaces) -> Box<dyn HostSession> {
+        Box::new(WickedSession { host })
+    }
+}
+
+/// One reconcile's wicked calls.
+#[derive(Debug)]
+struct WickedSession {
+    host: HostNamespaces,
+}
+
+impl WickedSession {
+    fn ifreload(&self, changes: &[HostChange]) -> Result<(), HostError> {
+        let mut names: Vec<InterfaceName> = changes.iter().map(|c| c.name).collect();
+        names.sort();
+        names.dedup();
+        for command in ifreload_commands(&names) {
+            let output = command.run(&self.host)?;
+            info!(command = %command, output = %output.trim(), "host apply ran");
+        }
+        Ok(())
+    }
+}
+
+impl HostSession for WickedSession {
+    /// One `wicked ifreload` for every change: its verdict is each one's.
+    fn apply(&mut self, changes: &[HostChange]) -> Vec<HostVerdict> {
+        let verdict = self.ifreload(changes).map_err(|e| Arc::new(e.into()));
+        changes.iter().map(|_| verdict.clone()).collect()
+    }
+
+    fn reread(&mut self, changes: &[HostChange]) {
+        if let Err(e) = self.ifreload(changes) {
+            warn!(error = %e, "wicked ifreload after a rollback failed; runtime state was restored through netlink");
+        }
+    }
+}
+
+/// What the host runs after our files of `names` changed: a udev rule
+/// reload and `wicked ifreload` of exactly those interfaces.
+pub fn ifreload_commands(names: &[InterfaceName]) -> Vec<HostCommand> {
+    let ifreload = std::iter::once("ifreload".to_owned()).chain(names.iter().map(ToString::to_string));
+    vec![HostCommand::new("udevadm", ["control", "--reload"]), HostCommand::new("wicked", ifreload)]
 }
 
 /// Renders the ifcfg file of one interface.
@@ -145,6 +218,13 @@ mod tests {
         golden("ifcfg-multinic3", &render_ifcfg(&bare));
         golden("70-multinic-multinic3.rules", &render_rule(name(3), bare.mac));
         golden("ifcfg-multinic1", &render_ifcfg(&spec("fa:16:3e:00:00:02", Some("2001:db8::5/64"), 1500)));
+    }
+
+    #[test]
+    fn ifreload_names_exactly_the_changed_interfaces() {
+        let commands = ifreload_commands(&[name(0), name(3)]);
+        assert_eq!(commands[0].to_string(), "udevadm control --reload");
+        assert_eq!(commands[1].to_string(), "wicked ifreload multinic0 multinic3");
     }
 
     #[test]

@@ -44,8 +44,9 @@ pub fn find_link(kernel: &KernelState, mac: MacAddress) -> LinkMatch<'_> {
 /// The planner's view of the kernel: links by name and MAC, protected and
 /// foreign MACs with the reason.
 pub fn node_facts(kernel: &KernelState, node_ips: &[IpAddr]) -> NodeFacts {
-    let links =
-        kernel.links.iter().filter_map(|l| l.identity().map(|mac| KernelLink { name: l.name.clone(), mac })).collect();
+    let kernel_link = |l: &LinkState| l.identity().map(|mac| KernelLink { index: l.index, name: l.name.clone(), mac });
+    let links = kernel.links.iter().filter_map(kernel_link).collect();
+    let mut owners = BTreeMap::new();
     let reasons = protected_links(kernel, node_ips);
     let mut protected = BTreeMap::new();
     for (index, reason) in &reasons {
@@ -57,20 +58,21 @@ pub fn node_facts(kernel: &KernelState, node_ips: &[IpAddr]) -> NodeFacts {
     let macs: BTreeSet<MacAddress> = kernel.links.iter().filter_map(LinkState::identity).collect();
     for mac in macs {
         match find_link(kernel, mac) {
-            LinkMatch::Ambiguous(names) => {
-                foreign.insert(mac, format!("claimed by several links ({})", names.join(", ")));
-            }
             LinkMatch::One(link) => {
+                owners.insert(mac, KernelLink { index: link.index, name: link.name.clone(), mac });
                 if let Some(master) = link.master.filter(|m| !reasons.contains_key(m)) {
                     let master = kernel.link(master).map_or_else(|| format!("ifindex {master}"), |m| m.name.clone());
                     foreign
                         .insert(mac, format!("on {}, enslaved to {master}, which multinic does not manage", link.name));
                 }
             }
+            LinkMatch::Ambiguous(names) => {
+                foreign.insert(mac, format!("claimed by several links ({})", names.join(", ")));
+            }
             LinkMatch::Absent => {}
         }
     }
-    NodeFacts { links, protected, foreign }
+    NodeFacts { links, owners, protected, foreign }
 }
 
 /// Protected links by ifindex, with the reason.
@@ -164,6 +166,7 @@ mod tests {
         let vlan = link(3, "ens4.10", 1);
         let kernel = KernelState { links: vec![nic, vlan], default_route_links: BTreeSet::new() };
         assert!(matches!(find_link(&kernel, mac(1)), LinkMatch::One(l) if l.name == "ens4"));
+        assert_eq!(node_facts(&kernel, &[]).owners[&mac(1)].index, 2, "the planner gets the NIC, not the VLAN");
 
         let kernel = KernelState { links: vec![link(2, "a", 7), link(3, "b", 7)], ..KernelState::default() };
         assert_eq!(find_link(&kernel, mac(7)), LinkMatch::Ambiguous(vec!["a", "b"]));

@@ -24,9 +24,8 @@ use super::{ApplyMode, Reconciler, Scan, Unparsed};
 use crate::backend::RenderedFile;
 use crate::files::ReadError;
 use crate::kernel::diff::{LinkTarget, Mismatch, Mismatches, verify};
-use crate::kernel::facts::{LinkMatch, find_link};
 use crate::kernel::{KernelAddr, KernelError, KernelState};
-use crate::plan::{Action, Current, plan};
+use crate::plan::{Action, Current, KernelLink, plan};
 
 /// One way an interface differs from what was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,18 +112,18 @@ impl Reconciler {
         let mut check = DriftCheck::default();
         for action in plan(desired, &current, &facts, self.capacity, self.backend).actions {
             match action {
-                Action::Keep { name, spec } => {
+                Action::Keep { name, spec, link, .. } => {
                     if let Some(state) = applied.get(&spec.mac) {
                         let verdict = check.interfaces.entry(spec.mac).or_default();
-                        self.check_link(verdict, kernel.as_ref(), name, &spec, *state);
+                        check_link(verdict, kernel.as_ref(), link.as_ref(), name, &spec, *state);
                     }
                 }
-                Action::Write { name, spec, files, .. } => {
+                Action::Write { name, spec, files, link, .. } => {
                     if let Some(state) = applied.get(&spec.mac) {
                         let on_disk = on_disk(&current, &unparsed, name);
                         let verdict = check.interfaces.entry(spec.mac).or_default();
                         verdict.drifts.extend(files.iter().map(|f| file_drift(name, f, on_disk.as_ref())));
-                        self.check_link(verdict, kernel.as_ref(), name, &spec, *state);
+                        check_link(verdict, kernel.as_ref(), link.as_ref(), name, &spec, *state);
                     }
                 }
                 Action::Remove { name, mac, paths, .. } => {
@@ -146,34 +145,33 @@ impl Reconciler {
         }
         Ok(check)
     }
+}
 
-    /// Adds to `verdict` how the link of `spec` compares with what `name`
-    /// should be, given the state it was reported in.
-    fn check_link(
-        &self,
-        verdict: &mut Verdict,
-        kernel: Option<&KernelState>,
-        name: InterfaceName,
-        spec: &InterfaceSpec,
-        state: InterfaceState,
-    ) {
-        let Some(kernel) = kernel else { return };
-        match (find_link(kernel, spec.mac), state) {
-            (LinkMatch::One(_), InterfaceState::Waiting) => {
-                verdict.changed = Some(format!("MAC {} appeared on the node", spec.mac));
-            }
-            (LinkMatch::One(link), _) => {
-                if let Err(Mismatches(found)) = verify(link, &LinkTarget::desired(name, spec)) {
-                    verdict.drifts.extend(found.into_iter().flat_map(|m| link_drift(name, m)));
-                }
-            }
-            (LinkMatch::Absent, InterfaceState::Waiting) => {}
-            (LinkMatch::Absent, _) => verdict.changed = Some(format!("MAC {} is no longer on the node", spec.mac)),
-            (LinkMatch::Ambiguous(names), _) => {
-                verdict.changed =
-                    Some(format!("MAC {} is now claimed by several links ({})", spec.mac, names.join(", ")));
+/// Adds to `verdict` how the link the planner found for `spec` (`link`, in
+/// `kernel`; `None` when the MAC has no NIC, or none we may configure: the
+/// planner refuses those) compares with what `name` should be, given the
+/// state it was reported in. Without a kernel (`--apply none`) links are not
+/// checked.
+fn check_link(
+    verdict: &mut Verdict,
+    kernel: Option<&KernelState>,
+    link: Option<&KernelLink>,
+    name: InterfaceName,
+    spec: &InterfaceSpec,
+    state: InterfaceState,
+) {
+    let Some(kernel) = kernel else { return };
+    match (link.and_then(|l| kernel.link(l.index)), state) {
+        (Some(_), InterfaceState::Waiting) => {
+            verdict.changed = Some(format!("MAC {} appeared on the node", spec.mac));
+        }
+        (Some(link), _) => {
+            if let Err(Mismatches(found)) = verify(link, &LinkTarget::desired(name, spec)) {
+                verdict.drifts.extend(found.into_iter().flat_map(|m| link_drift(name, m)));
             }
         }
+        (None, InterfaceState::Waiting) => {}
+        (None, _) => verdict.changed = Some(format!("MAC {} is no longer on the node", spec.mac)),
     }
 }
 

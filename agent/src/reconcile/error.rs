@@ -15,8 +15,8 @@ use std::sync::Arc;
 use multinic_proto::{ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, MacAddress};
 
 use super::ApplyMode;
+use crate::backend::HostApplyError;
 use crate::files::{FileError, ReadError};
-use crate::hostns::HostError;
 use crate::journal::JournalError;
 use crate::kernel::diff::{Mismatches, MtuOutOfRange};
 use crate::kernel::{KernelError, Step, StepError};
@@ -34,9 +34,14 @@ pub enum ApplyError {
     /// Before planning: our own files could not be read, so no name is safe.
     #[error(transparent)]
     ReadOurFiles(ReadError),
-    /// Several links claim the MAC: none of them is touched.
-    #[error("MAC {mac} is claimed by several links ({})", .names.join(", "))]
-    AmbiguousMac { mac: MacAddress, names: Vec<String> },
+    /// The node's daemon is told to leave this NIC alone (host mode):
+    /// nothing of it is ours to touch.
+    #[error("{0}; it is left alone")]
+    HostRefused(#[source] HostApplyError),
+    /// The node's daemon could not be asked about this NIC before the
+    /// change (host mode); nothing changed.
+    #[error("{0}; nothing changed")]
+    HostUnavailable(#[source] HostApplyError),
     /// The device does not take the MTU; nothing changed.
     #[error("{0}; nothing changed")]
     Mtu(#[source] MtuOutOfRange),
@@ -65,12 +70,13 @@ pub enum ApplyError {
         source: StepError,
         rollback: Rollback,
     },
-    /// The host's own tool failed (host mode), for every interface it was
-    /// run for.
+    /// The node's daemon did not apply the change or let go of a removed
+    /// interface (host mode); one failure of a tool run for several
+    /// interfaces is each one's.
     #[error("{source}; {rollback}")]
     HostApply {
         #[source]
-        source: Arc<HostError>,
+        source: Arc<HostApplyError>,
         rollback: Rollback,
     },
     /// After the apply, the kernel did not show what was asked for.
@@ -86,13 +92,15 @@ impl ApplyError {
     /// The stable code the controller records for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::ReadKernel(_) | Self::NoNetlink(_) | Self::HostApply { .. } => ErrorCode::ApplyFailed,
+            Self::ReadKernel(_) | Self::NoNetlink(_) | Self::HostUnavailable(_) | Self::HostApply { .. } => {
+                ErrorCode::ApplyFailed
+            }
             Self::Runtime { source, .. } if matches!(source.step, Step::Mtu(_)) => ErrorCode::MtuRejected,
             Self::Runtime { .. } => ErrorCode::ApplyFailed,
             Self::ReadOurFiles(_) | Self::ReadPrevious { .. } | Self::Journal(_) | Self::Files { .. } => {
                 ErrorCode::WriteFailed
             }
-            Self::AmbiguousMac { .. } => ErrorCode::ForeignInterface,
+            Self::HostRefused(_) => ErrorCode::ForeignInterface,
             Self::Mtu(_) => ErrorCode::MtuRejected,
             Self::Verify { .. } => ErrorCode::VerifyFailed,
         }
@@ -102,7 +110,7 @@ impl ApplyError {
     /// rolled back or never started).
     pub fn state(&self) -> InterfaceState {
         match self {
-            Self::AmbiguousMac { .. } => InterfaceState::Refused,
+            Self::HostRefused(_) => InterfaceState::Refused,
             _ => InterfaceState::Failed,
         }
     }
@@ -118,10 +126,11 @@ impl ApplyError {
 pub enum VerifyError {
     #[error(transparent)]
     Differs(#[from] Mismatches),
-    #[error("no link has MAC {0} any more")]
-    Gone(MacAddress),
-    #[error("several links have MAC {mac} ({})", .names.join(", "))]
-    Ambiguous { mac: MacAddress, names: Vec<String> },
+    /// The NIC the change was made on is no longer there (or no longer
+    /// has the MAC): found by MAC once, by the planner, and followed by
+    /// ifindex since.
+    #[error("the NIC with MAC {mac} (ifindex {index}) is gone")]
+    Gone { mac: MacAddress, index: u32 },
     #[error("cannot read the kernel: {0}")]
     ReadKernel(#[source] KernelError),
     #[error("no netlink access to verify")]
@@ -179,7 +188,13 @@ pub enum RollbackProblem {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hostns::HostError;
     use crate::kernel::diff::Mismatch;
+
+    fn host_error() -> HostApplyError {
+        HostError::Timeout { command: "wicked ifreload multinic0".into(), timeout: std::time::Duration::from_secs(1) }
+            .into()
+    }
 
     fn step_error(step: Step) -> StepError {
         StepError {
@@ -200,12 +215,17 @@ mod tests {
                 ApplyError::Verify { source: VerifyError::NoNetlink, rollback: Rollback::NothingChanged },
                 ErrorCode::VerifyFailed,
             ),
-            (ApplyError::AmbiguousMac { mac, names: vec!["a".into(), "b".into()] }, ErrorCode::ForeignInterface),
+            (ApplyError::HostRefused(host_error()), ErrorCode::ForeignInterface),
+            (ApplyError::HostUnavailable(host_error()), ErrorCode::ApplyFailed),
+            (
+                ApplyError::HostApply { source: Arc::new(host_error()), rollback: Rollback::NothingChanged },
+                ErrorCode::ApplyFailed,
+            ),
         ];
         for (error, code) in cases {
             let status = error.status(mac, None);
             assert_eq!((status.code, status.message.as_str()), (code, error.to_string().as_str()));
-            let refused = matches!(error, ApplyError::AmbiguousMac { .. });
+            let refused = matches!(error, ApplyError::HostRefused(_));
             assert_eq!(status.state == InterfaceState::Refused, refused, "{error}");
         }
     }

@@ -4,20 +4,21 @@
 //! files and runtime state; the entry is removed only when the change is
 //! verified or undone. A rollback restores exactly that entry and nothing of
 //! any other interface. A failure comes back as an [`ApplyError`] made where
-//! it happened, after its rollback ran.
+//! it happened, after its rollback ran. The NIC is the one the planner found
+//! for the MAC (followed by ifindex); it is never searched for again.
+
+use std::path::PathBuf;
 
 use multinic_proto::{ErrorCode, InterfaceName, InterfaceSpec, InterfaceState, InterfaceStatus, MacAddress};
 use tracing::{error, info, info_span, warn};
 
 use super::error::{ApplyError, Rollback, RollbackError, RollbackProblem};
 use super::{ApplyMode, Reconciler, Run};
-use crate::backend::RenderedFile;
+use crate::backend::{ChangeKind, HostChange, HostSession, NotAdmitted, RenderedFile};
 use crate::files::{Links, OUR_FILE_LIMIT, read_text};
 use crate::journal::{Entry, SavedFile};
 use crate::kernel::diff::{LinkTarget, mtu_allowed, rename_steps, verify};
-use crate::kernel::facts::{LinkMatch, find_link};
-use crate::kernel::{KernelState, LinkState, StepError, converge, run_step};
-use crate::plan::NodeFacts;
+use crate::kernel::{LinkState, StepError, converge, run_step};
 
 /// An interface changed and not verified yet.
 #[derive(Debug)]
@@ -25,39 +26,38 @@ pub(super) struct Pending {
     pub(super) name: InterfaceName,
     pub(super) spec: InterfaceSpec,
     pub(super) entry: Entry,
+    /// The ifindex of its NIC.
+    pub(super) index: u32,
+    /// What host mode is told about it.
+    pub(super) change: HostChange,
 }
 
 impl Reconciler {
-    /// Starts the change of one desired interface. Returns its status when it
-    /// is already decided (applied as it is, waiting); otherwise the
-    /// interface joins `run.pending` for the host apply and verification.
-    /// A failure is rolled back before it is returned.
+    /// Starts the change of one desired interface whose NIC (if present) is
+    /// `link`. Returns its status when it is already decided (applied as it
+    /// is, waiting); otherwise the interface joins `run.pending` for the
+    /// host apply and verification. `retired` are files of ours the
+    /// rendering no longer has (the predecessor's), removed only once the
+    /// interface is verified. A failure is rolled back before it is
+    /// returned.
     pub(super) fn prepare(
         &self,
         run: &mut Run,
         name: InterfaceName,
         spec: &InterfaceSpec,
         write: Option<&[RenderedFile]>,
-        kernel: Option<&KernelState>,
+        link: Option<&LinkState>,
+        retired: Vec<PathBuf>,
     ) -> Result<Option<InterfaceStatus>, ApplyError> {
-        let link = match (self.apply, kernel) {
-            (ApplyMode::None, _) | (_, None) => None,
-            (_, Some(kernel)) => match find_link(kernel, spec.mac) {
-                LinkMatch::One(link) => Some(link),
-                LinkMatch::Absent => None,
-                LinkMatch::Ambiguous(names) => {
-                    let names = names.into_iter().map(str::to_owned).collect();
-                    return Err(ApplyError::AmbiguousMac { mac: spec.mac, names });
-                }
-            },
-        };
+        let link = link.filter(|_| self.apply != ApplyMode::None && self.kernel.is_some());
         let target = LinkTarget::desired(name, spec);
         if let Some(link) = link {
             if let Err(why) = mtu_allowed(link, target.mtu) {
                 warn!(reason = %why, "MTU out of the device's range; nothing changed");
                 return Err(ApplyError::Mtu(why));
             }
-            if write.is_none() && verify(link, &target).is_ok() {
+            // Files to retire (the predecessor's) go only once ours are verified.
+            if write.is_none() && retired.is_empty() && verify(link, &target).is_ok() {
                 // Verified as desired: an entry an incomplete rollback kept
                 // for this interface has nothing left to restore.
                 self.forget_obsolete(name);
@@ -65,6 +65,26 @@ impl Reconciler {
             }
         } else if write.is_none() {
             return Ok(Some(self.unapplied_status(name, spec)));
+        }
+        let change = HostChange {
+            name,
+            mac: spec.mac,
+            link: link.map_or_else(|| name.to_string(), |l| l.name.clone()),
+            kind: ChangeKind::Configure,
+            retired,
+        };
+        if let (Some(host), Some(_)) = (run.host.as_mut(), link) {
+            match host.admit(&change) {
+                Ok(()) => {}
+                Err(NotAdmitted::Refused(why)) => {
+                    warn!(reason = %why, "the node's network daemon is told to leave this NIC alone; nothing changed");
+                    return Err(ApplyError::HostRefused(why));
+                }
+                Err(NotAdmitted::Failed(why)) => {
+                    warn!(reason = %why, "cannot ask the node's network daemon; nothing changed");
+                    return Err(ApplyError::HostUnavailable(why));
+                }
+            }
         }
 
         let files =
@@ -88,7 +108,7 @@ impl Reconciler {
             let rollback = self.rollback_in(run, &entry, "rolled back to the previous state");
             return Err(ApplyError::Runtime { source, rollback });
         }
-        run.pending.push(Pending { name, spec: *spec, entry });
+        run.pending.push(Pending { name, spec: *spec, entry, index: link.index, change });
         Ok(None)
     }
 
@@ -109,7 +129,7 @@ impl Reconciler {
     }
 
     /// Netlink mode: the whole runtime state. Host mode: only the rename,
-    /// which netplan and wicked cannot do on a live link; they do the rest.
+    /// which no host daemon does on a live link; the daemon does the rest.
     fn runtime_before_host(&self, link: &LinkState, target: &LinkTarget) -> Result<(), StepError> {
         let Some(kernel) = &self.kernel else { return Ok(()) };
         match self.apply {
@@ -121,28 +141,20 @@ impl Reconciler {
         }
     }
 
-    /// Removes the files of a MAC no longer desired and undoes its runtime
-    /// state: addresses removed and link down. The `multinicN` name stays
-    /// until the NIC is unplugged or the node reboots (so the index is not
-    /// handed to another MAC while this NIC still carries it).
+    /// Removes the files of a MAC no longer desired, has the node's daemon
+    /// let go of it (host mode), and undoes its runtime state on `link` (its
+    /// NIC, when that still carries our name and is not protected):
+    /// addresses removed and link down. The `multinicN` name stays until the
+    /// NIC is unplugged or the node reboots (so the index is not handed to
+    /// another MAC while this NIC still carries it).
     pub(super) fn remove(
         &self,
         run: &mut Run,
         name: InterfaceName,
         mac: MacAddress,
-        kernel: Option<&KernelState>,
-        facts: &NodeFacts,
+        link: Option<&LinkState>,
     ) -> Result<InterfaceStatus, ApplyError> {
-        let link = match (self.apply, kernel) {
-            (ApplyMode::None, _) | (_, None) => None,
-            (_, Some(kernel)) => match find_link(kernel, mac) {
-                // Only a link that is ours by name, and never a protected one.
-                LinkMatch::One(link) if link.name == name.to_string() && !facts.protected.contains_key(&mac) => {
-                    Some(link)
-                }
-                _ => None,
-            },
-        };
+        let link = link.filter(|_| self.apply != ApplyMode::None && self.kernel.is_some());
         let files = self.saved_files(name).map_err(|source| ApplyError::ReadPrevious { what: "files", source })?;
         let entry = Entry::new(name, mac, files, link);
         self.journal.record(&entry).map_err(ApplyError::Journal)?;
@@ -152,17 +164,40 @@ impl Reconciler {
             let rollback = self.rollback_in(run, &entry, "files restored");
             return Err(ApplyError::Files { source, rollback });
         }
+        let change = HostChange {
+            name,
+            mac,
+            link: link.map_or_else(|| name.to_string(), |l| l.name.clone()),
+            kind: ChangeKind::Remove,
+            retired: Vec::new(),
+        };
+        let mut host = run.host.take();
+        if let Some(session) = host.as_mut() {
+            let verdict = session.apply(std::slice::from_ref(&change)).pop().unwrap_or(Ok(()));
+            if let Err(source) = verdict {
+                warn!(error = %source, "the node's daemon did not let go of the interface; rolling back");
+                let rollback = self.undo(run, Some(session.as_mut()), &change, &entry, "files restored");
+                session.reread(std::slice::from_ref(&change));
+                run.host = host;
+                return Err(ApplyError::HostApply { source, rollback });
+            }
+            session.commit(&change);
+        }
+        run.host = host;
         if let (Some(link), Some(kernel)) = (link, &self.kernel) {
-            let undone =
-                LinkTarget { name: link.name.clone(), mtu: link.mtu, up: false, addresses: Default::default() };
-            if let Err(source) = converge(kernel.as_ref(), link.index, &undone) {
+            // Read again: the daemon letting go may have changed the link.
+            let undone = kernel
+                .read()
+                .ok()
+                .and_then(|state| state.link(link.index).map(|l| l.mtu))
+                .map(|mtu| LinkTarget { name: link.name.clone(), mtu, up: false, addresses: Default::default() });
+            if let Some(Err(source)) = undone.map(|target| converge(kernel.as_ref(), link.index, &target)) {
                 warn!(error = %source, "cannot undo the runtime state; rolling back");
                 let rollback = self.rollback_in(run, &entry, "files and runtime state restored");
                 return Err(ApplyError::Runtime { source, rollback });
             }
         }
         self.commit(&entry);
-        run.removed.push(name);
         info!(runtime_undone = link.is_some(), "removed: MAC no longer desired");
         Ok(InterfaceStatus::problem(mac, Some(name), InterfaceState::Removed, ErrorCode::None, ""))
     }
@@ -192,16 +227,26 @@ impl Reconciler {
             }
         };
         let mut rolled_back = 0;
+        let mut host = Run::new(self).host;
         for (interface, entry) in pending {
             match entry {
                 Ok(entry) => {
                     let _span = info_span!("interface", interface = %interface, mac = %entry.mac).entered();
+                    // Host mode: the daemon goes back first (a checkpoint the
+                    // crash left), and reads the restored files after.
+                    let change = interrupted_change(&entry);
+                    if let (Some(session), Some(change)) = (host.as_mut(), &change) {
+                        session.undo(change);
+                    }
                     match self.rollback(&entry) {
                         Ok(_) => {
                             rolled_back += 1;
                             info!(same_boot = entry.same_boot(), "rolled back a change interrupted by a crash");
                         }
                         Err(e) => warn!(error = %e, "cannot roll back an interrupted change; kept for the next start"),
+                    }
+                    if let (Some(session), Some(change)) = (host.as_mut(), change) {
+                        session.reread(&[change]);
                     }
                 }
                 Err(reason) => {
@@ -213,6 +258,24 @@ impl Reconciler {
             }
         }
         rolled_back
+    }
+
+    /// Undoes one change: the daemon first (host mode: it goes back to what
+    /// it had, as far as it can by itself), then the files and runtime state
+    /// from the journal. The caller has the daemon [`HostSession::reread`]
+    /// the restored files.
+    pub(super) fn undo(
+        &self,
+        run: &mut Run,
+        session: Option<&mut dyn HostSession>,
+        change: &HostChange,
+        entry: &Entry,
+        restored: &'static str,
+    ) -> Rollback {
+        if let Some(session) = session {
+            session.undo(change);
+        }
+        self.rollback_in(run, entry, restored)
     }
 
     /// Rolls `entry` back and says what happened, for the report: `restored`
@@ -233,7 +296,9 @@ impl Reconciler {
     /// Restores the files and (same boot, same NIC) the runtime state of
     /// `entry`, then forgets it. Returns whether anything had to be put back
     /// (a file already as journaled is left alone, so a change that failed
-    /// before its first write restores nothing, even on a read-only folder).
+    /// before its first write restores nothing, even on a read-only folder,
+    /// and the predecessor's file, never written by a failed change, keeps
+    /// its mode).
     pub(super) fn rollback(&self, entry: &Entry) -> Result<bool, RollbackError> {
         let mut problems: Vec<RollbackProblem> = Vec::new();
         let mut changed = false;
@@ -289,4 +354,16 @@ impl Reconciler {
             warn!(error = %e, "cannot remove an obsolete journal entry");
         }
     }
+}
+
+/// What host mode is told about a change a crash interrupted.
+fn interrupted_change(entry: &Entry) -> Option<HostChange> {
+    let name = InterfaceName::parse(&entry.interface, multinic_proto::MAX_CAPACITY)?;
+    Some(HostChange {
+        name,
+        mac: entry.mac.parse().ok()?,
+        link: entry.link.as_ref().map_or_else(|| entry.interface.clone(), |l| l.name.clone()),
+        kind: ChangeKind::Configure,
+        retired: Vec::new(),
+    })
 }

@@ -14,7 +14,6 @@
 mod apply;
 mod check;
 mod error;
-mod foreign;
 mod interface;
 mod mode;
 #[cfg(test)]
@@ -32,7 +31,7 @@ use tracing::{info, info_span, warn};
 pub use self::check::{CheckError, Drift, DriftCheck, Verdict};
 pub use self::error::{ApplyError, Rollback, RollbackError, RollbackProblem, VerifyError};
 pub use self::mode::{ApplyChoice, ApplyMode, HostApplyRefused};
-use crate::backend::{Backend, BackendKind};
+use crate::backend::{Backend, HostSession};
 use crate::files::{FileError, HostFiles, ReadError};
 use crate::hostns::HostNamespaces;
 use crate::journal::Journal;
@@ -100,9 +99,15 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// A reconciler without kernel access (add it with [`Self::with_kernel`]).
-    pub fn new(backend: BackendKind, files: HostFiles, capacity: u8, apply: ApplyMode, journal: Journal) -> Self {
+    pub fn new(
+        backend: &'static dyn Backend,
+        files: HostFiles,
+        capacity: u8,
+        apply: ApplyMode,
+        journal: Journal,
+    ) -> Self {
         Self {
-            backend: backend.backend(),
+            backend,
             files,
             capacity,
             apply,
@@ -142,8 +147,8 @@ impl Reconciler {
         self
     }
 
-    pub fn backend(&self) -> BackendKind {
-        self.backend.kind()
+    pub fn backend(&self) -> &'static dyn Backend {
+        self.backend
     }
 
     pub fn apply_mode(&self) -> ApplyMode {
@@ -173,8 +178,8 @@ impl Reconciler {
         }
         for (name, Unparsed { files, error }) in unparsed {
             match self.quarantine(name, &files) {
-                // Out of the way: a broken file would make netplan or
-                // wicked fail for every interface of the host.
+                // Out of the way: a broken file would make the node's
+                // daemon fail for every interface of the host.
                 Ok(()) => {}
                 Err(reason) => {
                     warn!(interface = %name, error = %error, reason = %reason, "cannot move a damaged file of ours aside");
@@ -219,14 +224,14 @@ impl Reconciler {
     /// and foreign links) plus MACs another tool's file defines.
     fn facts(&self, kernel: Option<&KernelState>) -> NodeFacts {
         let mut facts = kernel.map(|k| node_facts(k, &self.node_ips)).unwrap_or_default();
-        for (mac, reason) in foreign::definitions(self.backend.kind(), &self.files) {
+        for (mac, reason) in self.backend.foreign_definitions(&self.files) {
             facts.foreign.entry(mac).or_insert(reason);
         }
         facts
     }
 
     /// Moves damaged files of ours to `<state-dir>/quarantine/` (never where
-    /// netplan or wicked read), freeing their name.
+    /// a network daemon reads), freeing their name.
     fn quarantine(&self, name: InterfaceName, files: &BTreeMap<PathBuf, String>) -> Result<(), FileError> {
         let dir = self.journal.dir().parent().unwrap_or(self.journal.dir()).join("quarantine");
         std::fs::create_dir_all(&dir).map_err(|source| FileError { operation: "create", path: dir.clone(), source })?;
@@ -248,10 +253,11 @@ impl Reconciler {
     }
 
     /// Gives the files of `name` (content already right) back their mode
-    /// and owner if they lost them. A failure is logged, not reported: the
-    /// interface works as its file says.
-    fn make_private(&self, name: InterfaceName) {
-        for path in self.backend.paths(name) {
+    /// and owner if they lost them; files about to be `retired` (the
+    /// predecessor's) are left as they are. A failure is logged, not
+    /// reported: the interface works as its file says.
+    fn make_private(&self, name: InterfaceName, retired: &[PathBuf]) {
+        for path in self.backend.paths(name).into_iter().filter(|p| !retired.contains(p)) {
             match self.files.make_private(&path) {
                 Ok(None) => {}
                 Ok(Some(wrong)) => warn!(
@@ -321,21 +327,24 @@ impl Reconciler {
         let mut statuses = Vec::new();
         for action in plan.actions {
             match action {
-                Action::Keep { name, spec } if scope.includes(&spec.mac) => {
+                Action::Keep { name, spec, link, retired } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
-                    self.make_private(name);
-                    let prepared = self.prepare(&mut run, name, &spec, None, kernel.as_ref());
+                    self.make_private(name, &retired);
+                    let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
+                    let prepared = self.prepare(&mut run, name, &spec, None, link, retired);
                     statuses.extend(prepared.unwrap_or_else(|e| Some(e.status(spec.mac, Some(name)))));
                 }
-                Action::Write { name, spec, files, previous } if scope.includes(&spec.mac) => {
+                Action::Write { name, spec, files, previous, link, retired } if scope.includes(&spec.mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %spec.mac).entered();
                     info!(mtu = spec.mtu.get(), address = ?spec.address.map(|a| a.to_string()), previous = ?previous.map(|p| p.to_string()), "configuring");
-                    let prepared = self.prepare(&mut run, name, &spec, Some(&files), kernel.as_ref());
+                    let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
+                    let prepared = self.prepare(&mut run, name, &spec, Some(&files), link, retired);
                     statuses.extend(prepared.unwrap_or_else(|e| Some(e.status(spec.mac, Some(name)))));
                 }
-                Action::Remove { name, mac, .. } if scope.includes(&mac) => {
+                Action::Remove { name, mac, link, .. } if scope.includes(&mac) => {
                     let _span = info_span!("interface", interface = %name, mac = %mac).entered();
-                    let removed = self.remove(&mut run, name, mac, kernel.as_ref(), &facts);
+                    let link = link.and_then(|l| kernel.as_ref()?.link(l.index));
+                    let removed = self.remove(&mut run, name, mac, link);
                     statuses.push(removed.unwrap_or_else(|e| e.status(mac, Some(name))));
                 }
                 Action::Refuse { spec, name, code, message } if scope.includes(&spec.mac) => {
@@ -393,12 +402,17 @@ struct Run {
     rollbacks: u32,
     /// Interfaces changed and waiting for the host apply and verification.
     pending: Vec<interface::Pending>,
-    /// Interfaces whose files were removed (host mode reloads them too).
-    removed: Vec<InterfaceName>,
+    /// Host mode: the backend's session with the node's daemon (opening it
+    /// asks the daemon nothing).
+    host: Option<Box<dyn HostSession>>,
 }
 
 impl Run {
     fn new(reconciler: &Reconciler) -> Self {
+        let host = match (reconciler.apply, reconciler.backend.host()) {
+            (ApplyMode::Host, Ok(tool)) => Some(tool.session(reconciler.host)),
+            _ => None,
+        };
         Self {
             writes_before: file_changes(&reconciler.files),
             changes_before: reconciler.netlink_changes(),
@@ -406,7 +420,7 @@ impl Run {
             verify_duration: Duration::ZERO,
             rollbacks: 0,
             pending: Vec::new(),
-            removed: Vec::new(),
+            host,
         }
     }
 

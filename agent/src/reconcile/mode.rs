@@ -7,15 +7,15 @@
 
 use std::time::Duration;
 
-use crate::backend::BackendKind;
+use crate::backend::Backend;
 
 /// How the agent applies what it renders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyMode {
-    /// Files, then the host's own tool for exactly the changed interfaces
-    /// (`wicked ifreload <names>`) run in the host's namespaces; renames by
-    /// netlink first. Not offered on netplan nodes (see
-    /// [`BackendKind::host_apply_refusal`]).
+    /// Files, then the node's own daemon for exactly the changed interfaces
+    /// (`wicked ifreload <names>`, NetworkManager's load and activation of
+    /// our profile) run in the host's namespaces; renames by netlink first.
+    /// Not offered where the backend refuses it ([`Backend::host`]).
     Host,
     /// Files, then the runtime state set directly through netlink.
     Netlink,
@@ -35,7 +35,7 @@ impl ApplyMode {
     /// How long verification waits for the kernel to settle after an apply.
     pub fn settle_time(self) -> Duration {
         match self {
-            // networkd and wicked apply asynchronously after their command returns.
+            // wicked, and NetworkManager on a reapply, finish after their call returns.
             Self::Host => Duration::from_secs(30),
             Self::Netlink => Duration::from_secs(1),
             Self::None => Duration::ZERO,
@@ -65,16 +65,16 @@ pub enum ApplyChoice {
 
 impl ApplyChoice {
     /// The mode to run with on `backend`: `auto` is the backend's default
-    /// ([`BackendKind::default_apply`]); a mode the backend cannot run
-    /// without disturbing the rest of the node is refused, saying why.
-    pub fn resolve(self, backend: BackendKind) -> Result<ApplyMode, HostApplyRefused> {
+    /// ([`Backend::default_apply`]); a mode the backend cannot run without
+    /// disturbing the rest of the node is refused, saying why.
+    pub fn resolve(self, backend: &dyn Backend) -> Result<ApplyMode, HostApplyRefused> {
         let mode = match self {
             Self::Auto => return Ok(backend.default_apply()),
             Self::Mode(mode) => mode,
         };
-        match (mode, backend.host_apply_refusal()) {
-            (ApplyMode::Host, Some(why)) => {
-                Err(HostApplyRefused { backend: backend.as_str(), why, auto: backend.default_apply() })
+        match (mode, backend.host()) {
+            (ApplyMode::Host, Err(why)) => {
+                Err(HostApplyRefused { backend: backend.name(), why, auto: backend.default_apply() })
             }
             _ => Ok(mode),
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use multinic_proto::{DesiredSet, ErrorCode, InterfaceName, InterfaceSpec, InterfaceState, MacAddress, Mtu};
 
 use super::*;
-use crate::backend::BackendKind;
+use crate::backend::{netplan::Netplan, wicked::Wicked};
 use crate::files::HostFiles;
 use crate::journal::{Entry, Journal, SavedFile};
 use crate::kernel::memory::MemoryKernel;
@@ -47,14 +47,9 @@ pub(crate) fn node(dir: &Path, apply: ApplyMode, links: Vec<LinkState>) -> (Reco
     let mut all = vec![primary];
     all.extend(links);
     let kernel = Arc::new(MemoryKernel::new(KernelState { links: all, default_route_links: [1].into() }));
-    let reconciler = Reconciler::new(
-        BackendKind::Netplan,
-        HostFiles::new(dir),
-        10,
-        apply,
-        Journal::new(&dir.join("var/lib/multinic")),
-    )
-    .with_kernel(kernel.clone() as Arc<dyn LinkOps>);
+    let reconciler =
+        Reconciler::new(&Netplan, HostFiles::new(dir), 10, apply, Journal::new(&dir.join("var/lib/multinic")))
+            .with_kernel(kernel.clone() as Arc<dyn LinkOps>);
     (reconciler, kernel)
 }
 
@@ -286,7 +281,7 @@ fn without_kernel_access_nothing_changes_in_netlink_mode() {
 fn writes_then_noop_then_removes_in_a_dry_run() {
     let dir = tempfile::tempdir().unwrap();
     let r = Reconciler::new(
-        BackendKind::Netplan,
+        &Netplan,
         HostFiles::new(dir.path()),
         10,
         ApplyMode::None,
@@ -326,7 +321,7 @@ fn wicked_files_are_written_and_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = Arc::new(MemoryKernel::new(KernelState { links: vec![link(2, "eth1", 1)], ..Default::default() }));
     let r = Reconciler::new(
-        BackendKind::Wicked,
+        &Wicked,
         HostFiles::new(dir.path()),
         10,
         ApplyMode::Netlink,
@@ -514,4 +509,68 @@ fn a_rollback_never_replaces_something_it_did_not_write() {
     assert_eq!(r.recover(), 0, "not rolled back");
     assert!(std::fs::symlink_metadata(r.files.abs(&path)).is_ok(), "the FIFO is left where it is");
     assert_eq!(r.journal.pending().unwrap().len(), 1, "the entry is kept");
+}
+
+#[test]
+fn the_predecessors_file_keeps_the_name_and_goes_only_once_ours_is_verified() {
+    use crate::backend::networkmanager::NetworkManager;
+    let dir = tempfile::tempdir().unwrap();
+    // The predecessor named MAC 1 multinic2 and MAC 2 multinic5 (absent now);
+    // MAC 3's NIC swallows addresses, so its verification fails.
+    let scripts = dir.path().join("etc/sysconfig/network-scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let old = |n: u8, i: u8| {
+        format!(
+            "DEVICE=multinic{n}\nNAME=multinic{n}\nTYPE=Ethernet\nONBOOT=yes\nBOOTPROTO=none\nIPADDR=10.0.{i}.5\nPREFIX=24\nMTU=1500\nHWADDR=02:00:00:00:00:0{i}"
+        )
+    };
+    for (n, i) in [(2, 1), (5, 2), (7, 3)] {
+        std::fs::write(scripts.join(format!("ifcfg-multinic{n}")), old(n, i)).unwrap();
+    }
+    std::fs::write(scripts.join("ifcfg-eth0"), "DEVICE=eth0\n").unwrap();
+    let mode_before = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(scripts.join("ifcfg-multinic7")).unwrap().permissions(),
+    ) & 0o777;
+    let mut one = link(2, "multinic2", 1);
+    one.up = true;
+    one.addresses.insert("10.0.1.5/24".parse().unwrap());
+    let kernel =
+        Arc::new(MemoryKernel::new(KernelState { links: vec![one, link(3, "multinic7", 3)], ..Default::default() }));
+    kernel.drop_addresses_on(3);
+    let r = Reconciler::new(
+        &NetworkManager,
+        HostFiles::new(dir.path()),
+        10,
+        ApplyMode::Netlink,
+        Journal::new(&dir.path().join("state")),
+    )
+    .with_kernel(kernel.clone() as Arc<dyn LinkOps>);
+    let set = DesiredSet::new([
+        spec(1, Some("10.0.1.5/24"), 1500),
+        spec(2, Some("10.0.2.5/24"), 1500),
+        spec(3, Some("10.0.3.5/24"), 1500),
+    ])
+    .unwrap();
+    let out = r.reconcile(&set);
+    assert_eq!(state_of(&out, 1).0, InterfaceState::Applied);
+    assert_eq!(state_of(&out, 2).0, InterfaceState::Waiting);
+    assert_eq!(state_of(&out, 3).1, ErrorCode::VerifyFailed);
+    let names: Vec<_> = out.statuses.iter().map(|s| s.name.unwrap().to_string()).collect();
+    assert_eq!(names, ["multinic2", "multinic5", "multinic7"], "every MAC keeps the predecessor's name");
+    assert_eq!(out.netlink_changes, 3, "MAC 1 needed nothing; MAC 3: up, its address, then down again");
+    assert!(!scripts.join("ifcfg-multinic2").exists(), "retired once ours is verified");
+    assert_eq!(std::fs::read_to_string(scripts.join("ifcfg-multinic5")).unwrap(), old(5, 2), "not while waiting");
+    assert_eq!(std::fs::read_to_string(scripts.join("ifcfg-multinic7")).unwrap(), old(7, 3), "not after a failure");
+    let mode = |n: u8| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(scripts.join(format!("ifcfg-multinic{n}"))).unwrap().permissions(),
+        ) & 0o777
+    };
+    assert_eq!((mode(5), mode(7)), (mode_before, mode_before), "the rollback left the predecessor's file as it was");
+    assert!(dir.path().join("etc/NetworkManager/system-connections/multinic2.nmconnection").exists());
+    assert!(!dir.path().join("etc/NetworkManager/system-connections/multinic7.nmconnection").exists());
+    assert!(scripts.join("ifcfg-eth0").exists());
+    let again = r.reconcile(&DesiredSet::new([spec(1, Some("10.0.1.5/24"), 1500)]).unwrap());
+    assert_eq!(state_of(&again, 1).0, InterfaceState::Applied);
+    assert_eq!(again.statuses.len(), 3, "the others are removed now: {again:?}");
 }

@@ -145,7 +145,7 @@ impl Worker {
         AgentHello {
             node: node.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            backend: self.reconciler.backend().as_str().to_owned(),
+            backend: self.reconciler.backend().name().to_owned(),
             apply_mode: self.reconciler.apply_mode().as_str().to_owned(),
             applied_digest: processed.digest,
             interfaces: processed.interfaces,

@@ -164,8 +164,8 @@ incomplete configuration.
 {{- end }}
 
 {{/* The apply mode whose privileges the agent gets: applyMode, or for auto
-what the agent will choose (netplan: netlink; wicked, or a backend only the
-node can tell: host). */}}
+what the agent will choose (netplan: netlink; wicked, networkmanager, or a
+backend only the node can tell: host). */}}
 {{- define "multinic.agent.privileges" -}}
 {{- $a := .Values.agent }}
 {{- if ne $a.applyMode "auto" }}{{ $a.applyMode }}
@@ -179,14 +179,27 @@ node can tell: host). */}}
 {{- toJson (index .Values.agent.capabilities (include "multinic.agent.privileges" .)) }}
 {{- end }}
 
-{{/* Host folders the agent mounts under /host, by backend. */}}
+{{/* Host folders the agent mounts under /host, by backend, each with its
+hostPath type: with backend auto the chart cannot tell which folders a node
+has, so every one is DirectoryOrCreate (the unused backends' are created
+empty); a named backend's folders must exist (Directory), except
+NetworkManager's /etc/sysconfig/network-scripts (the predecessor's ifcfg
+files, read to take them over), which RHEL 10 and SUSE 16 no longer have. */}}
 {{- define "multinic.agent.hostDirs" -}}
+{{- $backend := .Values.agent.backend }}
+{{- $must := eq $backend "auto" | ternary "DirectoryOrCreate" "Directory" }}
 {{- $dirs := list }}
-{{- if has .Values.agent.backend (list "auto" "netplan") }}
-{{- $dirs = append $dirs "/etc/netplan" }}
+{{- if has $backend (list "auto" "netplan") }}
+{{- $dirs = append $dirs (dict "path" "/etc/netplan" "type" $must) }}
 {{- end }}
-{{- if has .Values.agent.backend (list "auto" "wicked") }}
-{{- $dirs = concat $dirs (list "/etc/sysconfig/network" "/etc/udev/rules.d") }}
+{{- if has $backend (list "auto" "wicked") }}
+{{- $dirs = append $dirs (dict "path" "/etc/sysconfig/network" "type" $must) }}
+{{- $dirs = append $dirs (dict "path" "/etc/udev/rules.d" "type" $must) }}
+{{- end }}
+{{- if has $backend (list "auto" "networkmanager") }}
+{{- $dirs = append $dirs (dict "path" "/etc/NetworkManager/system-connections" "type" $must) }}
+{{- $dirs = append $dirs (dict "path" "/etc/systemd/network" "type" $must) }}
+{{- $dirs = append $dirs (dict "path" "/etc/sysconfig/network-scripts" "type" "DirectoryOrCreate") }}
 {{- end }}
 {{- toJson $dirs }}
 {{- end }}

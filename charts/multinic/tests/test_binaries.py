@@ -111,7 +111,7 @@ def test_a_bad_value_would_be_caught():
 @pytest.mark.parametrize("mode", ["auto", "host", "netlink", "none"])
 def test_schema_enums_are_values_the_agent_takes(mode):
     """applyMode and backend values of the schema parse in the agent."""
-    for backend in ["auto", "netplan", "wicked"]:
+    for backend in ["auto", "netplan", "wicked", "networkmanager"]:
         env = resolve_env(render({**VALUE_SETS["defaults"], "agent": {"applyMode": mode, "backend": backend}}).agent)
         with tempfile.TemporaryDirectory() as tmp:
             env = {k: (tmp + v if v.startswith("/") else v) for k, v in env.items()}

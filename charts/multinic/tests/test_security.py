@@ -19,7 +19,8 @@ from chart import (
 )
 
 HOST_CAPS = {"NET_ADMIN", "SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE"}
-ALL_HOST_DIRS = {"/etc/netplan", "/etc/sysconfig/network", "/etc/udev/rules.d"}
+NM_HOST_DIRS = {"/etc/NetworkManager/system-connections", "/etc/systemd/network", "/etc/sysconfig/network-scripts"}
+ALL_HOST_DIRS = {"/etc/netplan", "/etc/sysconfig/network", "/etc/udev/rules.d"} | NM_HOST_DIRS
 
 
 @pytest.fixture(scope="module", params=sorted(VALUE_SETS))
@@ -107,6 +108,7 @@ def test_pod_disruption_budget_is_opt_in():
         # netlink on netplan nodes; host where a node may be wicked.
         ("auto", "netplan", {"NET_ADMIN"}, False),
         ("auto", "wicked", HOST_CAPS, True),
+        ("auto", "networkmanager", HOST_CAPS, True),
         ("auto", "auto", HOST_CAPS, True),
     ],
 )
@@ -173,6 +175,7 @@ def test_agent_probes(rendered):
         ("auto", ALL_HOST_DIRS, "DirectoryOrCreate", True),
         ("netplan", {"/etc/netplan"}, "Directory", False),
         ("wicked", {"/etc/sysconfig/network", "/etc/udev/rules.d"}, "Directory", False),
+        ("networkmanager", NM_HOST_DIRS, "Directory", False),
     ],
 )
 def test_agent_mounts_exactly_the_host_paths_its_backend_writes(backend, dirs, dir_type, os_release):
@@ -184,7 +187,9 @@ def test_agent_mounts_exactly_the_host_paths_its_backend_writes(backend, dirs, d
     expected = dirs | {"/var/lib/multinic"} | ({"/etc/os-release"} if os_release else set())
     assert set(volumes) == expected, "no other host path, and never / itself"
     for d in dirs:
-        assert paths[volumes[d]]["type"] == dir_type
+        # The predecessor's folder is gone on RHEL 10 and SUSE 16: created empty there.
+        want = "DirectoryOrCreate" if d == "/etc/sysconfig/network-scripts" else dir_type
+        assert paths[volumes[d]]["type"] == want, d
         mount = by_volume[volumes[d]]
         assert mount["mountPath"] == "/host" + d, "host files live under --host-root /host"
         assert not mount.get("readOnly"), f"{d} must be writable"

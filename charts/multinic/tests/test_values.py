@@ -26,7 +26,7 @@ def rejected(values) -> str:
         ({"controler": {"replicas": 2}}, "controler"),  # a mistyped key anywhere
         ({"agent": {"applymode": "host"}}, "applymode"),
         ({"agent": {"applyMode": "hots"}}, "/agent/applyMode"),
-        ({"agent": {"backend": "networkmanager"}}, "/agent/backend"),
+        ({"agent": {"backend": "NetworkManager"}}, "/agent/backend"),
         ({"agent": {"capacity": 11}}, "/agent/capacity"),
         ({"agent": {"drift": {"checkInterval": "1 minute"}}}, "/agent/drift/checkInterval"),
         ({"agent": {"drift": {"repair": "no"}}}, "/agent/drift/repair"),

@@ -8,6 +8,7 @@ use std::path::Path;
 use multinic_proto::{DesiredSet, DriftKind, InterfaceState, MacAddress};
 
 use super::*;
+use crate::backend::Backend;
 use crate::kernel::memory::MemoryKernel;
 use crate::reconcile::Scope;
 use crate::reconcile::tests::{link, mac, node, spec};
@@ -114,8 +115,7 @@ fn deleted_edited_and_unwanted_files_are_drift_and_the_check_moves_none_of_them(
     let edited = std::fs::read_to_string(netplan.join("91-multinic1.yaml")).unwrap().replace("1500", "1400");
     std::fs::write(netplan.join("91-multinic1.yaml"), edited).unwrap();
     // A file of ours for a MAC no longer desired (a backup put back).
-    let stale =
-        crate::backend::BackendKind::Netplan.backend().render(InterfaceName::new(5, 10).unwrap(), &spec(7, None, 1500));
+    let stale = crate::backend::netplan::Netplan.render(InterfaceName::new(5, 10).unwrap(), &spec(7, None, 1500));
     std::fs::write(dir.path().join(&stale[0].path), &stale[0].contents).unwrap();
     let before = changes(&r);
 

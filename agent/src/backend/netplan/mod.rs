@@ -3,6 +3,10 @@
 //! The file matches the NIC by MAC, names it `multinicN`, sets its MTU and
 //! (when known) its one static address, and disables DHCPv4. Values with
 //! colons are quoted: YAML 1.1 would read `00:11:22:33:44:55` as a number.
+//! Other tools' netplan files that define one of our NICs are only read
+//! ([`foreign`]).
+
+mod foreign;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,7 +15,9 @@ use std::path::{Path, PathBuf};
 use multinic_proto::{IfaceAddr, InterfaceName, InterfaceSpec, MacAddress, Mtu};
 use serde::Deserialize;
 
-use super::{Backend, BackendKind, ParseFileError, RenderedFile};
+use super::{Backend, HostApply, OsRelease, ParseFileError, RenderedFile};
+use crate::files::HostFiles;
+use crate::reconcile::ApplyMode;
 
 /// The netplan backend.
 #[derive(Debug, Clone, Copy)]
@@ -23,8 +29,31 @@ pub fn path(name: InterfaceName) -> PathBuf {
 }
 
 impl Backend for Netplan {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Netplan
+    fn name(&self) -> &'static str {
+        "netplan"
+    }
+
+    /// Ubuntu, and Debian-likes that ship netplan.
+    fn serves(&self, os: &OsRelease) -> bool {
+        os.is_like(&["ubuntu", "debian"])
+    }
+
+    /// `netlink`: the file is written for boot, the runtime state set
+    /// through netlink; networkd is asked nothing (docs/node-daemons.md).
+    fn default_apply(&self) -> ApplyMode {
+        ApplyMode::Netlink
+    }
+
+    /// Refused. netplan has no per-interface apply. Measured against the
+    /// real systemd-networkd (docs/node-daemons.md): `netplan apply`
+    /// regenerates and reconfigures every link networkd manages, which drops
+    /// every route through them that networkd did not add (a CNI's) and
+    /// foreign addresses (a VIP); even handing networkd only our NIC's own
+    /// units removes a CNI's blackhole routes and policy rules in networkd's
+    /// default configuration.
+    fn host(&self) -> Result<&dyn HostApply, &'static str> {
+        Err("netplan has no per-interface apply, and networkd reconfiguring links removes other state on the \
+             node (routes through a reconfigured NIC, a CNI's blackhole routes and policy rules)")
     }
 
     fn paths(&self, name: InterfaceName) -> Vec<PathBuf> {
@@ -39,6 +68,11 @@ impl Backend for Netplan {
         let path = path(name);
         let contents = files.get(&path).ok_or_else(|| ParseFileError::new(&path, "missing"))?;
         parse(name, &path, contents)
+    }
+
+    /// MACs another netplan file (cloud-init's, an admin's) also defines.
+    fn foreign_definitions(&self, files: &HostFiles) -> BTreeMap<MacAddress, String> {
+        foreign::definitions(files)
     }
 }
 

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use multinic_proto::{InterfaceName, MAX_CAPACITY, MacAddress};
 use tracing::{debug, warn};
 
-use crate::backend::{BackendKind, netplan};
+use crate::backend::netplan;
 use crate::files::{HostFiles, Links, OTHER_FILE_LIMIT, read_text};
 
 /// The folders netplan reads, relative to the host root.
@@ -28,11 +28,8 @@ const FOLDERS: [&str; 3] = ["lib/netplan", "etc/netplan", "run/netplan"];
 
 /// Desired-or-not MACs defined by a netplan file that is not ours, each
 /// with the reason to show (the first file, in netplan's order, wins).
-pub(super) fn definitions(backend: BackendKind, files: &HostFiles) -> BTreeMap<MacAddress, String> {
+pub(super) fn definitions(files: &HostFiles) -> BTreeMap<MacAddress, String> {
     let mut found = BTreeMap::new();
-    if backend != BackendKind::Netplan {
-        return found;
-    }
     for rel in foreign_files(files.root()) {
         let path = files.abs(&rel);
         let text = match read_text(&path, OTHER_FILE_LIMIT, Links::Follow) {
@@ -111,14 +108,14 @@ mod tests {
             )
         };
         std::fs::write(etc.join("90-multinic0.yaml"), define("multinic0", 1500)).unwrap();
-        assert!(definitions(BackendKind::Netplan, &files).is_empty(), "our own file is not foreign");
+        assert!(definitions(&files).is_empty(), "our own file is not foreign");
 
         std::fs::write(dir.path().join("run/netplan/60-admin.yaml"), define("data0", 1400)).unwrap();
         std::fs::write(etc.join("50-cloud-init.yaml"), define("ens4", 9000)).unwrap();
         std::fs::write(etc.join("40-broken.yaml"), "network: [").unwrap();
         std::fs::write(etc.join("50-cloud-init.yaml.bak"), define("old0", 1)).unwrap();
         assert!(std::process::Command::new("mkfifo").arg(etc.join("45-fifo.yaml")).status().unwrap().success());
-        let found = definitions(BackendKind::Netplan, &files);
+        let found = definitions(&files);
         let mac: MacAddress = "02:00:00:00:00:01".parse().unwrap();
         let reason = &found[&mac];
         assert!(
@@ -128,7 +125,9 @@ mod tests {
             "the first in netplan's order: {reason}"
         );
         assert_eq!(found.len(), 1);
-        assert!(definitions(BackendKind::Wicked, &files).is_empty());
+        use crate::backend::Backend as _;
+        assert_eq!(netplan::Netplan.foreign_definitions(&files), found);
+        assert!(crate::backend::wicked::Wicked.foreign_definitions(&files).is_empty(), "only netplan reads these");
         // Read only: every file is still there, as it was.
         assert_eq!(std::fs::read_to_string(etc.join("50-cloud-init.yaml")).unwrap(), define("ens4", 9000));
         assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 5);
