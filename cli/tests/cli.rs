@@ -113,6 +113,15 @@ async fn insert(pool: &MySqlPool, port: &str, node: Option<&str>, mac: &str, add
     .unwrap();
 }
 
+/// node-a: an interface with an address and one without (MTU 9000);
+/// node-b: one with an address and a rejected row (MTU 0).
+async fn insert_nodes_a_and_b(pool: &MySqlPool) {
+    insert(pool, "a1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
+    insert(pool, "a2", Some("node-a"), "fa:16:3e:0a:00:02", None, 9000).await;
+    insert(pool, "b1", Some("node-b"), "fa:16:3e:0b:00:01", Some("10.7.0.21"), 1500).await;
+    insert(pool, "b2", Some("node-b"), "fa:16:3e:0b:00:02", None, 0).await;
+}
+
 async fn wait_for(controller: &TestController, node: &str, state: Convergence) {
     let name: NodeName = node.parse().unwrap();
     eventually(WAIT, &format!("{node} {state:?}"), || async {
@@ -180,10 +189,7 @@ const SUMMARY_KEYS: &[&str] = &[
 async fn a_fleet_with_problems_reads_clearly_and_exits_2() {
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
-    insert(&pool, "a1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
-    insert(&pool, "a2", Some("node-a"), "fa:16:3e:0a:00:02", None, 9000).await;
-    insert(&pool, "b1", Some("node-b"), "fa:16:3e:0b:00:01", Some("10.7.0.21"), 1500).await;
-    insert(&pool, "b2", Some("node-b"), "fa:16:3e:0b:00:02", None, 0).await;
+    insert_nodes_a_and_b(&pool).await;
     insert(&pool, "c1", Some("node-c"), "fa:16:3e:0c:00:01", None, 1500).await;
     insert(&pool, "c2", Some("node-c"), "fa:16:3e:0c:00:02", None, 1500).await;
     insert(&pool, "d1", Some("node-d"), "fa:16:3e:0d:00:01", None, 1500).await;
@@ -415,10 +421,7 @@ async fn diff_shows_what_would_change_before_it_lands() {
     multinic_testkit::test_logging();
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
-    insert(&pool, "a1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
-    insert(&pool, "a2", Some("node-a"), "fa:16:3e:0a:00:02", None, 9000).await;
-    insert(&pool, "b1", Some("node-b"), "fa:16:3e:0b:00:01", Some("10.7.0.21"), 1500).await;
-    insert(&pool, "b2", Some("node-b"), "fa:16:3e:0b:00:02", None, 0).await;
+    insert_nodes_a_and_b(&pool).await;
     for i in 1..=4 {
         insert(&pool, &format!("c{i}"), Some("node-c"), &format!("fa:16:3e:0c:00:0{i}"), None, 1500).await;
     }

@@ -17,9 +17,7 @@ use tonic::transport::Channel;
 use super::get::{dash, status_error};
 use crate::client::ConnectArgs;
 use crate::out::out;
-use crate::view::{
-    Format, NodeProblemView, ProblemView, Table, age, error_code, print_structured, problems_table, time,
-};
+use crate::view::{Format, NodeProblemView, ProblemView, Table, age, print_structured, problems_table, time};
 
 /// Exit code when changes are pending (documented in `--help`).
 pub const CHANGES_PENDING: u8 = 2;
@@ -156,11 +154,7 @@ impl From<&v1::NodeDiff> for NodeDiffView {
             interfaces_desired: n.interfaces_desired,
             rejected_rows: n.rejected_rows.iter().map(ProblemView::from).collect(),
             rejected_rows_omitted: n.rejected_rows_omitted,
-            problems: n
-                .problems
-                .iter()
-                .map(|p| NodeProblemView { error_code: error_code(p.error_code), message: p.message.clone() })
-                .collect(),
+            problems: n.problems.iter().map(NodeProblemView::from).collect(),
         }
     }
 }

@@ -162,6 +162,11 @@ fn a_deleted_row_is_a_remove_of_what_the_node_has() {
     assert!(!diff(&fleet).pending());
 }
 
+/// `multinic0` (`mac(1)`) in `state`, with why.
+fn multinic0_of_mac1(state: InterfaceState, code: ErrorCode, message: &str) -> InterfaceStatus {
+    InterfaceStatus::problem(mac(1), Some(InterfaceName::new(0, 10).unwrap()), state, code, message)
+}
+
 fn removed(i: u8) -> InterfaceStatus {
     InterfaceStatus::problem(mac(i), None, InterfaceState::Removed, ErrorCode::None, "")
 }
@@ -170,9 +175,7 @@ fn removed(i: u8) -> InterfaceStatus {
 fn a_failed_change_still_shows_from_what_the_node_kept_with_why() {
     let (fleet, session) = applied(vec![row(1, 1, 1500, None)]);
     publish(&fleet, vec![row(1, 1, 9000, None)]);
-    let failed = InterfaceStatus::problem(
-        mac(1),
-        Some(InterfaceName::new(0, 10).unwrap()),
+    let failed = multinic0_of_mac1(
         InterfaceState::Failed,
         ErrorCode::MtuRejected,
         "MTU 9000 above the device's maximum 1500; rolled back to the previous state",
@@ -193,13 +196,7 @@ fn a_mac_waiting_for_its_nic_is_still_an_add_and_says_so() {
     fleet.set_active(true);
     publish(&fleet, vec![row(1, 1, 1500, None)]);
     let (session, _, _) = fleet.connect(&hello("a", None));
-    let waiting = InterfaceStatus::problem(
-        mac(1),
-        Some(InterfaceName::new(0, 10).unwrap()),
-        InterfaceState::Waiting,
-        ErrorCode::MacNotPresent,
-        "no link with this MAC",
-    );
+    let waiting = multinic0_of_mac1(InterfaceState::Waiting, ErrorCode::MacNotPresent, "no link with this MAC");
     report(&fleet, session, &[(mac(1), waiting)]);
     let entry = diff(&fleet).interfaces.items[0].clone();
     assert_eq!(entry.action, DiffAction::Add);
@@ -255,9 +252,7 @@ fn a_disconnected_node_is_compared_with_its_last_report() {
 fn a_failed_removal_stays_a_removal_with_why() {
     let (fleet, session) = applied(vec![row(1, 1, 1500, None), row(2, 2, 1500, None)]);
     publish(&fleet, vec![row(2, 2, 1500, None)]);
-    let failed = InterfaceStatus::problem(
-        mac(1),
-        Some(InterfaceName::new(0, 10).unwrap()),
+    let failed = multinic0_of_mac1(
         InterfaceState::Failed,
         ErrorCode::WriteFailed,
         "removing /etc/netplan/90-multinic0.yaml: Read-only file system",
