@@ -43,8 +43,9 @@ enum Command {
     },
     /// Every node's state, then each change as it happens (until interrupted).
     Watch,
-    /// What the desired state read from the database would change on each
-    /// node, against what its agent last reported applied: add, change (each
+    /// What the database's desired state would change on each node, before it lands.
+    ///
+    /// Per node and interface, against what its agent last reported applied: add, change (each
     /// field: old → new), remove, held (the mass-deletion guard holds the
     /// removal, and why), and the rows validation rejected, with their
     /// reasons. A node whose agent has not reported since the controller
