@@ -99,7 +99,7 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// How long `multinicctl status`, `get node` and `get nodes` take with
+    /// How long `multinicctl status`, `get node`, `get nodes` and `diff` take with
     /// thousands of rejected rows on one node, and how long `/healthz`
     /// answers while they run.
     StatusLoad {

@@ -5,8 +5,8 @@
 //! A private MariaDB with `bad_rows` rows of one node whose MTU is 0 (each
 //! makes its MAC held and is listed as a rejected row), plus a few healthy
 //! nodes; the real controller binary over mTLS; the real `multinicctl`
-//! binary run `rounds` times for each of `status`, `get node <the node>` and
-//! `get nodes` (wall time of the whole command: process start, TLS
+//! binary run `rounds` times for each of `status`, `get node <the node>`,
+//! `get nodes`, `diff --node <the node>` and `diff` (wall time of the whole command: process start, TLS
 //! handshake, the RPCs, printing). While they run, `/healthz` is asked every
 //! 10 ms on a fresh connection; its latency is reported beside the same
 //! probe with no command running. It measures and reports; it never asserts
@@ -53,6 +53,12 @@ pub struct StatusLoadReport {
     pub get_node: Latency,
     /// `multinicctl get nodes` wall time.
     pub get_nodes: Latency,
+    /// `multinicctl diff --node dirty-node` wall time.
+    pub diff_node: Latency,
+    /// `multinicctl diff` (every node) wall time.
+    pub diff: Latency,
+    /// Bytes `diff` printed.
+    pub diff_bytes: usize,
     /// `/healthz` with no command running.
     pub healthz_idle: Latency,
     /// `/healthz` while the commands run.
@@ -110,7 +116,8 @@ pub async fn run(config: &StatusLoadConfig, progress: &(dyn Fn(&str) + Sync)) ->
     let mut status = Vec::new();
     let mut get_node = Vec::new();
     let mut get_nodes = Vec::new();
-    let mut status_bytes = 0;
+    let (mut diff_node, mut diff) = (Vec::new(), Vec::new());
+    let (mut status_bytes, mut diff_bytes) = (0, 0);
     for round in 0..config.rounds {
         progress(&format!("round {} of {}", round + 1, config.rounds));
         let (took, bytes) = ctl.time(&["status"]).await?;
@@ -118,6 +125,10 @@ pub async fn run(config: &StatusLoadConfig, progress: &(dyn Fn(&str) + Sync)) ->
         status_bytes = bytes;
         get_node.push(ctl.time(&["get", "node", DIRTY_NODE]).await?.0);
         get_nodes.push(ctl.time(&["get", "nodes"]).await?.0);
+        diff_node.push(ctl.time(&["diff", "--node", DIRTY_NODE]).await?.0);
+        let (took, bytes) = ctl.time(&["diff"]).await?;
+        diff.push(took);
+        diff_bytes = bytes;
     }
     busy.store(false, Ordering::Relaxed);
     let healthz_busy = prober.await.map_err(|e| BenchError::Setup(format!("the /healthz prober failed: {e}")))?;
@@ -127,6 +138,9 @@ pub async fn run(config: &StatusLoadConfig, progress: &(dyn Fn(&str) + Sync)) ->
         status: Latency::of(&status),
         get_node: Latency::of(&get_node),
         get_nodes: Latency::of(&get_nodes),
+        diff_node: Latency::of(&diff_node),
+        diff: Latency::of(&diff),
+        diff_bytes,
         healthz_idle,
         healthz_busy: Latency::of(&healthz_busy),
         status_bytes,
@@ -147,12 +161,17 @@ impl StatusLoadReport {
             ("multinicctl status", &self.status),
             (&format!("multinicctl get node {DIRTY_NODE}") as &str, &self.get_node),
             ("multinicctl get nodes", &self.get_nodes),
+            (&format!("multinicctl diff --node {DIRTY_NODE}") as &str, &self.diff_node),
+            ("multinicctl diff", &self.diff),
             ("/healthz, nothing running", &self.healthz_idle),
             ("/healthz, while the commands run", &self.healthz_busy),
         ] {
             out.push_str(&format!("{what:<40} {:>6} {:>10.1} {:>10.1} {:>10.1}\n", l.n, l.p50_ms, l.p99_ms, l.max_ms));
         }
-        out.push_str(&format!("\nmultinicctl status printed {} bytes\n", self.status_bytes));
+        out.push_str(&format!(
+            "\nmultinicctl status printed {} bytes, multinicctl diff {} bytes\n",
+            self.status_bytes, self.diff_bytes
+        ));
         out
     }
 }

@@ -34,8 +34,10 @@ async fn status_load_runs_every_command_on_a_dirty_node() {
     };
     let report = status_load::run(&config, &|line| eprintln!("[status-load] {line}")).await.unwrap();
     assert_eq!((report.status.n, report.get_node.n, report.get_nodes.n), (2, 2, 2));
+    assert_eq!((report.diff_node.n, report.diff.n), (2, 2));
     assert!(report.healthz_idle.n > 0 && report.healthz_busy.n > 0);
     // 200 of the 1000 rejected rows are listed, and a count of the rest.
     assert!(report.status_bytes < 60_000, "{} bytes", report.status_bytes);
+    assert!(report.diff_bytes < 60_000, "diff is bounded too: {} bytes", report.diff_bytes);
     assert!(report.table().contains("multinicctl get node dirty-node"));
 }

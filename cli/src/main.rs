@@ -15,8 +15,9 @@ use crate::view::Format;
 /// See and operate a multinic fleet.
 ///
 /// Exit codes: 0 = success (for status: every node converged and the
-/// database up); 1 = error (e.g. controller unreachable); 2 = the fleet is
-/// not converged (status only), so scripts can gate on it.
+/// database up; for diff: nothing would change); 1 = error (e.g. controller
+/// unreachable); 2 = the fleet is not converged (status) or changes are
+/// pending (diff), so scripts can gate on it.
 #[derive(Debug, Parser)]
 #[command(name = "multinicctl", version, about, long_about)]
 struct Cli {
@@ -42,6 +43,20 @@ enum Command {
     },
     /// Every node's state, then each change as it happens (until interrupted).
     Watch,
+    /// What the database's desired state would change on each node, before it lands.
+    ///
+    /// Per node and interface, against what its agent last reported applied: add, change (each
+    /// field: old → new), remove, held (the mass-deletion guard holds the
+    /// removal, and why), and the rows validation rejected, with their
+    /// reasons. A node whose agent has not reported since the controller
+    /// became active is shown as unknown. Exit 0: nothing would change; 2:
+    /// changes are pending (or a node is unknown); rejected rows alone
+    /// change nothing.
+    Diff {
+        /// Only this node (short or full name; case does not matter).
+        #[arg(long, env = "MULTINIC_DIFF_NODE")]
+        node: Option<String>,
+    },
     /// Let go the removals held by the mass-deletion guard. TOKEN (from
     /// `status`) names the exact set of removals held; if it changed since,
     /// nothing is released.
@@ -63,6 +78,7 @@ async fn main() -> ExitCode {
         Command::Status => commands::status::run(&cli.connect, cli.output).await,
         Command::Get { what } => commands::get::run(&cli.connect, cli.output, what).await,
         Command::Watch => commands::watch::run(&cli.connect, cli.output).await,
+        Command::Diff { node } => commands::diff::run(&cli.connect, cli.output, node).await,
         Command::ConfirmRemovals { token } => commands::confirm::run(&cli.connect, token).await,
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Certs(args) => commands::certs::run(args),

@@ -135,6 +135,12 @@ pub struct NodeProblemView {
     pub message: String,
 }
 
+impl From<&v1::NodeProblem> for NodeProblemView {
+    fn from(p: &v1::NodeProblem) -> Self {
+        Self { error_code: error_code(p.error_code), message: p.message.clone() }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct InterfaceView {
     pub node: String,
@@ -205,11 +211,7 @@ impl From<&v1::NodeStatus> for NodeView {
             row_problems_omitted: n.row_problems_omitted,
             row_warnings: n.row_warnings.iter().map(ProblemView::from).collect(),
             row_warnings_omitted: n.row_warnings_omitted,
-            problems: n
-                .problems
-                .iter()
-                .map(|p| NodeProblemView { error_code: error_code(p.error_code), message: p.message.clone() })
-                .collect(),
+            problems: n.problems.iter().map(NodeProblemView::from).collect(),
             last_drift: time(n.last_drift_unix_ms),
             drift: n.last_drift.iter().map(DriftView::from).collect(),
             drift_repairs: n.drift_repairs,

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use multinic_controller::fleet::Convergence;
+use multinic_controller::guard::GuardConfig;
 use multinic_proto::NodeName;
 use multinic_testkit::eventually;
 use multinic_testkit::fleet::{TestAgent, TestController};
@@ -60,7 +61,7 @@ fn mask(text: &str) -> String {
                 } else if is_time {
                     "<time>".to_owned()
                 } else {
-                    w.to_owned()
+                    mask_quoted_times(w)
                 }
             })
             .collect();
@@ -68,6 +69,21 @@ fn mask(text: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// RFC 3339 times inside a word (`"2026-12-01T02:58:02Z",` in JSON or YAML).
+fn mask_quoted_times(word: &str) -> String {
+    let is_time = |t: &[u8]| {
+        t.len() == 20
+            && t[19] == b'Z'
+            && t[10] == b'T'
+            && t.iter().enumerate().all(|(i, b)| matches!(i, 4 | 7 | 10 | 13 | 16 | 19) || b.is_ascii_digit())
+    };
+    let bytes = word.as_bytes();
+    match (0..bytes.len().saturating_sub(19)).find(|&i| is_time(&bytes[i..i + 20])) {
+        Some(i) => format!("{}<time>{}", &word[..i], mask_quoted_times(&word[i + 20..])),
+        None => word.to_owned(),
+    }
 }
 
 fn golden(name: &str, actual: &str) {
@@ -95,6 +111,15 @@ async fn insert(pool: &MySqlPool, port: &str, node: Option<&str>, mac: &str, add
     .execute(pool)
     .await
     .unwrap();
+}
+
+/// node-a: an interface with an address and one without (MTU 9000);
+/// node-b: one with an address and a rejected row (MTU 0).
+async fn insert_nodes_a_and_b(pool: &MySqlPool) {
+    insert(pool, "a1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
+    insert(pool, "a2", Some("node-a"), "fa:16:3e:0a:00:02", None, 9000).await;
+    insert(pool, "b1", Some("node-b"), "fa:16:3e:0b:00:01", Some("10.7.0.21"), 1500).await;
+    insert(pool, "b2", Some("node-b"), "fa:16:3e:0b:00:02", None, 0).await;
 }
 
 async fn wait_for(controller: &TestController, node: &str, state: Convergence) {
@@ -164,10 +189,7 @@ const SUMMARY_KEYS: &[&str] = &[
 async fn a_fleet_with_problems_reads_clearly_and_exits_2() {
     let Some(db) = MariaDb::start().await else { return };
     let pool = db.pool().await;
-    insert(&pool, "a1", Some("node-a"), "fa:16:3e:0a:00:01", Some("10.7.0.11"), 1500).await;
-    insert(&pool, "a2", Some("node-a"), "fa:16:3e:0a:00:02", None, 9000).await;
-    insert(&pool, "b1", Some("node-b"), "fa:16:3e:0b:00:01", Some("10.7.0.21"), 1500).await;
-    insert(&pool, "b2", Some("node-b"), "fa:16:3e:0b:00:02", None, 0).await;
+    insert_nodes_a_and_b(&pool).await;
     insert(&pool, "c1", Some("node-c"), "fa:16:3e:0c:00:01", None, 1500).await;
     insert(&pool, "c2", Some("node-c"), "fa:16:3e:0c:00:02", None, 1500).await;
     insert(&pool, "d1", Some("node-d"), "fa:16:3e:0d:00:01", None, 1500).await;
@@ -386,4 +408,110 @@ async fn bounded_views_warnings_and_a_closed_pipe() {
     controller.stop().await;
     a.stop().await;
     b.stop().await;
+}
+
+/// `multinicctl diff`: a row's MTU edited, a row added and one deleted while
+/// the node's agent is away show as change / add / remove against what it
+/// last reported (exit 2); a rejected row shows its reason; a node whose
+/// agent never reported is unknown; once the agent is back and applied,
+/// exit 0; a mass deletion the guard holds shows as held, with the guard's
+/// reason. Golden files for every format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_shows_what_would_change_before_it_lands() {
+    multinic_testkit::test_logging();
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    insert_nodes_a_and_b(&pool).await;
+    for i in 1..=4 {
+        insert(&pool, &format!("c{i}"), Some("node-c"), &format!("fa:16:3e:0c:00:0{i}"), None, 1500).await;
+    }
+    insert(&pool, "d1", Some("node-d"), "fa:16:3e:0d:00:01", None, 1500).await;
+    let guard = GuardConfig { max_share: 0.5, min_removals: 3, warmup: Duration::ZERO };
+    let controller =
+        TestController::start_guarded(&db.url(), Duration::from_millis(200), "127.0.0.1:0".parse().unwrap(), guard)
+            .await;
+    let a = TestAgent::start(&controller.url(), "node-a").await;
+    let b = TestAgent::start(&controller.url(), "node-b").await;
+    let c = TestAgent::start(&controller.url(), "node-c").await;
+    for node in ["node-a", "node-b", "node-c"] {
+        wait_for(&controller, node, Convergence::Converged).await;
+    }
+    let quiet = cli(&controller, &["diff", "--node", "node-a"]).await;
+    assert_eq!(quiet.code, 0, "converged: nothing would change\n{}{}", quiet.stdout, quiet.stderr);
+    assert!(quiet.stdout.starts_with("Nothing would change.\n"), "{}", quiet.stdout);
+
+    // The agent of node-a goes away; meanwhile an MTU is edited, a row added, one deleted.
+    let root = a.stop().await;
+    let node_a: NodeName = "node-a".parse().unwrap();
+    eventually(WAIT, "node-a disconnected", || async {
+        controller.fleet.node(&node_a).filter(|n| n.session.is_none()).map(|_| ())
+    })
+    .await;
+    sqlx::query("UPDATE multi_interface SET mtu = 1400 WHERE port_id = 'a1'").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE multi_interface SET deleted_at = NOW() WHERE port_id = 'a2'").execute(&pool).await.unwrap();
+    insert(&pool, "a3", Some("node-a"), "fa:16:3e:0a:00:03", Some("10.7.0.13"), 1500).await;
+    let pending = eventually(WAIT, "the edits in diff", || async {
+        let run = cli(&controller, &["diff", "--node", "node-a"]).await;
+        (run.stdout.matches("fa:16:3e:0a:00:0").count() == 3).then_some(run)
+    })
+    .await;
+    assert_eq!(pending.code, 2, "changes pending → exit 2\n{}{}", pending.stdout, pending.stderr);
+    for needle in [
+        "change   mtu 1500 → 1400",
+        "remove   mtu 9000 → -",
+        "add      mtu - → 1500, address - → 10.7.0.13/24",
+        "node-a: agent not connected: compared with what it last reported",
+    ] {
+        assert!(pending.stdout.contains(needle), "{needle:?} in\n{}", pending.stdout);
+    }
+
+    let table = cli(&controller, &["diff"]).await;
+    assert_eq!(table.code, 2, "{}{}", table.stdout, table.stderr);
+    golden("diff.txt", &table.stdout);
+    golden("diff-wide.txt", &cli(&controller, &["diff", "-o", "wide"]).await.stdout);
+    let json = cli(&controller, &["diff", "-o", "json"]).await;
+    assert_eq!(json.code, 2);
+    golden("diff.json", &json.stdout);
+    let yaml = cli(&controller, &["diff", "-o", "yaml"]).await;
+    assert_eq!(yaml.code, 2);
+    golden("diff.yaml", &yaml.stdout);
+    let json: Value = serde_json::from_str(&json.stdout).unwrap();
+    let yaml: Value = serde_yaml::from_str(&yaml.stdout).unwrap();
+    for doc in [&json, &yaml] {
+        assert_eq!(doc["pending"], true);
+        let names: Vec<&str> = doc["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["node-a", "node-b", "node-d"], "node-c is unchanged");
+        assert_eq!(doc["nodes_unchanged"], 1);
+        let change = &doc["nodes"][0]["interfaces"][0];
+        assert_eq!((&change["action"], &change["name"]), (&Value::from("change"), &Value::from("multinic0")));
+        assert_eq!(change["changes"][0], serde_json::json!({"field": "mtu", "old": "1500", "new": "1400"}));
+        assert_eq!(doc["nodes"][1]["rejected_rows"][0]["error_code"], "INVALID_ROW");
+        assert_eq!(
+            (&doc["nodes"][2]["applied_known"], &doc["nodes"][2]["interfaces_desired"]),
+            (&Value::Bool(false), &Value::from(1))
+        );
+    }
+
+    // The agent returns and applies: nothing left to change on node-a.
+    let a = TestAgent::start_in(root, &controller.url(), "node-a").await;
+    wait_for(&controller, "node-a", Convergence::Converged).await;
+    let landed = cli(&controller, &["diff", "--node", "node-a"]).await;
+    assert_eq!(landed.code, 0, "applied → exit 0\n{}{}", landed.stdout, landed.stderr);
+    assert!(landed.stdout.starts_with("Nothing would change.\n"), "{}", landed.stdout);
+
+    // Every row of node-c goes at once: 4 of 7 interfaces, over the guard.
+    sqlx::query("UPDATE multi_interface SET deleted_at = NOW() WHERE port_id LIKE 'c%'").execute(&pool).await.unwrap();
+    let held = eventually(WAIT, "the removals held in diff", || async {
+        let run = cli(&controller, &["diff", "--node", "node-c"]).await;
+        (run.stdout.matches("held").count() == 4).then_some(run)
+    })
+    .await;
+    assert_eq!(held.code, 2, "a held removal is pending\n{}{}", held.stdout, held.stderr);
+    golden("diff-held.txt", &held.stdout);
+    assert!(c.netplan_file(3).is_some(), "held: the node keeps its interfaces");
+
+    controller.stop().await;
+    for agent in [a, b, c] {
+        agent.stop().await;
+    }
 }

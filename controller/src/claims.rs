@@ -5,8 +5,8 @@
 //! `netplan_success`, so a buggy or compromised node must not be able to
 //! speak for more than its own few interfaces: a Hello may name at most a
 //! node's capacity of interfaces it has, one status per MAC (besides files
-//! it removed), one MAC per name, and only states an agent reports; a
-//! Report must answer exactly the push it names (its generation, its
+//! it removed), one MAC per name (a removed file frees its name), and only
+//! states an agent reports; a Report must answer exactly the push it names (its generation, its
 //! interfaces in interface states, its held MACs as held, anything else
 //! only as removed — a MAC no longer desired, or a second file of a MAC —
 //! or as failed, a removal that failed)
@@ -153,8 +153,8 @@ fn check_drift(set: &DesiredSet, report: &AgentReport) -> Result<(), ClaimError>
     Ok(())
 }
 
-/// One status per MAC besides removed files, one MAC per name, agent
-/// states only.
+/// One status per MAC besides removed files, one MAC per name besides
+/// removed files, agent states only.
 fn check_statuses(statuses: &[InterfaceStatus]) -> Result<(), ClaimError> {
     let mut macs = BTreeSet::new();
     let mut names: BTreeMap<InterfaceName, MacAddress> = BTreeMap::new();
@@ -165,7 +165,9 @@ fn check_statuses(statuses: &[InterfaceStatus]) -> Result<(), ClaimError> {
         if s.state != InterfaceState::Removed && !macs.insert(s.mac) {
             return Err(ClaimError::DuplicateMac { mac: s.mac });
         }
-        if let Some(name) = s.name
+        // A removed file frees its name: the same apply may give it to
+        // another MAC (the dry run; a NIC that was unplugged).
+        if let Some(name) = s.name.filter(|_| s.state != InterfaceState::Removed)
             && let Some(first) = names.insert(name, s.mac)
         {
             return Err(ClaimError::DuplicateName { name, first, second: s.mac });
@@ -242,6 +244,8 @@ mod tests {
         assert_eq!(check_hello(&twice).unwrap_err(), ClaimError::DuplicateMac { mac: mac(1) });
         let shared = [status(1, Some(0), InterfaceState::Applied), status(2, Some(0), InterfaceState::Applied)];
         assert!(matches!(check_hello(&shared).unwrap_err(), ClaimError::DuplicateName { .. }));
+        let freed = [status(1, Some(0), InterfaceState::Removed), status(2, Some(0), InterfaceState::Applied)];
+        check_hello(&freed).expect("a removed file's name goes to another MAC in the same apply");
         let pending = [status(1, None, InterfaceState::Pending)];
         assert_eq!(check_hello(&pending).unwrap_err().reason(), "controller_state");
     }

@@ -206,6 +206,32 @@ async fn agents_may_only_sync_and_operators_may_only_read_the_fleet() {
     controller.stop().await;
 }
 
+/// `Diff` shows rows and what nodes have: operators only. An agent's
+/// certificate is refused, for the fleet and for its own node alike, by a
+/// client speaking the wire protocol directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_operator_reads_the_diff() {
+    let (_dir, pki, controller) = two_nodes_over_tls().await;
+    let diff = |tls: ClientTls, node: &'static str| {
+        let url = controller.url();
+        async move {
+            let channel = channel(&url, &tls).await.map_err(tonic::Status::unavailable)?;
+            let request = v1::DiffRequest { node: node.into(), ..Default::default() };
+            FleetServiceClient::new(channel).diff(request).await.map(|r| r.into_inner())
+        }
+    };
+    for node in ["", "node-a"] {
+        let status = diff(pki.client_tls(&pki.agent("node-a")), node).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{node:?}: {status:?}");
+        assert!(status.message().contains("needs an operator certificate"), "{status:?}");
+    }
+    let page = diff(pki.client_tls(&pki.operator("alice")), "").await.expect("the operator reads the diff");
+    let names: Vec<&str> = page.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["node-a", "node-b"], "no agent ever reported: both unknown");
+    assert!(page.nodes.iter().all(|n| !n.applied_known && n.interfaces_desired == 1));
+    controller.stop().await;
+}
+
 /// One node certificate may hold a few streams at once (an agent needs one,
 /// two while it reconnects): more are refused, other nodes are not affected,
 /// and a stream that closes makes room.

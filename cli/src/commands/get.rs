@@ -218,7 +218,7 @@ pub fn drift_table(drift: &[DriftView]) -> String {
     table.render()
 }
 
-fn dash(s: &str) -> String {
+pub fn dash(s: &str) -> String {
     if s.is_empty() { "-".to_owned() } else { s.to_owned() }
 }
 

@@ -19,6 +19,7 @@ use crate::desired::{DesiredFleet, NodeDesired, RowProblem};
 use crate::guard::{Counts, GuardConfig};
 use crate::store::RowUpdate;
 
+pub mod diff;
 #[cfg(test)]
 mod limits_tests;
 mod node;
@@ -79,6 +80,20 @@ pub struct Bounded<T> {
 impl<T: Clone> Bounded<T> {
     pub fn new() -> Self {
         Self { items: Vec::new(), omitted: 0 }
+    }
+
+    /// Lists `item` while fewer than `limit` are listed; counts it otherwise.
+    pub fn push(&mut self, item: T, limit: usize) {
+        if self.items.len() < limit {
+            self.items.push(item);
+        } else {
+            self.omitted += 1;
+        }
+    }
+
+    /// Listed and omitted together.
+    pub fn total(&self) -> usize {
+        self.items.len() + self.omitted
     }
 
     /// Lists `items` until `limit` are listed; counts the rest.

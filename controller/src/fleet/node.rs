@@ -78,6 +78,11 @@ pub struct InterfaceRecord {
     pub status: InterfaceStatus,
     /// The spec of the push the status answers; `None` for a held MAC.
     pub spec: Option<InterfaceSpec>,
+    /// What the node has for this MAC as far as its reports tell: the spec
+    /// last reported applied, kept while later attempts fail (the agent
+    /// rolled them back), are refused or held (nothing was touched); `None`
+    /// when none was, or the MAC waits for its NIC.
+    pub applied: Option<InterfaceSpec>,
     /// When the state (or its error) last changed.
     pub since: SystemTime,
 }
@@ -446,16 +451,28 @@ pub(super) fn apply_report(entry: &mut NodeEntry, pushed: &Published, generation
     let mut interfaces = BTreeMap::new();
     for status in statuses {
         let spec = pushed.set.get(&status.mac).copied();
-        if status.state == InterfaceState::Removed || (spec.is_none() && !pushed.set.is_held(&status.mac)) {
+        let old = entry.interfaces.get(&status.mac);
+        let kept_applied = old.and_then(|o| o.applied);
+        let removal_failed = status.state == InterfaceState::Failed && kept_applied.is_some();
+        if status.state == InterfaceState::Removed
+            || (spec.is_none() && !pushed.set.is_held(&status.mac) && !removal_failed)
+        {
             continue; // removed (a second file of a kept MAC, too), or not part of this set
         }
-        let since = match entry.interfaces.get(&status.mac) {
+        let since = match old {
             Some(old) if old.status.state == status.state && old.status.code == status.code && old.spec == spec => {
                 old.since
             }
             _ => now,
         };
-        interfaces.insert(status.mac, InterfaceRecord { status: status.clone(), spec, since });
+        // A failed attempt was rolled back and a refused or held MAC left as
+        // it was: the node keeps what it last applied.
+        let applied = match status.state {
+            InterfaceState::Applied => spec,
+            InterfaceState::Waiting | InterfaceState::Removed => None,
+            _ => kept_applied,
+        };
+        interfaces.insert(status.mac, InterfaceRecord { status: status.clone(), spec, applied, since });
     }
     entry.interfaces = Records(interfaces.into_iter().collect());
     // Held MACs the agent did not mention stay: it keeps them.

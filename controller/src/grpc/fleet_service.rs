@@ -58,6 +58,15 @@ impl FleetSvc {
     }
 }
 
+/// The node a page token names (the last of the previous page); `None` for
+/// the first page.
+fn page_token(token: &str) -> Result<Option<NodeName>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token.parse().map(Some).map_err(|e| Status::invalid_argument(format!("invalid page_token: {e}")))
+}
+
 /// Runs a view on the blocking pool.
 async fn blocking<T: Send + 'static>(view: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(view).await.map_err(|e| Status::internal(format!("building the view failed: {e}")))
@@ -83,13 +92,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            let after: NodeName =
-                req.page_token.parse().map_err(|e| Status::invalid_argument(format!("invalid page_token: {e}")))?;
-            Some(after)
-        };
+        let after = page_token(&req.page_token)?;
         let fleet = self.fleet.clone();
         let page = blocking(move || {
             let names = fleet.node_names();
@@ -139,6 +142,33 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
             Err(e @ ConfirmError::NothingHeld) => Err(Status::failed_precondition(e.to_string())),
             Err(e @ ConfirmError::Changed { .. }) => Err(Status::aborted(e.to_string())),
         }
+    }
+
+    async fn diff(&self, request: Request<v1::DiffRequest>) -> Result<Response<v1::DiffResponse>, Status> {
+        self.authorize(&request)?;
+        if !self.fleet.db_status().synced {
+            return Err(Status::unavailable(
+                "the controller has not read the database yet: there is no desired state to compare; try again shortly",
+            ));
+        }
+        let req = request.into_inner();
+        let fleet = self.fleet.clone();
+        if !req.node.is_empty() {
+            let name: NodeName =
+                req.node.parse().map_err(|e| Status::invalid_argument(format!("invalid node name: {e}")))?;
+            let view = blocking(move || super::diff_view::node(&fleet, &name).ok_or(name)).await?;
+            let node = view.map_err(|name| {
+                Status::not_found(format!("node {name} is unknown: it has no active rows and no connected agent"))
+            })?;
+            return Ok(Response::new(v1::DiffResponse { nodes: vec![node], ..Default::default() }));
+        }
+        let size = match req.page_size as usize {
+            0 => super::diff_view::DEFAULT_PAGE,
+            n => n.min(super::diff_view::MAX_PAGE),
+        };
+        let after = page_token(&req.page_token)?;
+        let page = blocking(move || super::diff_view::page(&fleet, after.as_ref(), size)).await?;
+        Ok(Response::new(page))
     }
 
     async fn watch(&self, request: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
@@ -368,7 +398,7 @@ fn convergence(c: Convergence) -> v1::Convergence {
     }
 }
 
-fn row_problem(p: &RowProblem) -> v1::RowProblem {
+pub(super) fn row_problem(p: &RowProblem) -> v1::RowProblem {
     v1::RowProblem {
         row_id: p.row_id,
         node_name: p.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
@@ -378,11 +408,11 @@ fn row_problem(p: &RowProblem) -> v1::RowProblem {
     }
 }
 
-fn node_problem(p: &NodeProblem) -> v1::NodeProblem {
+pub(super) fn node_problem(p: &NodeProblem) -> v1::NodeProblem {
     v1::NodeProblem { error_code: v1::ErrorCode::from(p.code).into(), message: p.message.clone() }
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
+pub(super) fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 

@@ -2,6 +2,7 @@
 //! nowhere else in the controller.
 
 pub mod agent_service;
+pub mod diff_view;
 pub mod fleet_service;
 pub mod identity;
 pub mod limits;
