@@ -25,12 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::identity::{Peer, PeerConnection};
 use super::limits::{AGENT_STREAMS_PER_NODE, StreamLimits, StreamPermit};
 use crate::claims;
 use crate::fleet::{Fleet, Published};
 use crate::metrics::Metrics;
 use crate::recorder::RecorderHandle;
+use crate::tls::{Peer, PeerConnection};
 
 /// How long a new stream may take to send Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

@@ -3,7 +3,6 @@
 
 pub mod agent_service;
 pub mod fleet_service;
-pub mod identity;
 pub mod limits;
 
 pub use agent_service::AgentSvc;
