@@ -4,6 +4,7 @@
 pub mod agent_service;
 pub mod fleet_service;
 pub mod limits;
+pub mod stream_rules;
 
 pub use agent_service::AgentSvc;
 pub use fleet_service::FleetSvc;
