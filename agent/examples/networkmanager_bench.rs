@@ -65,7 +65,7 @@ fn main() {
     let rounds: usize = std::env::args().nth(1).map_or(30, |a| a.parse().expect("N: number of rounds"));
     if let Ok(filter) = std::env::var("BENCH_LOG") {
         // e.g. BENCH_LOG=multinic_agent::hostns=debug: every host command and its time.
-        multinic_proto::runtime::init_logging(multinic_proto::runtime::LogFormat::Text, &filter).expect("logging");
+        multinic_runtime::init_logging(multinic_runtime::LogFormat::Text, &filter).expect("logging");
     }
     let node = NmNode::start().expect("this machine cannot run the real NetworkManager (root, network-manager, dbus)");
     Bystanders::install(&node.kernel);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use multinic_proto::runtime::{LogFormat, parse_duration, parse_duration_or_zero};
 use multinic_proto::{DEFAULT_CAPACITY, MAX_CAPACITY, NodeName};
+use multinic_runtime::{LogFormat, parse_duration, parse_duration_or_zero};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendChoice, detect_backend};
@@ -170,7 +170,7 @@ impl Args {
             drift: DriftConfig { interval: drift_check_interval, repair: drift_repair },
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(multinic_proto::runtime::signal_shutdown(shutdown.clone()));
+        tokio::spawn(multinic_runtime::signal_shutdown(shutdown.clone()));
         let agent = Agent::new(&config);
         Ok(agent.run(config, shutdown).await?)
     }

@@ -6,7 +6,7 @@ use multinic_agent::args::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = multinic_proto::runtime::init_logging(args.log_format, &args.log_level) {
+    if let Err(e) = multinic_runtime::init_logging(args.log_format, &args.log_level) {
         eprintln!("multinic-agent: {e}");
         return ExitCode::from(2);
     }
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Each error says its cause once, however the layers wrap it.
-            let error = multinic_proto::runtime::error_chain(e.as_ref());
+            let error = multinic_runtime::error_chain(e.as_ref());
             tracing::error!(error = %error, "multinic-agent failed");
             eprintln!("multinic-agent: {error}");
             ExitCode::FAILURE

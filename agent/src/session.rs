@@ -64,7 +64,7 @@ pub enum StreamLost {
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("cannot connect to {address}: {}", multinic_proto::runtime::error_chain(.source))]
+    #[error("cannot connect to {address}: {}", multinic_runtime::error_chain(.source))]
     Connect {
         address: String,
         #[source]

@@ -58,7 +58,7 @@ pub enum TlsError {
     #[error(transparent)]
     IssuerAddress(tonic::transport::Error),
     /// The issuer could not be reached (the whole chain of causes said once).
-    #[error("{}", multinic_proto::runtime::error_chain(.0))]
+    #[error("{}", multinic_runtime::error_chain(.0))]
     IssuerConnect(tonic::transport::Error),
     /// The issuer answered with an error status.
     #[error("{:?}: {}", .0.code(), .0.message())]

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use multinic_bench::baseline::{self, BaselineOptions};
 use multinic_bench::status_load::{self, StatusLoadConfig};
 use multinic_bench::{BenchConfig, Binaries, Rounds, binaries, run};
-use multinic_proto::runtime::parse_duration;
+use multinic_runtime::parse_duration;
 
 /// Runs a private MariaDB, the real controller binary over mTLS and N
 /// simulated agents, and prints convergence latency, memory and CPU, database

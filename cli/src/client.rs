@@ -38,7 +38,7 @@ pub struct ConnectArgs {
     pub tls_server_name: Option<String>,
 
     /// How long to wait for the controller.
-    #[arg(long, global = true, default_value = "5s", value_parser = multinic_proto::runtime::parse_duration)]
+    #[arg(long, global = true, default_value = "5s", value_parser = multinic_runtime::parse_duration)]
     pub timeout: Duration,
 }
 

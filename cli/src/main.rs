@@ -85,7 +85,7 @@ async fn main() -> ExitCode {
     };
     match (result, out::failure()) {
         (Err(e), _) => {
-            eprintln!("error: {}", multinic_proto::runtime::error_chain(e.as_ref()));
+            eprintln!("error: {}", multinic_runtime::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
         (Ok(_), Some(failure)) => {

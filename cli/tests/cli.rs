@@ -86,15 +86,12 @@ fn mask_quoted_times(word: &str) -> String {
     }
 }
 
+/// Compares a command's output, its times masked, with its golden file.
 fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    let actual = mask(actual);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(actual, expected, "golden file {name} differs (UPDATE_GOLDEN=1 refreshes)");
+    multinic_testkit::assert_golden(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name),
+        &mask(actual),
+    );
 }
 
 async fn insert(pool: &MySqlPool, port: &str, node: Option<&str>, mac: &str, address: Option<&str>, mtu: i64) {

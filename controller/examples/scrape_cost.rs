@@ -16,8 +16,8 @@
 use std::time::{Duration, Instant};
 
 use multinic_controller::alert_metrics::{MAX_LISTED_NODES, WatchedCertificates};
-use multinic_controller::desired::desired_fleet;
 use multinic_controller::fleet::Fleet;
+use multinic_controller::fleet_rows::FleetRows;
 use multinic_controller::metrics::Metrics;
 use multinic_controller::store::{FleetSnapshot, InterfaceRow};
 
@@ -38,7 +38,7 @@ fn main() {
         })
         .collect();
     let fleet = Fleet::new();
-    fleet.publish(desired_fleet(&FleetSnapshot { rows }));
+    fleet.publish(FleetRows::from_snapshot(FleetSnapshot { rows }).desired_fleet());
     let metrics = Metrics::new();
     let certificates = WatchedCertificates::default();
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use multinic_proto::runtime::{LogFormat, parse_duration, parse_duration_or_zero};
+use multinic_runtime::{LogFormat, parse_duration, parse_duration_or_zero};
 use multinic_tls::{CertificateAuthority, ServerTls, TrustDomain};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -170,7 +170,7 @@ impl Args {
         let controller = Controller::bind(config, listen, http_listen).await?;
         info!(grpc = %controller.grpc_addr(), http = %controller.http_addr(), "listening");
         let shutdown = CancellationToken::new();
-        tokio::spawn(multinic_proto::runtime::signal_shutdown(shutdown.clone()));
+        tokio::spawn(multinic_runtime::signal_shutdown(shutdown.clone()));
         controller.serve(shutdown).await?;
         info!("controller stopped");
         Ok(())

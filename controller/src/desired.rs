@@ -8,15 +8,18 @@
 //!
 //! A node's rows are judged with what the rest of the fleet says about them
 //! ([`Context`]: the other nodes of a MAC or an address, whether a row's
-//! content changed in this run); the full read and the incremental copy of
-//! the rows answer it the same way, so both give the same sets.
+//! content changed in this run). In production one road leads here: the
+//! controller's copy of the rows ([`crate::fleet_rows::FleetRows`]) is the
+//! context, whether for every node after the first read or for the nodes a
+//! change touched. Tests have a second, independent road over one snapshot
+//! (`desired_fleet`), the oracle the copy is checked against.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use multinic_proto::{DesiredSet, ErrorCode, IfaceAddr, InterfaceSpec, MacAddress, Mtu, NodeName, ParseError};
 
-use crate::store::{FleetSnapshot, InterfaceRow, RowContent};
+use crate::store::{InterfaceRow, RowContent};
 
 /// A row the controller could not turn into (part of) an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,26 +93,6 @@ pub fn row_address(row: &InterfaceRow) -> Option<IpAddr> {
     row.address.as_deref().map(str::trim).filter(|a| !a.is_empty())?.parse().ok()
 }
 
-/// [`Context`] over one full snapshot: nothing changed in this run yet.
-struct SnapshotContext {
-    nodes_of_mac: HashMap<MacAddress, BTreeSet<NodeName>>,
-    holders_of_address: HashMap<IpAddr, BTreeSet<(NodeName, MacAddress)>>,
-}
-
-impl Context for SnapshotContext {
-    fn nodes_of_mac(&self, mac: &MacAddress) -> Vec<NodeName> {
-        self.nodes_of_mac.get(mac).into_iter().flatten().cloned().collect()
-    }
-
-    fn holders_of_address(&self, address: &IpAddr) -> Vec<(NodeName, MacAddress)> {
-        self.holders_of_address.get(address).into_iter().flatten().cloned().collect()
-    }
-
-    fn stale(&self, _id: i64) -> bool {
-        false
-    }
-}
-
 /// Every node's desired set, from one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DesiredFleet {
@@ -136,33 +119,6 @@ struct ParsedRow<'a> {
     spec: Result<InterfaceSpec, ParseError>,
 }
 
-/// Computes every node's desired set from a snapshot.
-pub fn desired_fleet(snapshot: &FleetSnapshot) -> DesiredFleet {
-    let mut fleet = DesiredFleet::default();
-    let mut by_node: BTreeMap<NodeName, Vec<&InterfaceRow>> = BTreeMap::new();
-    let mut context = SnapshotContext { nodes_of_mac: HashMap::new(), holders_of_address: HashMap::new() };
-    for row in &snapshot.rows {
-        match row_node(row) {
-            Err(problem) => fleet.unattached.push(problem),
-            Ok(node) => {
-                if let Ok(mac) = row.macaddress.parse::<MacAddress>() {
-                    context.nodes_of_mac.entry(mac).or_default().insert(node.clone());
-                    if let Some(address) = row_address(row) {
-                        context.holders_of_address.entry(address).or_default().insert((node.clone(), mac));
-                    }
-                }
-                by_node.entry(node).or_default().push(row);
-            }
-        }
-    }
-    for (node, mut rows) in by_node {
-        rows.sort_by_key(|r| r.id);
-        let desired = node_desired(&node, &rows, &context);
-        fleet.nodes.insert(node, desired);
-    }
-    fleet
-}
-
 /// The node a row is attached to, or the problem of a row attached to none.
 pub fn row_node(row: &InterfaceRow) -> Result<NodeName, RowProblem> {
     match row.attached_node_name.as_deref().map(str::parse::<NodeName>) {
@@ -175,16 +131,23 @@ pub fn row_node(row: &InterfaceRow) -> Result<NodeName, RowProblem> {
 /// One node's desired set from all of its rows (in id order), judged in
 /// `context`: a MAC on two nodes is held on both.
 pub fn node_desired(node: &NodeName, rows: &[&InterfaceRow], context: &dyn Context) -> NodeDesired {
+    // Each row's MAC is parsed here, once per pass; what follows uses the
+    // parsed value.
     let mut by_mac: BTreeMap<MacAddress, Vec<ParsedRow<'_>>> = BTreeMap::new();
+    let mut with_mac: Vec<(&InterfaceRow, MacAddress)> = Vec::with_capacity(rows.len());
     let mut problems = Vec::new();
     for row in rows {
         match row.macaddress.parse::<MacAddress>() {
-            Ok(mac) => by_mac.entry(mac).or_default().push(ParsedRow { row, spec: row_spec(row, mac) }),
+            Ok(mac) => {
+                with_mac.push((row, mac));
+                by_mac.entry(mac).or_default().push(ParsedRow { row, spec: row_spec(row, mac) });
+            }
             Err(e) => problems.push(problem(row, Some(node), ErrorCode::InvalidRow, format!("macaddress: {e}"))),
         }
     }
     let mut specs = BTreeMap::new();
     let mut held = BTreeSet::new();
+    let mut held_codes = BTreeMap::new();
     let mut rows_of = BTreeMap::new();
     for (mac, rows) in by_mac {
         let all = context.nodes_of_mac(&mac);
@@ -195,6 +158,11 @@ pub fn node_desired(node: &NodeName, rows: &[&InterfaceRow], context: &dyn Conte
             }
             Err(row_problems) => {
                 held.insert(mac);
+                // The code of the MAC's first problem by row id (all of a
+                // held MAC's problems are these).
+                if let Some((_, code, _)) = row_problems.iter().min_by_key(|(row, _, _)| row.id) {
+                    held_codes.insert(mac, *code);
+                }
                 problems.extend(row_problems.into_iter().map(|(row, code, msg)| problem(row, Some(node), code, msg)));
             }
         }
@@ -220,32 +188,23 @@ pub fn node_desired(node: &NodeName, rows: &[&InterfaceRow], context: &dyn Conte
         rows_of.insert(mac, refs);
     }
     problems.sort_by_key(|p| p.row_id);
-    let mut held_codes = BTreeMap::new();
-    for p in &problems {
-        if let Ok(mac) = p.mac.parse::<MacAddress>()
-            && held.contains(&mac)
-        {
-            held_codes.entry(mac).or_insert(p.code);
-        }
-    }
-    let warnings = address_warnings(node, rows, &specs, &held, context);
+    let warnings = address_warnings(node, &with_mac, &specs, &held, context);
     NodeDesired { set: DesiredSet::from_parts(specs, held), rows: rows_of, problems, held_codes, warnings }
 }
 
-/// A warning for each valid row whose address another interface (another
-/// MAC, on this node or another) also has: both are applied, as the rows
+/// A warning for each valid row (with its parsed MAC, in row order) whose
+/// address another interface (another MAC, on this node or another) also has: both are applied, as the rows
 /// say, but one of them is likely a mistake.
 fn address_warnings(
     node: &NodeName,
-    rows: &[&InterfaceRow],
+    rows: &[(&InterfaceRow, MacAddress)],
     specs: &BTreeMap<MacAddress, InterfaceSpec>,
     held: &BTreeSet<MacAddress>,
     context: &dyn Context,
 ) -> Vec<RowProblem> {
     let mut warnings = Vec::new();
     let mut seen = HashSet::new();
-    for row in rows {
-        let Ok(mac) = row.macaddress.parse::<MacAddress>() else { continue };
+    for &(row, mac) in rows {
         let Some(spec) = specs.get(&mac).filter(|_| !held.contains(&mac)) else { continue };
         let Some(address) = spec.address.map(|a| a.addr()) else { continue };
         if row_address(row) != Some(address) || !seen.insert(row.id) {
@@ -336,8 +295,72 @@ fn problem(row: &InterfaceRow, node: Option<&NodeName>, code: ErrorCode, message
 }
 
 #[cfg(test)]
+pub use oracle::desired_fleet;
+
+/// The desired sets of a whole snapshot, computed without the copy of the
+/// rows: the test oracle for [`crate::fleet_rows::FleetRows`].
+#[cfg(test)]
+mod oracle {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::net::IpAddr;
+
+    use multinic_proto::{MacAddress, NodeName};
+
+    use super::{Context, DesiredFleet, node_desired, row_address, row_node};
+    use crate::store::{FleetSnapshot, InterfaceRow};
+
+    /// [`Context`] over one full snapshot: nothing changed in this run yet.
+    struct SnapshotContext {
+        nodes_of_mac: HashMap<MacAddress, BTreeSet<NodeName>>,
+        holders_of_address: HashMap<IpAddr, BTreeSet<(NodeName, MacAddress)>>,
+    }
+
+    impl Context for SnapshotContext {
+        fn nodes_of_mac(&self, mac: &MacAddress) -> Vec<NodeName> {
+            self.nodes_of_mac.get(mac).into_iter().flatten().cloned().collect()
+        }
+
+        fn holders_of_address(&self, address: &IpAddr) -> Vec<(NodeName, MacAddress)> {
+            self.holders_of_address.get(address).into_iter().flatten().cloned().collect()
+        }
+
+        fn stale(&self, _id: i64) -> bool {
+            false
+        }
+    }
+
+    /// Computes every node's desired set from a snapshot.
+    pub fn desired_fleet(snapshot: &FleetSnapshot) -> DesiredFleet {
+        let mut fleet = DesiredFleet::default();
+        let mut by_node: BTreeMap<NodeName, Vec<&InterfaceRow>> = BTreeMap::new();
+        let mut context = SnapshotContext { nodes_of_mac: HashMap::new(), holders_of_address: HashMap::new() };
+        for row in &snapshot.rows {
+            match row_node(row) {
+                Err(problem) => fleet.unattached.push(problem),
+                Ok(node) => {
+                    if let Ok(mac) = row.macaddress.parse::<MacAddress>() {
+                        context.nodes_of_mac.entry(mac).or_default().insert(node.clone());
+                        if let Some(address) = row_address(row) {
+                            context.holders_of_address.entry(address).or_default().insert((node.clone(), mac));
+                        }
+                    }
+                    by_node.entry(node).or_default().push(row);
+                }
+            }
+        }
+        for (node, mut rows) in by_node {
+            rows.sort_by_key(|r| r.id);
+            let desired = node_desired(&node, &rows, &context);
+            fleet.nodes.insert(node, desired);
+        }
+        fleet
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::FleetSnapshot;
 
     fn row(
         id: i64,
@@ -521,8 +544,10 @@ mod tests {
 /// order. Longer runs: `PROPTEST_CASES=100000 cargo test -p multinic-controller desired::fuzz`.
 #[cfg(test)]
 mod fuzz {
-    use super::*;
     use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::FleetSnapshot;
 
     fn any_row() -> impl Strategy<Value = InterfaceRow> {
         let node = prop_oneof![
@@ -575,7 +600,11 @@ mod fuzz {
                 }
                 for mac in node.set.held() {
                     prop_assert!(node.problems.iter().any(|p| p.mac.parse::<MacAddress>().ok() == Some(*mac)));
+                    // Its code is its first problem's (the problems are in row order).
+                    let first = node.problems.iter().find(|p| p.mac.parse::<MacAddress>().ok() == Some(*mac));
+                    prop_assert_eq!(node.held_codes.get(mac).copied(), first.map(|p| p.code));
                 }
+                prop_assert_eq!(node.held_codes.len(), node.set.held().len());
             }
         }
 

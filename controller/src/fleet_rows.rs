@@ -136,8 +136,9 @@ impl FleetRows {
         Some(node_desired(node, &rows, self))
     }
 
-    /// Every node's desired state and the unattached rows: what
-    /// [`crate::desired::desired_fleet`] makes of the same rows.
+    /// Every node's desired state and the unattached rows (what the first
+    /// read publishes; tests check it against `desired::desired_fleet`, the
+    /// same rows judged without the copy).
     pub fn desired_fleet(&self) -> DesiredFleet {
         let nodes = self.by_node.keys().filter_map(|n| Some((n.clone(), self.desired(n)?))).collect();
         DesiredFleet { nodes, unattached: self.unattached() }

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use multinic_proto::MAX_MESSAGE_BYTES;
 use multinic_proto::v1::agent_service_server::AgentServiceServer;
 use multinic_proto::v1::fleet_service_server::FleetServiceServer;
 use multinic_proto::v1::issuer_service_server::IssuerServiceServer;
@@ -49,10 +50,6 @@ use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tls::{AcceptPolicy, HandshakeStats, TlsConfig, Transport};
-
-/// Messages larger than this are refused (a desired set of 100 interfaces is
-/// a few KB).
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Everything a running controller needs.
 #[derive(Clone)]

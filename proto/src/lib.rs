@@ -8,7 +8,6 @@
 
 pub mod convert;
 pub mod domain;
-pub mod runtime;
 
 /// Code generated from `proto/multinic/v1/multinic.proto` and `issuer.proto`.
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]

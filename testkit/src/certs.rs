@@ -165,7 +165,7 @@ pub async fn channel(url: &str, tls: &ClientTls) -> Result<tonic::transport::Cha
 
 /// An error with its sources, on one line.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    multinic_proto::runtime::error_chain(error)
+    multinic_runtime::error_chain(error)
 }
 
 /// A folder laid out like a mounted Kubernetes Secret: each file is a

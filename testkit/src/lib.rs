@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 /// `TEST_LOG=info cargo nextest run ... --no-capture`.
 pub fn test_logging() {
     if let Ok(level) = std::env::var("TEST_LOG") {
-        let _ = multinic_proto::runtime::init_logging(multinic_proto::runtime::LogFormat::Text, &level);
+        let _ = multinic_runtime::init_logging(multinic_runtime::LogFormat::Text, &level);
     }
 }
 

@@ -231,9 +231,9 @@ mod tests {
 
         std::fs::remove_file(&etc).unwrap();
         let err = detect_backend(BackendChoice::Auto, dir.path()).unwrap_err();
-        assert!(multinic_proto::runtime::error_chain(&err).contains("No such file"), "{err:?}");
+        assert!(multinic_runtime::error_chain(&err).contains("No such file"), "{err:?}");
         assert!(std::process::Command::new("mkfifo").arg(&etc).status().unwrap().success());
-        let err = multinic_proto::runtime::error_chain(&detect_backend(BackendChoice::Auto, dir.path()).unwrap_err());
+        let err = multinic_runtime::error_chain(&detect_backend(BackendChoice::Auto, dir.path()).unwrap_err());
         assert!(err.contains("etc/os-release is a FIFO") && err.contains("set --backend"), "{err}");
     }
 }

@@ -37,7 +37,7 @@ pub struct DemoArgs {
     keep: bool,
 
     /// How long to wait for each step before giving up.
-    #[arg(long, default_value = "20s", value_parser = multinic_proto::runtime::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = multinic_runtime::parse_duration)]
     step_timeout: Duration,
 
     /// Also show the controller's and agents' logs at this level (e.g. info).
@@ -69,8 +69,7 @@ struct Demo {
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let DemoArgs { keep, step_timeout, log_level } = args;
     if let Some(level) = log_level {
-        multinic_proto::runtime::init_logging(multinic_proto::runtime::LogFormat::Text, &level)
-            .map_err(|e| anyhow::anyhow!(e))?;
+        multinic_runtime::init_logging(multinic_runtime::LogFormat::Text, &level).map_err(|e| anyhow::anyhow!(e))?;
     }
     let dir = tempfile::Builder::new().prefix("multinic-demo-").tempdir().context("create a temporary folder")?;
     let base = dir.path().to_path_buf();

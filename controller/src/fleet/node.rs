@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::desired::NodeDesired;
 use crate::guard::{self, Counts};
 
-/// The largest push the controller sends (and agents accept): the gRPC
-/// message limit.
-pub const MAX_PUSH_BYTES: usize = crate::MAX_MESSAGE_BYTES;
+/// The largest push the controller sends (and agents accept): the wire's
+/// one message limit, [`multinic_proto::MAX_MESSAGE_BYTES`].
+pub const MAX_PUSH_BYTES: usize = multinic_proto::MAX_MESSAGE_BYTES;
 /// A push unanswered for longer than this is shown as a node problem
 /// (`--push-answer-timeout`).
 pub const UNANSWERED_AFTER: Duration = Duration::from_secs(60);

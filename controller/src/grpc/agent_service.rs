@@ -7,7 +7,13 @@
 //! Hello or Report that [`crate::claims`] refuses. A node has one current
 //! stream: a newer one ends the older, and a certificate may hold only a
 //! few open at once ([`super::limits`]).
+//!
+//! What to push, when a Hello is adopted as a report, which report answers
+//! which push and when an aged connection ends are decided by
+//! [`super::stream_rules`]; this module only performs those decisions
+//! (sends, records in the fleet, counts, logs) and converts wire messages.
 
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,18 +31,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::identity::{Peer, PeerConnection};
 use super::limits::{AGENT_STREAMS_PER_NODE, StreamLimits, StreamPermit};
+use super::stream_rules::{AgeStep, OnPublished, Refusal, StreamRules};
 use crate::claims;
-use crate::fleet::{Fleet, Published};
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::recorder::RecorderHandle;
+use crate::tls::{Peer, PeerConnection};
 
 /// How long a new stream may take to send Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Once a connection reached its age cap, how long its stream may still wait
-/// for the report of a push the agent is applying before it ends anyway.
-const AGE_REPORT_GRACE: Duration = Duration::from_secs(60);
 
 /// The `AgentService` implementation.
 #[derive(Debug, Clone)]
@@ -139,14 +143,6 @@ async fn ask_to_reconnect(tx: &Outbound) {
     let _ = tx.send(Err(Status::unavailable("connection age limit reached: reconnect"))).await;
 }
 
-/// A push on this stream that a report may answer.
-struct Sent {
-    published: Arc<Published>,
-    nonce: u64,
-    /// Whether a report answered it yet (latency is measured once).
-    answered: bool,
-}
-
 struct Session {
     svc: AgentSvc,
     peer: Peer,
@@ -180,22 +176,16 @@ impl Session {
             "agent connected"
         );
 
-        // What the agent has processed; nothing is pushed while it matches.
-        let mut agent_digest = hello.applied_digest.clone();
-        let mut sent = None;
-        if let Some(adopted) = fleet.adopt(session, &hello) {
-            debug!(generation = adopted.generation, "agent already has the desired set; nothing to push");
-            sent = Some(Sent { published: adopted, nonce: 0, answered: true });
-            self.svc.recorder.dirty(node.clone());
-        }
+        let mut rules = StreamRules::new(hello.applied_digest.clone());
+        // The Hello may already be the agent's report on the published set.
+        self.adopt(&mut rules, session, &hello, &node);
         published.mark_changed();
 
         let far = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
         let age_limit = tokio::time::sleep_until(self.streams_end_at.unwrap_or(far));
         tokio::pin!(age_limit);
-        let mut aged = false;
         let end = loop {
-            if aged && sent.as_ref().is_none_or(|s: &Sent| s.answered) {
+            if rules.ends_for_age() {
                 ask_to_reconnect(&tx).await;
                 break "connection age limit reached";
             }
@@ -216,38 +206,37 @@ impl Session {
                         break "lost the controller lock";
                     }
                 }
-                () = &mut age_limit => {
-                    if aged {
+                () = &mut age_limit => match rules.age_limit() {
+                    AgeStep::End => {
                         ask_to_reconnect(&tx).await;
                         break "connection age limit reached (no report in time)";
                     }
                     // End at the top of the loop, or once the push being
-                    // applied is reported (at most AGE_REPORT_GRACE later).
-                    aged = true;
-                    age_limit.as_mut().reset(tokio::time::Instant::now() + AGE_REPORT_GRACE);
-                    debug!("connection age limit reached");
-                }
-                changed = published.changed(), if !aged => {
+                    // applied is reported (at most the grace later).
+                    AgeStep::Grace(grace) => {
+                        age_limit.as_mut().reset(tokio::time::Instant::now() + grace);
+                        debug!("connection age limit reached");
+                    }
+                },
+                changed = published.changed(), if rules.takes_pushes() => {
                     if changed.is_err() || !fleet.is_current(&node, session) {
                         let _ = tx.send(Err(Status::aborted("replaced by a newer stream from the same node"))).await;
                         break "replaced by a newer stream";
                     }
                     let Some(current) = published.borrow_and_update().clone() else { continue };
-                    if agent_digest.as_ref() == Some(current.set.digest()) {
+                    match rules.on_published(&current) {
+                        OnPublished::Nothing => continue,
                         // The agent connected before this set was first
                         // published (a controller just started): its Hello
                         // is its report, as if the set had been there.
-                        if sent.is_none()
-                            && let Some(adopted) = fleet.adopt(session, &hello)
-                        {
-                            debug!(generation = adopted.generation, "agent already has the desired set; nothing to push");
-                            sent = Some(Sent { published: adopted, nonce: 0, answered: true });
-                            self.svc.recorder.dirty(node.clone());
+                        OnPublished::Adopt => {
+                            self.adopt(&mut rules, session, &hello, &node);
+                            continue;
                         }
-                        continue;
+                        OnPublished::Push => {}
                     }
-                    let nonce = fastrand::u64(1..);
-                    let push = DesiredPush { generation: current.generation, nonce, set: current.set.clone() };
+                    let nonce = NonZeroU64::new(fastrand::u64(1..)).unwrap_or(NonZeroU64::MIN);
+                    let push = DesiredPush { generation: current.generation, nonce: nonce.get(), set: current.set.clone() };
                     let msg = ControllerMessage { kind: Some(ControllerKind::Desired(v1::DesiredState::from(&push))) };
                     if tx.send(Ok(msg)).await.is_err() {
                         break "stream closed";
@@ -261,13 +250,12 @@ impl Session {
                         digest = current.set.digest().short(),
                         "pushed desired state"
                     );
-                    agent_digest = Some(current.set.digest().clone());
-                    sent = Some(Sent { published: current, nonce, answered: false });
+                    rules.pushed(current, nonce);
                 }
                 message = inbound.message() => match message {
                     Ok(Some(AgentMessage { kind: Some(AgentKind::Report(report)) })) => {
                         fleet.seen(&node);
-                        self.report(&node, session, sent.as_mut(), &report);
+                        self.report(&node, session, &mut rules, &report);
                     }
                     Ok(Some(_)) => {
                         self.reject("unexpected", "ignored a message that is not a Report after Hello");
@@ -285,6 +273,19 @@ impl Session {
         };
         fleet.disconnect(&node, session);
         info!(reason = end, "agent disconnected");
+    }
+
+    /// Takes the agent's Hello as its report on the published set, if the
+    /// rules still allow it and the fleet finds that it fits.
+    fn adopt(&self, rules: &mut StreamRules, session: u64, hello: &AgentHello, node: &NodeName) {
+        if !rules.may_adopt() {
+            return;
+        }
+        if let Some(adopted) = self.svc.fleet.adopt(session, hello) {
+            debug!(generation = adopted.generation, "agent already has the desired set; nothing to push");
+            rules.adopted(adopted);
+            self.svc.recorder.dirty(node.clone());
+        }
     }
 
     /// Waits for a valid Hello; answers the agent with a clear status otherwise.
@@ -337,7 +338,7 @@ impl Session {
     }
 
     /// Records a report if it answers the push this stream is on.
-    fn report(&self, node: &NodeName, session: u64, sent: Option<&mut Sent>, report: &v1::Report) {
+    fn report(&self, node: &NodeName, session: u64, rules: &mut StreamRules, report: &v1::Report) {
         let report = match AgentReport::try_from(report) {
             Ok(report) => report,
             Err(e) => {
@@ -346,34 +347,36 @@ impl Session {
                 return;
             }
         };
-        let Some(sent) = sent.filter(|s| s.nonce == report.nonce) else {
-            self.reject("stale", "stale Report");
-            warn!(
-                nonce = report.nonce,
-                generation = report.generation,
-                "ignored a report for a push this stream is not on"
-            );
-            return;
+        let published = match rules.answered(&report) {
+            Ok(published) => published,
+            Err(refusal) => {
+                self.reject(refusal.reason(), refusal.what());
+                match refusal {
+                    Refusal::NoSuchPush => warn!(
+                        nonce = report.nonce,
+                        generation = report.generation,
+                        "ignored a report for a push this stream is not on"
+                    ),
+                    Refusal::DigestMismatch => {
+                        warn!(generation = report.generation, "ignored a report whose digest is not the pushed set's")
+                    }
+                    Refusal::NotBelieved(e) => warn!(
+                        generation = report.generation,
+                        error = %e,
+                        "ignored a report that does not fit the push it answers"
+                    ),
+                }
+                return;
+            }
         };
-        if report.digest.as_ref() != Some(sent.published.set.digest()) {
-            self.reject("digest_mismatch", "Report digest mismatch");
-            warn!(generation = report.generation, "ignored a report whose digest is not the pushed set's");
-            return;
-        }
-        if let Err(e) = claims::check_report(&sent.published.set, sent.published.generation, &report) {
-            self.reject(e.reason(), "Report not believed");
-            warn!(generation = report.generation, error = %e, "ignored a report that does not fit the push it answers");
-            return;
-        }
         self.svc.metrics.reports.get_or_create(&vec![("outcome", report.outcome.as_str())]).inc();
         if report.outcome == multinic_proto::Outcome::Rejected {
             warn!(generation = report.generation, reason = %report.error, "agent rejected the push");
         }
-        match self.svc.fleet.record(node, session, &sent.published, &report) {
+        match self.svc.fleet.record(node, session, &published, &report) {
             Ok(()) => {
-                if !sent.answered {
-                    sent.answered = true;
-                    self.svc.metrics.convergence_seconds.observe(sent.published.age().as_secs_f64());
+                if rules.recorded() {
+                    self.svc.metrics.convergence_seconds.observe(published.age().as_secs_f64());
                 }
                 info!(
                     generation = report.generation,

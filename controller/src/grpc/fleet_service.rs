@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
-use super::identity::Peer;
 use super::limits::{StreamLimits, WATCHES_PER_OPERATOR};
 use crate::desired::RowProblem;
 use crate::fleet::{ConfirmError, Convergence, Fleet, NodeProblem, NodeSnapshot};
+use crate::tls::{Peer, PeerConnection};
 
 const DEFAULT_PAGE: usize = 500;
 const MAX_PAGE: usize = 5000;
@@ -179,7 +179,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         };
         // Like agent streams, a watch ends at its connection's age cap so the
         // operator reconnects with current certificates.
-        let ends_at = super::identity::PeerConnection::of(&request).and_then(|c| c.streams_end_at);
+        let ends_at = PeerConnection::of(&request).and_then(|c| c.streams_end_at);
         let changes = self.fleet.subscribe_changes();
         let (tx, rx) = mpsc::channel(64);
         let fleet = self.fleet.clone();

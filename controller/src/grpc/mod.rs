@@ -4,8 +4,8 @@
 pub mod agent_service;
 pub mod diff_view;
 pub mod fleet_service;
-pub mod identity;
 pub mod limits;
+pub mod stream_rules;
 
 pub use agent_service::AgentSvc;
 pub use fleet_service::FleetSvc;

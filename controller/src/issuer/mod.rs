@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 pub use token_review::{IssuancePolicy, TokenReviewer};
 
-use crate::grpc::identity::PeerConnection;
+use crate::tls::PeerConnection;
 
 /// Largest token or CSR accepted (projected tokens are ~1 KB, CSRs ~0.5 KB).
 const MAX_FIELD_BYTES: usize = 16 * 1024;

@@ -29,7 +29,7 @@ use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 use super::connection_lifetime;
-use crate::grpc::identity::{Peer, PeerConnection};
+use super::{Peer, PeerConnection};
 
 /// Handshakes in progress at most; further connections wait in the backlog.
 const MAX_PENDING_HANDSHAKES: usize = 1024;

@@ -14,12 +14,14 @@
 //! a reconnect request. This module never serves plaintext.
 
 mod incoming;
+mod peer;
 
 use std::time::Duration;
 
 use multinic_tls::{ServerTls, TrustDomain};
 
 pub use incoming::{AcceptPolicy, HandshakeStats, TlsConn, tls_incoming};
+pub use peer::{Peer, PeerConnection};
 
 use crate::issuer::IssuerConfig;
 

@@ -1,18 +1,21 @@
-//! Process plumbing shared by the multinic binaries: logging set-up, signals,
-//! error text and the value parsers their flags use. Nothing here knows the
-//! domain. (Logging and signals need the `runtime` feature.)
+//! Process plumbing shared by the multinic binaries (controller, agent,
+//! `multinicctl`, the benchmark): logging set-up, signals, error text and the
+//! value parsers their flags use.
+//!
+//! A crate of its own so that the wire crate (`multinic-proto`) knows nothing
+//! of processes, and each binary still sets itself up the same way. It must
+//! never know the domain (no node, interface or wire type) nor depend on
+//! another multinic crate.
 
 use std::time::Duration;
 
 /// Log output format (`--log-format`).
-#[cfg(feature = "runtime")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
     Text,
 }
 
-#[cfg(feature = "runtime")]
 impl std::str::FromStr for LogFormat {
     type Err = String;
 
@@ -27,7 +30,6 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the global tracing subscriber. `level` is a filter such as
 /// `info` or `multinic_agent=debug,info` (what `LOG_LEVEL` holds).
-#[cfg(feature = "runtime")]
 pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -46,7 +48,6 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT (what Kubernetes and a terminal send).
-#[cfg(feature = "runtime")]
 pub async fn signal_shutdown(shutdown: tokio_util::sync::CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {

@@ -1,9 +1,11 @@
 //! Who is on the other end of a request.
 //!
-//! With mTLS, the accept loop ([`crate::tls`]) verifies the client
-//! certificate once per connection, reads its SPIFFE ID, and hands tonic a
-//! [`PeerConnection`] that tonic copies into every request's extensions.
-//! Services ask [`Peer::of`] and refuse with a clear status. Without TLS
+//! It lives at the TLS edge because that is where it is made: with mTLS, the
+//! accept loop ([`super::tls_incoming`]) verifies the client certificate once
+//! per connection, reads its SPIFFE ID, and hands tonic a [`PeerConnection`]
+//! that tonic copies into every request's extensions. The services
+//! ([`crate::grpc`], [`crate::issuer`]) only read it: they ask [`Peer::of`]
+//! and refuse with a clear status. Without TLS
 //! (`--insecure`) no request carries a `PeerConnection`: every peer is
 //! anonymous and an agent is trusted to name its own node in Hello.
 //!
