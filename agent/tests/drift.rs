@@ -157,6 +157,13 @@ async fn an_mtu_set_by_hand_a_deleted_address_and_a_deleted_file_are_repaired_to
     let Some((node, _, nonce)) = applied_node("2s", true).await else { return };
     let applied = node.kernel.link("multinic0").unwrap();
     let file = node.file("etc/netplan/90-multinic0.yaml").unwrap();
+    // Right after a check, so that the next one (2 s later) finds all three
+    // changes at once, however loaded the machine.
+    let checks = node.metrics().await.get("multinic_agent_drift_checks_total", &[]);
+    eventually(WAIT, "a drift check", || async {
+        (node.metrics().await.get("multinic_agent_drift_checks_total", &[]) > checks).then_some(())
+    })
+    .await;
     node.kernel.ip(&["link", "set", "multinic0", "mtu", "1300"]);
     node.kernel.ip(&["addr", "del", "10.16.0.5/24", "dev", "multinic0"]);
     std::fs::remove_file(node.root.path().join("etc/netplan/90-multinic0.yaml")).unwrap();
