@@ -361,13 +361,13 @@ mod tests {
         let applied = InterfaceRow::plain(1, "a", "fa:16:3e:00:00:01", 1500, 1);
         let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: vec![applied.clone()] });
         let fleet = Fleet::new();
-        fleet.publish(desired_fleet(&FleetSnapshot { rows: vec![applied.clone()] }));
-        assert!(fleet.row_updates(&a).is_empty(), "1 as read, no agent yet: left alone");
+        fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows: vec![applied.clone()] }));
+        assert!(fleet.write_back().row_updates(&a).is_empty(), "1 as read, no agent yet: left alone");
 
         let edited = InterfaceRow { mtu: Some(1400), ..applied };
         let touched = rows.apply(vec![RowChange { row: edited.clone(), deleted: false }]);
-        fleet.publish_nodes(rows.desired_of(&touched.nodes), None);
-        let updates = fleet.row_updates(&a);
+        fleet.publisher().publish_nodes(rows.desired_of(&touched.nodes), None);
+        let updates = fleet.write_back().row_updates(&a);
         assert_eq!(updates.iter().map(|u| (u.id, u.success)).collect::<Vec<_>>(), vec![(1, false)]);
         assert_eq!(updates[0].content, edited.content(), "conditional on the new content");
     }

@@ -8,8 +8,8 @@
 //!
 //! ```text
 //! RowFeed: Store::probe ─▶ ChangeTracker (pure) ─▶ Store::read_changed | read_fleet ─▶ FleetRows (pure)
-//!   ─▶ node_desired (pure, touched nodes) ─▶ Fleet::publish_nodes ─▶ agent sessions ─▶ agents
-//!                                              Fleet::record ◀─ reports ◀──────┘
+//!   ─▶ node_desired (pure, touched nodes) ─▶ Publisher::publish_nodes ─▶ agent sessions ─▶ agents
+//!                                            Sessions::record ◀─ reports ◀──────┘
 //!                 Store::record ◀─ recorder (batched multi-row conditional UPDATEs)
 //! ```
 

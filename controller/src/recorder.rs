@@ -120,7 +120,7 @@ async fn run(
 fn wanted_writes(fleet: &Fleet, nodes: &BTreeSet<NodeName>, written: &mut Written) -> Vec<(NodeName, RowUpdate)> {
     let mut out = Vec::new();
     for node in nodes {
-        let wanted = fleet.row_updates(node);
+        let wanted = fleet.write_back().row_updates(node);
         if let Some(made) = written.get_mut(node) {
             // By id: a node's rows can be many thousands (a scan per write
             // made would be quadratic).
@@ -171,7 +171,7 @@ mod tests {
     fn a_write_is_not_repeated_until_the_rows_show_it() {
         let fleet = Fleet::new();
         let a: NodeName = "a".parse().unwrap();
-        fleet.publish(desired_fleet(&snapshot(0)));
+        fleet.publisher().publish(desired_fleet(&snapshot(0)));
         let hello = AgentHello {
             node: a.clone(),
             agent_version: "t".into(),
@@ -180,7 +180,7 @@ mod tests {
             applied_digest: None,
             interfaces: vec![],
         };
-        let (session, rx, _) = fleet.connect(&hello);
+        let (session, rx, _) = fleet.sessions().connect(&hello);
         let pushed = rx.borrow().clone().unwrap();
         let status =
             InterfaceStatus::applied(pushed.set.iter().next().unwrap().mac, InterfaceName::new(0, 10).unwrap());
@@ -193,7 +193,7 @@ mod tests {
             error: String::new(),
             drift: Vec::new(),
         };
-        fleet.record(&a, session, &pushed, &report).unwrap();
+        fleet.sessions().record(&a, session, &pushed, &report).unwrap();
 
         let nodes: BTreeSet<NodeName> = [a.clone()].into();
         let mut written = Written::new();
@@ -204,7 +204,7 @@ mod tests {
         }
         assert!(wanted_writes(&fleet, &nodes, &mut written).is_empty(), "made already: not repeated");
         assert_eq!(written.len(), 1, "remembered while the rows still show 0");
-        fleet.publish(desired_fleet(&snapshot(1)));
+        fleet.publisher().publish(desired_fleet(&snapshot(1)));
         assert!(wanted_writes(&fleet, &nodes, &mut written).is_empty());
         assert!(written.is_empty(), "forgotten once the rows show it");
     }
