@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use multinic_controller::alert_metrics::{MAX_LISTED_NODES, WatchedCertificates};
 use multinic_controller::fleet::Fleet;
-use multinic_controller::fleet_rows::FleetRows;
 use multinic_controller::metrics::Metrics;
-use multinic_controller::store::{FleetSnapshot, InterfaceRow};
+use multinic_controller::row_copy::RowCopy;
+use multinic_controller::store::{ActiveRows, InterfaceRow};
 
 const ROUNDS: u32 = 20;
 
@@ -38,7 +38,7 @@ fn main() {
         })
         .collect();
     let fleet = Fleet::new();
-    fleet.publisher().publish(FleetRows::from_snapshot(FleetSnapshot { rows }).desired_fleet());
+    fleet.publisher().publish(RowCopy::from_snapshot(ActiveRows { rows }).desired_fleet());
     let metrics = Metrics::new();
     let certificates = WatchedCertificates::default();
 

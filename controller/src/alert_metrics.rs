@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn an_active_replica_lists_the_first_nodes_by_name_and_no_more() {
         use crate::desired::desired_fleet;
-        use crate::store::{FleetSnapshot, InterfaceRow};
+        use crate::store::{ActiveRows, InterfaceRow};
 
         let rows = (0..=MAX_LISTED_NODES)
             .map(|i| {
@@ -161,7 +161,7 @@ mod tests {
             })
             .collect();
         let fleet = Fleet::new();
-        fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
         fleet.leadership().set_active(true);
         let mut registry = Registry::with_prefix("multinic_controller");
         let metrics = AlertMetrics::register(&mut registry);

@@ -149,11 +149,11 @@ fn wanted_writes(fleet: &Fleet, nodes: &BTreeSet<NodeName>, written: &mut Writte
 mod tests {
     use super::*;
     use crate::desired::desired_fleet;
-    use crate::store::{FleetSnapshot, InterfaceRow};
+    use crate::store::{ActiveRows, InterfaceRow};
     use multinic_proto::{AgentHello, AgentReport, InterfaceName, InterfaceStatus, Outcome};
 
-    fn snapshot(success: i64) -> FleetSnapshot {
-        FleetSnapshot {
+    fn snapshot(success: i64) -> ActiveRows {
+        ActiveRows {
             rows: vec![InterfaceRow {
                 id: 1,
                 macaddress: "fa:16:3e:00:00:01".into(),

@@ -11,7 +11,7 @@ use crate::desired::desired_fleet;
 use crate::fleet::tests::hello;
 use crate::fleet::{Fleet, Published};
 use crate::guard::GuardConfig;
-use crate::store::{FleetSnapshot, InterfaceRow};
+use crate::store::{ActiveRows, InterfaceRow};
 use multinic_proto::AgentReport;
 
 const LIMIT: usize = 200;
@@ -34,7 +34,7 @@ fn node() -> NodeName {
 }
 
 fn publish(fleet: &Fleet, rows: Vec<InterfaceRow>) {
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
 }
 
 fn pushed(fleet: &Fleet) -> Arc<Published> {

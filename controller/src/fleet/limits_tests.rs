@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::desired::desired_fleet;
 use crate::guard::GuardConfig;
-use crate::store::{FleetSnapshot, InterfaceRow};
+use crate::store::{ActiveRows, InterfaceRow};
 use multinic_proto::{AgentHello, AgentReport, Digest, InterfaceName, InterfaceStatus, MacAddress, Outcome};
 
 fn mac(i: u16) -> MacAddress {
@@ -43,7 +43,7 @@ fn fleet_of_four(warmup: Duration) -> Fleet {
             row(i64::from(n) * 2 + 1, &format!("n{n}"), n * 2 + 1, 1500),
         ]
     });
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows: rows.collect() }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows: rows.collect() }));
     for n in 0..4u16 {
         let digest = fleet.view().node(&name(&format!("n{n}"))).unwrap().published.unwrap().set.digest().clone();
         let h = hello(&format!("n{n}"), Some(digest), [n * 2, n * 2 + 1]);
@@ -64,9 +64,7 @@ fn a_late_node_claiming_made_up_macs_holds_nobodys_removals() {
     fleet.publisher().publish_nodes(
         [(
             name("n0"),
-            Some(
-                desired_fleet(&FleetSnapshot { rows: vec![row(0, "n0", 0, 1500)] }).nodes.remove(&name("n0")).unwrap(),
-            ),
+            Some(desired_fleet(&ActiveRows { rows: vec![row(0, "n0", 0, 1500)] }).nodes.remove(&name("n0")).unwrap()),
         )]
         .into(),
         None,
@@ -87,7 +85,7 @@ fn claims_made_in_the_warm_up_count_and_outlive_the_stream() {
     // A restarted controller onto an emptied table: agents say what they have.
     let fleet = Fleet::with_guard(GuardConfig { max_share: 0.5, min_removals: 3, warmup: Duration::from_secs(3600) });
     fleet.leadership().set_active(true);
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot::default()));
+    fleet.publisher().publish(desired_fleet(&ActiveRows::default()));
     let mut sessions = Vec::new();
     for n in 0..4u16 {
         let h = hello(&format!("n{n}"), Some(Digest::from_wire("ab").unwrap()), [n * 2, n * 2 + 1]);
@@ -164,7 +162,7 @@ fn rows_with_held(held: u16) -> Vec<InterfaceRow> {
 fn a_set_too_large_to_push_carries_only_the_held_macs_the_node_has() {
     let fleet = Fleet::new();
     fleet.leadership().set_active(true);
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows: vec![row(1, "a", 1, 1500), row(10, "a", 10, 0)] }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows: vec![row(1, "a", 1, 1500), row(10, "a", 10, 0)] }));
     let digest = fleet.view().node(&name("a")).unwrap().published.unwrap().set.digest().clone();
     // The agent has both: the interface and the held MAC (it keeps it).
     let mut h = hello("a", Some(digest), [1, 10]);
@@ -173,7 +171,7 @@ fn a_set_too_large_to_push_carries_only_the_held_macs_the_node_has() {
     fleet.sessions().adopt(session, &h).unwrap();
 
     // 14,000 held MACs: over the message limit; the node has only one of them.
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows: rows_with_held(14_000) }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows: rows_with_held(14_000) }));
     let node = fleet.view().node(&name("a")).unwrap();
     let set = node.published.unwrap().set.clone();
     assert!(node.problems.is_empty(), "{:?}", node.problems);
@@ -189,10 +187,10 @@ fn a_set_too_large_to_push_carries_only_the_held_macs_the_node_has() {
 fn a_set_too_large_for_an_agent_that_said_nothing_is_a_node_problem() {
     let fleet = Fleet::new();
     fleet.leadership().set_active(true);
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows: vec![row(1, "a", 1, 1500)] }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows: vec![row(1, "a", 1, 1500)] }));
     let before = fleet.view().node(&name("a")).unwrap().published.unwrap().set.digest().clone();
     let _ = fleet.sessions().connect(&hello("a", None, []));
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows: rows_with_held(14_000) }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows: rows_with_held(14_000) }));
     let node = fleet.view().node(&name("a")).unwrap();
     assert_eq!(node.published.unwrap().set.digest(), &before, "the last set that could be pushed stays");
     assert_eq!(node.convergence, Convergence::Failed);
@@ -206,7 +204,7 @@ fn a_set_too_large_for_an_agent_that_said_nothing_is_a_node_problem() {
     );
 
     // Fixed rows: the problem goes and the set is pushed.
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows: vec![row(1, "a", 1, 9000)] }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows: vec![row(1, "a", 1, 9000)] }));
     let node = fleet.view().node(&name("a")).unwrap();
     assert!(node.problems.is_empty());
     assert_eq!(node.published.unwrap().set.iter().next().unwrap().mtu.get(), 9000);
@@ -262,7 +260,7 @@ fn the_warm_up_ends_once_every_node_with_rows_reported_but_rowless_removals_wait
     let fleet = Fleet::with_guard(GuardConfig { warmup: Duration::from_secs(3600), ..GuardConfig::default() });
     fleet.leadership().set_active(true);
     // Node a has rows for MACs 1 and 2, node b for MAC 3; node gone has none.
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot {
+    fleet.publisher().publish(desired_fleet(&ActiveRows {
         rows: vec![row(1, "a", 1, 1500), row(2, "a", 2, 1500), row(3, "b", 3, 1500)],
     }));
     let digest = |n: &str| fleet.view().node(&name(n)).unwrap().published.unwrap().set.digest().clone();
@@ -302,7 +300,7 @@ fn the_warm_up_ends_once_every_node_with_rows_reported_but_rowless_removals_wait
 fn an_empty_table_keeps_the_whole_warm_up() {
     let fleet = Fleet::with_guard(GuardConfig { warmup: Duration::from_secs(3600), ..GuardConfig::default() });
     fleet.leadership().set_active(true);
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot::default()));
+    fleet.publisher().publish(desired_fleet(&ActiveRows::default()));
     fleet.sessions().connect(&hello("a", Some(Digest::from_wire("ab").unwrap()), [1, 2]));
     fleet.guard().rejudge();
     let status = fleet.guard().status();

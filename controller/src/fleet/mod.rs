@@ -61,7 +61,7 @@ pub use publish::Publisher;
 use removals::GuardState;
 pub use removals::{ConfirmError, GuardStatus, RemovalGuard};
 pub use sessions::{RecordError, Sessions};
-pub use views::{Bounded, FleetCounts, NodeSnapshot, View};
+pub use views::{Bounded, NodeCounts, NodeSnapshot, View};
 pub use write_back::WriteBack;
 
 /// The fleet's shared state; its tenants (see the module docs) read and

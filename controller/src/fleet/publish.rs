@@ -14,7 +14,7 @@ use multinic_proto::NodeName;
 
 use super::node::{NodeEntry, Refreshed};
 use super::{Fleet, lock, write};
-use crate::desired::{DesiredFleet, NodeDesired, RowProblem};
+use crate::desired::{DesiredSets, NodeDesired, RowProblem};
 use crate::guard::Counts;
 
 impl Fleet {
@@ -33,8 +33,8 @@ pub struct Publisher<'a> {
 impl Publisher<'_> {
     /// Takes a new good read of the whole database: every node's rows. See
     /// [`Publisher::publish_nodes`]; nodes missing from `fleet` have no rows.
-    pub fn publish(&self, fleet: DesiredFleet) -> Vec<NodeName> {
-        let DesiredFleet { nodes, unattached } = fleet;
+    pub fn publish(&self, fleet: DesiredSets) -> Vec<NodeName> {
+        let DesiredSets { nodes, unattached } = fleet;
         let mut all: BTreeMap<NodeName, Option<NodeDesired>> =
             self.fleet.nodes.iter().map(|e| (e.key().clone(), None)).collect();
         all.extend(nodes.into_iter().map(|(name, desired)| (name, Some(desired))));

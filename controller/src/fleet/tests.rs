@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::desired::{NodeDesired, desired_fleet};
-use crate::store::{FleetSnapshot, InterfaceRow};
+use crate::store::{ActiveRows, InterfaceRow};
 use multinic_proto::{
     AgentHello, AgentReport, Digest, ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, MacAddress, Outcome,
 };
@@ -42,10 +42,10 @@ fn applied_report(p: &Published) -> AgentReport {
 #[test]
 fn publish_only_changes_and_bumps_generation() {
     let fleet = Fleet::new();
-    let snap = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
+    let snap = ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
     assert_eq!(fleet.publisher().publish(desired_fleet(&snap)).len(), 1);
     assert!(fleet.publisher().publish(desired_fleet(&snap)).is_empty(), "same content, no publish");
-    let snap2 = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 9000, 0)] };
+    let snap2 = ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 9000, 0)] };
     assert_eq!(fleet.publisher().publish(desired_fleet(&snap2)).len(), 1);
     let node = fleet.view().node(&"a".parse().unwrap()).unwrap();
     assert_eq!(node.published.unwrap().generation, 2);
@@ -55,7 +55,7 @@ fn publish_only_changes_and_bumps_generation() {
 fn report_drives_row_updates_for_exact_content_only() {
     let fleet = Fleet::new();
     let a: NodeName = "a".parse().unwrap();
-    let snap = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
+    let snap = ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
     fleet.publisher().publish(desired_fleet(&snap));
     let (session, rx, _) = fleet.sessions().connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
@@ -66,13 +66,13 @@ fn report_drives_row_updates_for_exact_content_only() {
     assert_eq!(fleet.view().node(&a).unwrap().convergence, Convergence::Converged);
 
     // The row changes: the old report must not mark the new content.
-    let snap2 = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 9000, 1)] };
+    let snap2 = ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 9000, 1)] };
     fleet.publisher().publish(desired_fleet(&snap2));
     assert!(fleet.write_back().row_updates(&a).is_empty());
     assert_eq!(fleet.view().node(&a).unwrap().convergence, Convergence::Pending);
 
     // A re-inserted row (new id) with already-applied content gets 1.
-    let snap3 = FleetSnapshot { rows: vec![row(7, "a", "fa:16:3e:00:00:01", 1500, 0)] };
+    let snap3 = ActiveRows { rows: vec![row(7, "a", "fa:16:3e:00:00:01", 1500, 0)] };
     fleet.publisher().publish(desired_fleet(&snap3));
     let updates = fleet.write_back().row_updates(&a);
     assert_eq!(updates.iter().map(|u| (u.id, u.success)).collect::<Vec<_>>(), vec![(7, true)]);
@@ -84,9 +84,8 @@ fn drift_that_could_not_be_repaired_reads_zero_and_status_keeps_what_was_found()
     let fleet = Fleet::new();
     let a: NodeName = "a".parse().unwrap();
     // Both rows read 1: the node applied them.
-    let snap = FleetSnapshot {
-        rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 1), row(2, "a", "fa:16:3e:00:00:02", 1500, 1)],
-    };
+    let snap =
+        ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 1), row(2, "a", "fa:16:3e:00:00:02", 1500, 1)] };
     fleet.publisher().publish(desired_fleet(&snap));
     let (session, rx, _) = fleet.sessions().connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
@@ -133,7 +132,7 @@ fn failed_interfaces_and_invalid_rows_read_zero() {
     let fleet = Fleet::new();
     let a: NodeName = "a".parse().unwrap();
     let snap =
-        FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 1), row(2, "a", "fa:16:3e:00:00:02", 0, 1)] };
+        ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 1), row(2, "a", "fa:16:3e:00:00:02", 0, 1)] };
     fleet.publisher().publish(desired_fleet(&snap));
     let (session, rx, _) = fleet.sessions().connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
@@ -164,7 +163,7 @@ fn failed_interfaces_and_invalid_rows_read_zero() {
 fn replaced_sessions_cannot_record() {
     let fleet = Fleet::new();
     let a: NodeName = "a".parse().unwrap();
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] }));
     let (old, rx, _) = fleet.sessions().connect(&hello("a", None));
     let (_new, _, _) = fleet.sessions().connect(&hello("a", None));
     let pushed = rx.borrow().clone().unwrap();
@@ -179,12 +178,11 @@ fn replaced_sessions_cannot_record() {
 #[test]
 fn nodes_leaving_the_db_get_the_empty_set_or_are_forgotten() {
     let fleet = Fleet::new();
-    let snap = FleetSnapshot {
-        rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0), row(2, "b", "fa:16:3e:00:00:02", 1500, 0)],
-    };
+    let snap =
+        ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0), row(2, "b", "fa:16:3e:00:00:02", 1500, 0)] };
     fleet.publisher().publish(desired_fleet(&snap));
     let _ = fleet.sessions().connect(&hello("a", None));
-    let changed = fleet.publisher().publish(desired_fleet(&FleetSnapshot::default()));
+    let changed = fleet.publisher().publish(desired_fleet(&ActiveRows::default()));
     assert_eq!(changed, vec!["a".parse::<NodeName>().unwrap()]);
     let a = fleet.view().node(&"a".parse().unwrap()).unwrap();
     assert!(a.published.unwrap().set.is_empty());
@@ -194,7 +192,7 @@ fn nodes_leaving_the_db_get_the_empty_set_or_are_forgotten() {
 #[test]
 fn adopt_takes_hello_when_digest_matches() {
     let fleet = Fleet::new();
-    let snap = FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
+    let snap = ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0)] };
     fleet.publisher().publish(desired_fleet(&snap));
     let digest = fleet.view().node(&"a".parse().unwrap()).unwrap().published.unwrap().set.digest().clone();
     let mut h = hello("a", Some(digest));
@@ -213,16 +211,15 @@ fn mac(i: u8) -> MacAddress {
 }
 
 fn node_rows(rows: Vec<InterfaceRow>, node: &str) -> Option<NodeDesired> {
-    desired_fleet(&FleetSnapshot { rows }).nodes.remove(&node.parse::<NodeName>().unwrap())
+    desired_fleet(&ActiveRows { rows }).nodes.remove(&node.parse::<NodeName>().unwrap())
 }
 
 #[test]
 fn partial_publishes_touch_only_the_nodes_given() {
     let fleet = Fleet::new();
     let (a, b): (NodeName, NodeName) = ("a".parse().unwrap(), "b".parse().unwrap());
-    let snap = FleetSnapshot {
-        rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0), row(2, "b", "fa:16:3e:00:00:02", 1500, 0)],
-    };
+    let snap =
+        ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500, 0), row(2, "b", "fa:16:3e:00:00:02", 1500, 0)] };
     fleet.publisher().publish(desired_fleet(&snap));
     let changed = fleet
         .publisher()
@@ -249,7 +246,7 @@ fn the_guard_follows_partial_publishes() {
     };
     let mut all = rows_of("a", 1);
     all.extend(rows_of("b", 3));
-    fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows: all }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows: all }));
     for (node, first) in [("a", 1u8), ("b", 3)] {
         let mut h = hello(node, None);
         h.interfaces = (first..first + 2)
@@ -280,7 +277,7 @@ fn the_guard_follows_partial_publishes() {
 #[test]
 fn unconverged_nodes_name_each_node_that_is_not_converged_and_why() {
     let fleet = Fleet::new();
-    let snap = FleetSnapshot {
+    let snap = ActiveRows {
         rows: vec![
             row(1, "a", "fa:16:3e:00:00:01", 1500, 0),
             row(2, "b", "fa:16:3e:00:00:02", 1500, 0),

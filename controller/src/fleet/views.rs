@@ -81,7 +81,7 @@ impl<T: Clone> Default for Bounded<T> {
 
 /// Counts over the fleet, for status and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FleetCounts {
+pub struct NodeCounts {
     pub nodes: usize,
     pub connected: usize,
     pub converged: usize,
@@ -158,8 +158,8 @@ impl View<'_> {
     }
 
     /// Counts by convergence state.
-    pub fn counts(&self) -> FleetCounts {
-        let mut counts = FleetCounts::default();
+    pub fn counts(&self) -> NodeCounts {
+        let mut counts = NodeCounts::default();
         for entry in &self.fleet.nodes {
             counts.nodes += 1;
             counts.connected += usize::from(entry.session.is_some());

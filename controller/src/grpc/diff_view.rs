@@ -118,7 +118,7 @@ mod tests {
     use super::*;
     use crate::desired::desired_fleet;
     use crate::grpc::FleetSvc;
-    use crate::store::{FleetSnapshot, InterfaceRow};
+    use crate::store::{ActiveRows, InterfaceRow};
 
     /// `nodes` nodes of `per_node` rows each, no agent ever connected.
     fn fleet(nodes: usize, per_node: usize) -> Arc<Fleet> {
@@ -130,7 +130,7 @@ mod tests {
             .collect();
         let fleet = Arc::new(Fleet::new());
         fleet.leadership().set_active(true);
-        fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
         fleet
     }
 
@@ -173,7 +173,7 @@ mod tests {
             .collect();
         let fleet = Fleet::new();
         fleet.leadership().set_active(true);
-        fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
         let first = page(&fleet, None, MAX_PAGE);
         assert_eq!(first.nodes.len(), PAGE_ENTRIES / VIEW_LIMIT, "then the page ends");
         assert_eq!(first.next_page_token, "node-09");

@@ -421,7 +421,7 @@ pub(super) fn unix_ms(t: SystemTime) -> i64 {
 mod tests {
     use super::*;
     use crate::desired::desired_fleet;
-    use crate::store::{FleetSnapshot, InterfaceRow};
+    use crate::store::{ActiveRows, InterfaceRow};
     use multinic_proto::v1::fleet_service_server::FleetService;
 
     fn fleet_of(nodes: usize) -> Arc<Fleet> {
@@ -439,7 +439,7 @@ mod tests {
             .collect();
         let fleet = Arc::new(Fleet::new());
         fleet.leadership().set_active(true);
-        fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
         fleet
     }
 
@@ -473,7 +473,7 @@ mod tests {
         rows.push(InterfaceRow::plain(9999, "clean", "fa:16:3e:ff:00:01", 1500, 0));
         let fleet = Arc::new(Fleet::new());
         fleet.leadership().set_active(true);
-        fleet.publisher().publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
         let svc = FleetSvc::new(fleet, CancellationToken::new());
 
         let node = svc.get_node(Request::new(v1::GetNodeRequest { name: "dirty".into() })).await.unwrap().into_inner();
