@@ -8,6 +8,20 @@
 //! value; every write made is handed back to the poll loop, which notes it
 //! in its copy of the rows (a read that started before the write cannot
 //! undo it: the poll loop applies writes after each read).
+//!
+//! Why a write made is remembered twice, here (`Written`) and in the copy of
+//! the rows (`RowCopy::recorded`): the copy is the owner, the one place a
+//! row's stored `netplan_success` (and whether it is stale) is known, and
+//! what [`crate::fleet::WriteBack::row_updates`] compares against once the
+//! poll loop republishes the node. But the copy belongs to the poll loop's
+//! task and takes a write only after that task's next good read (it drains
+//! the channel then), a poll interval later at best. Until then every report
+//! of the node marks it dirty again and the fleet still calls for the same
+//! value: `Written` covers that gap, so no UPDATE is repeated. It is never
+//! the truth about a row: an entry is forgotten as soon as the node's rows no
+//! longer call for that exact write (the copy caught up, or the row's content
+//! changed), so it holds only writes the copy does not show yet, and a failed
+//! write (never entered) is never hidden by it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -59,7 +73,8 @@ pub fn spawn(store: Arc<dyn Store>, fleet: Arc<Fleet>, metrics: Arc<Metrics>, sh
     Recorder { handle: RecorderHandle { tx }, task, recorded }
 }
 
-/// Writes made, per node, by row id, with the content they were for.
+/// Writes made, per node, by row id, with the content they were for, until
+/// the copy of the rows shows them (see the module docs).
 type Written = HashMap<NodeName, HashMap<i64, (RowContent, bool)>>;
 
 async fn run(

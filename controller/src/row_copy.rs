@@ -110,7 +110,9 @@ impl RowCopy {
     }
 
     /// Notes a `netplan_success` the controller wrote, if the row still holds
-    /// the content it was written for.
+    /// the content it was written for. The copy is the owner of what a row
+    /// stores; the recorder only remembers its writes until this is called
+    /// (see `crate::recorder`).
     pub fn recorded(&mut self, id: i64, content: &RowContent, success: bool) -> Touched {
         let mut touched = Touched::default();
         if self.rows.get(&id).is_some_and(|row| row.content() == *content) && self.stale.remove(&id) {

@@ -2,8 +2,11 @@
 //! call for, for the recorder (`crate::recorder`) to write.
 //!
 //! Pure over the fleet's state: it compares what the agent reported with
-//! each row as last read and returns only the values that differ. It never
-//! writes, and never returns a value for a row it does not hold.
+//! each row as last published from the copy of the rows (`RowCopy`) and
+//! returns only the values that differ. It never writes, and never returns
+//! a value for a row it does not hold. Until the copy shows a write made,
+//! it keeps calling for it; the recorder's own memory of its writes covers
+//! that gap (see `crate::recorder`).
 
 use multinic_proto::NodeName;
 
