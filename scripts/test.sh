@@ -65,6 +65,7 @@ cargo fmt --all -- --check
 
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p multinicctl --no-default-features --locked -- -D warnings  # the operator build, without `demo`
 
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -9,13 +9,14 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use multinic_proto::{DEFAULT_CAPACITY, MAX_CAPACITY, NodeName};
 use multinic_runtime::{LogFormat, parse_duration, parse_duration_or_zero};
+use multinic_tls::client::controller_url;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{BackendChoice, detect_backend};
 use crate::reconcile::ApplyChoice;
 use crate::tls::{AgentIdentity, AgentTls, AgentTransport, default_issuer_url};
 use crate::worker::drift::DriftConfig;
-use crate::{Agent, AgentConfig, controller_url, default_host_root};
+use crate::{Agent, AgentConfig, default_host_root};
 
 /// Applies this node's secondary NICs as the multinic controller says:
 /// renders netplan, wicked or NetworkManager files, names NICs multinic0..N by MAC, and

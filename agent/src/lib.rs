@@ -240,17 +240,6 @@ impl Agent {
     }
 }
 
-/// `host:port` → `http://host:port`; URLs are kept as they are.
-pub fn controller_url(address: &str, tls: bool) -> String {
-    if address.contains("://") {
-        address.to_owned()
-    } else if tls {
-        format!("https://{address}")
-    } else {
-        format!("http://{address}")
-    }
-}
-
 /// `/host` when it exists (inside the pod), else `/`.
 pub fn default_host_root() -> PathBuf {
     let host = Path::new("/host");

@@ -56,7 +56,7 @@ async fn a_nic_plugged_in_later_waits_then_is_applied_alone() {
     let node: NodeName = NODE.parse().unwrap();
     let mac_b: MacAddress = B.parse().unwrap();
     let waiting = eventually(WAIT, "B reported waiting", || async {
-        let view = controller.fleet.node(&node)?;
+        let view = controller.fleet.view().node(&node)?;
         let record = view.interfaces.get(&mac_b)?;
         (record.status.state == InterfaceState::Waiting).then(|| record.status.clone())
     })

@@ -45,7 +45,7 @@ pub struct ConnectArgs {
 impl ConnectArgs {
     /// The URL tried, for error messages.
     pub fn url(&self) -> String {
-        multinic_agent::controller_url(&self.controller, !self.insecure)
+        multinic_tls::client::controller_url(&self.controller, !self.insecure)
     }
 
     /// A connected fleet client, or a one-line error naming the address.

@@ -66,6 +66,7 @@ enum Command {
     },
     /// Run the whole system locally: embedded SQLite, a controller and three
     /// agents in temporary folders; no root, no server to install.
+    #[cfg(feature = "demo")]
     Demo(commands::demo::DemoArgs),
     /// Make a development CA and controller, agent and operator certificates.
     Certs(commands::certs::CertsArgs),
@@ -80,6 +81,7 @@ async fn main() -> ExitCode {
         Command::Watch => commands::watch::run(&cli.connect, cli.output).await,
         Command::Diff { node } => commands::diff::run(&cli.connect, cli.output, node).await,
         Command::ConfirmRemovals { token } => commands::confirm::run(&cli.connect, token).await,
+        #[cfg(feature = "demo")]
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Certs(args) => commands::certs::run(args),
     };

@@ -50,7 +50,7 @@ async fn certificates_from_multinicctl_certs_work_for_mtls() {
     let controller =
         TestController::start_mutual(&db, Duration::from_millis(100), TlsConfig::new(server, TrustDomain::default()))
             .await;
-    eventually(Duration::from_secs(10), "first poll", || async { controller.fleet.db_status().synced.then_some(()) })
+    eventually(Duration::from_secs(10), "first poll", || async { controller.fleet.db().status().synced.then_some(()) })
         .await;
 
     let address = controller.grpc.to_string();

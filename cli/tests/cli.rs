@@ -122,7 +122,7 @@ async fn insert_nodes_a_and_b(pool: &MySqlPool) {
 async fn wait_for(controller: &TestController, node: &str, state: Convergence) {
     let name: NodeName = node.parse().unwrap();
     eventually(WAIT, &format!("{node} {state:?}"), || async {
-        controller.fleet.node(&name).filter(|n| n.convergence == state && n.session.is_some()).map(|_| ())
+        controller.fleet.view().node(&name).filter(|n| n.convergence == state && n.session.is_some()).map(|_| ())
     })
     .await;
 }
@@ -441,7 +441,7 @@ async fn diff_shows_what_would_change_before_it_lands() {
     let root = a.stop().await;
     let node_a: NodeName = "node-a".parse().unwrap();
     eventually(WAIT, "node-a disconnected", || async {
-        controller.fleet.node(&node_a).filter(|n| n.session.is_none()).map(|_| ())
+        controller.fleet.view().node(&node_a).filter(|n| n.session.is_none()).map(|_| ())
     })
     .await;
     sqlx::query("UPDATE multi_interface SET mtu = 1400 WHERE port_id = 'a1'").execute(&pool).await.unwrap();

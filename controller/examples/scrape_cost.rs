@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use multinic_controller::alert_metrics::{MAX_LISTED_NODES, WatchedCertificates};
 use multinic_controller::fleet::Fleet;
-use multinic_controller::fleet_rows::FleetRows;
 use multinic_controller::metrics::Metrics;
-use multinic_controller::store::{FleetSnapshot, InterfaceRow};
+use multinic_controller::row_copy::RowCopy;
+use multinic_controller::store::{ActiveRows, InterfaceRow};
 
 const ROUNDS: u32 = 20;
 
@@ -38,20 +38,20 @@ fn main() {
         })
         .collect();
     let fleet = Fleet::new();
-    fleet.publish(FleetRows::from_snapshot(FleetSnapshot { rows }).desired_fleet());
+    fleet.publisher().publish(RowCopy::from_snapshot(ActiveRows { rows }).desired_fleet());
     let metrics = Metrics::new();
     let certificates = WatchedCertificates::default();
 
     let scrape = || {
-        metrics.set_counts(&fleet.counts(), true);
+        metrics.set_counts(&fleet.view().counts(), true);
         metrics.alerts.refresh(&fleet, &certificates);
         metrics.render()
     };
-    fleet.set_active(false);
+    fleet.leadership().set_active(false);
     let (none, none_bytes) = timed(&scrape);
-    fleet.set_active(true);
+    fleet.leadership().set_active(true);
     let (all, all_bytes) = timed(&scrape);
-    let listed = fleet.unconverged_nodes(usize::MAX).len();
+    let listed = fleet.view().unconverged_nodes(usize::MAX).len();
     println!("nodes in the fleet: {nodes} (one row each), {ROUNDS} scrapes each, median");
     println!("  no node listed:        {:>8.2} ms, {:>9} bytes", ms(none), none_bytes);
     println!(

@@ -65,11 +65,11 @@ impl AlertMetrics {
 
     /// Reads the fleet and the certificates; called on every scrape.
     pub fn refresh(&self, fleet: &Fleet, certificates: &WatchedCertificates) {
-        let active = fleet.is_active();
+        let active = fleet.leadership().is_active();
         self.active.set(i64::from(active));
         self.node_not_converged.clear();
         if active {
-            for (node, state) in fleet.unconverged_nodes(MAX_LISTED_NODES) {
+            for (node, state) in fleet.view().unconverged_nodes(MAX_LISTED_NODES) {
                 self.node_not_converged
                     .get_or_create(&vec![("node", node.to_string()), ("state", state.into())])
                     .set(1);
@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn an_active_replica_lists_the_first_nodes_by_name_and_no_more() {
         use crate::desired::desired_fleet;
-        use crate::store::{FleetSnapshot, InterfaceRow};
+        use crate::store::{ActiveRows, InterfaceRow};
 
         let rows = (0..=MAX_LISTED_NODES)
             .map(|i| {
@@ -161,8 +161,8 @@ mod tests {
             })
             .collect();
         let fleet = Fleet::new();
-        fleet.publish(desired_fleet(&FleetSnapshot { rows }));
-        fleet.set_active(true);
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
+        fleet.leadership().set_active(true);
         let mut registry = Registry::with_prefix("multinic_controller");
         let metrics = AlertMetrics::register(&mut registry);
         metrics.refresh(&fleet, &WatchedCertificates::default());
@@ -177,7 +177,7 @@ mod tests {
         assert!(text.contains("multinic_controller_active 1\n"), "{text}");
 
         // Losing the lock empties the list at the next scrape.
-        fleet.set_active(false);
+        fleet.leadership().set_active(false);
         metrics.refresh(&fleet, &WatchedCertificates::default());
         assert!(!encode(&registry).contains("multinic_controller_node_not_converged{"));
     }

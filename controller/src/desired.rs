@@ -9,7 +9,7 @@
 //! A node's rows are judged with what the rest of the fleet says about them
 //! ([`Context`]: the other nodes of a MAC or an address, whether a row's
 //! content changed in this run). In production one road leads here: the
-//! controller's copy of the rows ([`crate::fleet_rows::FleetRows`]) is the
+//! controller's copy of the rows ([`crate::row_copy::RowCopy`]) is the
 //! context, whether for every node after the first read or for the nodes a
 //! change touched. Tests have a second, independent road over one snapshot
 //! (`desired_fleet`), the oracle the copy is checked against.
@@ -95,13 +95,13 @@ pub fn row_address(row: &InterfaceRow) -> Option<IpAddr> {
 
 /// Every node's desired set, from one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DesiredFleet {
+pub struct DesiredSets {
     pub nodes: BTreeMap<NodeName, NodeDesired>,
     /// Rows that name no valid node.
     pub unattached: Vec<RowProblem>,
 }
 
-impl DesiredFleet {
+impl DesiredSets {
     /// Every problem, node by node, then the unattached rows.
     pub fn problems(&self) -> impl Iterator<Item = &RowProblem> {
         self.nodes.values().flat_map(|n| n.problems.iter()).chain(self.unattached.iter())
@@ -298,7 +298,7 @@ fn problem(row: &InterfaceRow, node: Option<&NodeName>, code: ErrorCode, message
 pub use oracle::desired_fleet;
 
 /// The desired sets of a whole snapshot, computed without the copy of the
-/// rows: the test oracle for [`crate::fleet_rows::FleetRows`].
+/// rows: the test oracle for [`crate::row_copy::RowCopy`].
 #[cfg(test)]
 mod oracle {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -306,8 +306,8 @@ mod oracle {
 
     use multinic_proto::{MacAddress, NodeName};
 
-    use super::{Context, DesiredFleet, node_desired, row_address, row_node};
-    use crate::store::{FleetSnapshot, InterfaceRow};
+    use super::{Context, DesiredSets, node_desired, row_address, row_node};
+    use crate::store::{ActiveRows, InterfaceRow};
 
     /// [`Context`] over one full snapshot: nothing changed in this run yet.
     struct SnapshotContext {
@@ -330,8 +330,8 @@ mod oracle {
     }
 
     /// Computes every node's desired set from a snapshot.
-    pub fn desired_fleet(snapshot: &FleetSnapshot) -> DesiredFleet {
-        let mut fleet = DesiredFleet::default();
+    pub fn desired_fleet(snapshot: &ActiveRows) -> DesiredSets {
+        let mut fleet = DesiredSets::default();
         let mut by_node: BTreeMap<NodeName, Vec<&InterfaceRow>> = BTreeMap::new();
         let mut context = SnapshotContext { nodes_of_mac: HashMap::new(), holders_of_address: HashMap::new() };
         for row in &snapshot.rows {
@@ -360,7 +360,7 @@ mod oracle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::FleetSnapshot;
+    use crate::store::ActiveRows;
 
     fn row(
         id: i64,
@@ -386,8 +386,8 @@ mod tests {
         name.parse().unwrap()
     }
 
-    fn fleet(rows: Vec<InterfaceRow>) -> DesiredFleet {
-        desired_fleet(&FleetSnapshot { rows })
+    fn fleet(rows: Vec<InterfaceRow>) -> DesiredSets {
+        desired_fleet(&ActiveRows { rows })
     }
 
     #[test]
@@ -547,7 +547,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::store::FleetSnapshot;
+    use crate::store::ActiveRows;
 
     fn any_row() -> impl Strategy<Value = InterfaceRow> {
         let node = prop_oneof![
@@ -583,7 +583,7 @@ mod fuzz {
     proptest! {
         #[test]
         fn every_row_is_accounted_for_once(rows in proptest::collection::vec(any_row(), 0..40)) {
-            let fleet = desired_fleet(&FleetSnapshot { rows: rows.clone() });
+            let fleet = desired_fleet(&ActiveRows { rows: rows.clone() });
             let in_sets: usize = fleet.nodes.values().flat_map(|n| n.rows.values()).map(Vec::len).sum();
             let bad_macs = fleet
                 .nodes
@@ -610,10 +610,10 @@ mod fuzz {
 
         #[test]
         fn row_order_does_not_matter(mut rows in proptest::collection::vec(any_row(), 0..20)) {
-            let before = desired_fleet(&FleetSnapshot { rows: rows.clone() });
+            let before = desired_fleet(&ActiveRows { rows: rows.clone() });
             rows.reverse();
-            let after = desired_fleet(&FleetSnapshot { rows });
-            let digests = |f: &DesiredFleet| f.nodes.iter().map(|(n, d)| (n.clone(), d.set.digest().clone())).collect::<Vec<_>>();
+            let after = desired_fleet(&ActiveRows { rows });
+            let digests = |f: &DesiredSets| f.nodes.iter().map(|(n, d)| (n.clone(), d.set.digest().clone())).collect::<Vec<_>>();
             prop_assert_eq!(digests(&before), digests(&after));
         }
     }

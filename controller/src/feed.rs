@@ -1,6 +1,6 @@
 //! The database half of a poll tick: probe the tables, decide what to read
 //! ([`crate::change`]), read it, and keep the controller's copy of the rows
-//! ([`FleetRows`]) in step.
+//! ([`RowCopy`]) in step.
 //!
 //! Exists apart from the poll loop so that change detection can be driven
 //! one tick at a time: the poll loop does it on a timer, tests do it by
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::change::{ChangeReason, ChangeTracker, FullReason, ReadPlan, RowWindow};
-use crate::fleet_rows::{FleetRows, Touched};
+use crate::row_copy::{RowCopy, Touched};
 use crate::store::{RowUpdate, Store, StoreError, SubnetCidrs, TableProbe};
 
 /// What one tick read.
@@ -47,7 +47,7 @@ pub struct RowFeed {
     store: Arc<dyn Store>,
     tracker: ChangeTracker,
     /// `None` until the first full read.
-    rows: Option<FleetRows>,
+    rows: Option<RowCopy>,
     /// `multi_subnet`'s cidrs as of the copy (`None`: no such table).
     subnets: Option<SubnetCidrs>,
     /// This tick's probe (`None` before the first, or when it failed).
@@ -59,7 +59,7 @@ impl std::fmt::Debug for RowFeed {
         f.debug_struct("RowFeed")
             .field("store", &self.store.kind())
             .field("tracker", &self.tracker)
-            .field("rows", &self.rows.as_ref().map(FleetRows::len))
+            .field("rows", &self.rows.as_ref().map(RowCopy::len))
             .finish()
     }
 }
@@ -112,7 +112,7 @@ impl RowFeed {
         match self.rows.as_mut() {
             Some(copy) => Ok(FeedRead::Full { reason, touched: copy.replace(read.snapshot), first: false }),
             None => {
-                self.rows = Some(FleetRows::from_snapshot(read.snapshot));
+                self.rows = Some(RowCopy::from_snapshot(read.snapshot));
                 Ok(FeedRead::Full { reason, touched: Touched::default(), first: true })
             }
         }
@@ -131,7 +131,7 @@ impl RowFeed {
     }
 
     /// The copy of the active rows (`None` before the first full read).
-    pub fn rows(&self) -> Option<&FleetRows> {
+    pub fn rows(&self) -> Option<&RowCopy> {
         self.rows.as_ref()
     }
 

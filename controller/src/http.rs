@@ -38,11 +38,11 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    let db = state.fleet.db_status();
+    let db = state.fleet.db().status();
     if !state.serving.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: gRPC server is not serving\n".to_owned());
     }
-    if !state.fleet.is_active() {
+    if !state.fleet.leadership().is_active() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: standby (another replica holds the controller lock)\n".to_owned(),
@@ -56,9 +56,9 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    state.metrics.set_counts(&state.fleet.counts(), state.fleet.db_status().up);
+    state.metrics.set_counts(&state.fleet.view().counts(), state.fleet.db().status().up);
     state.metrics.set_handshakes(&state.handshakes);
-    let held = state.fleet.guard_status().removals_held;
+    let held = state.fleet.guard().status().removals_held;
     state.metrics.removals_held.set(i64::try_from(held).unwrap_or(i64::MAX));
     state.metrics.alerts.refresh(&state.fleet, &state.certificates);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())

@@ -7,9 +7,9 @@
 //! `netplan_success`.
 //!
 //! ```text
-//! RowFeed: Store::probe ─▶ ChangeTracker (pure) ─▶ Store::read_changed | read_fleet ─▶ FleetRows (pure)
-//!   ─▶ node_desired (pure, touched nodes) ─▶ Fleet::publish_nodes ─▶ agent sessions ─▶ agents
-//!                                              Fleet::record ◀─ reports ◀──────┘
+//! RowFeed: Store::probe ─▶ ChangeTracker (pure) ─▶ Store::read_changed | read_fleet ─▶ RowCopy (pure)
+//!   ─▶ node_desired (pure, touched nodes) ─▶ Publisher::publish_nodes ─▶ agent sessions ─▶ agents
+//!                                            Sessions::record ◀─ reports ◀──────┘
 //!                 Store::record ◀─ recorder (batched multi-row conditional UPDATEs)
 //! ```
 
@@ -20,7 +20,6 @@ pub mod claims;
 pub mod desired;
 pub mod feed;
 pub mod fleet;
-pub mod fleet_rows;
 pub mod grpc;
 pub mod guard;
 pub mod http;
@@ -28,6 +27,7 @@ pub mod issuer;
 pub mod leader;
 pub mod metrics;
 pub mod recorder;
+pub mod row_copy;
 pub mod store;
 pub mod sync;
 pub mod tls;

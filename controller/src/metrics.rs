@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use multinic_proto::NodeName;
 
 use crate::alert_metrics::AlertMetrics;
-use crate::fleet::FleetCounts;
+use crate::fleet::NodeCounts;
 use crate::store::RowUpdate;
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -149,7 +149,7 @@ impl Metrics {
     }
 
     /// Updates the gauges derived from the fleet's state.
-    pub fn set_counts(&self, counts: &FleetCounts, db_up: bool) {
+    pub fn set_counts(&self, counts: &NodeCounts, db_up: bool) {
         let set = |state: &'static str, v: usize| {
             self.nodes.get_or_create(&vec![("state", state)]).set(i64::try_from(v).unwrap_or(i64::MAX));
         };

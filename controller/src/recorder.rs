@@ -8,6 +8,20 @@
 //! value; every write made is handed back to the poll loop, which notes it
 //! in its copy of the rows (a read that started before the write cannot
 //! undo it: the poll loop applies writes after each read).
+//!
+//! Why a write made is remembered twice, here (`Written`) and in the copy of
+//! the rows (`RowCopy::recorded`): the copy is the owner, the one place a
+//! row's stored `netplan_success` (and whether it is stale) is known, and
+//! what [`crate::fleet::WriteBack::row_updates`] compares against once the
+//! poll loop republishes the node. But the copy belongs to the poll loop's
+//! task and takes a write only after that task's next good read (it drains
+//! the channel then), a poll interval later at best. Until then every report
+//! of the node marks it dirty again and the fleet still calls for the same
+//! value: `Written` covers that gap, so no UPDATE is repeated. It is never
+//! the truth about a row: an entry is forgotten as soon as the node's rows no
+//! longer call for that exact write (the copy caught up, or the row's content
+//! changed), so it holds only writes the copy does not show yet, and a failed
+//! write (never entered) is never hidden by it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -59,7 +73,8 @@ pub fn spawn(store: Arc<dyn Store>, fleet: Arc<Fleet>, metrics: Arc<Metrics>, sh
     Recorder { handle: RecorderHandle { tx }, task, recorded }
 }
 
-/// Writes made, per node, by row id, with the content they were for.
+/// Writes made, per node, by row id, with the content they were for, until
+/// the copy of the rows shows them (see the module docs).
 type Written = HashMap<NodeName, HashMap<i64, (RowContent, bool)>>;
 
 async fn run(
@@ -120,7 +135,7 @@ async fn run(
 fn wanted_writes(fleet: &Fleet, nodes: &BTreeSet<NodeName>, written: &mut Written) -> Vec<(NodeName, RowUpdate)> {
     let mut out = Vec::new();
     for node in nodes {
-        let wanted = fleet.row_updates(node);
+        let wanted = fleet.write_back().row_updates(node);
         if let Some(made) = written.get_mut(node) {
             // By id: a node's rows can be many thousands (a scan per write
             // made would be quadratic).
@@ -149,11 +164,11 @@ fn wanted_writes(fleet: &Fleet, nodes: &BTreeSet<NodeName>, written: &mut Writte
 mod tests {
     use super::*;
     use crate::desired::desired_fleet;
-    use crate::store::{FleetSnapshot, InterfaceRow};
+    use crate::store::{ActiveRows, InterfaceRow};
     use multinic_proto::{AgentHello, AgentReport, InterfaceName, InterfaceStatus, Outcome};
 
-    fn snapshot(success: i64) -> FleetSnapshot {
-        FleetSnapshot {
+    fn snapshot(success: i64) -> ActiveRows {
+        ActiveRows {
             rows: vec![InterfaceRow {
                 id: 1,
                 macaddress: "fa:16:3e:00:00:01".into(),
@@ -171,7 +186,7 @@ mod tests {
     fn a_write_is_not_repeated_until_the_rows_show_it() {
         let fleet = Fleet::new();
         let a: NodeName = "a".parse().unwrap();
-        fleet.publish(desired_fleet(&snapshot(0)));
+        fleet.publisher().publish(desired_fleet(&snapshot(0)));
         let hello = AgentHello {
             node: a.clone(),
             agent_version: "t".into(),
@@ -180,7 +195,7 @@ mod tests {
             applied_digest: None,
             interfaces: vec![],
         };
-        let (session, rx, _) = fleet.connect(&hello);
+        let (session, rx, _) = fleet.sessions().connect(&hello);
         let pushed = rx.borrow().clone().unwrap();
         let status =
             InterfaceStatus::applied(pushed.set.iter().next().unwrap().mac, InterfaceName::new(0, 10).unwrap());
@@ -193,7 +208,7 @@ mod tests {
             error: String::new(),
             drift: Vec::new(),
         };
-        fleet.record(&a, session, &pushed, &report).unwrap();
+        fleet.sessions().record(&a, session, &pushed, &report).unwrap();
 
         let nodes: BTreeSet<NodeName> = [a.clone()].into();
         let mut written = Written::new();
@@ -204,7 +219,7 @@ mod tests {
         }
         assert!(wanted_writes(&fleet, &nodes, &mut written).is_empty(), "made already: not repeated");
         assert_eq!(written.len(), 1, "remembered while the rows still show 0");
-        fleet.publish(desired_fleet(&snapshot(1)));
+        fleet.publisher().publish(desired_fleet(&snapshot(1)));
         assert!(wanted_writes(&fleet, &nodes, &mut written).is_empty());
         assert!(written.is_empty(), "forgotten once the rows show it");
     }

@@ -73,17 +73,17 @@ impl PollLoop {
             }
             match self.election.hold().await {
                 Ok(true) => {
-                    if self.fleet.set_active(true) {
+                    if self.fleet.leadership().set_active(true) {
                         info!("this replica holds the controller lock: active");
                     }
                 }
                 Ok(false) => {
-                    if self.fleet.set_active(false) {
+                    if self.fleet.leadership().set_active(false) {
                         warn!("another replica holds the controller lock: standing by, agents are sent there");
                     }
                     // The database answered: a standby's db_up says so, so
                     // that "database unreachable" means no replica reaches it.
-                    self.fleet.db_ok();
+                    self.fleet.db().ok();
                     feed.reset();
                     continue;
                 }
@@ -94,7 +94,7 @@ impl PollLoop {
                     }
                     was_up = Some(false);
                     self.metrics.db_poll_errors.inc();
-                    self.fleet.db_failed(error.to_string());
+                    self.fleet.db().failed(error.to_string());
                     feed.reset();
                     continue;
                 }
@@ -108,9 +108,13 @@ impl PollLoop {
             match result {
                 Ok(tick) => {
                     // The warm-up may have ended with nothing else changing.
-                    self.fleet.rejudge_guard();
+                    self.fleet.guard().rejudge();
                     if was_up != Some(true) {
-                        info!(rows = tick.rows, nodes = self.fleet.node_names().len(), "database read succeeded");
+                        info!(
+                            rows = tick.rows,
+                            nodes = self.fleet.view().node_names().len(),
+                            "database read succeeded"
+                        );
                     }
                     if tick.touched > 0 {
                         debug!(read = tick.read, nodes = tick.touched, "rows changed");
@@ -123,7 +127,7 @@ impl PollLoop {
                         warn!(error = %error, "database read failed; keeping the last good desired state, no pushes until it recovers");
                     }
                     was_up = Some(false);
-                    self.fleet.db_failed(error.to_string());
+                    self.fleet.db().failed(error.to_string());
                     feed.reset();
                 }
             }
@@ -172,12 +176,12 @@ impl PollLoop {
         let Some(copy) = feed.rows() else { return Ok(Tick::default()) };
         let tick = Tick { read: kind, touched: touched.nodes.len(), rows: copy.len() };
         if touched.is_empty() {
-            self.fleet.db_ok();
+            self.fleet.db().ok();
             return Ok(tick);
         }
         let desired = copy.desired_of(&touched.nodes);
         let unattached = touched.unattached.then(|| copy.unattached());
-        let changed = self.fleet.publish_nodes(desired, unattached);
+        let changed = self.fleet.publisher().publish_nodes(desired, unattached);
         self.published(&changed, kind, touched.nodes.into_iter().collect());
         Ok(tick)
     }
@@ -190,7 +194,7 @@ impl PollLoop {
             debug!(row = problem.row_id, node = ?problem.node.as_ref().map(|n| n.as_str()), mac = %problem.mac, code = %problem.code, message = %problem.message, "row rejected");
         }
         let nodes: Vec<_> = desired.nodes.keys().cloned().collect();
-        let changed = self.fleet.publish(desired);
+        let changed = self.fleet.publisher().publish(desired);
         self.published(&changed, "full", nodes);
     }
 
@@ -221,7 +225,7 @@ impl PollLoop {
     /// After a publish: metrics and a log line for the sets that changed,
     /// and the recorder looks again at the nodes that were read.
     fn published(&self, changed: &[NodeName], read: &str, read_nodes: Vec<NodeName>) {
-        self.metrics.record_poll_ok(self.fleet.invalid_rows());
+        self.metrics.record_poll_ok(self.fleet.view().invalid_rows());
         if !changed.is_empty() {
             info!(nodes = changed.len(), read, "desired sets changed");
             self.metrics.changes_seen(changed);

@@ -79,7 +79,7 @@ async fn main() {
     let (mut gaps, mut current, mut down_since) = (Vec::new(), None::<u64>, None::<Instant>);
     let until = Instant::now() + Duration::from_secs(15);
     while Instant::now() < until {
-        let session = aging.fleet.node(&node).and_then(|n| n.session).map(|s| s.id);
+        let session = aging.fleet.view().node(&node).and_then(|n| n.session).map(|s| s.id);
         match (session, down_since) {
             (None, None) if current.is_some() => down_since = Some(Instant::now()),
             (Some(id), Some(since)) => {

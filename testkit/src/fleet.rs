@@ -137,7 +137,7 @@ impl TestController {
     /// Waits until this replica holds the controller lock and serves agents.
     pub async fn wait_active(&self) {
         crate::eventually(Duration::from_secs(20), "the controller becomes active", || async {
-            self.fleet.is_active().then_some(())
+            self.fleet.leadership().is_active().then_some(())
         })
         .await;
     }

@@ -84,7 +84,7 @@ async fn every_kind_of_bad_row_is_named_and_contained() {
     for node in ["node-a", "node-b"] {
         let name: NodeName = node.parse().unwrap();
         eventually(WAIT, &format!("{node} converged"), || async {
-            controller.fleet.node(&name).filter(|n| n.convergence == Convergence::Converged).map(|_| ())
+            controller.fleet.view().node(&name).filter(|n| n.convergence == Convergence::Converged).map(|_| ())
         })
         .await;
     }
@@ -92,11 +92,11 @@ async fn every_kind_of_bad_row_is_named_and_contained() {
     // Every bad row has one problem naming it and saying what is wrong.
     let mut problems: BTreeMap<i64, (ErrorCode, String)> = BTreeMap::new();
     for node in ["node-a", "node-b"] {
-        for p in &controller.fleet.node(&node.parse().unwrap()).unwrap().desired.problems {
+        for p in &controller.fleet.view().node(&node.parse().unwrap()).unwrap().desired.problems {
             problems.insert(p.row_id, (p.code, p.message.clone()));
         }
     }
-    for p in controller.fleet.unattached().iter() {
+    for p in controller.fleet.view().unattached().iter() {
         problems.insert(p.row_id, (p.code, p.message.clone()));
     }
     let expect = [

@@ -358,7 +358,7 @@ async fn a_soft_deleted_subnet_supplies_no_cidr() {
     execute(&mut conn, "UPDATE multi_subnet SET deleted_at = NOW() WHERE subnet_id = 'sub-9'").await;
     let name = "node-s".parse().unwrap();
     let problem = eventually(WAIT, "s1 rejected for want of a cidr", || async {
-        let node = controller.fleet.node(&name)?;
+        let node = controller.fleet.view().node(&name)?;
         node.desired.problems.iter().find(|p| p.mac == "fa:16:3e:00:39:01").map(|p| p.message.clone())
     })
     .await;

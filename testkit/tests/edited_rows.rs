@@ -62,7 +62,7 @@ async fn a_held_row_edited_in_place_reads_0_while_the_node_keeps_the_old_content
     // Row `row` itself did not change: its 1 still holds.
     let other = NewRow::new("b1", "node-b", "fa:16:3e:00:5b:01").insert(&pool).await;
     eventually(WAIT, "the MAC held on node-a", || async {
-        let node = controller.fleet.node(&"node-a".parse().unwrap())?;
+        let node = controller.fleet.view().node(&"node-a".parse().unwrap())?;
         node.published.filter(|p| !p.set.held().is_empty()).map(|_| ())
     })
     .await;

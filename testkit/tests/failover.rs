@@ -42,7 +42,7 @@ async fn one_replica_is_active_and_the_other_takes_over() {
     let (code, body) = http_get(second.http, "/readyz").await;
     assert_eq!(code, 503);
     assert!(body.contains("standby"), "{body}");
-    assert!(second.fleet.node_names().is_empty(), "the standby reads nothing");
+    assert!(second.fleet.view().node_names().is_empty(), "the standby reads nothing");
 
     let proxy = ServiceProxy::start(vec![
         Backend { grpc: first.grpc, http: first.http },
@@ -57,7 +57,7 @@ async fn one_replica_is_active_and_the_other_takes_over() {
         (pending_rows(&pool).await == 0).then_some(())
     })
     .await;
-    assert_eq!(first.fleet.counts().connected, 3);
+    assert_eq!(first.fleet.view().counts().connected, 3);
 
     // The active replica goes away; the standby takes over and the agents
     // reconnect to it through the Service.
@@ -67,7 +67,7 @@ async fn one_replica_is_active_and_the_other_takes_over() {
     eventually(WAIT, "the second replica is ready", || async { ready(&second).await.then_some(()) }).await;
     let takeover = gone.elapsed();
     eventually(WAIT, "all agents on the second replica", || async {
-        (second.fleet.counts().connected == 3).then_some(())
+        (second.fleet.view().counts().connected == 3).then_some(())
     })
     .await;
     let reconnected = gone.elapsed();

@@ -131,12 +131,12 @@ async fn a_held_mass_removal_clears_when_the_rows_come_back() {
 
     execute(&mut db.connection().await, "UPDATE multi_interface SET deleted_at = NOW()").await;
     eventually(WAIT, "the guard holds", || async {
-        (controller.fleet.guard_status().removals_held == 8).then_some(())
+        (controller.fleet.guard().status().removals_held == 8).then_some(())
     })
     .await;
     execute(&mut db.connection().await, "UPDATE multi_interface SET deleted_at = NULL").await;
     eventually(WAIT, "the guard clears", || async {
-        (controller.fleet.guard_status().removals_held == 0).then_some(())
+        (controller.fleet.guard().status().removals_held == 0).then_some(())
     })
     .await;
     tokio::time::sleep(POLL * 4).await;
@@ -168,9 +168,9 @@ async fn a_restart_onto_an_empty_table_removes_nothing() {
     execute(&mut db.connection().await, "DELETE FROM multi_interface").await;
     let warm = GuardConfig { warmup: Duration::from_secs(2), ..guard() };
     let again = TestController::start_guarded(&db.url(), POLL, grpc, warm).await;
-    eventually(WAIT, "all agents back", || async { (again.fleet.counts().connected == 4).then_some(()) }).await;
+    eventually(WAIT, "all agents back", || async { (again.fleet.view().counts().connected == 4).then_some(()) }).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let status = again.fleet.guard_status();
+    let status = again.fleet.guard().status();
     assert_eq!(status.removals_held, 8, "{status:?}");
     assert!(status.reason.unwrap().contains("8 of 8"));
     assert_eq!(files(&agents).await, 8, "nothing removed");

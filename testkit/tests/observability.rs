@@ -43,7 +43,7 @@ async fn every_metric_moves_with_its_event() {
         TestAgent::start_adjusted(root, &controller.url(), "node-m", |c| c.http_listen = Some(agent_http)).await;
     let name: NodeName = "node-m".parse().unwrap();
     eventually(WAIT, "node-m converged", || async {
-        controller.fleet.node(&name).filter(|n| n.convergence == Convergence::Converged).map(|_| ())
+        controller.fleet.view().node(&name).filter(|n| n.convergence == Convergence::Converged).map(|_| ())
     })
     .await;
     wait_metric(c, "multinic_controller_agents_connected", &[], |v| v == 1.0).await;

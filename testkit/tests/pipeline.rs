@@ -166,7 +166,7 @@ async fn invalid_rows_stay_zero_with_a_reason_and_hurt_nobody() {
     wait_success(&pool, good, 1).await;
     let name: NodeName = "node-x".parse().unwrap();
     let snapshot = eventually(WAIT, "node-x converged", || async {
-        controller.fleet.node(&name).filter(|n| n.convergence == Convergence::Converged)
+        controller.fleet.view().node(&name).filter(|n| n.convergence == Convergence::Converged)
     })
     .await;
     let problems: Vec<(i64, ErrorCode, String)> =
@@ -175,7 +175,7 @@ async fn invalid_rows_stay_zero_with_a_reason_and_hurt_nobody() {
     assert!(problems[0].2.contains("dashes"), "{problems:?}");
     assert!(problems[1].2.contains("MTU 0"), "{problems:?}");
     assert!(problems[2].2.contains("no cidr"), "{problems:?}");
-    let unattached = controller.fleet.unattached();
+    let unattached = controller.fleet.view().unattached();
     assert_eq!(unattached.iter().map(|p| p.row_id).collect::<Vec<_>>(), vec![no_node]);
     for id in [bad_mac, mtu_zero, no_cidr, no_node] {
         assert_eq!(netplan_success(&pool, id).await, 0, "row {id}");
@@ -202,7 +202,7 @@ async fn a_database_outage_deletes_nothing_and_heals_itself() {
 
     db.stop();
     eventually(WAIT, "controller reports the database down", || async {
-        (!controller.fleet.db_status().up).then_some(())
+        (!controller.fleet.db().status().up).then_some(())
     })
     .await;
     let readyz = http_status(controller.http, "/readyz").await;
@@ -211,13 +211,15 @@ async fn a_database_outage_deletes_nothing_and_heals_itself() {
     tokio::time::sleep(POLL * 5).await;
     assert!(node.netplan_file(0).is_some(), "nothing is deleted while the database is down");
     assert_eq!(node.writes(), writes);
-    let status = controller.fleet.db_status();
+    let status = controller.fleet.db().status();
     let error = status.error.unwrap_or_default();
     assert!(error.contains("database"), "{error}");
 
     db.restart().await;
-    eventually(WAIT, "controller reports the database up", || async { controller.fleet.db_status().up.then_some(()) })
-        .await;
+    eventually(WAIT, "controller reports the database up", || async {
+        controller.fleet.db().status().up.then_some(())
+    })
+    .await;
     assert_eq!(http_status(controller.http, "/readyz").await, 200);
     let pool = db.pool().await;
     execute(
@@ -262,7 +264,7 @@ async fn queries_per_poll_do_not_grow_with_the_fleet_or_its_history() {
         let controller = TestController::start(&db.url(), Duration::from_millis(100)).await;
         // Let the first poll (the whole fleet) pass, and the last write
         // become old enough for "unchanged" to be trusted.
-        eventually(WAIT, "first poll", || async { controller.fleet.db_status().synced.then_some(()) }).await;
+        eventually(WAIT, "first poll", || async { controller.fleet.db().status().synced.then_some(()) }).await;
         tokio::time::sleep(Duration::from_secs(multinic_controller::change::RECENT as u64 + 2)).await;
         let before = user_stats(&db).await;
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -49,7 +49,7 @@ async fn a_read_only_folder_fails_its_node_clearly_and_no_other() {
 
     let name: NodeName = "node-ro".parse().unwrap();
     let record = eventually(WAIT, "node-ro reports its interface failed", || async {
-        let node = controller.fleet.node(&name)?;
+        let node = controller.fleet.view().node(&name)?;
         node.interfaces.values().find(|r| r.status.state == InterfaceState::Failed).cloned()
     })
     .await;

@@ -153,7 +153,7 @@ async fn streams_end_with_a_planned_reconnect_before_their_certificate_does() {
     let mut tls = pki.controller_tls();
     tls.max_connection_age = Duration::from_secs(1);
     let controller = TestController::start_mutual(&db, POLL, tls).await;
-    eventually(WAIT, "first poll", || async { controller.fleet.db_status().synced.then_some(()) }).await;
+    eventually(WAIT, "first poll", || async { controller.fleet.db().status().synced.then_some(()) }).await;
 
     // The age cap: after about a second, Reconnect and then UNAVAILABLE.
     let files = pki.agent("node-a");
@@ -183,7 +183,7 @@ async fn streams_end_with_a_planned_reconnect_before_their_certificate_does() {
     let mut tls = pki.controller_tls();
     tls.max_connection_age = Duration::from_secs(3600);
     let long = TestController::start_mutual(&db, POLL, tls).await;
-    eventually(WAIT, "first poll", || async { long.fleet.db_status().synced.then_some(()) }).await;
+    eventually(WAIT, "first poll", || async { long.fleet.db().status().synced.then_some(()) }).await;
     let short = pki.client(
         "agent-short",
         &Identity::Node("node-a".parse().unwrap()),

@@ -95,13 +95,13 @@ async fn a_stuck_agent_delays_nobody() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
     assert!(pushes - 2 * NODES < 7, "{pushes} pushes: the stuck stream never backed up");
-    assert_eq!(controller.fleet.counts().connected, NODES + 1);
+    assert_eq!(controller.fleet.view().counts().connected, NODES + 1);
 
     // Closing the stuck stream ends its session.
     drop(stuck_stream);
     drop(tx);
     eventually(WAIT, "the stuck session ended", || async {
-        (controller.fleet.counts().connected == NODES).then_some(())
+        (controller.fleet.view().counts().connected == NODES).then_some(())
     })
     .await;
     controller.stop().await;

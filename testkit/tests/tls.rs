@@ -30,7 +30,7 @@ async fn two_nodes_over_tls() -> (tempfile::TempDir, TestPki, TestController) {
     two_nodes(&pool).await;
     let pki = TestPki::new();
     let controller = TestController::start_tls(&db, POLL, &pki).await;
-    eventually(WAIT, "first poll", || async { controller.fleet.db_status().synced.then_some(()) }).await;
+    eventually(WAIT, "first poll", || async { controller.fleet.db().status().synced.then_some(()) }).await;
     (dir, pki, controller)
 }
 
@@ -143,7 +143,7 @@ async fn plaintext_unknown_ca_expired_and_certificateless_clients_are_refused() 
     // An agent with an expired certificate never gets a stream.
     let agent = pki.agent_with("node-a", expired());
     let err = first_answer(&url, &pki.client_tls(&agent), "node-a").await.unwrap_err();
-    assert!(controller.fleet.node(&"node-a".parse().unwrap()).is_none_or(|n| n.session.is_none()), "{err:?}");
+    assert!(controller.fleet.view().node(&"node-a".parse().unwrap()).is_none_or(|n| n.session.is_none()), "{err:?}");
 
     // The refusals are in the metrics.
     let (_, metrics) = multinic_testkit::http_get(controller.http, "/metrics").await;
@@ -165,7 +165,7 @@ async fn an_agent_certificate_speaks_only_for_its_own_node() {
     let status = first_answer(&controller.url(), &node_a, "node-b").await.expect_err("no desired state for node-b");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("certificate is for node node-a but Hello names node node-b"), "{status:?}");
-    let node_b = controller.fleet.node(&"node-b".parse().unwrap()).unwrap();
+    let node_b = controller.fleet.view().node(&"node-b".parse().unwrap()).unwrap();
     assert!(node_b.session.is_none(), "node-b has no agent");
 
     // As itself, node-a gets exactly its own set.

@@ -34,6 +34,19 @@ use crate::live::{self, Live};
 use crate::server::certified_key;
 use crate::{Error, Result, pem, provider};
 
+/// `host:port` → `https://host:port` (`http://` without TLS); URLs are kept
+/// as they are. Shared by the agent and `multinicctl`, so both read a
+/// controller address the same way.
+pub fn controller_url(address: &str, tls: bool) -> String {
+    if address.contains("://") {
+        address.to_owned()
+    } else if tls {
+        format!("https://{address}")
+    } else {
+        format!("http://{address}")
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 

@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod confirm;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod diff;
 pub mod get;

@@ -11,7 +11,7 @@ use crate::desired::desired_fleet;
 use crate::fleet::tests::hello;
 use crate::fleet::{Fleet, Published};
 use crate::guard::GuardConfig;
-use crate::store::{FleetSnapshot, InterfaceRow};
+use crate::store::{ActiveRows, InterfaceRow};
 use multinic_proto::AgentReport;
 
 const LIMIT: usize = 200;
@@ -34,11 +34,11 @@ fn node() -> NodeName {
 }
 
 fn publish(fleet: &Fleet, rows: Vec<InterfaceRow>) {
-    fleet.publish(desired_fleet(&FleetSnapshot { rows }));
+    fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
 }
 
 fn pushed(fleet: &Fleet) -> Arc<Published> {
-    fleet.node(&node()).unwrap().published.unwrap()
+    fleet.view().node(&node()).unwrap().published.unwrap()
 }
 
 /// The agent's report on the published set: every interface `state` (and
@@ -63,19 +63,19 @@ fn report(fleet: &Fleet, session: u64, exceptions: &[(MacAddress, InterfaceStatu
         error: String::new(),
         drift: Vec::new(),
     };
-    fleet.record(&node(), session, &pushed, &report).unwrap();
+    fleet.sessions().record(&node(), session, &pushed, &report).unwrap();
 }
 
 fn diff(fleet: &Fleet) -> NodeDiff {
-    node_diff(&fleet.node(&node()).unwrap(), LIMIT)
+    node_diff(&fleet.view().node(&node()).unwrap(), LIMIT)
 }
 
 /// A fleet whose node `a` applied `rows` (its agent connected, session id returned).
 fn applied(rows: Vec<InterfaceRow>) -> (Fleet, u64) {
     let fleet = Fleet::with_guard(GuardConfig::off());
-    fleet.set_active(true);
+    fleet.leadership().set_active(true);
     publish(&fleet, rows);
-    let (session, _, _) = fleet.connect(&hello("a", None));
+    let (session, _, _) = fleet.sessions().connect(&hello("a", None));
     report(&fleet, session, &[]);
     (fleet, session)
 }
@@ -87,7 +87,7 @@ fn change(field: Field, old: Option<&str>, new: Option<&str>) -> FieldChange {
 #[test]
 fn a_node_whose_agent_never_reported_is_unknown_not_empty() {
     let fleet = Fleet::new();
-    fleet.set_active(true);
+    fleet.leadership().set_active(true);
     publish(&fleet, vec![row(1, 1, 1500, None), row(2, 2, 1500, None)]);
     let d = diff(&fleet);
     assert_eq!(d.applied_at, None);
@@ -157,7 +157,7 @@ fn a_deleted_row_is_a_remove_of_what_the_node_has() {
     assert!(entry.row_ids.is_empty());
 
     // Once the agent reports the removal, nothing is left to do.
-    let session = fleet.node(&node()).unwrap().session.unwrap().id;
+    let session = fleet.view().node(&node()).unwrap().session.unwrap().id;
     report(&fleet, session, &[(mac(1), removed(1))]);
     assert!(!diff(&fleet).pending());
 }
@@ -193,9 +193,9 @@ fn a_failed_change_still_shows_from_what_the_node_kept_with_why() {
 #[test]
 fn a_mac_waiting_for_its_nic_is_still_an_add_and_says_so() {
     let fleet = Fleet::with_guard(GuardConfig::off());
-    fleet.set_active(true);
+    fleet.leadership().set_active(true);
     publish(&fleet, vec![row(1, 1, 1500, None)]);
-    let (session, _, _) = fleet.connect(&hello("a", None));
+    let (session, _, _) = fleet.sessions().connect(&hello("a", None));
     let waiting = multinic0_of_mac1(InterfaceState::Waiting, ErrorCode::MacNotPresent, "no link with this MAC");
     report(&fleet, session, &[(mac(1), waiting)]);
     let entry = diff(&fleet).interfaces.items[0].clone();
@@ -206,10 +206,10 @@ fn a_mac_waiting_for_its_nic_is_still_an_add_and_says_so() {
 #[test]
 fn a_removal_the_guard_holds_is_held_with_the_guards_reason() {
     let fleet = Fleet::with_guard(GuardConfig { max_share: 0.5, min_removals: 2, warmup: Duration::ZERO });
-    fleet.set_active(true);
+    fleet.leadership().set_active(true);
     let rows: Vec<InterfaceRow> = (1..=4).map(|i| row(i64::from(i), i, 1500, None)).collect();
     publish(&fleet, rows);
-    let (session, _, _) = fleet.connect(&hello("a", None));
+    let (session, _, _) = fleet.sessions().connect(&hello("a", None));
     report(&fleet, session, &[]);
     // Three of four go at once: over half, held.
     publish(&fleet, vec![row(4, 4, 1500, None)]);
@@ -240,7 +240,7 @@ fn a_rejected_row_is_listed_with_its_reason_and_changes_nothing() {
 #[test]
 fn a_disconnected_node_is_compared_with_its_last_report() {
     let (fleet, session) = applied(vec![row(1, 1, 1500, None)]);
-    fleet.disconnect(&node(), session);
+    fleet.sessions().disconnect(&node(), session);
     publish(&fleet, vec![row(1, 1, 1400, None)]);
     let d = diff(&fleet);
     assert!(!d.connected);

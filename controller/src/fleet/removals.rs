@@ -102,24 +102,6 @@ impl Fleet {
         lock(&self.guard).activated.is_none_or(|t| t.elapsed() < self.guard_config.warmup)
     }
 
-    /// Judges the guard again with unchanged counts (the warm-up may have
-    /// ended): every node is revisited only if the verdict flips. Called
-    /// every poll tick; costs nothing otherwise.
-    pub fn rejudge_guard(&self) {
-        let mut g = lock(&self.guard);
-        g.warmup.looked = None;
-        let was = g.hold;
-        let totals = g.totals;
-        if self.judge(&mut g, totals) != was {
-            let mut changed = Vec::new();
-            self.refresh_all(&mut g, &mut changed);
-            drop(g);
-            for node in changed {
-                let _ = self.changes.send(node);
-            }
-        }
-    }
-
     /// Recomputes the guard over every node and republishes every set.
     pub(super) fn refresh_all(&self, g: &mut GuardState, changed: &mut Vec<NodeName>) {
         let synced = read(&self.db).synced;
@@ -246,40 +228,74 @@ impl Fleet {
     fn removal_token(&self) -> String {
         guard::token(self.removals().iter().map(|(n, m)| (n, m)))
     }
+}
+
+impl Fleet {
+    /// The mass-deletion guard as operators see and answer it.
+    pub fn guard(&self) -> RemovalGuard<'_> {
+        RemovalGuard { fleet: self }
+    }
+}
+
+/// The mass-deletion guard's status, its re-judging at each tick, and an
+/// operator's confirmation; the counting and holding stay with [`Fleet`].
+#[derive(Debug, Clone, Copy)]
+pub struct RemovalGuard<'a> {
+    fleet: &'a Fleet,
+}
+
+impl RemovalGuard<'_> {
+    /// Judges the guard again with unchanged counts (the warm-up may have
+    /// ended): every node is revisited only if the verdict flips. Called
+    /// every poll tick; costs nothing otherwise.
+    pub fn rejudge(&self) {
+        let mut g = lock(&self.fleet.guard);
+        g.warmup.looked = None;
+        let was = g.hold;
+        let totals = g.totals;
+        if self.fleet.judge(&mut g, totals) != was {
+            let mut changed = Vec::new();
+            self.fleet.refresh_all(&mut g, &mut changed);
+            drop(g);
+            for node in changed {
+                let _ = self.fleet.changes.send(node);
+            }
+        }
+    }
 
     /// The guard as status shows it (nothing while it holds nothing: the
     /// end of the warm-up may hold removals on nodes without rows, and there
     /// may be none).
-    pub fn guard_status(&self) -> GuardStatus {
-        let g = lock(&self.guard);
+    pub fn status(&self) -> GuardStatus {
+        let g = lock(&self.fleet.guard);
         let Some(reason) = g.holding.clone() else { return GuardStatus::default() };
-        let removals_held = self.nodes.iter().map(|e| e.guarded.len()).sum();
+        let removals_held = self.fleet.nodes.iter().map(|e| e.guarded.len()).sum();
         if removals_held == 0 && g.hold == Hold::Rowless {
             return GuardStatus::default();
         }
-        GuardStatus { removals_held, reason: Some(reason), token: Some(self.removal_token()) }
+        GuardStatus { removals_held, reason: Some(reason), token: Some(self.fleet.removal_token()) }
     }
 
     /// Lets the held removals go if `token` still names exactly them.
     /// Returns how many were released.
-    pub fn confirm_removals(&self, token: &str) -> Result<usize, ConfirmError> {
-        let mut g = lock(&self.guard);
+    pub fn confirm(&self, token: &str) -> Result<usize, ConfirmError> {
+        let mut g = lock(&self.fleet.guard);
         if g.holding.is_none() {
             return Err(ConfirmError::NothingHeld);
         }
-        let removals = self.removals();
+        let removals = self.fleet.removals();
         let current = guard::token(removals.iter().map(|(n, m)| (n, m)));
         if current != token {
             return Err(ConfirmError::Changed { given: token.to_owned(), current });
         }
-        let released = self.nodes.iter().map(|e| e.guarded.len()).sum();
+        let released = self.fleet.nodes.iter().map(|e| e.guarded.len()).sum();
         tracing::warn!(token, released, "mass-deletion guard: an operator confirmed the held removals");
         g.confirmed = Some(removals);
         let mut changed = Vec::new();
-        self.refresh_all(&mut g, &mut changed);
+        self.fleet.refresh_all(&mut g, &mut changed);
         drop(g);
         for node in changed {
-            let _ = self.changes.send(node);
+            let _ = self.fleet.changes.send(node);
         }
         Ok(released)
     }

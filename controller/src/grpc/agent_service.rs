@@ -101,7 +101,7 @@ impl v1::agent_service_server::AgentService for AgentSvc {
             warn!(peer = %peer, "refused agent stream: {}", status.message());
             return Err(status);
         }
-        if !self.fleet.is_active() {
+        if !self.fleet.leadership().is_active() {
             return Err(Status::unavailable(
                 "this controller replica is on standby; retry (the Service routes to the active one)",
             ));
@@ -165,9 +165,9 @@ impl Session {
         };
         tracing::Span::current().record("node", node.as_str());
         let fleet = &self.svc.fleet;
-        let (session, mut published, replaced) = fleet.connect(&hello);
+        let (session, mut published, replaced) = fleet.sessions().connect(&hello);
         let _open = OpenStream::new(&self.svc.streams);
-        let mut active = fleet.subscribe_active();
+        let mut active = fleet.leadership().subscribe();
         info!(
             agent_version = %hello.agent_version,
             backend = %hello.backend,
@@ -219,7 +219,7 @@ impl Session {
                     }
                 },
                 changed = published.changed(), if rules.takes_pushes() => {
-                    if changed.is_err() || !fleet.is_current(&node, session) {
+                    if changed.is_err() || !fleet.sessions().is_current(&node, session) {
                         let _ = tx.send(Err(Status::aborted("replaced by a newer stream from the same node"))).await;
                         break "replaced by a newer stream";
                     }
@@ -242,7 +242,7 @@ impl Session {
                         break "stream closed";
                     }
                     self.svc.metrics.pushes.inc();
-                    fleet.pushed(&node, session, current.generation);
+                    fleet.sessions().pushed(&node, session, current.generation);
                     info!(
                         generation = current.generation,
                         interfaces = current.set.len(),
@@ -254,7 +254,7 @@ impl Session {
                 }
                 message = inbound.message() => match message {
                     Ok(Some(AgentMessage { kind: Some(AgentKind::Report(report)) })) => {
-                        fleet.seen(&node);
+                        fleet.sessions().seen(&node);
                         self.report(&node, session, &mut rules, &report);
                     }
                     Ok(Some(_)) => {
@@ -271,7 +271,7 @@ impl Session {
                 },
             }
         };
-        fleet.disconnect(&node, session);
+        fleet.sessions().disconnect(&node, session);
         info!(reason = end, "agent disconnected");
     }
 
@@ -281,7 +281,7 @@ impl Session {
         if !rules.may_adopt() {
             return;
         }
-        if let Some(adopted) = self.svc.fleet.adopt(session, hello) {
+        if let Some(adopted) = self.svc.fleet.sessions().adopt(session, hello) {
             debug!(generation = adopted.generation, "agent already has the desired set; nothing to push");
             rules.adopted(adopted);
             self.svc.recorder.dirty(node.clone());
@@ -373,7 +373,7 @@ impl Session {
         if report.outcome == multinic_proto::Outcome::Rejected {
             warn!(generation = report.generation, reason = %report.error, "agent rejected the push");
         }
-        match self.svc.fleet.record(node, session, &published, &report) {
+        match self.svc.fleet.sessions().record(node, session, &published, &report) {
             Ok(()) => {
                 if rules.recorded() {
                     self.svc.metrics.convergence_seconds.observe(published.age().as_secs_f64());

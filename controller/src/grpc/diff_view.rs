@@ -24,14 +24,14 @@ pub const PAGE_ENTRIES: usize = 2000;
 
 /// One node's diff, or `None` when the node is unknown.
 pub fn node(fleet: &Fleet, name: &NodeName) -> Option<v1::NodeDiff> {
-    fleet.node(name).map(|snapshot| node_message(&node_diff(&snapshot, VIEW_LIMIT)))
+    fleet.view().node(name).map(|snapshot| node_message(&node_diff(&snapshot, VIEW_LIMIT)))
 }
 
 /// The nodes after `after` (in name order) with something to show: at most
 /// `size` examined, and no more once [`PAGE_ENTRIES`] are listed. The first
 /// page also carries the rejected rows that name no valid node.
 pub fn page(fleet: &Fleet, after: Option<&NodeName>, size: usize) -> v1::DiffResponse {
-    let names = fleet.node_names();
+    let names = fleet.view().node_names();
     let start = after.map_or(0, |after| names.partition_point(|n| n <= after));
     let mut response = v1::DiffResponse::default();
     let (mut examined, mut listed, mut unchanged) = (0, 0, 0usize);
@@ -40,7 +40,7 @@ pub fn page(fleet: &Fleet, after: Option<&NodeName>, size: usize) -> v1::DiffRes
             break;
         }
         examined += 1;
-        let Some(snapshot) = fleet.node(name) else { continue };
+        let Some(snapshot) = fleet.view().node(name) else { continue };
         let diff = node_diff(&snapshot, VIEW_LIMIT);
         if diff.is_quiet() {
             unchanged += 1;
@@ -55,7 +55,7 @@ pub fn page(fleet: &Fleet, after: Option<&NodeName>, size: usize) -> v1::DiffRes
     response.nodes_unchanged = count(unchanged);
     if after.is_none() {
         let mut unattached = Bounded::new();
-        unattached.extend(&fleet.unattached(), VIEW_LIMIT);
+        unattached.extend(&fleet.view().unattached(), VIEW_LIMIT);
         response.unattached = unattached.items.iter().map(row_problem).collect();
         response.unattached_omitted = count(unattached.omitted);
     }
@@ -118,7 +118,7 @@ mod tests {
     use super::*;
     use crate::desired::desired_fleet;
     use crate::grpc::FleetSvc;
-    use crate::store::{FleetSnapshot, InterfaceRow};
+    use crate::store::{ActiveRows, InterfaceRow};
 
     /// `nodes` nodes of `per_node` rows each, no agent ever connected.
     fn fleet(nodes: usize, per_node: usize) -> Arc<Fleet> {
@@ -129,8 +129,8 @@ mod tests {
             })
             .collect();
         let fleet = Arc::new(Fleet::new());
-        fleet.set_active(true);
-        fleet.publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet.leadership().set_active(true);
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
         fleet
     }
 
@@ -172,8 +172,8 @@ mod tests {
             })
             .collect();
         let fleet = Fleet::new();
-        fleet.set_active(true);
-        fleet.publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet.leadership().set_active(true);
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
         let first = page(&fleet, None, MAX_PAGE);
         assert_eq!(first.nodes.len(), PAGE_ENTRIES / VIEW_LIMIT, "then the page ends");
         assert_eq!(first.next_page_token, "node-09");
@@ -186,7 +186,7 @@ mod tests {
     #[tokio::test]
     async fn before_the_first_read_and_for_an_unknown_node_the_answer_is_clear() {
         let unread = Arc::new(Fleet::new());
-        unread.set_active(true);
+        unread.leadership().set_active(true);
         let svc = FleetSvc::new(unread, CancellationToken::new());
         let err = svc.diff(Request::new(v1::DiffRequest::default())).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);

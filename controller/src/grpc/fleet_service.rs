@@ -49,7 +49,7 @@ impl FleetSvc {
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let peer = Peer::of(request);
         peer.require_operator().inspect_err(|s| warn!(peer = %peer, "refused fleet request: {}", s.message()))?;
-        if !self.fleet.is_active() {
+        if !self.fleet.leadership().is_active() {
             return Err(Status::unavailable(
                 "this controller replica is on standby and knows no fleet state; ask the active one (the Service routes there)",
             ));
@@ -95,7 +95,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         let after = page_token(&req.page_token)?;
         let fleet = self.fleet.clone();
         let page = blocking(move || {
-            let names = fleet.node_names();
+            let names = fleet.view().node_names();
             let start = after.map_or(0, |after| names.partition_point(|n| *n <= after));
             let page: Vec<_> = names.iter().skip(start).take(size).collect();
             let next_page_token = if start + page.len() < names.len() {
@@ -103,7 +103,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
             } else {
                 String::new()
             };
-            let nodes = page.into_iter().filter_map(|n| fleet.node(n)).map(|n| node_status(&n)).collect();
+            let nodes = page.into_iter().filter_map(|n| fleet.view().node(n)).map(|n| node_status(&n)).collect();
             v1::ListNodesResponse { nodes, next_page_token }
         })
         .await?;
@@ -118,7 +118,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
             .parse()
             .map_err(|e| Status::invalid_argument(format!("invalid node name: {e}")))?;
         let fleet = self.fleet.clone();
-        let view = blocking(move || fleet.node(&name).map(|n| node_status(&n)).ok_or(name)).await?;
+        let view = blocking(move || fleet.view().node(&name).map(|n| node_status(&n)).ok_or(name)).await?;
         let node = view.map_err(|name| {
             Status::not_found(format!("node {name} is unknown: it has no active rows and no connected agent"))
         })?;
@@ -134,7 +134,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         let token = request.into_inner().token;
         let fleet = self.fleet.clone();
         let confirm_token = token.clone();
-        match blocking(move || fleet.confirm_removals(&confirm_token)).await? {
+        match blocking(move || fleet.guard().confirm(&confirm_token)).await? {
             Ok(released) => {
                 tracing::warn!(peer = %peer, token = %token, released, "held removals confirmed");
                 Ok(Response::new(v1::ConfirmRemovalsResponse { released: u32::try_from(released).unwrap_or(u32::MAX) }))
@@ -146,7 +146,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
 
     async fn diff(&self, request: Request<v1::DiffRequest>) -> Result<Response<v1::DiffResponse>, Status> {
         self.authorize(&request)?;
-        if !self.fleet.db_status().synced {
+        if !self.fleet.db().status().synced {
             return Err(Status::unavailable(
                 "the controller has not read the database yet: there is no desired state to compare; try again shortly",
             ));
@@ -180,7 +180,7 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         // Like agent streams, a watch ends at its connection's age cap so the
         // operator reconnects with current certificates.
         let ends_at = PeerConnection::of(&request).and_then(|c| c.streams_end_at);
-        let changes = self.fleet.subscribe_changes();
+        let changes = self.fleet.view().subscribe_changes();
         let (tx, rx) = mpsc::channel(64);
         let fleet = self.fleet.clone();
         let shutdown = self.shutdown.clone();
@@ -204,9 +204,10 @@ async fn watch_loop(
     let first = fleet.clone();
     let snapshot = move || {
         let mut events: Vec<FleetEvent> = first
+            .view()
             .node_names()
             .iter()
-            .filter_map(|name| first.node(name))
+            .filter_map(|name| first.view().node(name))
             .map(|node| FleetEvent { node: Some(node_status(&node)), summary: None })
             .collect();
         events.push(FleetEvent { node: None, summary: Some(summary(&first)) });
@@ -247,7 +248,7 @@ async fn watch_loop(
             let summary = summary(&fleet);
             let mut events: Vec<FleetEvent> = names
                 .iter()
-                .map(|name| FleetEvent { node: fleet.node(name).map(|n| node_status(&n)), summary: None })
+                .map(|name| FleetEvent { node: fleet.view().node(name).map(|n| node_status(&n)), summary: None })
                 .collect();
             if let Some(last) = events.last_mut() {
                 last.summary = Some(summary);
@@ -277,12 +278,12 @@ async fn send_view(
 
 /// The fleet summary.
 pub fn summary(fleet: &Fleet) -> v1::FleetSummary {
-    let counts = fleet.counts();
-    let db = fleet.db_status();
-    let problems = fleet.row_problems(VIEW_LIMIT);
-    let warnings = fleet.row_warnings(VIEW_LIMIT);
+    let counts = fleet.view().counts();
+    let db = fleet.db().status();
+    let problems = fleet.view().row_problems(VIEW_LIMIT);
+    let warnings = fleet.view().row_warnings(VIEW_LIMIT);
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    let guard = fleet.guard_status();
+    let guard = fleet.guard().status();
     v1::FleetSummary {
         nodes_known: count(counts.nodes),
         agents_connected: count(counts.connected),
@@ -420,7 +421,7 @@ pub(super) fn unix_ms(t: SystemTime) -> i64 {
 mod tests {
     use super::*;
     use crate::desired::desired_fleet;
-    use crate::store::{FleetSnapshot, InterfaceRow};
+    use crate::store::{ActiveRows, InterfaceRow};
     use multinic_proto::v1::fleet_service_server::FleetService;
 
     fn fleet_of(nodes: usize) -> Arc<Fleet> {
@@ -437,8 +438,8 @@ mod tests {
             })
             .collect();
         let fleet = Arc::new(Fleet::new());
-        fleet.set_active(true);
-        fleet.publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet.leadership().set_active(true);
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
         fleet
     }
 
@@ -471,8 +472,8 @@ mod tests {
             .collect();
         rows.push(InterfaceRow::plain(9999, "clean", "fa:16:3e:ff:00:01", 1500, 0));
         let fleet = Arc::new(Fleet::new());
-        fleet.set_active(true);
-        fleet.publish(desired_fleet(&FleetSnapshot { rows }));
+        fleet.leadership().set_active(true);
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows }));
         let svc = FleetSvc::new(fleet, CancellationToken::new());
 
         let node = svc.get_node(Request::new(v1::GetNodeRequest { name: "dirty".into() })).await.unwrap().into_inner();

@@ -73,15 +73,15 @@ pub struct RowContent {
 
 /// Every active row of the fleet, read in one go.
 #[derive(Debug, Clone, Default)]
-pub struct FleetSnapshot {
+pub struct ActiveRows {
     pub rows: Vec<InterfaceRow>,
 }
 
 /// A full read: every active row, the table's tally and `multi_subnet`'s
 /// cidrs (`None` without the table), from one snapshot.
 #[derive(Debug, Clone, Default)]
-pub struct FleetRead {
-    pub snapshot: FleetSnapshot,
+pub struct FullRead {
+    pub snapshot: ActiveRows,
     pub tally: Tally,
     pub subnets: Option<SubnetCidrs>,
 }
@@ -198,7 +198,7 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Every active row of `multi_interface` (with `multi_subnet.cidr`),
     /// and the table's tally from the same snapshot.
-    async fn read_fleet(&self) -> Result<FleetRead, StoreError>;
+    async fn read_fleet(&self) -> Result<FullRead, StoreError>;
 
     /// The cheap signals of the tables: one statement, one row, no scan of
     /// `multi_interface` (a scan of `multi_subnet` only when the engine

@@ -13,7 +13,7 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Transaction
 
 use super::dialect::{Dialect, IDS_CHUNK, RECORD_CHUNK};
 use super::{
-    ChangedRows, FleetRead, FleetSnapshot, InterfaceRow, RowChange, RowUpdate, Store, StoreError, SubnetCidrs,
+    ActiveRows, ChangedRows, FullRead, InterfaceRow, RowChange, RowUpdate, Store, StoreError, SubnetCidrs,
     SubnetSignal, TableProbe, Tally,
 };
 
@@ -109,7 +109,7 @@ where
     for<'q> Option<i64>: Encode<'q, DB>,
     DB::QueryResult: RowsAffected,
 {
-    async fn read_fleet(&self) -> Result<FleetRead, StoreError> {
+    async fn read_fleet(&self) -> Result<FullRead, StoreError> {
         self.layout.store(LAYOUT_UNKNOWN, Ordering::Relaxed);
         let subnet = self.layout().await?.subnet;
         let read = |source| StoreError::Read { source };
@@ -127,7 +127,7 @@ where
         };
         tx.commit().await.map_err(read)?;
         let subnets = subnets.map(|s: Vec<(String, Option<String>)>| s.into_iter().collect());
-        Ok(FleetRead { snapshot: FleetSnapshot { rows }, tally: tally.into(), subnets })
+        Ok(FullRead { snapshot: ActiveRows { rows }, tally: tally.into(), subnets })
     }
 
     async fn read_subnets(&self) -> Result<Option<SubnetCidrs>, StoreError> {

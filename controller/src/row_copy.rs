@@ -17,12 +17,12 @@ use std::net::IpAddr;
 
 use multinic_proto::{MacAddress, NodeName};
 
-use crate::desired::{Context, DesiredFleet, NodeDesired, RowProblem, node_desired, row_address, row_node};
-use crate::store::{FleetSnapshot, InterfaceRow, RowChange, RowContent};
+use crate::desired::{Context, DesiredSets, NodeDesired, RowProblem, node_desired, row_address, row_node};
+use crate::store::{ActiveRows, InterfaceRow, RowChange, RowContent};
 
 /// The active rows, indexed by node, by MAC and by address.
 #[derive(Debug, Default)]
-pub struct FleetRows {
+pub struct RowCopy {
     rows: HashMap<i64, InterfaceRow>,
     /// Row ids of each node (rows whose node name is valid).
     by_node: HashMap<NodeName, BTreeSet<i64>>,
@@ -51,9 +51,9 @@ impl Touched {
     }
 }
 
-impl FleetRows {
+impl RowCopy {
     /// Every active row of a full read.
-    pub fn from_snapshot(snapshot: FleetSnapshot) -> Self {
+    pub fn from_snapshot(snapshot: ActiveRows) -> Self {
         let mut rows = Self::default();
         for row in snapshot.rows {
             rows.insert(row, &mut Touched::default());
@@ -98,7 +98,7 @@ impl FleetRows {
 
     /// Makes the copy equal to a full read: rows that differ, appeared or
     /// went away touch their nodes.
-    pub fn replace(&mut self, snapshot: FleetSnapshot) -> Touched {
+    pub fn replace(&mut self, snapshot: ActiveRows) -> Touched {
         let fresh: HashMap<i64, InterfaceRow> = snapshot.rows.into_iter().map(|r| (r.id, r)).collect();
         let gone: Vec<i64> = self.rows.keys().filter(|id| !fresh.contains_key(id)).copied().collect();
         let mut changes: Vec<RowChange> = gone
@@ -110,7 +110,9 @@ impl FleetRows {
     }
 
     /// Notes a `netplan_success` the controller wrote, if the row still holds
-    /// the content it was written for.
+    /// the content it was written for. The copy is the owner of what a row
+    /// stores; the recorder only remembers its writes until this is called
+    /// (see `crate::recorder`).
     pub fn recorded(&mut self, id: i64, content: &RowContent, success: bool) -> Touched {
         let mut touched = Touched::default();
         if self.rows.get(&id).is_some_and(|row| row.content() == *content) && self.stale.remove(&id) {
@@ -139,9 +141,9 @@ impl FleetRows {
     /// Every node's desired state and the unattached rows (what the first
     /// read publishes; tests check it against `desired::desired_fleet`, the
     /// same rows judged without the copy).
-    pub fn desired_fleet(&self) -> DesiredFleet {
+    pub fn desired_fleet(&self) -> DesiredSets {
         let nodes = self.by_node.keys().filter_map(|n| Some((n.clone(), self.desired(n)?))).collect();
-        DesiredFleet { nodes, unattached: self.unattached() }
+        DesiredSets { nodes, unattached: self.unattached() }
     }
 
     /// One active row, by id.
@@ -229,7 +231,7 @@ impl FleetRows {
     }
 }
 
-impl Context for FleetRows {
+impl Context for RowCopy {
     fn nodes_of_mac(&self, mac: &MacAddress) -> Vec<NodeName> {
         self.by_mac.get(mac).map(|n| n.keys().cloned().collect()).unwrap_or_default()
     }
@@ -262,8 +264,8 @@ mod tests {
         t.nodes.iter().map(NodeName::as_str).collect()
     }
 
-    fn same_as_full(rows: &FleetRows, all: Vec<InterfaceRow>) {
-        let full = desired_fleet(&FleetSnapshot { rows: all });
+    fn same_as_full(rows: &RowCopy, all: Vec<InterfaceRow>) {
+        let full = desired_fleet(&ActiveRows { rows: all });
         for (node, desired) in &full.nodes {
             assert_eq!(rows.desired(node).as_ref(), Some(desired), "{node}");
         }
@@ -275,7 +277,7 @@ mod tests {
     #[test]
     fn a_change_touches_its_node_and_the_nodes_sharing_its_mac() {
         let all = vec![row(1, "a", "fa:16:3e:00:00:01", 1500), row(2, "b", "fa:16:3e:00:00:02", 1500)];
-        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: all.clone() });
+        let mut rows = RowCopy::from_snapshot(ActiveRows { rows: all.clone() });
         same_as_full(&rows, all);
 
         let t = rows.apply(vec![RowChange { row: row(1, "a", "fa:16:3e:00:00:01", 1500), deleted: false }]);
@@ -298,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_row_moving_nodes_touches_both() {
-        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500)] });
+        let mut rows = RowCopy::from_snapshot(ActiveRows { rows: vec![row(1, "a", "fa:16:3e:00:00:01", 1500)] });
         let t = rows.apply(vec![RowChange { row: row(1, "c", "fa:16:3e:00:00:01", 1500), deleted: false }]);
         assert_eq!(names(&t), vec!["a", "c"]);
         assert!(rows.desired(&"a".parse().unwrap()).is_none());
@@ -307,18 +309,18 @@ mod tests {
     #[test]
     fn replace_finds_what_differs_and_what_went() {
         let all = vec![row(1, "a", "fa:16:3e:00:00:01", 1500), row(2, "b", "fa:16:3e:00:00:02", 1500)];
-        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: all });
+        let mut rows = RowCopy::from_snapshot(ActiveRows { rows: all });
         let mut unattached = row(3, "x", "fa:16:3e:00:00:03", 1500);
         unattached.attached_node_name = None;
         let next = vec![row(1, "a", "fa:16:3e:00:00:01", 9000), unattached];
-        let t = rows.replace(FleetSnapshot { rows: next.clone() });
+        let t = rows.replace(ActiveRows { rows: next.clone() });
         assert_eq!(names(&t), vec!["a", "b"]);
         assert!(t.unattached);
         same_as_full(&rows, next.clone());
-        assert!(rows.replace(FleetSnapshot { rows: next }).is_empty());
+        assert!(rows.replace(ActiveRows { rows: next }).is_empty());
     }
 
-    fn stale(rows: &FleetRows, node: &str) -> Vec<i64> {
+    fn stale(rows: &RowCopy, node: &str) -> Vec<i64> {
         let desired = rows.desired(&node.parse().unwrap()).unwrap();
         desired.rows.values().flatten().filter(|r| r.stale).map(|r| r.id).collect()
     }
@@ -327,7 +329,7 @@ mod tests {
     fn a_row_edited_while_it_reads_1_is_stale_until_its_new_content_is_recorded() {
         let applied = InterfaceRow::plain(1, "a", "fa:16:3e:00:00:01", 1500, 1);
         let other = InterfaceRow::plain(2, "a", "fa:16:3e:00:00:02", 1500, 1);
-        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: vec![applied.clone(), other.clone()] });
+        let mut rows = RowCopy::from_snapshot(ActiveRows { rows: vec![applied.clone(), other.clone()] });
         assert!(stale(&rows, "a").is_empty(), "what a first read finds is believed");
 
         // The writer changes the MTU and leaves the flag at 1.
@@ -359,15 +361,15 @@ mod tests {
         use crate::fleet::Fleet;
         let a: NodeName = "a".parse().unwrap();
         let applied = InterfaceRow::plain(1, "a", "fa:16:3e:00:00:01", 1500, 1);
-        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: vec![applied.clone()] });
+        let mut rows = RowCopy::from_snapshot(ActiveRows { rows: vec![applied.clone()] });
         let fleet = Fleet::new();
-        fleet.publish(desired_fleet(&FleetSnapshot { rows: vec![applied.clone()] }));
-        assert!(fleet.row_updates(&a).is_empty(), "1 as read, no agent yet: left alone");
+        fleet.publisher().publish(desired_fleet(&ActiveRows { rows: vec![applied.clone()] }));
+        assert!(fleet.write_back().row_updates(&a).is_empty(), "1 as read, no agent yet: left alone");
 
         let edited = InterfaceRow { mtu: Some(1400), ..applied };
         let touched = rows.apply(vec![RowChange { row: edited.clone(), deleted: false }]);
-        fleet.publish_nodes(rows.desired_of(&touched.nodes), None);
-        let updates = fleet.row_updates(&a);
+        fleet.publisher().publish_nodes(rows.desired_of(&touched.nodes), None);
+        let updates = fleet.write_back().row_updates(&a);
         assert_eq!(updates.iter().map(|u| (u.id, u.success)).collect::<Vec<_>>(), vec![(1, false)]);
         assert_eq!(updates[0].content, edited.content(), "conditional on the new content");
     }
@@ -380,7 +382,7 @@ mod tests {
             ..InterfaceRow::plain(id, node, mac, 1500, 0)
         };
         let all = vec![with(1, "a", "fa:16:3e:00:00:01", "10.0.0.5"), with(2, "b", "fa:16:3e:00:00:02", "10.0.0.6")];
-        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: all });
+        let mut rows = RowCopy::from_snapshot(ActiveRows { rows: all });
         let t = rows.apply(vec![RowChange { row: with(2, "b", "fa:16:3e:00:00:02", "10.0.0.5"), deleted: false }]);
         assert_eq!(names(&t), vec!["a", "b"], "a's warning appears");
         let next = vec![with(1, "a", "fa:16:3e:00:00:01", "10.0.0.5"), with(2, "b", "fa:16:3e:00:00:02", "10.0.0.5")];
@@ -394,7 +396,7 @@ mod tests {
     #[test]
     fn recorded_values_follow_the_content_they_were_written_for() {
         let r = row(1, "a", "fa:16:3e:00:00:01", 1500);
-        let mut rows = FleetRows::from_snapshot(FleetSnapshot { rows: vec![r.clone()] });
+        let mut rows = RowCopy::from_snapshot(ActiveRows { rows: vec![r.clone()] });
         let stale = RowContent { mtu: Some(9000), ..r.content() };
         assert!(rows.recorded(1, &stale, true).is_empty(), "written for other content");
         assert_eq!(names(&rows.recorded(1, &r.content(), true)), vec!["a"]);
