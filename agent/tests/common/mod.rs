@@ -14,8 +14,8 @@ use tempfile::TempDir;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 /// Where an agent serves HTTP inside its namespace (`--http-listen`), for
-/// tests that read its metrics.
-pub const HTTP: &str = "127.0.0.1:9737";
+/// tests that read its metrics: the address testkit's stacks use too.
+pub use multinic_testkit::e2e::AGENT_HTTP as HTTP;
 
 /// One node: a namespace, a host root, a state dir, a scripted controller
 /// listening inside the namespace, and (once started) the agent.

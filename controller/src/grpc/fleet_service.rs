@@ -426,15 +426,8 @@ mod tests {
 
     fn fleet_of(nodes: usize) -> Arc<Fleet> {
         let rows = (0..nodes)
-            .map(|i| InterfaceRow {
-                id: i as i64,
-                macaddress: format!("fa:16:3e:00:00:{i:02x}"),
-                attached_node_name: Some(format!("node-{i:02}")),
-                address: None,
-                cidr: None,
-                subnet_cidr: None,
-                mtu: Some(1500),
-                netplan_success: 0,
+            .map(|i| {
+                InterfaceRow::plain(i as i64, &format!("node-{i:02}"), &format!("fa:16:3e:00:00:{i:02x}"), 1500, 0)
             })
             .collect();
         let fleet = Arc::new(Fleet::new());
