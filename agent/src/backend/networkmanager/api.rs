@@ -215,21 +215,33 @@ impl NetworkManager {
     /// Drops `checkpoint` (keeping what it covered as it is now) and deletes
     /// the profiles `delete`, side by side: each call's result, in order.
     pub fn settle(&self, checkpoint: Option<&str>, delete: &[String]) -> Vec<Result<(), BusError>> {
-        let mut calls: Vec<(String, &'static str, &'static str, bool)> =
-            checkpoint.map(|c| (c.to_owned(), MANAGER, "CheckpointDestroy", true)).into_iter().collect();
-        calls.extend(delete.iter().map(|p| (p.clone(), CONNECTION, "Delete", false)));
-        let names: Vec<String> = calls.iter().map(|(o, i, m, _)| format!("{i}.{m} on {o}")).collect();
+        // (object called, interface, method, the checkpoint to destroy)
+        type Call = (String, &'static str, &'static str, Option<String>);
+        let mut calls: Vec<Call> = checkpoint
+            .map(|c| (ROOT.to_owned(), MANAGER, "CheckpointDestroy", Some(c.to_owned())))
+            .into_iter()
+            .collect();
+        calls.extend(delete.iter().map(|profile| (profile.clone(), CONNECTION, "Delete", None)));
+        let names: Vec<String> = calls
+            .iter()
+            .map(|(object, interface, method, arg)| match arg {
+                Some(arg) => format!("{interface}.{method}({arg})"),
+                None => format!("{interface}.{method} on {object}"),
+            })
+            .collect();
         let count = calls.len();
         let done = self.bus.run(names.join(", "), super::bus::CALL_TIMEOUT, move |conn| async move {
-            let each = calls.into_iter().map(|(object, interface, method, on_root)| {
+            let each = calls.into_iter().map(|(object, interface, method, checkpoint)| {
                 let conn = conn.clone();
                 async move {
-                    if on_root {
-                        let checkpoint = ObjectPath::try_from(object.as_str())?;
-                        conn.call_method(Some(SERVICE), ROOT, Some(interface), method, &(checkpoint,)).await?;
-                    } else {
-                        conn.call_method(Some(SERVICE), object.as_str(), Some(interface), method, &()).await?;
-                    }
+                    let object = object.as_str();
+                    match checkpoint {
+                        Some(checkpoint) => {
+                            let body = (ObjectPath::try_from(checkpoint.as_str())?,);
+                            conn.call_method(Some(SERVICE), object, Some(interface), method, &body).await?
+                        }
+                        None => conn.call_method(Some(SERVICE), object, Some(interface), method, &()).await?,
+                    };
                     Ok::<(), zbus::Error>(())
                 }
             });

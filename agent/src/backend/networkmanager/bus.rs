@@ -30,7 +30,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -139,9 +139,11 @@ impl Bus {
         F: FnOnce(Connection) -> Fut + Send + 'static,
         Fut: Future<Output = zbus::Result<T>> + Send + 'static,
     {
+        let started = Instant::now();
         let conn = self.connection()?;
         let kept = conn.clone();
         let answer = block_on(timeout, async move { work(conn).await })?;
+        debug!(call = %call, took_us = started.elapsed().as_micros(), ok = matches!(answer, Some(Ok(_))), "D-Bus call");
         match answer {
             Some(Ok(value)) => Ok(value),
             Some(Err(source)) => {
