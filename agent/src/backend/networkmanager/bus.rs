@@ -26,7 +26,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -167,7 +166,9 @@ impl Bus {
         }
         let socket = self.socket.clone();
         let connecting = async move {
-            let stream = UnixStream::connect(&socket)?;
+            // Tokio's connect never blocks the runtime's thread (a frozen
+            // bus with a full backlog is an error at once).
+            let stream = tokio::net::UnixStream::connect(&socket).await?.into_std()?;
             Builder::unix_stream(stream).auth_mechanism(AuthMechanism::External).build().await
         };
         let conn = match block_on(CONNECT_TIMEOUT, connecting)? {
