@@ -50,8 +50,8 @@ fn set(address: &str, mtu: i64) -> DesiredSet {
     DesiredSet::new([spec]).unwrap()
 }
 
-/// NetworkManager's own load + up of our profile, through the same host
-/// commands the agent runs (`setns` into the host, then nmcli).
+/// NetworkManager's own load + up of our profile: nmcli run in the host's
+/// namespaces (`setns`, as the agent runs host tools).
 fn nm_load_and_up(host: &HostNamespaces) -> Duration {
     let uuid = keyfile::uuid(MacAddress::from_octets(MAC).unwrap());
     let path = format!("/{}", keyfile::path(InterfaceName::new(0, 10).unwrap()).display());
@@ -64,7 +64,8 @@ fn nm_load_and_up(host: &HostNamespaces) -> Duration {
 fn main() {
     let rounds: usize = std::env::args().nth(1).map_or(30, |a| a.parse().expect("N: number of rounds"));
     if let Ok(filter) = std::env::var("BENCH_LOG") {
-        // e.g. BENCH_LOG=multinic_agent::hostns=debug: every host command and its time.
+        // e.g. BENCH_LOG=multinic_agent::backend::networkmanager=debug: every
+        // D-Bus call to NetworkManager and its time.
         multinic_runtime::init_logging(multinic_runtime::LogFormat::Text, &filter).expect("logging");
     }
     let node = NmNode::start().expect("this machine cannot run the real NetworkManager (root, network-manager, dbus)");

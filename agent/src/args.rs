@@ -52,9 +52,10 @@ pub struct Args {
     /// daemon apply exactly the changed interfaces, run in the host's
     /// namespaces (entered through PID 1; needs hostPID): `wicked ifreload`
     /// of them, or NetworkManager's checkpoint, load and activation (or
-    /// reapply) of our profile of each (busctl, nmcli); refused with
-    /// netplan, whose only apply is whole-host. none: render the files only
-    /// (dry run).
+    /// reapply) of our profile of each (D-Bus calls on the host's system
+    /// bus, reached as /proc/1/root/run/dbus/system_bus_socket); refused
+    /// with netplan, whose only apply is whole-host. none: render the files
+    /// only (dry run).
     #[arg(long, env = "MULTINIC_APPLY", default_value = "auto")]
     pub apply: ApplyChoice,
 

@@ -1,7 +1,8 @@
-//! Running the host's own tools (`wicked ifreload`, NetworkManager's
-//! `busctl` and `nmcli` calls) from inside the agent's container, in the
-//! namespaces of a host process, with the host's `PATH` and `LC_ALL=C` (the
-//! tools' messages end up in reports, in English).
+//! Running the host's own tools (`wicked ifreload`, `udevadm`) from inside
+//! the agent's container, in the namespaces of a host process, with the
+//! host's `PATH` and `LC_ALL=C` (the tools' messages end up in reports, in
+//! English). NetworkManager is not called through here: the agent speaks
+//! D-Bus to it itself (`backend::networkmanager::bus`).
 //!
 //! The child enters the target's network and mount namespaces with
 //! `setns(2)` between fork and exec (`pre_exec`), so the program is looked

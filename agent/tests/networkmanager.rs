@@ -365,6 +365,100 @@ async fn on_networkmanager_a_steady_node_is_checked_without_a_call_and_drift_is_
     s.assert_untouched(&before, "keyfile repaired");
 }
 
+/// The agent's D-Bus connection to the host's bus: opened on the first
+/// call and kept; NetworkManager restarting, or the bus itself restarting,
+/// costs no failed apply (the broken connection is replaced); a bus that is
+/// gone, or frozen (it accepts connections and answers nothing), is a clear
+/// failure of the interface being applied, within a bound, with nothing
+/// changed; once the bus is back the next push applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_networkmanager_a_restarted_bus_is_reconnected_and_a_broken_one_fails_that_interface_in_time() {
+    let Some(mut s) = Setup::start().await else { return };
+    s.node.kernel.add_nic("ens4", A);
+    NewRow::new("a", NODE, A).address(Some("10.62.0.5"), Some("10.62.0.0/24")).mtu(1450).insert(&s.pool).await;
+    s.start_agent();
+    s.row_is("a", 1).await;
+    let before = Snapshot::take(&s.node.kernel, &ALL);
+    let applied = |mtu: u64| (mtu, true, vec!["10.62.0.5/24".to_owned()]);
+    assert_eq!(state_of(&s.link("multinic0")), applied(1450));
+    let set_mtu = |mtu: u32| format!("UPDATE multi_interface SET mtu = {mtu}, netplan_success = 0 WHERE port_id = 'a'");
+
+    // NetworkManager restarts, the bus stays: the same connection serves.
+    s.node.reboot_networkmanager(|_| {});
+    s.node.wait_for_device("multinic0", "our profile active again", |state, profile| {
+        state == CONNECTED && profile == "multinic0"
+    });
+    s.sql(&set_mtu(1400)).await;
+    s.row_is("a", 1).await;
+    assert_eq!(state_of(&s.link("multinic0")), applied(1400));
+
+    // The bus restarts (NetworkManager with it): the agent's connection
+    // broke; the next apply opens a new one and succeeds.
+    s.node.stop_bus();
+    s.node.host.start_bus();
+    s.node.start_networkmanager();
+    s.node.wait_for_device("multinic0", "our profile active again", |state, profile| {
+        state == CONNECTED && profile == "multinic0"
+    });
+    s.sql(&set_mtu(1300)).await;
+    s.row_is("a", 1).await;
+    assert_eq!(state_of(&s.link("multinic0")), applied(1300));
+    s.assert_untouched(&before, "NetworkManager and the bus restarted");
+
+    // No bus: that interface fails, saying which socket; nothing changed.
+    let unavailable = "cannot ask the node's network daemon; nothing changed";
+    let profile = s.profile("multinic0");
+    s.node.stop_bus();
+    s.sql(&set_mtu(1280)).await;
+    let failure =
+        eventually(WAIT, "the failure without a bus", || async { s.agent().events(unavailable).into_iter().next() })
+            .await;
+    let socket = s.node.host.bus_socket();
+    let reason = failure["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "cannot ask NetworkManager about multinic0: cannot connect to the host's system bus at {}:",
+            socket.display()
+        )),
+        "{failure}"
+    );
+    assert_eq!(failure["span"]["mac"], A, "{failure}");
+    assert_eq!(state_of(&s.link("multinic0")), applied(1300), "nothing changed");
+    assert_eq!(s.profile("multinic0"), profile, "our profile as it was");
+    assert_eq!(netplan_success_of_port(&s.pool, "a").await, 0);
+
+    // A frozen bus (connections accepted, nothing answered): the same
+    // failure after the connect bound, not a hang.
+    s.node.host.start_bus();
+    s.node.host.signal("dbus", "STOP");
+    let started = std::time::Instant::now();
+    s.sql(&set_mtu(1200)).await;
+    let frozen = eventually(WAIT, "the failure with a frozen bus", || async {
+        s.agent().events(unavailable).into_iter().nth(1)
+    })
+    .await;
+    assert!(
+        frozen["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("the host's system bus at {} did not accept a connection within 5s", socket.display())),
+        "{frozen}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "bounded: {:?}", started.elapsed());
+    assert_eq!(state_of(&s.link("multinic0")), applied(1300), "nothing changed");
+    assert_eq!(s.profile("multinic0"), profile, "our profile as it was");
+
+    // The bus answers again and NetworkManager is back: the next push applies.
+    s.node.host.signal("dbus", "CONT");
+    s.node.start_networkmanager();
+    s.sql(&set_mtu(1380)).await;
+    s.row_is("a", 1).await;
+    assert_eq!(state_of(&s.link("multinic0")), applied(1380));
+    assert_eq!(s.device("multinic0"), (CONNECTED.to_owned(), "multinic0".to_owned()));
+    assert_eq!(s.node.checkpoints(), 0, "no checkpoint left behind");
+    s.assert_untouched(&before, "the bus back");
+}
+
 /// Waits for the agent's log of a repair of `kind`; the event.
 async fn repair_of(s: &Setup, kind: &str) -> serde_json::Value {
     let what = format!("{kind} drift repaired; NetworkManager's log:\n{}", s.node.log());

@@ -236,13 +236,34 @@ impl ConfinedHost {
         cmd
     }
 
-    fn start_bus(&mut self) {
+    /// Starts the host's private system bus (again, after [`Self::stop_bus`]).
+    pub fn start_bus(&mut self) {
         let config = self.dir.path().join("dbus-system.conf");
         std::fs::write(&config, DBUS_CONFIG).expect("dbus config");
         let config = format!("--config-file={}", config.display());
         self.spawn("dbus", "dbus-daemon", &[&config, "--nofork", "--nopidfile", "--nosyslog"], &[]);
-        let socket = format!("/proc/{}/root/run/dbus/system_bus_socket", self.pid());
-        self.wait_until(Duration::from_secs(10), "the private system bus", || Path::new(&socket).exists());
+        let socket = self.bus_socket();
+        self.wait_until(Duration::from_secs(10), "the private system bus", || socket.exists());
+    }
+
+    /// Stops the host's system bus, as when it crashes or is restarted:
+    /// its clients lose their connections, its socket is gone.
+    pub fn stop_bus(&mut self) {
+        self.stop("dbus");
+        let _ = std::fs::remove_file(self.bus_socket());
+    }
+
+    /// The bus socket as the agent reaches it: through the host's root.
+    pub fn bus_socket(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root/run/dbus/system_bus_socket", self.pid()))
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to daemon `name`, e.g. to freeze
+    /// it: it then accepts connections (the kernel does) but answers nothing.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let daemon = self.daemons.iter().find(|d| d.name == name).unwrap_or_else(|| panic!("no daemon {name}"));
+        let status = Command::new("kill").args([&format!("-{signal}"), &daemon.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {name}");
     }
 }
 

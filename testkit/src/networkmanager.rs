@@ -153,7 +153,7 @@ impl NmNode {
         dir("etc/sysconfig/network-scripts");
         std::fs::write(nm_etc.join("NetworkManager.conf"), config()).expect("NetworkManager.conf");
         crate::write_0600(&nm_etc.join("system-connections/cloud-init-ens3.nmconnection"), &primary_profile());
-        let mut host = ConfinedHost::start(
+        let host = ConfinedHost::start(
             kernel.name(),
             &[
                 Bind { source: nm_etc, target: "/etc/NetworkManager" },
@@ -162,10 +162,8 @@ impl NmNode {
             ],
             &[RunDir { path: "/run/NetworkManager", owner: None }],
         );
-        let filter = "type='method_call',destination='org.freedesktop.NetworkManager'";
-        host.spawn("monitor", "dbus-monitor", &["--system", filter], &[]);
-        host.wait_for_log("monitor", "NameAcquired", Duration::from_secs(10));
         let mut node = Self { host, root, kernel };
+        node.start_monitor();
         node.start_daemon();
         node.wait_for_primary();
         Some(node)
@@ -178,6 +176,33 @@ impl NmNode {
         self.host.stop("networkmanager");
         between(self);
         self.start_daemon();
+    }
+
+    /// The host's D-Bus goes away (NetworkManager exits with it, as on a
+    /// host whose bus stops): NetworkManager, the bus monitor, the bus.
+    pub fn stop_bus(&mut self) {
+        self.host.stop("networkmanager");
+        self.host.stop("monitor");
+        self.host.stop_bus();
+    }
+
+    /// After [`Self::stop_bus`] (and the bus started again, see
+    /// [`ConfinedHost::start_bus`]): the bus monitor and NetworkManager
+    /// start again, and NetworkManager reads its profiles.
+    pub fn start_networkmanager(&mut self) {
+        self.start_monitor();
+        self.start_daemon();
+    }
+
+    /// Logs every method call to NetworkManager on the bus ([`Self::calls`]).
+    fn start_monitor(&mut self) {
+        // Appends to the log of an earlier monitor: the count goes on.
+        let seen = self.host.log("monitor").matches("NameAcquired").count();
+        let filter = "type='method_call',destination='org.freedesktop.NetworkManager'";
+        self.host.spawn("monitor", "dbus-monitor", &["--system", filter], &[]);
+        self.host.wait_until(Duration::from_secs(10), "the bus monitor", || {
+            self.host.log("monitor").matches("NameAcquired").count() > seen
+        });
     }
 
     fn start_daemon(&mut self) {

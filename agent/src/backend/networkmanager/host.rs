@@ -2,12 +2,10 @@
 //! a checkpoint of that NIC so a failed verification rolls back to exactly
 //! what NetworkManager had.
 //!
-//! Every call goes to the host's own tools, run in the host's namespaces:
-//! `busctl` (systemd's D-Bus client: NetworkManager's D-Bus API, answers in
-//! JSON) and `nmcli` for the activation itself (it waits until the device
-//! is activated, or says why it failed). The agent's image has no D-Bus
-//! library, and the host's bus socket is only reachable in the host's mount
-//! namespace. Per interface:
+//! Every call goes to NetworkManager's D-Bus API on the host's system bus,
+//! through the agent's own client ([`super::bus`], [`super::api`]): no
+//! process is run (`busctl` and `nmcli` cost 5 to 15 ms each). Per
+//! interface:
 //!
 //! 1. before anything changes ([`HostSession::admit`]), one
 //!    `GetManagedObjects`: the NIC's device, whether NetworkManager manages
@@ -16,9 +14,12 @@
 //!    generated for a NIC without a profile);
 //! 2. apply: `CheckpointCreate([device], 120 s)`, `LoadConnections([our
 //!    keyfile])` (what `nmcli connection load` calls; its answer names the
-//!    files NetworkManager refused, while nmcli exits 0), then
-//!    `Device.Reapply` when our profile is already active on that NIC (only
-//!    MTU or address changed), else `nmcli connection up uuid …`;
+//!    files NetworkManager refused, while nmcli exits 0: a refusal is an
+//!    error here), then `Device.Reapply` when our profile is already active
+//!    on that NIC (only MTU or address changed), else `ActivateConnection`
+//!    of our profile on that device, waited for (its `StateChanged`
+//!    signals, at most [`ACTIVATE_WAIT`]) until NetworkManager says it is
+//!    active or why not (the device's failure reason);
 //! 3. verified: `CheckpointDestroy` and the deletion of NetworkManager's
 //!    automatic profiles of the NIC, side by side (NetworkManager then
 //!    records the NIC in `no-auto-default.state` and never creates one
@@ -30,8 +31,8 @@
 //! 4. removal: `LoadConnections` of our removed keyfile (NetworkManager
 //!    deactivates and forgets the profile) before the runtime state is undone.
 //!
-//! Never: a reload or restart of NetworkManager, `nmcli connection reload`,
-//! or any call about a profile or device other than the ones above.
+//! Never: a reload or restart of NetworkManager, `ReloadConnections`, or
+//! any call about a profile or device other than the ones above.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,28 +40,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use multinic_proto::InterfaceName;
-use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
+use super::api::{ACTIVE, CONNECTION, DEVICE, DEVICE_DISCONNECTED, NetworkManager, NotActivated, Tree};
+use super::bus::BusError;
 use super::keyfile;
 use crate::backend::{ChangeKind, HostApply, HostApplyError, HostChange, HostSession, HostVerdict, NotAdmitted};
-use crate::hostns::{HostError, HostNamespaces};
-
-const SERVICE: &str = "org.freedesktop.NetworkManager";
-const OBJECTS: &str = "/org/freedesktop";
-const OBJECT_MANAGER: &str = "org.freedesktop.DBus.ObjectManager";
-const ROOT: &str = "/org/freedesktop/NetworkManager";
-const SETTINGS: &str = "/org/freedesktop/NetworkManager/Settings";
-const MANAGER: &str = "org.freedesktop.NetworkManager";
-const DEVICE: &str = "org.freedesktop.NetworkManager.Device";
-const ACTIVE: &str = "org.freedesktop.NetworkManager.Connection.Active";
-const SETTINGS_IFACE: &str = "org.freedesktop.NetworkManager.Settings";
-const CONNECTION: &str = "org.freedesktop.NetworkManager.Settings.Connection";
-const CHECKPOINT: &str = "org.freedesktop.NetworkManager.Checkpoint";
+use crate::hostns::HostNamespaces;
 
 /// Seconds after which NetworkManager rolls a checkpoint back by itself: only
 /// if the agent died before verifying (it waits at most 30 s).
 pub const CHECKPOINT_TIMEOUT: u32 = 120;
+
+/// How long an activation may take before it counts as failed (what
+/// `nmcli connection up` waits by default).
+pub const ACTIVATE_WAIT: Duration = Duration::from_secs(60);
+
+/// How long NetworkManager may take to settle on a NIC after a rollback,
+/// and how long the NIC must stay disconnected to count as settled (see
+/// `leave_to_the_journal`).
+const SETTLE_WAIT: Duration = Duration::from_secs(3);
+const QUIET: Duration = Duration::from_millis(200);
 
 /// How long a NIC just plugged in may take to appear in NetworkManager.
 const DEVICE_WAIT: Duration = Duration::from_secs(3);
@@ -70,28 +70,6 @@ const DEVICE_WAIT: Duration = Duration::from_secs(3);
 const FLAG_NM_GENERATED: u64 = 0x2;
 const FLAG_VOLATILE: u64 = 0x4;
 const FLAG_EXTERNAL: u64 = 0x8;
-
-/// A call to NetworkManager that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    /// `busctl` could not run, or NetworkManager answered with an error.
-    #[error(transparent)]
-    Command(#[from] HostError),
-    /// `busctl` answered something that is not its JSON.
-    #[error("busctl answered {line:?}: {source}")]
-    Answer {
-        line: String,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-impl BusError {
-    /// Whether NetworkManager's error message contains `text`.
-    fn says(&self, text: &str) -> bool {
-        matches!(self, Self::Command(HostError::Failed { output, .. }) if output.contains(text))
-    }
-}
 
 /// Why NetworkManager did not do what a change of one NIC needs.
 #[derive(Debug, thiserror::Error)]
@@ -121,14 +99,16 @@ pub enum NmError {
         #[source]
         source: BusError,
     },
-    #[error("NetworkManager refused /{} (its log says why; `nmcli connection load` exits 0 here)", .0.display())]
+    #[error("NetworkManager refused /{} (LoadConnections lists it as failed; its log says why)", .0.display())]
     Refused(PathBuf),
-    #[error("NetworkManager did not activate {name}: {source}")]
+    #[error("cannot have NetworkManager activate {name}: {source}")]
     Activate {
         name: InterfaceName,
         #[source]
-        source: HostError,
+        source: BusError,
     },
+    #[error("NetworkManager did not activate {name}: {why}")]
+    NotActivated { name: InterfaceName, why: NotActivated },
 }
 
 impl From<NmError> for HostApplyError {
@@ -143,7 +123,7 @@ pub struct NmHost;
 
 impl HostApply for NmHost {
     fn session(&self, host: HostNamespaces) -> Box<dyn HostSession> {
-        Box::new(NmSession { bus: Bus { host }, interfaces: BTreeMap::new() })
+        Box::new(NmSession { nm: NetworkManager::of(&host), interfaces: BTreeMap::new() })
     }
 }
 
@@ -174,7 +154,7 @@ struct Automatic {
 /// One reconcile's NetworkManager calls.
 #[derive(Debug)]
 struct NmSession {
-    bus: Bus,
+    nm: NetworkManager,
     interfaces: BTreeMap<InterfaceName, Interface>,
 }
 
@@ -186,10 +166,10 @@ impl HostSession for NmSession {
         let started = Instant::now();
         let interface = loop {
             let tree = self
-                .bus
-                .call(OBJECTS, OBJECT_MANAGER, "GetManagedObjects", "", &[])
+                .nm
+                .tree()
                 .map_err(|source| NotAdmitted::Failed(NmError::Ask { link: change.link.clone(), source }.into()))?;
-            match admission(tree.first().unwrap_or(&Value::Null), change, &ours) {
+            match admission(&tree, change, &ours) {
                 Ok(Some(interface)) => break interface,
                 // A NIC just plugged in may take a moment to appear there.
                 Ok(None) if started.elapsed() < DEVICE_WAIT => std::thread::sleep(Duration::from_millis(200)),
@@ -216,36 +196,28 @@ impl HostSession for NmSession {
             .collect()
     }
 
-    /// The calls are independent of one another: they run side by side.
+    /// The calls are independent of one another: they go out side by side.
     fn commit(&mut self, change: &HostChange) {
         let Some(interface) = self.interfaces.remove(&change.name) else { return };
-        let span = tracing::Span::current();
-        let bus = &self.bus;
-        std::thread::scope(|scope| {
-            if let Some(checkpoint) = &interface.checkpoint {
-                let span = span.clone();
-                scope.spawn(move || {
-                    let _span = span.enter();
-                    if let Err(e) = bus.call(ROOT, MANAGER, "CheckpointDestroy", "o", &[checkpoint]) {
-                        error!(checkpoint = %checkpoint, error = %e, "cannot drop the checkpoint: NetworkManager will roll this interface back when it times out");
-                    }
-                });
+        let automatic: Vec<String> = interface.automatic.iter().map(|a| a.object.clone()).collect();
+        let mut results = self.nm.settle(interface.checkpoint.as_deref(), &automatic).into_iter();
+        if let Some(checkpoint) = &interface.checkpoint
+            && let Some(Err(e)) = results.next()
+        {
+            error!(checkpoint = %checkpoint, error = %e, "cannot drop the checkpoint: NetworkManager will roll this interface back when it times out");
+        }
+        for (Automatic { id, .. }, result) in interface.automatic.iter().zip(results) {
+            match result {
+                Ok(()) => info!(
+                    profile = %id,
+                    "deleted NetworkManager's automatic profile of this NIC (it records the NIC in \
+                     no-auto-default.state and does not create one again)"
+                ),
+                Err(e) => {
+                    warn!(profile = %id, error = %e, "cannot delete NetworkManager's automatic profile of this NIC")
+                }
             }
-            for Automatic { object, id } in &interface.automatic {
-                let span = span.clone();
-                scope.spawn(move || {
-                    let _span = span.enter();
-                    match bus.call(object, CONNECTION, "Delete", "", &[]) {
-                        Ok(_) => info!(
-                            profile = %id,
-                            "deleted NetworkManager's automatic profile of this NIC (it records the NIC in \
-                             no-auto-default.state and does not create one again)"
-                        ),
-                        Err(e) => warn!(profile = %id, error = %e, "cannot delete NetworkManager's automatic profile of this NIC"),
-                    }
-                });
-            }
-        });
+        }
         let retired: Vec<&Path> = change.retired.iter().map(|p| p.as_path()).collect();
         if !retired.is_empty() {
             self.load_ignoring_missing(&retired);
@@ -277,13 +249,10 @@ impl NmSession {
     /// `CheckpointRollback`: NetworkManager restores the devices and
     /// profiles of `checkpoint` as they were.
     fn rollback(&self, checkpoint: &str) {
-        match self.bus.call(ROOT, MANAGER, "CheckpointRollback", "o", &[checkpoint]) {
-            Ok(answer) => {
-                let results = answer.first().and_then(Value::as_object).cloned().unwrap_or_default();
-                for (device, code) in results {
-                    if code.as_u64() != Some(0) {
-                        warn!(device = %device, result = %code, "NetworkManager could not restore this device fully");
-                    }
+        match self.nm.checkpoint_rollback(checkpoint) {
+            Ok(results) => {
+                for (device, code) in results.into_iter().filter(|(_, code)| *code != 0) {
+                    warn!(device = %device, result = code, "NetworkManager could not restore this device fully");
                 }
                 info!(checkpoint = %checkpoint, "NetworkManager rolled back to its checkpoint");
             }
@@ -298,13 +267,52 @@ impl NmSession {
     /// automatic DHCP profile). `Device.Disconnect` stops that and keeps it
     /// from activating anything on the NIC by itself; the journal then
     /// restores the NIC through netlink, as it was.
+    ///
+    /// NetworkManager may have queued more than one activation by then (its
+    /// own retry of our profile, which failed, behind the rollback's), and
+    /// `Disconnect` stops only the current one and answers before the
+    /// deactivation has taken the addresses off. So the device is watched
+    /// until it has stayed disconnected for a moment, disconnected again
+    /// whenever an activation starts, at most [`SETTLE_WAIT`].
     fn leave_to_the_journal(&self, interface: &Interface) {
-        match self.bus.call(&interface.device, DEVICE, "Disconnect", "", &[]) {
-            Ok(_) => {
-                info!("NetworkManager had no profile active on this NIC: disconnected it, the journal restores it")
+        let started = Instant::now();
+        let mut quiet_since: Option<Instant> = None;
+        let mut disconnected = false;
+        while started.elapsed() < SETTLE_WAIT {
+            let state = match self.nm.device_state(&interface.device) {
+                Ok(state) => state,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the NIC's state in NetworkManager");
+                    return;
+                }
+            };
+            match state {
+                // Unmanaged, unavailable or disconnected: nothing runs.
+                ..=DEVICE_DISCONNECTED => {
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= QUIET {
+                        break;
+                    }
+                }
+                // Preparing to activated: an activation runs.
+                40..=100 => {
+                    quiet_since = None;
+                    match self.nm.disconnect(&interface.device) {
+                        Ok(()) => disconnected = true,
+                        Err(e) if e.name() == Some("org.freedesktop.NetworkManager.Device.NotActive") => {}
+                        Err(e) => {
+                            warn!(error = %e, "cannot disconnect the NIC in NetworkManager");
+                            return;
+                        }
+                    }
+                }
+                // Deactivating or failed: on its way to disconnected.
+                _ => quiet_since = None,
             }
-            Err(e) if e.says("not active") => {}
-            Err(e) => warn!(error = %e, "cannot disconnect the NIC in NetworkManager"),
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if disconnected {
+            info!("NetworkManager had no profile active on this NIC: disconnected it, the journal restores it");
         }
     }
 
@@ -319,12 +327,10 @@ impl NmSession {
             Some(interface) => (interface.device.clone(), interface.reapply),
             None => return Err(NmError::NoDevice { link: change.link.clone() }.into()),
         };
-        let timeout = CHECKPOINT_TIMEOUT.to_string();
-        let answer = self
-            .bus
-            .call(ROOT, MANAGER, "CheckpointCreate", "aouu", &["1", &device, &timeout, "0"])
+        let checkpoint = self
+            .nm
+            .checkpoint_create(&device, CHECKPOINT_TIMEOUT)
             .map_err(|source| NmError::Checkpoint { link: change.link.clone(), source })?;
-        let checkpoint = answer.first().and_then(Value::as_str).unwrap_or_default().to_owned();
         if let Some(interface) = self.interfaces.get_mut(&change.name) {
             interface.checkpoint = Some(checkpoint);
         }
@@ -335,29 +341,26 @@ impl NmSession {
             return Err(NmError::Refused(profile).into());
         }
         if reapply {
-            match self.bus.call(&device, DEVICE, "Reapply", "a{sa{sv}}tu", &["0", "0", "0"]) {
-                Ok(_) => return Ok(()),
+            match self.nm.reapply(&device) {
+                Ok(()) => return Ok(()),
                 Err(e) => info!(error = %e, "NetworkManager cannot reapply in place; activating the profile"),
             }
         }
         let uuid = keyfile::uuid(change.mac);
-        let name = change.name.to_string();
-        let args = ["--wait", "60", "connection", "up", "uuid", &uuid, "ifname", &name].map(str::to_owned);
-        let output =
-            self.bus.host.run("nmcli", &args).map_err(|source| NmError::Activate { name: change.name, source })?;
-        debug!(output = %output.trim(), "nmcli connection up");
-        Ok(())
+        match self.nm.activate(&uuid, &device, ACTIVATE_WAIT) {
+            Ok(Ok(())) => {
+                debug!("NetworkManager activated the profile");
+                Ok(())
+            }
+            Ok(Err(why)) => Err(NmError::NotActivated { name: change.name, why }.into()),
+            Err(source) => Err(NmError::Activate { name: change.name, source }.into()),
+        }
     }
 
     /// `LoadConnections` of `paths` (relative to the host root): the ones
     /// NetworkManager refused.
     fn load(&self, paths: &[&Path]) -> Result<Vec<String>, BusError> {
-        let absolute: Vec<String> = paths.iter().map(|p| format!("/{}", p.display())).collect();
-        let mut args = vec![absolute.len().to_string()];
-        args.extend(absolute);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let answer = self.bus.call(SETTINGS, SETTINGS_IFACE, "LoadConnections", "as", &args)?;
-        Ok(answer.get(1).map(strings).unwrap_or_default())
+        self.nm.load(paths.iter().map(|p| format!("/{}", p.display())).collect())
     }
 
     /// [`Self::load`] of files that may be gone (removed or retired): a
@@ -377,94 +380,20 @@ impl NmSession {
     /// covers exactly that device, with our timeout (so never an admin's).
     fn leftover_checkpoint(&self, change: &HostChange) -> Option<String> {
         let name = change.name.to_string();
-        let device = [name.as_str(), change.link.as_str()].iter().find_map(|n| self.bus.device(n, Duration::ZERO))?;
-        let all = self.bus.get(ROOT, MANAGER, &["Checkpoints"]).ok()?;
-        let checkpoints = all.first().map(object_paths).unwrap_or_default();
+        let device = [name.as_str(), change.link.as_str()].iter().find_map(|n| match self.nm.device(n) {
+            Ok(device) => device,
+            Err(e) => {
+                debug!(interface = n, error = %e, "cannot ask NetworkManager for this device");
+                None
+            }
+        })?;
+        let checkpoints = self.nm.checkpoints().ok()?;
         checkpoints.into_iter().find(|checkpoint| {
-            let props = self.bus.get(checkpoint, CHECKPOINT, &["Devices", "RollbackTimeout"]).unwrap_or_default();
-            let devices = props.first().map(object_paths).unwrap_or_default();
-            devices == [device.clone()] && props.get(1).and_then(Value::as_u64) == Some(u64::from(CHECKPOINT_TIMEOUT))
+            self.nm
+                .checkpoint(checkpoint)
+                .is_ok_and(|(devices, timeout)| devices == [device.clone()] && timeout == CHECKPOINT_TIMEOUT)
         })
     }
-}
-
-/// `busctl` on the host's system bus, answers in JSON.
-#[derive(Debug)]
-struct Bus {
-    host: HostNamespaces,
-}
-
-impl Bus {
-    /// `busctl call`: the method's out arguments.
-    fn call(
-        &self,
-        path: &str,
-        interface: &str,
-        method: &str,
-        signature: &str,
-        args: &[&str],
-    ) -> Result<Vec<Value>, BusError> {
-        let mut all = vec!["call", SERVICE, path, interface, method];
-        if !signature.is_empty() {
-            all.push(signature);
-            all.extend_from_slice(args);
-        }
-        let answer = self.busctl(&all)?;
-        Ok(answer.into_iter().next().map(|v| data(&v)).and_then(|d| d.as_array().cloned()).unwrap_or_default())
-    }
-
-    /// `busctl get-property`: each property's value, in order.
-    fn get(&self, path: &str, interface: &str, properties: &[&str]) -> Result<Vec<Value>, BusError> {
-        let mut all = vec!["get-property", SERVICE, path, interface];
-        all.extend_from_slice(properties);
-        Ok(self.busctl(&all)?.iter().map(data).collect())
-    }
-
-    /// The device object of the NIC called `name`, waiting up to `wait` for
-    /// NetworkManager to see a NIC just plugged in; `None` when it has none.
-    fn device(&self, name: &str, wait: Duration) -> Option<String> {
-        let started = Instant::now();
-        loop {
-            match self.call(ROOT, MANAGER, "GetDeviceByIpIface", "s", &[name]) {
-                Ok(answer) => return answer.first().and_then(Value::as_str).map(str::to_owned),
-                Err(e) if e.says("No device found") && started.elapsed() < wait => {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => {
-                    debug!(interface = name, error = %e, "NetworkManager has no device of this name");
-                    return None;
-                }
-            }
-        }
-    }
-
-    fn busctl(&self, args: &[&str]) -> Result<Vec<Value>, BusError> {
-        let args: Vec<String> = ["--system", "--json=short"].iter().chain(args).map(|a| (*a).to_owned()).collect();
-        let output = self.host.run("busctl", &args)?;
-        parse_answer(&output)
-    }
-}
-
-/// busctl's JSON output: one value per line.
-fn parse_answer(output: &str) -> Result<Vec<Value>, BusError> {
-    output
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|source| BusError::Answer { line: l.to_owned(), source }))
-        .collect()
-}
-
-/// The `data` of one busctl JSON value (`{"type":"o","data":…}`).
-fn data(value: &Value) -> Value {
-    value.get("data").cloned().unwrap_or(Value::Null)
-}
-
-fn object_paths(value: &Value) -> Vec<String> {
-    strings(value)
-}
-
-fn strings(value: &Value) -> Vec<String> {
-    value.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
 }
 
 /// What NetworkManager's object tree (`GetManagedObjects`) says about the
@@ -474,25 +403,25 @@ fn strings(value: &Value) -> Vec<String> {
 /// configuration: those are volatile), kept in memory under
 /// `/run/NetworkManager`, and available on or active on this device (an
 /// automatic profile is bound to its NIC's name).
-fn admission(tree: &Value, change: &HostChange, ours: &str) -> Result<Option<Interface>, NmError> {
-    let empty = serde_json::Map::new();
-    let objects = tree.as_object().unwrap_or(&empty);
-    let prop = |object: &str, interface: &str, name: &str| {
-        objects.get(object).and_then(|o| o.get(interface)).and_then(|i| i.get(name)).map(data).unwrap_or(Value::Null)
+fn admission(tree: &Tree, change: &HostChange, ours: &str) -> Result<Option<Interface>, NmError> {
+    let text = |object: &str, interface: &str, name: &str| {
+        tree.prop(object, interface, name).and_then(|p| p.as_str()).unwrap_or_default().to_owned()
     };
-    let Some(device) = objects.keys().find(|o| prop(o, DEVICE, "Interface").as_str() == Some(change.link.as_str()))
-    else {
+    let Some(device) = tree.objects().find(|o| text(o, DEVICE, "Interface") == change.link) else {
         return Ok(None);
     };
-    if prop(device, DEVICE, "Managed").as_bool() != Some(true) {
+    if tree.prop(device, DEVICE, "Managed").and_then(|p| p.as_bool()) != Some(true) {
         return Err(NmError::Unmanaged { link: change.link.clone() });
     }
+    let flags = |profile: &str| tree.prop(profile, CONNECTION, "Flags").and_then(|p| p.as_u64()).unwrap_or_default();
     let mut interface = Interface { device: device.clone(), ..Interface::default() };
-    let mut candidates = object_paths(&prop(device, DEVICE, "AvailableConnections"));
-    if let Some(active) = prop(device, DEVICE, "ActiveConnection").as_str().filter(|p| *p != "/") {
-        let uuid = prop(active, ACTIVE, "Uuid").as_str().unwrap_or_default().to_owned();
-        let profile = prop(active, ACTIVE, "Connection").as_str().unwrap_or_default().to_owned();
-        let volatile = prop(&profile, CONNECTION, "Flags").as_u64().is_some_and(|f| f & FLAG_VOLATILE != 0);
+    let mut candidates =
+        tree.prop(device, DEVICE, "AvailableConnections").map(|p| p.paths().to_vec()).unwrap_or_default();
+    let active = text(device, DEVICE, "ActiveConnection");
+    if !active.is_empty() && active != "/" {
+        let uuid = text(&active, ACTIVE, "Uuid");
+        let profile = text(&active, ACTIVE, "Connection");
+        let volatile = flags(&profile) & FLAG_VOLATILE != 0;
         if uuid == ours {
             interface.reapply = change.link == change.name.to_string();
             candidates.retain(|p| *p != profile);
@@ -502,11 +431,12 @@ fn admission(tree: &Value, change: &HostChange, ours: &str) -> Result<Option<Int
         interface.active_before = (!volatile).then_some(uuid);
     }
     for object in candidates {
-        let flags = prop(&object, CONNECTION, "Flags").as_u64().unwrap_or_default();
-        let file = prop(&object, CONNECTION, "Filename");
-        let in_memory = file.as_str().is_some_and(|f| f.starts_with("/run/NetworkManager/"));
-        if flags & FLAG_NM_GENERATED != 0 && flags & (FLAG_VOLATILE | FLAG_EXTERNAL) == 0 && in_memory {
-            let id = file.as_str().and_then(|f| f.rsplit('/').next()).unwrap_or_default().to_owned();
+        let file = text(&object, CONNECTION, "Filename");
+        if flags(&object) & FLAG_NM_GENERATED != 0
+            && flags(&object) & (FLAG_VOLATILE | FLAG_EXTERNAL) == 0
+            && file.starts_with("/run/NetworkManager/")
+        {
+            let id = file.rsplit('/').next().unwrap_or_default().to_owned();
             interface.automatic.push(Automatic { object, id });
         }
     }
@@ -515,49 +445,40 @@ fn admission(tree: &Value, change: &HostChange, ours: &str) -> Result<Option<Int
 
 #[cfg(test)]
 mod tests {
+    use super::super::api::Prop;
     use super::*;
-
-    /// `busctl --json=short` answers as NetworkManager 1.42 gave them.
-    #[test]
-    fn busctl_answers_are_read() {
-        let call = parse_answer("{\"type\":\"o\",\"data\":[\"/org/freedesktop/NetworkManager/Devices/5\"]}\n").unwrap();
-        assert_eq!(data(&call[0])[0], "/org/freedesktop/NetworkManager/Devices/5");
-        let props = parse_answer(
-            "{\"type\":\"b\",\"data\":true}\n{\"type\":\"o\",\"data\":\"/\"}\n{\"type\":\"ao\",\"data\":[\"/a\",\"/b\"]}\n",
-        )
-        .unwrap();
-        let values: Vec<Value> = props.iter().map(data).collect();
-        assert_eq!(values[0].as_bool(), Some(true));
-        assert_eq!(object_paths(&values[2]), vec!["/a", "/b"]);
-        let load = parse_answer("{\"type\":\"bas\",\"data\":[false,[\"/etc/x.nmconnection\"]]}").unwrap();
-        assert_eq!(strings(&data(&load[0])[1]), vec!["/etc/x.nmconnection"]);
-        assert!(parse_answer("Call failed: No device found").is_err());
-    }
 
     /// A `GetManagedObjects` answer as NetworkManager 1.42 gives it, cut
     /// down to what admission reads: `ens4` with its automatic profile
     /// active, our profile loaded, an admin's profile for any NIC, the
     /// unmanaged `ens8`, and `multinic5` configured from outside.
-    fn tree() -> Value {
-        let s = |v: &str| serde_json::json!({"type": "s", "data": v});
-        let o = |v: &str| serde_json::json!({"type": "o", "data": v});
-        let u = |v: u64| serde_json::json!({"type": "u", "data": v});
-        let profile = |flags, file: &str| serde_json::json!({CONNECTION: {"Flags": u(flags), "Filename": s(file)}});
-        serde_json::json!({
-            "/D/4": {DEVICE: {"Interface": s("ens4"), "Managed": {"type": "b", "data": true},
-                "ActiveConnection": o("/A/1"),
-                "AvailableConnections": {"type": "ao", "data": ["/S/1", "/S/2", "/S/3"]}}},
-            "/D/8": {DEVICE: {"Interface": s("ens8"), "Managed": {"type": "b", "data": false}}},
-            "/D/5": {DEVICE: {"Interface": s("multinic5"), "Managed": {"type": "b", "data": true},
-                "ActiveConnection": o("/A/2"), "AvailableConnections": {"type": "ao", "data": ["/S/6"]}}},
-            "/A/1": {ACTIVE: {"Uuid": s("23d6f901-7fd2-3703-95ba-985f1fba7da7"), "Connection": o("/S/1")}},
-            "/A/2": {ACTIVE: {"Uuid": s("75c52e45-1935-4ce4-ac4b-2a4e44cd5d94"), "Connection": o("/S/5")}},
-            "/S/1": profile(0x3, "/run/NetworkManager/system-connections/Wired connection 1.nmconnection"),
-            "/S/2": profile(0x0, "/etc/NetworkManager/system-connections/multinic0.nmconnection"),
-            "/S/3": profile(0x0, "/etc/NetworkManager/system-connections/any-ethernet.nmconnection"),
-            "/S/5": profile(0xf, "/run/NetworkManager/system-connections/multinic5.nmconnection"),
-            "/S/6": profile(0x3, "/run/NetworkManager/system-connections/Wired connection 6.nmconnection"),
-        })
+    fn tree() -> Tree {
+        let s = |v: &str| Prop::Str(v.to_owned());
+        let o = |v: &str| Prop::Path(v.to_owned());
+        let ao = |v: &[&str]| Prop::Paths(v.iter().map(|p| (*p).to_owned()).collect());
+        let mut tree = Tree::default();
+        let mut set = |object: &str, interface: &str, props: Vec<(&str, Prop)>| {
+            let props = props.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            tree.0.entry(object.to_owned()).or_default().insert(interface.to_owned(), props);
+        };
+        let device = |name: &str, managed: bool, active: Option<&str>, available: &[&str]| {
+            let mut props = vec![("Interface", s(name)), ("Managed", Prop::Bool(managed))];
+            props.extend(active.map(|a| ("ActiveConnection", o(a))));
+            props.push(("AvailableConnections", ao(available)));
+            props
+        };
+        set("/D/4", DEVICE, device("ens4", true, Some("/A/1"), &["/S/1", "/S/2", "/S/3"]));
+        set("/D/8", DEVICE, device("ens8", false, None, &[]));
+        set("/D/5", DEVICE, device("multinic5", true, Some("/A/2"), &["/S/6"]));
+        set("/A/1", ACTIVE, vec![("Uuid", s("23d6f901-7fd2-3703-95ba-985f1fba7da7")), ("Connection", o("/S/1"))]);
+        set("/A/2", ACTIVE, vec![("Uuid", s("75c52e45-1935-4ce4-ac4b-2a4e44cd5d94")), ("Connection", o("/S/5"))]);
+        let profile = |flags: u64, file: &str| vec![("Flags", Prop::Uint(flags)), ("Filename", s(file))];
+        set("/S/1", CONNECTION, profile(0x3, "/run/NetworkManager/system-connections/Wired connection 1.nmconnection"));
+        set("/S/2", CONNECTION, profile(0x0, "/etc/NetworkManager/system-connections/multinic0.nmconnection"));
+        set("/S/3", CONNECTION, profile(0x0, "/etc/NetworkManager/system-connections/any-ethernet.nmconnection"));
+        set("/S/5", CONNECTION, profile(0xf, "/run/NetworkManager/system-connections/multinic5.nmconnection"));
+        set("/S/6", CONNECTION, profile(0x3, "/run/NetworkManager/system-connections/Wired connection 6.nmconnection"));
+        tree
     }
 
     fn change(link: &str, index: u8) -> HostChange {
@@ -596,14 +517,32 @@ mod tests {
     #[test]
     fn our_active_profile_is_reapplied_when_the_nic_keeps_its_name() {
         let mut t = tree();
-        t["/A/1"][ACTIVE]["Uuid"]["data"] = "6d756c74-696e-8963-8000-fa163e000e01".into();
-        t["/A/1"][ACTIVE]["Connection"]["data"] = "/S/2".into();
         let ours = "6d756c74-696e-8963-8000-fa163e000e01";
+        let active = t.0.get_mut("/A/1").unwrap().get_mut(ACTIVE).unwrap();
+        active.insert("Uuid".into(), Prop::Str(ours.into()));
+        active.insert("Connection".into(), Prop::Path("/S/2".into()));
         let named = admission(&t, &change("ens4", 0), ours).unwrap().unwrap();
         assert!(!named.reapply, "ens4 is not multinic0 yet: activate");
-        t["/D/4"][DEVICE]["Interface"]["data"] = "multinic0".into();
+        t.0.get_mut("/D/4").unwrap().get_mut(DEVICE).unwrap().insert("Interface".into(), Prop::Str("multinic0".into()));
         let same = admission(&t, &change("multinic0", 0), ours).unwrap().unwrap();
         assert!(same.reapply);
         assert!(same.automatic.iter().all(|a| a.object != "/S/2"));
+    }
+
+    #[test]
+    fn a_failed_activation_says_why_in_networkmanagers_words() {
+        let failed = NmError::NotActivated {
+            name: InterfaceName::new(1, 10).unwrap(),
+            why: NotActivated { device_reason: Some(5), reason: 3 },
+        };
+        assert_eq!(
+            failed.to_string(),
+            "NetworkManager did not activate multinic1: IP configuration could not be reserved (no available \
+             address, timeout, etc.) (device state reason 5)"
+        );
+        let timed_out = NotActivated { device_reason: None, reason: 6 };
+        assert_eq!(timed_out.to_string(), "the activation timed out (activation state reason 6)");
+        let unknown = NotActivated { device_reason: Some(99), reason: 3 };
+        assert_eq!(unknown.to_string(), "the device failed (device state reason 99)");
     }
 }

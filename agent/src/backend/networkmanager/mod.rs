@@ -7,13 +7,17 @@
 //! - [`link`], `/etc/systemd/network/10-multinicN.link`;
 //! - [`predecessor`], `/etc/sysconfig/network-scripts/ifcfg-multinicN` (read, never written);
 //! - [`host`], what host mode (this backend's default) asks NetworkManager,
-//!   one interface at a time, with a checkpoint per NIC.
+//!   one interface at a time, with a checkpoint per NIC, through
+//!   [`api`] (NetworkManager's D-Bus API) over [`bus`] (the agent's own
+//!   D-Bus client on the host's system bus).
 //!
 //! Rendering and parsing are pure and exact (render → parse → render is a
 //! fixed point). This module never touches a profile that is not ours,
 //! except NetworkManager's own automatic profile of a NIC we take over and
 //! the predecessor's profile of it.
 
+pub mod api;
+pub mod bus;
 pub mod host;
 pub mod keyfile;
 pub mod link;
