@@ -11,6 +11,7 @@
 //! so that each change falls exactly where the test means it to.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use multinic_controller::change::FullReason;
@@ -41,6 +42,30 @@ fn names(touched: &Touched) -> Vec<&str> {
     touched.nodes.iter().map(|n| n.as_str()).collect()
 }
 
+/// A feed over a store of `db` whose full reads the test holds, after its
+/// first read, once the tables are idle.
+async fn idle_feed(db: &MariaDb) -> (Arc<HeldReads>, RowFeed) {
+    let reads = HeldReads::connect(&db.url());
+    let mut feed = started_feed(reads.clone(), HOUR).await;
+    until_quiet(&mut feed).await;
+    (reads, feed)
+}
+
+/// A tick at which the periodic full read is due: it starts beside the
+/// tick, and is held as `hold` says.
+async fn start_held(feed: &mut RowFeed, reads: &HeldReads, hold: Hold) {
+    reads.hold(hold);
+    feed.tick(due()).await.unwrap();
+    assert!(feed.full_read_in_flight(), "due: started beside the tick");
+    reads.until("the full read held", |s| s.waiting == 1).await;
+}
+
+/// Row `id`'s MTU once the tables are idle again.
+async fn settled_mtu(feed: &mut RowFeed, id: i64) -> Option<i64> {
+    until_quiet(feed).await;
+    row(feed, id).unwrap().mtu
+}
+
 /// Waits for the full read in flight to land.
 async fn landed(feed: &mut RowFeed) -> Touched {
     let read = tokio::time::timeout(WAIT, feed.landed()).await.expect("the full read landed").unwrap();
@@ -57,17 +82,12 @@ async fn a_change_during_the_full_read_is_read_at_once_and_its_snapshot_undoes_n
     let mut conn = db.connection().await;
     let a = NewRow::new("p1", "node-a", "fa:16:3e:00:50:01").insert(&pool).await;
     let b = NewRow::new("p2", "node-b", "fa:16:3e:00:50:02").insert(&pool).await;
-    let reads = HeldReads::connect(&db.url());
-    let mut feed = started_feed(reads.clone(), HOUR).await;
-    until_quiet(&mut feed).await;
+    let (reads, mut feed) = idle_feed(&db).await;
 
     // A writer that keeps modified_at: only a full read sees it.
     execute(&mut conn, &format!("UPDATE multi_interface SET mtu = 9000, modified_at = modified_at WHERE id = {b}"))
         .await;
-    reads.hold(Hold::AfterSnapshot);
-    feed.tick(due()).await.unwrap();
-    assert!(feed.full_read_in_flight(), "due: started beside the tick");
-    reads.until("the full read's snapshot", |s| s.waiting == 1).await;
+    start_held(&mut feed, &reads, Hold::AfterSnapshot).await;
     assert_eq!(row(&feed, b).unwrap().mtu, Some(1500), "not a change the ticks see");
 
     // Committed after the snapshot was taken: the next tick reads it.
@@ -85,8 +105,7 @@ async fn a_change_during_the_full_read_is_read_at_once_and_its_snapshot_undoes_n
     assert!(!feed.full_read_in_flight());
     assert_eq!(row(&feed, a).unwrap().mtu, Some(1400), "not undone by the older snapshot");
     assert_eq!(row(&feed, b).unwrap().mtu, Some(9000));
-    until_quiet(&mut feed).await;
-    assert_eq!(row(&feed, a).unwrap().mtu, Some(1400));
+    assert_eq!(settled_mtu(&mut feed, a).await, Some(1400));
 }
 
 /// The other order: the tick reads a change, then a newer one is committed
@@ -99,13 +118,9 @@ async fn a_snapshot_newer_than_the_ticks_read_is_not_lost() {
     let pool = db.pool().await;
     let mut conn = db.connection().await;
     let a = NewRow::new("p1", "node-a", "fa:16:3e:00:51:01").insert(&pool).await;
-    let reads = HeldReads::connect(&db.url());
-    let mut feed = started_feed(reads.clone(), HOUR).await;
-    until_quiet(&mut feed).await;
+    let (reads, mut feed) = idle_feed(&db).await;
 
-    reads.hold(Hold::BeforeSnapshot);
-    feed.tick(due()).await.unwrap();
-    reads.until("the full read waiting to begin", |s| s.waiting == 1).await;
+    start_held(&mut feed, &reads, Hold::BeforeSnapshot).await;
     execute(&mut conn, &format!("UPDATE multi_interface SET mtu = 1400 WHERE id = {a}")).await;
     next_tick(&mut feed, "the first change").await;
     assert_eq!(row(&feed, a).unwrap().mtu, Some(1400));
@@ -114,8 +129,7 @@ async fn a_snapshot_newer_than_the_ticks_read_is_not_lost() {
     assert!(landed(&mut feed).await.is_empty(), "the row the tick read keeps its state");
     next_tick(&mut feed, "the second change").await;
     assert_eq!(row(&feed, a).unwrap().mtu, Some(1300));
-    until_quiet(&mut feed).await;
-    assert_eq!(row(&feed, a).unwrap().mtu, Some(1300));
+    assert_eq!(settled_mtu(&mut feed, a).await, Some(1300));
 }
 
 /// A hard delete or a `multi_subnet` change found while the periodic full
@@ -136,14 +150,10 @@ async fn a_full_read_the_tick_needs_replaces_the_one_in_flight_and_a_reset_stops
     let ids: Vec<i64> =
         sqlx::query_scalar("SELECT id FROM multi_interface ORDER BY id").fetch_all(&mut conn).await.unwrap();
     let (a, b) = (ids[0], ids[1]);
-    let reads = HeldReads::connect(&db.url());
-    let mut feed = started_feed(reads.clone(), HOUR).await;
-    until_quiet(&mut feed).await;
+    let (reads, mut feed) = idle_feed(&db).await;
 
     // Hard delete.
-    reads.hold(Hold::AfterSnapshot);
-    feed.tick(due()).await.unwrap();
-    reads.until("the full read's snapshot", |s| s.waiting == 1).await;
+    start_held(&mut feed, &reads, Hold::AfterSnapshot).await;
     execute(&mut conn, &format!("DELETE FROM multi_interface WHERE id = {b}")).await;
     let read = next_tick(&mut feed, "hard delete").await;
     assert!(matches!(read, FeedRead::Full { reason: FullReason::Mismatch, .. }), "{read:?}");
@@ -152,9 +162,7 @@ async fn a_full_read_the_tick_needs_replaces_the_one_in_flight_and_a_reset_stops
     reads.until("the held full read stopped", |s| s.dropped == 1 && s.waiting == 0).await;
 
     // A multi_subnet cidr change.
-    reads.hold(Hold::AfterSnapshot);
-    feed.tick(due()).await.unwrap();
-    reads.until("the full read's snapshot", |s| s.waiting == 1).await;
+    start_held(&mut feed, &reads, Hold::AfterSnapshot).await;
     execute(&mut conn, "UPDATE multi_subnet SET cidr = '10.5.0.0/24' WHERE subnet_id = 'sub-1'").await;
     let read = next_tick(&mut feed, "multi_subnet").await;
     assert!(matches!(read, FeedRead::Full { reason: FullReason::Subnets, .. }), "{read:?}");
@@ -162,9 +170,7 @@ async fn a_full_read_the_tick_needs_replaces_the_one_in_flight_and_a_reset_stops
     reads.until("the held full read stopped", |s| s.dropped == 2 && s.waiting == 0).await;
 
     // A reset (a failed read, the controller lock lost) stops it too.
-    reads.hold(Hold::AfterSnapshot);
-    feed.tick(due()).await.unwrap();
-    reads.until("the full read's snapshot", |s| s.waiting == 1).await;
+    start_held(&mut feed, &reads, Hold::AfterSnapshot).await;
     feed.reset();
     assert!(!feed.full_read_in_flight());
     reads.until("the held full read stopped", |s| s.dropped == 3 && s.waiting == 0).await;
@@ -180,12 +186,8 @@ async fn a_failed_full_read_changes_nothing() {
     let pool = db.pool().await;
     let a = NewRow::new("p1", "node-a", "fa:16:3e:00:53:01").insert(&pool).await;
     drop(pool);
-    let reads = HeldReads::connect(&db.url());
-    let mut feed = started_feed(reads.clone(), HOUR).await;
-    until_quiet(&mut feed).await;
-    reads.hold(Hold::BeforeSnapshot);
-    feed.tick(due()).await.unwrap();
-    reads.until("the full read waiting to begin", |s| s.waiting == 1).await;
+    let (reads, mut feed) = idle_feed(&db).await;
+    start_held(&mut feed, &reads, Hold::BeforeSnapshot).await;
     db.stop();
     reads.release();
     let landed = tokio::time::timeout(WAIT, feed.landed()).await.expect("the full read ended");
