@@ -71,8 +71,10 @@ pub struct Args {
     /// change is seen within one poll). Each read costs the database a scan
     /// and sends every active row (measured: 0.03 s at 22,000 rows, 0.5 s
     /// at 1,000,000 rows with 500,000 active), so at 60s that is about
-    /// 0.05 % / 0.8 % of a database core; at 10s, six times as much. 0s
-    /// reads the whole fleet every tick.
+    /// 0.05 % / 0.8 % of a database core; at 10s, six times as much. It
+    /// runs beside the poll, one at a time: changes found meanwhile are
+    /// published at once and not undone when it lands. 0s starts a new one
+    /// at each tick once the last has landed.
     #[arg(long, env = "MULTINIC_FULL_READ_INTERVAL", default_value = "60s", value_parser = parse_duration_or_zero)]
     pub full_read_interval: Duration,
 

@@ -8,10 +8,12 @@
 //! before the last read, or inserted since, are read with a count of the
 //! table; the whole fleet is read at the start, after any failed read, when
 //! a cidr of `multi_subnet` changes (its cidrs are read and compared
-//! whenever its signal moves), when a read does not add up (a hard delete),
-//! and every `full_every` as a safety net for writers that keep
-//! `modified_at` (a tick later when the tick it falls on has a change to
-//! read: the change is published first).
+//! whenever its signal moves), and when a read does not add up (a hard
+//! delete): those full reads are the change's own read. Every `full_every`
+//! the whole fleet is also read as a safety net for writers that keep
+//! `modified_at`; that one runs beside the ticks ([`crate::feed`]), which
+//! go on reading changes meanwhile, so the tracker only says when it is
+//! due ([`ChangeTracker::periodic_due`]).
 //!
 //! MariaDB's `UPDATE_TIME` is the start, in whole seconds, of the last
 //! transaction that committed a change to the table (ours included), kept
@@ -91,8 +93,7 @@ impl ChangeReason {
 pub enum FullReason {
     /// First read, after a failed read, or after standing by.
     Start,
-    /// The safety net (put off by one tick when that tick has a change to
-    /// read, so that the change is published first).
+    /// The safety net, read beside the ticks.
     Periodic,
     /// A cidr of `multi_subnet` changed, or the table appeared or went.
     Subnets,
@@ -129,25 +130,26 @@ struct Seen {
 pub struct ChangeTracker {
     full_every: Duration,
     seen: Option<Seen>,
+    /// When the last full read began (inline, or beside the ticks).
     last_full: Option<Instant>,
-    /// The periodic full read was due at a tick that read changes instead:
-    /// it is read at the next tick, whatever that tick's probe says.
-    full_owed: bool,
+    /// The next tick reads the whole fleet, whatever its probe says.
+    owed: Option<FullReason>,
 }
 
 impl ChangeTracker {
     pub fn new(full_every: Duration) -> Self {
-        Self { full_every, seen: None, last_full: None, full_owed: false }
+        Self { full_every, seen: None, last_full: None, owed: None }
     }
 
-    /// What to read, given this tick's probe.
-    pub fn plan(&self, probe: &TableProbe, now: Instant) -> ReadPlan {
-        let (Some(seen), Some(last_full)) = (&self.seen, self.last_full) else {
+    /// What to read, given this tick's probe. Never the periodic full read:
+    /// see [`Self::periodic_due`].
+    pub fn plan(&self, probe: &TableProbe) -> ReadPlan {
+        let Some(seen) = &self.seen else {
             return ReadPlan::Full(FullReason::Start);
         };
         let last = &seen.probe;
-        if self.full_owed {
-            return ReadPlan::Full(FullReason::Periodic);
+        if let Some(reason) = self.owed {
+            return ReadPlan::Full(reason);
         }
         if probe.now < last.now {
             return ReadPlan::Full(FullReason::Clock);
@@ -168,36 +170,47 @@ impl ChangeTracker {
         };
         let why = why.or((probe.max_id != seen.tally.max_id).then_some(ChangeReason::Inserted));
         let rows = why.map(|why| RowWindow { since: since.max(0), after_id: seen.tally.max_id, why });
-        let changes = subnets || rows.is_some();
-        // A change is read (and published) before a periodic full read:
-        // the full read of a large fleet takes long, and the change would
-        // wait for all of it.
-        match (changes, now.saturating_duration_since(last_full) >= self.full_every) {
-            (true, _) => ReadPlan::Changes { subnets, rows },
-            (false, true) => ReadPlan::Full(FullReason::Periodic),
-            (false, false) => ReadPlan::Nothing,
+        match subnets || rows.is_some() {
+            true => ReadPlan::Changes { subnets, rows },
+            false => ReadPlan::Nothing,
         }
     }
 
-    /// Whether the periodic full read is due at `now`.
-    fn full_due(&self, now: Instant) -> bool {
-        self.last_full.is_some_and(|at| now.saturating_duration_since(at) >= self.full_every)
+    /// Whether the periodic full read is due at `now` (never before the
+    /// first full read: that one is the tick's own).
+    pub fn periodic_due(&self, now: Instant) -> bool {
+        self.seen.is_some() && self.last_full.is_some_and(|at| now.saturating_duration_since(at) >= self.full_every)
+    }
+
+    /// The periodic full read began at `now`, beside the ticks. What it
+    /// finds does not move what the tracker has seen: the ticks read on
+    /// meanwhile, and their reads are newer than it may be.
+    pub fn periodic_started(&mut self, now: Instant) {
+        self.last_full = Some(now);
+    }
+
+    /// The next tick must read the whole fleet (a full read that ran
+    /// beside the ticks found `multi_subnet`'s cidrs changed).
+    pub fn owe_full(&mut self, reason: FullReason) {
+        if self.seen.is_some() {
+            self.owed = Some(reason);
+        }
     }
 
     /// Nothing changed (or `multi_subnet` was checked and had not): the
-    /// copy of the rows is current as of `probe`, taken at `now`.
-    pub fn quiet(&mut self, probe: TableProbe, now: Instant) {
+    /// copy of the rows is current as of `probe`.
+    pub fn quiet(&mut self, probe: TableProbe) {
         if let Some(seen) = self.seen.as_mut() {
             seen.probe = probe;
         }
-        self.full_owed = self.full_due(now);
     }
 
-    /// A full read succeeded; `probe` was taken before it.
+    /// A full read succeeded, read as the tick's own (at `now`); `probe`
+    /// was taken before it.
     pub fn read_full(&mut self, probe: TableProbe, tally: Tally, now: Instant) {
         self.seen = Some(Seen { probe, tally });
         self.last_full = Some(now);
-        self.full_owed = false;
+        self.owed = None;
     }
 
     /// Whether a changed read accounts for every row: the table's count
@@ -211,18 +224,16 @@ impl ChangeTracker {
         i64::try_from(inserted).is_ok_and(|n| seen.tally.rows.saturating_add(n) == changed.tally.rows)
     }
 
-    /// A changed read that adds up succeeded; `probe` was taken before it,
-    /// at `now`.
-    pub fn read_changed(&mut self, probe: TableProbe, tally: Tally, now: Instant) {
+    /// A changed read that adds up succeeded; `probe` was taken before it.
+    pub fn read_changed(&mut self, probe: TableProbe, tally: Tally) {
         self.seen = Some(Seen { probe, tally });
-        self.full_owed = self.full_due(now);
     }
 
     /// A read failed, or this replica stood by: start over with a full read.
     pub fn reset(&mut self) {
         self.seen = None;
         self.last_full = None;
-        self.full_owed = false;
+        self.owed = None;
     }
 }
 
@@ -263,7 +274,7 @@ mod tests {
     fn started(p: TableProbe, tally: Tally) -> (ChangeTracker, Instant) {
         let t0 = Instant::now();
         let mut tracker = ChangeTracker::new(Duration::from_secs(60));
-        assert_eq!(tracker.plan(&p, t0), ReadPlan::Full(FullReason::Start));
+        assert_eq!(tracker.plan(&p), ReadPlan::Full(FullReason::Start));
         tracker.read_full(p, tally, t0);
         (tracker, t0)
     }
@@ -277,63 +288,63 @@ mod tests {
 
     #[test]
     fn an_old_last_write_unchanged_reads_nothing() {
-        let (mut tracker, t0) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
+        let (mut tracker, _) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
         for now in [T + 2, T + 4, T + 50] {
             let p = probe(10, Some(T - 100), now);
-            assert_eq!(tracker.plan(&p, t0), ReadPlan::Nothing);
-            tracker.quiet(p, t0);
+            assert_eq!(tracker.plan(&p), ReadPlan::Nothing);
+            tracker.quiet(p);
         }
     }
 
     #[test]
     fn a_write_is_read_then_its_second_is_watched_for_recent_seconds() {
-        let (mut tracker, t0) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
+        let (mut tracker, _) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
         // A commit whose transaction began at T + 1.
         let p = probe(10, Some(T + 1), T + 2);
-        assert_eq!(changed(tracker.plan(&p, t0)), (T - RECENT, ChangeReason::Written));
-        tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
+        assert_eq!(changed(tracker.plan(&p)), (T - RECENT, ChangeReason::Written));
+        tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
         // Same last write, but another transaction of second T + 1 may
         // still commit without moving it: read until RECENT has passed.
         for now in [T + 4, T + 6, T + 8] {
             let p = probe(10, Some(T + 1), now);
-            assert_eq!(changed(tracker.plan(&p, t0)).1, ChangeReason::Recent, "at {now}");
-            tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
+            assert_eq!(changed(tracker.plan(&p)).1, ChangeReason::Recent, "at {now}");
+            tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
         }
         // Looked at T + 8, more than RECENT after T + 1: trusted.
         let p = probe(10, Some(T + 1), T + 10);
-        assert_eq!(tracker.plan(&p, t0), ReadPlan::Nothing);
+        assert_eq!(tracker.plan(&p), ReadPlan::Nothing);
     }
 
     #[test]
     fn a_long_transaction_is_read_back_to_its_start() {
-        let (tracker, t0) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
+        let (tracker, _) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
         // Committed after the last look, begun 60 s before it.
         let p = probe(10, Some(T - 60), T + 2);
-        assert_eq!(changed(tracker.plan(&p, t0)), (T - 60, ChangeReason::Written));
+        assert_eq!(changed(tracker.plan(&p)), (T - 60, ChangeReason::Written));
     }
 
     #[test]
     fn an_unknown_last_write_is_read_every_tick() {
-        let (mut tracker, t0) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
+        let (mut tracker, _) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
         for now in [T + 2, T + 4, T + 60] {
             let p = probe(10, None, now);
-            assert_eq!(changed(tracker.plan(&p, t0)).1, ChangeReason::Unknown);
-            tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
+            assert_eq!(changed(tracker.plan(&p)).1, ChangeReason::Unknown);
+            tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
         }
         // Known again (a write): read once, then quiet once it is old.
         let p = probe(10, Some(T + 70), T + 71);
-        assert_eq!(changed(tracker.plan(&p, t0)), (T + 55, ChangeReason::Written));
-        tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
+        assert_eq!(changed(tracker.plan(&p)), (T + 55, ChangeReason::Written));
+        tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
         let p = probe(10, Some(T + 70), T + 80);
-        assert_eq!(changed(tracker.plan(&p, t0)).1, ChangeReason::Recent, "last looked at within RECENT of it");
-        tracker.read_changed(p, Tally { rows: 10, max_id: 10 }, t0);
-        assert_eq!(tracker.plan(&probe(10, Some(T + 70), T + 82), t0), ReadPlan::Nothing);
+        assert_eq!(changed(tracker.plan(&p)).1, ChangeReason::Recent, "last looked at within RECENT of it");
+        tracker.read_changed(p, Tally { rows: 10, max_id: 10 });
+        assert_eq!(tracker.plan(&probe(10, Some(T + 70), T + 82)), ReadPlan::Nothing);
     }
 
     #[test]
     fn a_new_id_alone_is_read() {
-        let (tracker, t0) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
-        let plan = tracker.plan(&probe(11, Some(T - 100), T + 2), t0);
+        let (tracker, _) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
+        let plan = tracker.plan(&probe(11, Some(T - 100), T + 2));
         let rows = Some(RowWindow { since: T - RECENT, after_id: 10, why: ChangeReason::Inserted });
         assert_eq!(plan, ReadPlan::Changes { subnets: false, rows });
     }
@@ -341,21 +352,32 @@ mod tests {
     #[test]
     fn full_reads_when_needed() {
         let (mut tracker, t0) = started(probe(10, Some(T - 100), T), Tally { rows: 10, max_id: 10 });
-        let later = probe(10, Some(T - 100), T + 100);
         let minute = t0 + Duration::from_secs(60);
-        assert_eq!(tracker.plan(&later, minute), ReadPlan::Full(FullReason::Periodic));
-        // Due, but this tick has a write to read: that first, the full read
-        // at the next tick whatever it finds.
+        assert!(!tracker.periodic_due(t0 + Duration::from_secs(59)));
+        assert!(tracker.periodic_due(minute));
+        // The periodic full read is never the tick's plan: the tick reads
+        // what changed (or nothing), and the full read runs beside it.
+        let later = probe(10, Some(T - 100), T + 100);
+        assert_eq!(tracker.plan(&later), ReadPlan::Nothing);
+        tracker.periodic_started(minute);
+        assert!(!tracker.periodic_due(minute + Duration::from_secs(59)), "one at a time, a minute apart");
         let written = probe(10, Some(T + 99), T + 100);
-        assert_eq!(changed(tracker.plan(&written, minute)).1, ChangeReason::Written);
-        tracker.read_changed(written, Tally { rows: 10, max_id: 10 }, minute);
-        let next = probe(10, Some(T + 101), T + 102);
-        assert_eq!(tracker.plan(&next, minute), ReadPlan::Full(FullReason::Periodic));
-        tracker.read_full(next, Tally { rows: 10, max_id: 10 }, minute);
-        assert_eq!(changed(tracker.plan(&probe(10, Some(T + 103), T + 104), minute)).1, ChangeReason::Written);
-        assert_eq!(tracker.plan(&probe(10, Some(T - 100), T - 1), t0), ReadPlan::Full(FullReason::Clock));
+        assert_eq!(changed(tracker.plan(&written)).1, ChangeReason::Written, "changes are read meanwhile");
+        tracker.read_changed(written, Tally { rows: 10, max_id: 10 });
+        // A full read beside the ticks that found multi_subnet changed: the
+        // next tick reads the whole fleet, whatever its probe says.
+        tracker.owe_full(FullReason::Subnets);
+        let quiet = probe(10, Some(T + 99), T + 120);
+        assert_eq!(tracker.plan(&quiet), ReadPlan::Full(FullReason::Subnets));
+        tracker.read_full(quiet, Tally { rows: 10, max_id: 10 }, minute);
+        assert_eq!(tracker.plan(&quiet), ReadPlan::Nothing);
+        assert_eq!(changed(tracker.plan(&probe(10, Some(T + 121), T + 122))).1, ChangeReason::Written);
+        assert_eq!(tracker.plan(&probe(10, Some(T - 100), T - 1)), ReadPlan::Full(FullReason::Clock));
         tracker.reset();
-        assert_eq!(tracker.plan(&later, t0), ReadPlan::Full(FullReason::Start));
+        assert_eq!(tracker.plan(&later), ReadPlan::Full(FullReason::Start));
+        assert!(!tracker.periodic_due(minute), "never before the first full read");
+        tracker.owe_full(FullReason::Subnets);
+        assert_eq!(tracker.plan(&later), ReadPlan::Full(FullReason::Start));
     }
 
     #[test]
@@ -376,15 +398,15 @@ mod tests {
             (counted(3, T - 50), Written(T + 1), true),   // written after a restart
             (Written(T - 50), Unknown, true),
         ] {
-            let (tracker, t0) = started(at(before, T), tally);
-            let plan = tracker.plan(&at(after, T + 2), t0);
+            let (tracker, _) = started(at(before, T), tally);
+            let plan = tracker.plan(&at(after, T + 2));
             let checked = ReadPlan::Changes { subnets: true, rows: None };
             let want = if check { checked } else { ReadPlan::Nothing };
             assert_eq!(plan, want, "{before:?} -> {after:?}");
         }
         // The table appearing or going is a change in itself.
-        let (tracker, t0) = started(at(Written(T - 50), T), tally);
-        assert_eq!(tracker.plan(&probe(10, Some(T - 100), T + 2), t0), ReadPlan::Full(FullReason::Subnets));
+        let (tracker, _) = started(at(Written(T - 50), T), tally);
+        assert_eq!(tracker.plan(&probe(10, Some(T - 100), T + 2)), ReadPlan::Full(FullReason::Subnets));
     }
 
     #[test]

@@ -77,7 +77,8 @@ impl Metrics {
         };
         registry.register(
             "db_poll_duration_seconds",
-            "Time of one poll: the probe and whatever it decided to read",
+            "Time of one poll: the probe and whatever it decided to read (not the periodic full read, \
+             which runs beside the polls)",
             db_poll_duration,
         );
         registry.register("db_poll_errors", "Database reads that failed", m.db_poll_errors.clone());

@@ -109,6 +109,18 @@ impl RowCopy {
         self.apply(changes)
     }
 
+    /// Makes the copy equal to a full read that ran beside the ticks, except
+    /// for the rows in `newer`: change reads (or the recorder) gave the copy
+    /// those rows after the full read began, so its snapshot may hold an
+    /// older state of them. They keep the copy's state, present or gone;
+    /// if the snapshot was the newer, the next change read brings that
+    /// state in, as it would have without a full read.
+    pub fn replace_except(&mut self, snapshot: ActiveRows, newer: &HashSet<i64>) -> Touched {
+        let mut rows: Vec<InterfaceRow> = snapshot.rows.into_iter().filter(|r| !newer.contains(&r.id)).collect();
+        rows.extend(newer.iter().filter_map(|id| self.rows.get(id).cloned()));
+        self.replace(ActiveRows { rows })
+    }
+
     /// Notes a `netplan_success` the controller wrote, if the row still holds
     /// the content it was written for. The copy is the owner of what a row
     /// stores; the recorder only remembers its writes until this is called
@@ -318,6 +330,37 @@ mod tests {
         assert!(t.unattached);
         same_as_full(&rows, next.clone());
         assert!(rows.replace(ActiveRows { rows: next }).is_empty());
+    }
+
+    #[test]
+    fn a_full_read_beside_the_ticks_keeps_what_they_read_since_it_began() {
+        let a1 = row(1, "a", "fa:16:3e:00:00:01", 1500);
+        let b2 = row(2, "b", "fa:16:3e:00:00:02", 1500);
+        let c3 = row(3, "c", "fa:16:3e:00:00:03", 1500);
+        let mut rows = RowCopy::from_snapshot(ActiveRows { rows: vec![a1.clone(), b2.clone(), c3.clone()] });
+        // While the full read runs: a change read finds row 1 at MTU 1400,
+        // row 3 soft-deleted, and a new row 4.
+        let a1_new = row(1, "a", "fa:16:3e:00:00:01", 1400);
+        let d4 = row(4, "d", "fa:16:3e:00:00:04", 1500);
+        rows.apply(vec![
+            RowChange { row: a1_new.clone(), deleted: false },
+            RowChange { row: c3.clone(), deleted: true },
+            RowChange { row: d4.clone(), deleted: false },
+        ]);
+        let newer: HashSet<i64> = [1, 3, 4].into();
+        // Its snapshot: older for those rows, newer for row 2 (a write that
+        // kept modified_at). Another copy has a row 5 the snapshot lacks.
+        let b2_new = row(2, "b", "fa:16:3e:00:00:02", 9000);
+        let mut with_e5 = RowCopy::from_snapshot(ActiveRows { rows: vec![a1_new.clone(), b2.clone(), d4.clone()] });
+        with_e5.apply(vec![RowChange { row: row(5, "e", "fa:16:3e:00:00:05", 1500), deleted: false }]);
+        let snapshot = ActiveRows { rows: vec![a1, b2_new.clone(), c3] };
+        let t = rows.replace_except(snapshot.clone(), &newer);
+        assert_eq!(names(&t), vec!["b"], "only what the snapshot adds is touched");
+        same_as_full(&rows, vec![a1_new.clone(), b2_new.clone(), d4.clone()]);
+        // Nothing read since it began: the snapshot as a whole.
+        let t = with_e5.replace_except(snapshot.clone(), &HashSet::new());
+        assert_eq!(names(&t), vec!["a", "b", "c", "d", "e"]);
+        same_as_full(&with_e5, snapshot.rows);
     }
 
     fn stale(rows: &RowCopy, node: &str) -> Vec<i64> {

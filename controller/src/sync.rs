@@ -8,6 +8,11 @@
 //! good desired set, the controller reports the database as down, and the
 //! next good tick reads the whole fleet again. It never publishes anything
 //! from a read that failed.
+//!
+//! The periodic full read runs beside the ticks ([`RowFeed::landed`]): the
+//! loop waits for the next tick or for that read, whichever comes first,
+//! and publishes what either found. Shutdown, a failed read and the loss of
+//! the controller lock stop it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +74,13 @@ impl PollLoop {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                // The periodic full read, run beside the ticks, has its
+                // snapshot: merged and published like a tick's read.
+                landed = feed.landed() => {
+                    let result = landed.map(|read| self.take(&mut feed, read));
+                    self.outcome(result, &mut feed, &mut was_up);
+                    continue;
+                }
                 _ = ticker.tick() => {}
             }
             match self.election.hold().await {
@@ -105,31 +117,33 @@ impl PollLoop {
             if let Some(probe) = feed.probe() {
                 self.note_write_time(probe.updated.is_some(), &mut write_time_known);
             }
-            match result {
-                Ok(tick) => {
-                    // The warm-up may have ended with nothing else changing.
-                    self.fleet.guard().rejudge();
-                    if was_up != Some(true) {
-                        info!(
-                            rows = tick.rows,
-                            nodes = self.fleet.view().node_names().len(),
-                            "database read succeeded"
-                        );
-                    }
-                    if tick.touched > 0 {
-                        debug!(read = tick.read, nodes = tick.touched, "rows changed");
-                    }
-                    was_up = Some(true);
+            self.outcome(result, &mut feed, &mut was_up);
+        }
+    }
+
+    /// After a tick, or a full read that landed: the database's health,
+    /// the guard's verdict, a log line when it changes.
+    fn outcome(&self, result: Result<Tick, StoreError>, feed: &mut RowFeed, was_up: &mut Option<bool>) {
+        match result {
+            Ok(tick) => {
+                // The warm-up may have ended with nothing else changing.
+                self.fleet.guard().rejudge();
+                if *was_up != Some(true) {
+                    info!(rows = tick.rows, nodes = self.fleet.view().node_names().len(), "database read succeeded");
                 }
-                Err(error) => {
-                    self.metrics.db_poll_errors.inc();
-                    if was_up != Some(false) {
-                        warn!(error = %error, "database read failed; keeping the last good desired state, no pushes until it recovers");
-                    }
-                    was_up = Some(false);
-                    self.fleet.db().failed(error.to_string());
-                    feed.reset();
+                if tick.touched > 0 {
+                    debug!(read = tick.read, nodes = tick.touched, "rows changed");
                 }
+                *was_up = Some(true);
+            }
+            Err(error) => {
+                self.metrics.db_poll_errors.inc();
+                if *was_up != Some(false) {
+                    warn!(error = %error, "database read failed; keeping the last good desired state, no pushes until it recovers");
+                }
+                *was_up = Some(false);
+                self.fleet.db().failed(error.to_string());
+                feed.reset();
             }
         }
     }
@@ -140,7 +154,11 @@ impl PollLoop {
         if feed.probe().is_some() {
             self.metrics.db_reads.get_or_create(&vec![("kind", "probe")]).inc();
         }
-        let read = read?;
+        Ok(self.take(feed, read?))
+    }
+
+    /// Republishes the nodes a read touched (every node after the first).
+    fn take(&mut self, feed: &mut RowFeed, read: FeedRead) -> Tick {
         let kind = read.kind();
         for counted in read_kinds(&read) {
             self.metrics.db_reads.get_or_create(&vec![("kind", counted)]).inc();
@@ -173,17 +191,17 @@ impl PollLoop {
         while let Ok(updates) = self.recorded.try_recv() {
             touched.nodes.extend(feed.recorded(&updates).nodes);
         }
-        let Some(copy) = feed.rows() else { return Ok(Tick::default()) };
+        let Some(copy) = feed.rows() else { return Tick::default() };
         let tick = Tick { read: kind, touched: touched.nodes.len(), rows: copy.len() };
         if touched.is_empty() {
             self.fleet.db().ok();
-            return Ok(tick);
+            return tick;
         }
         let desired = copy.desired_of(&touched.nodes);
         let unattached = touched.unattached.then(|| copy.unattached());
         let changed = self.fleet.publisher().publish_nodes(desired, unattached);
         self.published(&changed, kind, touched.nodes.into_iter().collect());
-        Ok(tick)
+        tick
     }
 
     /// The first read since start: every node is published.

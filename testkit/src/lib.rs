@@ -20,6 +20,8 @@
 //! - [`scrape`]: `/metrics` scraped and parsed.
 //! - [`fleet`]: an in-process controller and agents over real sockets,
 //!   plaintext or mTLS.
+//! - [`feed`]: the controller's change detection driven tick by tick, and
+//!   a real store whose full reads the test holds back ([`feed::HeldReads`]).
 //! - [`certs`]: a throwaway CA and certificates for mTLS tests.
 //! - [`token_review`]: a fake Kubernetes TokenReview endpoint.
 //! - [`assert_golden`]: a rendered text against its golden file.
@@ -35,6 +37,7 @@ pub mod certs;
 pub mod confined;
 pub mod e2e;
 pub mod fake_controller;
+pub mod feed;
 pub mod fleet;
 pub mod latency;
 pub mod mariadb;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use multinic_controller::change::{ChangeReason, FullReason, RECENT};
 use multinic_controller::feed::{FeedRead, RowFeed};
 use multinic_controller::store::{self, DatabaseConfig, InterfaceRow, RowUpdate, Store};
+use multinic_testkit::feed::{self, next_tick, until_quiet};
 use multinic_testkit::fleet::{TestAgent, TestController};
 use multinic_testkit::mariadb::{MariaDb, execute};
 use multinic_testkit::rows::NewRow;
@@ -31,32 +32,7 @@ const NEVER: Duration = Duration::from_secs(3600);
 /// A feed over a fresh store of `db`, after its first (full) read.
 async fn started_feed(db: &MariaDb) -> (RowFeed, Arc<dyn Store>) {
     let store = store::connect(&DatabaseConfig::Url(db.url())).unwrap();
-    let mut feed = RowFeed::new(store.clone(), NEVER);
-    let read = feed.tick(Instant::now()).await.unwrap();
-    assert!(matches!(read, FeedRead::Full { reason: FullReason::Start, first: true, .. }), "{read:?}");
-    (feed, store)
-}
-
-/// Ticks until one reads nothing (the tables look idle and the last write
-/// is old enough to be trusted); returns how many ticks read something.
-async fn until_quiet(feed: &mut RowFeed) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(RECENT as u64 * 3 + 5);
-    let mut reads = 0;
-    loop {
-        match feed.tick(Instant::now()).await.unwrap() {
-            FeedRead::Nothing => return reads,
-            _ => reads += 1,
-        }
-        assert!(Instant::now() < deadline, "still reading after {reads} ticks: {:?}", feed.probe());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// The next tick, which must read something.
-async fn next_tick(feed: &mut RowFeed, what: &str) -> FeedRead {
-    let read = feed.tick(Instant::now()).await.unwrap();
-    assert_ne!(read, FeedRead::Nothing, "{what}: the next tick read nothing ({:?})", feed.probe());
-    read
+    (feed::started_feed(store.clone(), NEVER).await, store)
 }
 
 fn row(feed: &RowFeed, id: i64) -> Option<&InterfaceRow> {

@@ -285,8 +285,10 @@ pub fn mysql_options(config: &DatabaseConfig) -> Result<Option<MySqlConnectOptio
 /// Opens a pool without connecting: the controller starts (and stays alive,
 /// not ready) while the database is down, and connects when it comes back.
 pub fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {
-    // One connection reads, one writes, one spare; fleet size never changes this.
-    const MAX_CONNECTIONS: u32 = 3;
+    // One connection reads each tick's changes, one the whole fleet beside
+    // the ticks (the periodic full read), one writes, one spare; fleet size
+    // never changes this. (SQLite, the demo, has one: they take turns.)
+    const MAX_CONNECTIONS: u32 = 4;
     const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
     if let DatabaseConfig::Url(url) = config
         && url.starts_with("sqlite:")
