@@ -171,6 +171,44 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         Ok(Response::new(page))
     }
 
+    async fn get_rollout(
+        &self,
+        request: Request<v1::GetRolloutRequest>,
+    ) -> Result<Response<v1::RolloutStatus>, Status> {
+        self.authorize(&request)?;
+        let fleet = self.fleet.clone();
+        let status = blocking(move || super::rollout_view::status(fleet.rollouts().status().as_ref())).await?;
+        Ok(Response::new(status))
+    }
+
+    async fn resume_rollout(
+        &self,
+        request: Request<v1::RolloutActionRequest>,
+    ) -> Result<Response<v1::RolloutStatus>, Status> {
+        self.authorize(&request)?;
+        let peer = Peer::of(&request);
+        let id = request.into_inner().id;
+        let fleet = self.fleet.clone();
+        let resumed = blocking(move || fleet.rollouts().resume(id)).await?;
+        let rollout = resumed.map_err(|e| super::rollout_view::refused(&e))?;
+        tracing::warn!(peer = %peer, rollout = id, "rollout resumed");
+        Ok(Response::new(super::rollout_view::status(Some(&rollout))))
+    }
+
+    async fn abort_rollout(
+        &self,
+        request: Request<v1::RolloutActionRequest>,
+    ) -> Result<Response<v1::RolloutStatus>, Status> {
+        self.authorize(&request)?;
+        let peer = Peer::of(&request);
+        let id = request.into_inner().id;
+        let fleet = self.fleet.clone();
+        let aborted = blocking(move || fleet.rollouts().abort(id)).await?;
+        let rollout = aborted.map_err(|e| super::rollout_view::refused(&e))?;
+        tracing::warn!(peer = %peer, rollout = id, "rollout aborted");
+        Ok(Response::new(super::rollout_view::status(Some(&rollout))))
+    }
+
     async fn watch(&self, request: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         self.authorize(&request)?;
         let permit = match Peer::of(&request) {
