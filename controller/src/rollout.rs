@@ -397,10 +397,17 @@ impl Rollout {
         pending
     }
 
-    /// A node left the fleet (no rows, no agent): it counts as done.
+    /// A node left the fleet (no rows, no agent): it counts as done, and a
+    /// pending one is never released.
     pub fn forget(&mut self, name: &NodeName, now: SystemTime) -> Released {
-        match self.index.get(name).map(|&i| self.nodes[i].state) {
-            Some(NodeState::Released) => self.report(name, Outcome::Done, now),
+        let Some(&i) = self.index.get(name) else { return Released::default() };
+        match self.nodes[i].state {
+            NodeState::Released => self.report(name, Outcome::Done, now),
+            NodeState::Pending if self.state.is_active() => {
+                self.nodes[i].state = NodeState::Done;
+                self.updated = now;
+                self.advance(now)
+            }
             _ => Released::default(),
         }
     }
@@ -422,7 +429,12 @@ impl Rollout {
                 break;
             };
             if wave.released_at.is_none() {
-                return self.release_current(now);
+                let released = self.release_current(now);
+                if !released.is_empty() {
+                    return released;
+                }
+                // Nothing left in it to release (its nodes left the fleet).
+                continue;
             }
             if wave.nodes.iter().any(|&i| matches!(self.nodes[i].state, NodeState::Released | NodeState::Pending)) {
                 break;

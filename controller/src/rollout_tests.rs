@@ -156,20 +156,27 @@ fn a_node_that_leaves_the_fleet_counts_as_done() {
     r.start(at(0));
     let next = r.forget(&name(0), at(1));
     assert_eq!(released_names(&next), ["node-01", "node-02"]);
-    assert!(r.forget(&name(5), at(1)).is_empty(), "a pending node stays in its wave");
+    assert!(r.forget(&name(5), at(1)).is_empty(), "a pending node is done, never released");
+    r.report(&name(1), Outcome::Done, at(2));
+    let third = r.report(&name(2), Outcome::Done, at(2));
+    assert_eq!(released_names(&third), ["node-03", "node-04"]);
+    r.report(&name(3), Outcome::Done, at(3));
+    r.report(&name(4), Outcome::Done, at(3));
+    assert_eq!(r.state, RolloutState::Completed, "node-05's wave had nothing left to release");
 }
 
 proptest! {
-    /// Whatever the order and outcome of reports, resumes and the sizes:
-    /// every node is released at most once (exactly once when nothing
-    /// fails), no wave is larger than max-unavailable, and nothing is
-    /// released while an earlier released node has not reported or the
-    /// rollout is stopped.
+    /// Whatever the order and outcome of reports, resumes, nodes leaving
+    /// and the sizes: every node is released exactly once (unless it left
+    /// before), no wave is larger than max-unavailable, nothing is released
+    /// while an earlier released node has not reported or the rollout is
+    /// stopped, and it always completes.
     #[test]
     fn every_node_is_released_once_in_bounded_waves(
         nodes in 1usize..80,
         max in 1usize..20,
         fail_every in prop::option::of(2usize..15),
+        forget_every in prop::option::of(2u64..10),
         seed in any::<u64>(),
     ) {
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -178,6 +185,7 @@ proptest! {
         prop_assert_eq!(r.waves().next().map(|w| w.len()), Some(1));
         let mut released: BTreeSet<NodeName> = BTreeSet::new();
         let mut outstanding: Vec<NodeName> = Vec::new();
+        let mut forgotten: BTreeSet<NodeName> = BTreeSet::new();
         let take = |batch: Released, outstanding: &mut Vec<NodeName>, released: &mut BTreeSet<NodeName>| {
             for (n, _) in batch.nodes {
                 assert!(released.insert(n.clone()), "{n} released twice");
@@ -202,6 +210,20 @@ proptest! {
                 take(resumed, &mut outstanding, &mut released);
                 continue;
             }
+            // Now and then a node leaves the fleet: done, or never released.
+            if forget_every.is_some_and(|k| step % k == 0) {
+                let gone = name(rng.usize(..nodes));
+                outstanding.retain(|n| *n != gone);
+                if !released.contains(&gone) && r.node(&gone).is_some_and(|n| n.state == NodeState::Pending) {
+                    forgotten.insert(gone.clone());
+                }
+                let next = r.forget(&gone, at(step));
+                if !next.is_empty() {
+                    prop_assert!(outstanding.is_empty(), "a wave released while one of the previous was unreported");
+                }
+                take(next, &mut outstanding, &mut released);
+                continue;
+            }
             prop_assert!(!outstanding.is_empty(), "running with nothing outstanding: stuck");
             let n = outstanding.swap_remove(rng.usize(..outstanding.len()));
             reports += 1;
@@ -219,7 +241,8 @@ proptest! {
             take(next, &mut outstanding, &mut released);
         }
         prop_assert_eq!(r.state, RolloutState::Completed);
-        prop_assert_eq!(released.len(), nodes, "every node released");
+        prop_assert!(released.is_disjoint(&forgotten), "a node that left was released");
+        prop_assert_eq!(released.len() + forgotten.len(), nodes, "every node released, or gone before");
         let c = r.counts();
         prop_assert_eq!(c.pending + c.released, 0);
     }
