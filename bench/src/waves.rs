@@ -14,7 +14,7 @@ use multinic_proto::v1::fleet_service_client::FleetServiceClient;
 use multinic_proto::v1::{self, RolloutState};
 use multinic_testkit::certs::TestPki;
 use serde::Serialize;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::BenchError;
 use crate::server::ServerProcess;
@@ -63,11 +63,7 @@ pub async fn completed(
     let mut client = FleetServiceClient::new(channel);
     let deadline = Instant::now() + timeout;
     loop {
-        let status = client
-            .get_rollout(v1::GetRolloutRequest {})
-            .await
-            .map_err(|e| BenchError::Check(format!("GetRollout: {}", e.message())))?
-            .into_inner();
+        let Some(status) = get(&mut client).await? else { return Ok(None) };
         if !status.present || status.id <= after {
             return Ok(None);
         }
@@ -95,12 +91,18 @@ pub async fn current_id(pki: &TestPki, controller: &ServerProcess) -> Result<u64
     let tls = pki.client_tls(&pki.operator("bench"));
     let endpoint = Endpoint::from_shared(controller.url()).map_err(|e| BenchError::Setup(e.to_string()))?;
     let channel = tls.connect(&endpoint).await.map_err(|e| BenchError::Setup(format!("operator connect: {e}")))?;
-    let status = FleetServiceClient::new(channel)
-        .get_rollout(v1::GetRolloutRequest {})
-        .await
-        .map_err(|e| BenchError::Check(format!("GetRollout: {}", e.message())))?
-        .into_inner();
-    Ok(if status.present { status.id } else { 0 })
+    let status = get(&mut FleetServiceClient::new(channel)).await?;
+    Ok(status.filter(|s| s.present).map_or(0, |s| s.id))
+}
+
+/// The rollout status; `None` from a controller that predates rollouts (so
+/// that the benchmark can measure an older binary, `--controller-bin`).
+async fn get(client: &mut FleetServiceClient<Channel>) -> Result<Option<v1::RolloutStatus>, BenchError> {
+    match client.get_rollout(v1::GetRolloutRequest {}).await {
+        Ok(status) => Ok(Some(status.into_inner())),
+        Err(e) if e.code() == tonic::Code::Unimplemented => Ok(None),
+        Err(e) => Err(BenchError::Check(format!("GetRollout: {}", e.message()))),
+    }
 }
 
 fn of(status: &v1::RolloutStatus) -> Waves {

@@ -211,7 +211,7 @@ proptest! {
                 continue;
             }
             // Now and then a node leaves the fleet: done, or never released.
-            if forget_every.is_some_and(|k| step % k == 0) {
+            if forget_every.is_some_and(|k| step.is_multiple_of(k)) {
                 let gone = name(rng.usize(..nodes));
                 outstanding.retain(|n| *n != gone);
                 if !released.contains(&gone) && r.node(&gone).is_some_and(|n| n.state == NodeState::Pending) {
@@ -227,7 +227,7 @@ proptest! {
             prop_assert!(!outstanding.is_empty(), "running with nothing outstanding: stuck");
             let n = outstanding.swap_remove(rng.usize(..outstanding.len()));
             reports += 1;
-            let fail = fail_every.is_some_and(|k| reports % k == 0);
+            let fail = fail_every.is_some_and(|k| reports.is_multiple_of(k));
             let outcome = if fail { Outcome::Failed("x failed".into()) } else { Outcome::Done };
             let next = r.report(&n, outcome, at(step));
             if !next.is_empty() {

@@ -205,11 +205,11 @@ fn a_restarted_controller_rebuilds_a_stopped_rollout_from_the_agents_hellos() {
 
     // A new controller: agents say Hello with what they applied, one fresh.
     let after = fleet();
-    for i in 0..NODES {
+    for (i, old) in old.iter().enumerate() {
         let digest = match i {
             0 => Some(new0.set.digest().clone()),
             9 => None,
-            _ => Some(old[i].set.digest().clone()),
+            _ => Some(old.set.digest().clone()),
         };
         after.sessions().connect(&hello(name(i).as_str(), digest));
     }
