@@ -57,10 +57,7 @@ pub async fn completed(
     after: u64,
     timeout: Duration,
 ) -> Result<Option<Waves>, BenchError> {
-    let tls = pki.client_tls(&pki.operator("bench"));
-    let endpoint = Endpoint::from_shared(controller.url()).map_err(|e| BenchError::Setup(e.to_string()))?;
-    let channel = tls.connect(&endpoint).await.map_err(|e| BenchError::Setup(format!("operator connect: {e}")))?;
-    let mut client = FleetServiceClient::new(channel);
+    let mut client = client(pki, controller).await?;
     let deadline = Instant::now() + timeout;
     loop {
         let Some(status) = get(&mut client).await? else { return Ok(None) };
@@ -88,11 +85,16 @@ pub async fn completed(
 
 /// The id of the controller's current (or last) rollout, 0 for none.
 pub async fn current_id(pki: &TestPki, controller: &ServerProcess) -> Result<u64, BenchError> {
+    let status = get(&mut client(pki, controller).await?).await?;
+    Ok(status.filter(|s| s.present).map_or(0, |s| s.id))
+}
+
+/// A `FleetService` client with an operator certificate.
+async fn client(pki: &TestPki, controller: &ServerProcess) -> Result<FleetServiceClient<Channel>, BenchError> {
     let tls = pki.client_tls(&pki.operator("bench"));
     let endpoint = Endpoint::from_shared(controller.url()).map_err(|e| BenchError::Setup(e.to_string()))?;
     let channel = tls.connect(&endpoint).await.map_err(|e| BenchError::Setup(format!("operator connect: {e}")))?;
-    let status = get(&mut FleetServiceClient::new(channel)).await?;
-    Ok(status.filter(|s| s.present).map_or(0, |s| s.id))
+    Ok(FleetServiceClient::new(channel))
 }
 
 /// The rollout status; `None` from a controller that predates rollouts (so
