@@ -204,6 +204,9 @@ pub(super) struct NodeEntry {
     pub(super) gate: Gate,
     /// What the agent said it had applied when it last connected.
     pub(super) hello: HelloSaid,
+    /// While held for the restart decision: the set to push at the first
+    /// sync (an agent at it was in step at start; a later change is new).
+    pub(super) restart_digest: Option<Digest>,
 }
 
 impl NodeEntry {
@@ -232,6 +235,7 @@ impl NodeEntry {
             reported_in: 0,
             gate: Gate::Open,
             hello: HelloSaid::Nothing,
+            restart_digest: None,
         }
     }
 

@@ -83,8 +83,9 @@ fn mtu_of(fleet: &Fleet, i: usize) -> u16 {
     published(fleet, i).unwrap().set.iter().next().unwrap().mtu.get()
 }
 
+/// The nodes published MTU 9000 (a node held since start has nothing published).
 fn at_9000(fleet: &Fleet) -> Vec<usize> {
-    (0..NODES).filter(|&i| mtu_of(fleet, i) == 9000).collect()
+    (0..NODES).filter(|&i| published(fleet, i).is_some() && mtu_of(fleet, i) == 9000).collect()
 }
 
 #[test]
@@ -242,4 +243,39 @@ fn a_fresh_fleet_is_never_held() {
     assert_eq!(fleet.publisher().publish(desired_fleet(&rows(|_| 1500))).len(), NODES);
     fleet.rollouts().tick();
     assert!(fleet.rollouts().status().is_none());
+}
+
+#[test]
+fn a_change_made_after_a_restart_is_a_new_change_not_a_stopped_rollout() {
+    let before = fleet();
+    converged(&before);
+    let at_start: Vec<_> = (0..NODES).map(|i| published(&before, i).unwrap().set.digest().clone()).collect();
+
+    // A new controller reads the rows before the agents are back; then
+    // every node's rows change, then the agents say Hello (in step at start).
+    let after = fleet();
+    after.publisher().publish(desired_fleet(&rows(|_| 1500)));
+    assert!((0..NODES).all(|i| published(&after, i).is_none()), "no agent has said Hello yet: held");
+    after.publisher().publish(desired_fleet(&rows(|_| 9000)));
+    for (i, digest) in at_start.iter().enumerate() {
+        after.sessions().connect(&hello(name(i).as_str(), Some(digest.clone())));
+    }
+    after.rollouts().tick();
+    let rollout = after.rollouts().status().unwrap();
+    assert_eq!(rollout.state, RolloutState::Running, "a new change, released in waves without an operator");
+    assert_eq!((rollout.len(), rollout.counts().released), (NODES, 1));
+    assert_eq!(at_9000(&after), [0]);
+
+    // One node's change after a restart goes at once.
+    let again = fleet();
+    again.publisher().publish(desired_fleet(&rows(|_| 1500)));
+    again.publisher().publish(desired_fleet(&rows(|i| if i == 4 { 9000 } else { 1500 })));
+    for (i, digest) in at_start.iter().enumerate() {
+        again.sessions().connect(&hello(name(i).as_str(), Some(digest.clone())));
+    }
+    assert!(published(&again, 4).is_none(), "held until the decision");
+    again.rollouts().tick();
+    assert!(again.rollouts().status().is_none());
+    assert_eq!(mtu_of(&again, 4), 9000);
+    assert!((0..NODES).all(|i| published(&again, i).is_some()));
 }

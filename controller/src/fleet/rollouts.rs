@@ -121,6 +121,14 @@ impl Fleet {
                 changing.push((name.clone(), entry.gate));
             }
         }
+        self.start_or_pass(slot, changing)
+    }
+
+    /// `changing` nodes (with their gates) changed in one read: few go at
+    /// once, except nodes the current rollout holds; more than the
+    /// threshold start a rollout (superseding the current one, whose
+    /// pending nodes it takes over). Returns the nodes released now.
+    fn start_or_pass(&self, slot: &mut RolloutSlot, changing: Vec<(NodeName, Gate)>) -> Vec<NodeName> {
         if !self.rollout_config.is_rollout(changing.len()) {
             // Few: they go at once, except nodes the current rollout holds.
             for (name, gate) in changing {
@@ -196,6 +204,7 @@ impl Fleet {
             };
             if !at_set {
                 entry.gate = Gate::Restart;
+                entry.restart_digest = entry.set_to_push().ok().map(|set| set.digest().clone());
                 slot.restart_pending = true;
             }
         }
@@ -212,6 +221,7 @@ impl Fleet {
             };
             if open {
                 entry.gate = Gate::Open;
+                entry.restart_digest = None;
             }
         }
         entry.hello = said;
@@ -379,9 +389,12 @@ impl Rollouts<'_> {
 
     /// At each poll tick: once the warm-up after start has heard from every
     /// agent (or ended), decides about the nodes held since the first sync.
-    /// Agents that applied another set than the database's now are behind:
-    /// more than the threshold of them form a rollout rebuilt stopped (an
-    /// operator resumes it); fewer, and every other held node, go at once.
+    /// Agents that applied another set than the database's at the first
+    /// sync are behind: more than the threshold of them form a rollout
+    /// rebuilt stopped (an operator resumes it); fewer go at once. Nodes
+    /// whose agents were in step at start but whose rows changed since are
+    /// a new change (few at once, many in a running rollout); every other
+    /// held node goes at once.
     pub fn tick(&self) {
         let mut g = lock(&self.fleet.guard);
         let mut slot = lock(&self.fleet.rollout);
@@ -390,16 +403,25 @@ impl Rollouts<'_> {
         }
         slot.restart_pending = false;
         let (hold, synced, now) = (g.hold, read(&self.fleet.db).synced, SystemTime::now());
-        let (mut behind, mut failed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        // Behind: the agent applied another set than the database's at the
+        // first sync (a rollout was under way). Changed since: it was in
+        // step at start, and the rows changed after (a new change).
+        let (mut behind, mut changed_since, mut failed, mut open) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for mut entry in self.fleet.nodes.iter_mut() {
             entry.set_guarded(hold);
             match entry.gate {
-                Gate::Restart if entry.behind() => behind.push((entry.key().clone(), now)),
-                Gate::Restart => {
-                    entry.gate = Gate::Open;
-                    if entry.refresh(hold, synced) == Refreshed::Published {
-                        changed.push(entry.key().clone());
+                Gate::Restart if entry.behind() => {
+                    let in_step =
+                        matches!(&entry.hello, HelloSaid::Applied(d) if entry.restart_digest.as_ref() == Some(d));
+                    entry.restart_digest = None;
+                    match in_step {
+                        true => changed_since.push((entry.key().clone(), Gate::Open)),
+                        false => behind.push((entry.key().clone(), now)),
                     }
+                }
+                Gate::Restart => {
+                    entry.restart_digest = None;
+                    open.push(entry.key().clone());
                 }
                 Gate::Open => {
                     if let Some(Outcome::Failed(why)) = entry.rollout_outcome() {
@@ -436,12 +458,25 @@ impl Rollouts<'_> {
             self.fleet.rollout_metrics.set_nodes(&rollout.counts());
             slot.current = Some(rollout);
         } else {
-            for (name, _) in behind {
-                let Some(mut entry) = self.fleet.nodes.get_mut(&name) else { continue };
+            open.extend(behind.into_iter().map(|(name, _)| name));
+        }
+        // What changed since the start is a change like any other: few go
+        // at once, many in a rollout.
+        for (name, _) in &changed_since {
+            if let Some(mut entry) = self.fleet.nodes.get_mut(name) {
                 entry.gate = Gate::Open;
-                if entry.refresh(hold, synced) == Refreshed::Published {
-                    changed.push(name);
-                }
+            }
+        }
+        open.extend(changed_since.iter().map(|(name, _)| name.clone()));
+        open.extend(self.fleet.start_or_pass(&mut slot, changed_since));
+        let mut changed = Vec::new();
+        for name in open {
+            let Some(mut entry) = self.fleet.nodes.get_mut(&name) else { continue };
+            if entry.gate == Gate::Restart {
+                entry.gate = Gate::Open;
+            }
+            if entry.refresh(hold, synced) == Refreshed::Published {
+                changed.push(name);
             }
         }
         drop(slot);
