@@ -21,7 +21,7 @@
 //!   metrics and watchers.
 //! - [`Fleet::rollouts`] ([`Rollouts`], `rollouts.rs`): changes of many
 //!   nodes released in waves, the gate that holds the rest, an operator's
-//!   resume and abort, and the rebuild after a restart.
+//!   resume and abort; `restart.rs` rebuilds a rollout after a restart.
 //!
 //! `node.rs` holds the per-node rules all of them share; `diff.rs` compares a
 //! node's rows with what its agent reported. Nothing here does I/O, and no
@@ -49,6 +49,7 @@ mod limits_tests;
 mod node;
 mod publish;
 mod removals;
+mod restart;
 #[cfg(test)]
 mod rollout_tests;
 mod rollouts;

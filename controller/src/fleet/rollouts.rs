@@ -1,7 +1,7 @@
 //! The fleet's side of rollouts ([`crate::rollout`]): which nodes a change
 //! goes to at once and which wait, the gate that keeps a waiting node on
 //! what it was last pushed, the reports that release the next wave, the
-//! restart rebuild, and an operator's resume and abort.
+//! restart rebuild (`restart.rs`), and an operator's resume and abort.
 //!
 //! The gate is a per-node flag that [`super::node::NodeEntry::refresh`]
 //! obeys: a held node's new set is not published (nothing is sent, it keeps
@@ -17,9 +17,9 @@ use std::time::SystemTime;
 use multinic_proto::{Digest, NodeName};
 use tracing::{info, warn};
 
-use super::node::{Hold, NodeEntry, Refreshed};
+use super::node::{Hold, Refreshed};
 use super::{Fleet, lock, read};
-use crate::rollout::{NodeState, Outcome, Released, Rollout, RolloutError, RolloutState};
+use crate::rollout::{NodeState, Released, Rollout, RolloutError, RolloutState};
 
 /// Whether a node's new set may be published.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub(super) struct RolloutSlot {
     pub(super) current: Option<Rollout>,
     last_id: u64,
     /// The first sync held nodes until the restart decision.
-    restart_pending: bool,
+    pub(super) restart_pending: bool,
 }
 
 impl RolloutSlot {
@@ -60,7 +60,7 @@ impl RolloutSlot {
         self.current.as_ref().is_some_and(|r| r.id == id && r.state.is_active())
     }
 
-    fn next_id(&mut self) -> u64 {
+    pub(super) fn next_id(&mut self) -> u64 {
         self.last_id += 1;
         self.last_id
     }
@@ -128,7 +128,7 @@ impl Fleet {
     /// once, except nodes the current rollout holds; more than the
     /// threshold start a rollout (superseding the current one, whose
     /// pending nodes it takes over). Returns the nodes released now.
-    fn start_or_pass(&self, slot: &mut RolloutSlot, changing: Vec<(NodeName, Gate)>) -> Vec<NodeName> {
+    pub(super) fn start_or_pass(&self, slot: &mut RolloutSlot, changing: Vec<(NodeName, Gate)>) -> Vec<NodeName> {
         if !self.rollout_config.is_rollout(changing.len()) {
             // Few: they go at once, except nodes the current rollout holds.
             for (name, gate) in changing {
@@ -182,49 +182,6 @@ impl Fleet {
         self.rollout_metrics.set_nodes(&rollout.counts());
         slot.current = Some(rollout);
         names
-    }
-
-    /// At the first sync after start: holds the nodes whose agents may be
-    /// in the middle of a rollout (they said they applied another set, or
-    /// have not said anything yet) until the restart decision; fresh agents
-    /// and agents already at their set are never held.
-    pub(super) fn gate_restart(&self, slot: &mut RolloutSlot, hold: Hold) {
-        if self.rollout_config.threshold == 0 {
-            return;
-        }
-        for mut entry in self.nodes.iter_mut() {
-            if !entry.in_db || entry.gate != Gate::Open {
-                continue;
-            }
-            entry.set_guarded(hold);
-            let at_set = match &entry.hello {
-                HelloSaid::Fresh => true,
-                HelloSaid::Applied(digest) => entry.set_to_push().is_ok_and(|set| set.digest() == digest),
-                HelloSaid::Nothing => false,
-            };
-            if !at_set {
-                entry.gate = Gate::Restart;
-                entry.restart_digest = entry.set_to_push().ok().map(|set| set.digest().clone());
-                slot.restart_pending = true;
-            }
-        }
-    }
-
-    /// A node's agent said Hello: a node held for the restart decision goes
-    /// at once if the agent is fresh or already has its set.
-    pub(super) fn hello_said(&self, entry: &mut NodeEntry, said: HelloSaid) {
-        if entry.gate == Gate::Restart {
-            let open = match &said {
-                HelloSaid::Fresh => true,
-                HelloSaid::Applied(digest) => entry.set_to_push().is_ok_and(|set| set.digest() == digest),
-                HelloSaid::Nothing => false,
-            };
-            if open {
-                entry.gate = Gate::Open;
-                entry.restart_digest = None;
-            }
-        }
-        entry.hello = said;
     }
 
     /// A node's agent reported (or was adopted): if the node is released in
@@ -287,7 +244,7 @@ impl Fleet {
 
     /// Opens the gates of `released` nodes (their sets are published by the
     /// caller's refresh); logs and counts the wave. Returns their names.
-    fn open(&self, rollout: &Rollout, released: Released) -> Vec<NodeName> {
+    pub(super) fn open(&self, rollout: &Rollout, released: Released) -> Vec<NodeName> {
         let Some(wave) = released.wave else { return Vec::new() };
         if released.is_empty() {
             return Vec::new();
@@ -329,7 +286,7 @@ impl Fleet {
         changed
     }
 
-    fn notify(&self, names: Vec<NodeName>) {
+    pub(super) fn notify(&self, names: Vec<NodeName>) {
         for name in names {
             let _ = self.changes.send(name);
         }
@@ -388,99 +345,9 @@ impl Rollouts<'_> {
     }
 
     /// At each poll tick: once the warm-up after start has heard from every
-    /// agent (or ended), decides about the nodes held since the first sync.
-    /// Agents that applied another set than the database's at the first
-    /// sync are behind: more than the threshold of them form a rollout
-    /// rebuilt stopped (an operator resumes it); fewer go at once. Nodes
-    /// whose agents were in step at start but whose rows changed since are
-    /// a new change (few at once, many in a running rollout); every other
-    /// held node goes at once.
+    /// agent (or ended), decides about the nodes held since the first sync
+    /// (see `restart.rs`).
     pub fn tick(&self) {
-        let mut g = lock(&self.fleet.guard);
-        let mut slot = lock(&self.fleet.rollout);
-        if !slot.restart_pending || self.fleet.warming(&mut g).is_some_and(|w| !w.all_reported) {
-            return;
-        }
-        slot.restart_pending = false;
-        let (hold, synced, now) = (g.hold, read(&self.fleet.db).synced, SystemTime::now());
-        // Behind: the agent applied another set than the database's at the
-        // first sync (a rollout was under way). Changed since: it was in
-        // step at start, and the rows changed after (a new change).
-        let (mut behind, mut changed_since, mut failed, mut open) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for mut entry in self.fleet.nodes.iter_mut() {
-            entry.set_guarded(hold);
-            match entry.gate {
-                Gate::Restart if entry.behind() => {
-                    let in_step =
-                        matches!(&entry.hello, HelloSaid::Applied(d) if entry.restart_digest.as_ref() == Some(d));
-                    entry.restart_digest = None;
-                    match in_step {
-                        true => changed_since.push((entry.key().clone(), Gate::Open)),
-                        false => behind.push((entry.key().clone(), now)),
-                    }
-                }
-                Gate::Restart => {
-                    entry.restart_digest = None;
-                    open.push(entry.key().clone());
-                }
-                Gate::Open => {
-                    if let Some(Outcome::Failed(why)) = entry.rollout_outcome() {
-                        failed.push((entry.key().clone(), why));
-                    }
-                }
-                Gate::Rollout(_) => {}
-            }
-        }
-        if self.fleet.rollout_config.is_rollout(behind.len()) {
-            behind.sort();
-            failed.sort();
-            let id = slot.next_id();
-            let reason = format!(
-                "controller restarted during a rollout: {} nodes not yet released; resume to continue, abort to \
-                 leave them",
-                behind.len()
-            );
-            let rollout = Rollout::rebuilt(id, behind, failed, &self.fleet.rollout_config, reason, now);
-            for name in rollout.pending() {
-                if let Some(mut entry) = self.fleet.nodes.get_mut(&name) {
-                    entry.gate = Gate::Rollout(id);
-                }
-            }
-            warn!(
-                rollout = id,
-                pending = rollout.counts().pending,
-                failed = rollout.counts().failed,
-                "rollout rebuilt after a restart, stopped: agents applied other sets than the database's and they \
-                 are more than the threshold; nothing is released until multinicctl rollout resume (or abort)"
-            );
-            self.fleet.rollout_metrics.event("started");
-            self.fleet.rollout_metrics.event("stopped");
-            self.fleet.rollout_metrics.set_nodes(&rollout.counts());
-            slot.current = Some(rollout);
-        } else {
-            open.extend(behind.into_iter().map(|(name, _)| name));
-        }
-        // What changed since the start is a change like any other: few go
-        // at once, many in a rollout.
-        for (name, _) in &changed_since {
-            if let Some(mut entry) = self.fleet.nodes.get_mut(name) {
-                entry.gate = Gate::Open;
-            }
-        }
-        open.extend(changed_since.iter().map(|(name, _)| name.clone()));
-        open.extend(self.fleet.start_or_pass(&mut slot, changed_since));
-        let mut changed = Vec::new();
-        for name in open {
-            let Some(mut entry) = self.fleet.nodes.get_mut(&name) else { continue };
-            if entry.gate == Gate::Restart {
-                entry.gate = Gate::Open;
-            }
-            if entry.refresh(hold, synced) == Refreshed::Published {
-                changed.push(name);
-            }
-        }
-        drop(slot);
-        drop(g);
-        self.fleet.notify(changed);
+        self.fleet.decide_restart();
     }
 }
