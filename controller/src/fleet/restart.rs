@@ -46,6 +46,43 @@ impl Fleet {
         }
     }
 
+    /// This replica became active again after standing by: another replica
+    /// may have released, stopped or aborted the rollout it remembers, so it
+    /// forgets that and rebuilds as after a restart. Every node with rows is
+    /// held with nothing published (a set it published before may be older
+    /// than what the other replica released: pushing it would undo that)
+    /// until its agent says Hello again (every stream ended at the standby)
+    /// or the restart decision.
+    pub(super) fn reactivated(&self) {
+        if self.rollout_config.threshold == 0 {
+            return;
+        }
+        let g = lock(&self.guard);
+        let mut slot = lock(&self.rollout);
+        if let Some(rollout) = slot.current.as_mut()
+            && rollout.state.is_active()
+        {
+            let reason = "this replica stood by during the rollout and is active again: it rebuilds the rollout from \
+                          what the agents report"
+                .to_owned();
+            warn!(rollout = rollout.id, "{reason}");
+            rollout.interrupt(reason, SystemTime::now());
+            self.rollout_metrics.event("superseded");
+        }
+        for mut entry in self.nodes.iter_mut() {
+            entry.hello = HelloSaid::Nothing;
+            if !entry.in_db {
+                entry.gate = Gate::Open;
+                continue;
+            }
+            entry.set_guarded(g.hold);
+            entry.restart_digest = entry.set_to_push().ok().map(|set| set.digest().clone());
+            entry.gate = Gate::Restart;
+            entry.published.send_replace(None);
+            slot.restart_pending = true;
+        }
+    }
+
     /// A node's agent said Hello: a node held for the restart decision goes
     /// at once if the agent is fresh or already has its set.
     pub(super) fn hello_said(&self, entry: &mut NodeEntry, said: HelloSaid) {

@@ -279,3 +279,23 @@ fn a_change_made_after_a_restart_is_a_new_change_not_a_stopped_rollout() {
     assert_eq!(mtu_of(&again, 4), 9000);
     assert!((0..NODES).all(|i| published(&again, i).is_some()));
 }
+
+#[test]
+fn a_replica_active_again_after_a_standby_rebuilds_instead_of_releasing_what_it_remembers() {
+    let fleet = fleet();
+    fleet.leadership().set_active(true);
+    let sessions = converged(&fleet);
+    fleet.publisher().publish(desired_fleet(&rows(|_| 9000)));
+    answer(&fleet, sessions[&name(0)], 0, false);
+    let old3 = published(&fleet, 3).unwrap();
+    assert_eq!(old3.set.iter().next().unwrap().mtu.get(), 1500, "node-03 held at its old set");
+
+    // Another replica acted meanwhile (say it released node-03's change).
+    fleet.leadership().set_active(false);
+    fleet.leadership().set_active(true);
+    let was = fleet.rollouts().status().unwrap();
+    assert_eq!(was.state, RolloutState::Superseded);
+    assert!(published(&fleet, 3).is_none(), "nothing is pushed from stale memory (its old set would undo the other's)");
+    assert!(fleet.view().node(&name(3)).unwrap().rollout_hold.unwrap().contains("just started"));
+    assert!(fleet.rollouts().resume(was.id).is_err(), "an interrupted rollout cannot be resumed");
+}

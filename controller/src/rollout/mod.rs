@@ -314,6 +314,17 @@ impl Rollout {
         pending
     }
 
+    /// Ends a running or stopped rollout whose state this replica can no
+    /// longer vouch for (it stood by while another replica acted): it is
+    /// superseded by the rebuild from the agents' reports, for `reason`.
+    pub fn interrupt(&mut self, reason: String, now: SystemTime) {
+        if self.state.is_active() {
+            self.state = RolloutState::Superseded;
+            self.reason = Some(reason);
+            self.updated = now;
+        }
+    }
+
     /// A node left the fleet (no rows, no agent): it counts as done, and a
     /// pending one is never released.
     pub fn forget(&mut self, name: &NodeName, now: SystemTime) -> Released {
