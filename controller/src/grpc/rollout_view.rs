@@ -60,12 +60,10 @@ pub fn status(rollout: Option<&Rollout>) -> v1::RolloutStatus {
     }
 }
 
-/// An action refused: which status says why.
+/// An action refused (no rollout, another id, the wrong state): the
+/// rollout is not in a state the action applies to.
 pub fn refused(e: &RolloutError) -> tonic::Status {
-    match e {
-        RolloutError::NoRollout => tonic::Status::not_found(e.to_string()),
-        _ => tonic::Status::failed_precondition(e.to_string()),
-    }
+    tonic::Status::failed_precondition(e.to_string())
 }
 
 fn state(s: RolloutState) -> v1::RolloutState {
@@ -89,4 +87,32 @@ fn node_state(s: NodeState) -> v1::RolloutNodeState {
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use multinic_proto::v1::fleet_service_server::FleetService;
+    use tokio_util::sync::CancellationToken;
+    use tonic::Request;
+
+    use super::*;
+    use crate::fleet::Fleet;
+    use crate::grpc::FleetSvc;
+
+    #[tokio::test]
+    async fn without_a_rollout_status_says_so_and_actions_are_refused_clearly() {
+        let fleet = Arc::new(Fleet::new());
+        fleet.leadership().set_active(true);
+        let svc = FleetSvc::new(fleet.clone(), CancellationToken::new());
+        let status = svc.get_rollout(Request::new(v1::GetRolloutRequest {})).await.unwrap().into_inner();
+        assert!(!status.present && status.waves.is_empty());
+        let err = svc.resume_rollout(Request::new(v1::RolloutActionRequest { id: 1 })).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(err.message(), "there is no rollout");
+        fleet.leadership().set_active(false);
+        let err = svc.abort_rollout(Request::new(v1::RolloutActionRequest { id: 1 })).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "only the active replica answers");
+    }
 }
