@@ -126,8 +126,10 @@ impl PollLoop {
     fn outcome(&self, result: Result<Tick, StoreError>, feed: &mut RowFeed, was_up: &mut Option<bool>) {
         match result {
             Ok(tick) => {
-                // The warm-up may have ended with nothing else changing.
+                // The warm-up may have ended with nothing else changing;
+                // then the nodes held since start are decided.
                 self.fleet.guard().rejudge();
+                self.fleet.rollouts().tick();
                 if *was_up != Some(true) {
                     info!(rows = tick.rows, nodes = self.fleet.view().node_names().len(), "database read succeeded");
                 }

@@ -51,7 +51,9 @@ async fn sigkill_while_pushing_then_restart_loses_nothing_and_repeats_nothing() 
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("controller.log");
     let grpc = free_addr();
-    let mut controller = ControllerProcess::start(Path::new(BINARY), &db.url(), grpc, &log, &[]).await;
+    // Every node's change at once, interrupted (waves: bench/tests/rollout.rs).
+    let flags = ["--rollout-threshold", "0"];
+    let mut controller = ControllerProcess::start(Path::new(BINARY), &db.url(), grpc, &log, &flags).await;
     controller.wait_ready().await;
     let mut agents = Vec::new();
     for n in 0..NODES {
@@ -70,7 +72,7 @@ async fn sigkill_while_pushing_then_restart_loses_nothing_and_repeats_nothing() 
     controller.kill().await;
     let killed = Instant::now();
 
-    let mut restarted = ControllerProcess::start(Path::new(BINARY), &db.url(), grpc, &log, &[]).await;
+    let mut restarted = ControllerProcess::start(Path::new(BINARY), &db.url(), grpc, &log, &flags).await;
     restarted.wait_ready().await;
     all_recorded(&pool, "every change recorded after the restart").await;
     eprintln!("recovered {NODES} nodes {:?} after SIGKILL", killed.elapsed());

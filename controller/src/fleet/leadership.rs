@@ -4,7 +4,8 @@
 //! The election (`crate::leader`) decides; this only remembers the answer
 //! and tells who waits on it. Becoming active restarts the mass-deletion
 //! guard's warm-up and counts an activation (what a node reported before it
-//! is not believed as of now). It never ends a session itself: the streams
+//! is not believed as of now); becoming active again rebuilds rollouts as
+//! after a restart. It never ends a session itself: the streams
 //! watch [`Leadership::subscribe`] and end on their own.
 
 use std::sync::atomic::Ordering;
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::{Fleet, lock};
+use super::{Fleet, lock, read};
 
 impl Fleet {
     /// Whether this replica may act, and changes of it.
@@ -33,10 +34,15 @@ impl Leadership<'_> {
     pub fn set_active(&self, active: bool) -> bool {
         let changed = self.fleet.active.send_if_modified(|current| std::mem::replace(current, active) != active);
         if changed && active {
-            self.fleet.activation.fetch_add(1, Ordering::Relaxed);
+            let before = self.fleet.activation.fetch_add(1, Ordering::Relaxed);
             let mut g = lock(&self.fleet.guard);
             g.activated = Some(Instant::now());
             g.warmup = Default::default();
+            drop(g);
+            // Active again after a standby: rollouts are rebuilt as after a restart.
+            if before > 0 && read(&self.fleet.db).synced {
+                self.fleet.reactivated();
+            }
         }
         changed
     }
