@@ -28,6 +28,7 @@ pub mod server;
 pub mod sim;
 pub mod stats;
 pub mod status_load;
+pub mod waves;
 
 use std::path::PathBuf;
 use std::time::Duration;

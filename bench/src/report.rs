@@ -73,6 +73,8 @@ pub struct Scenario {
     pub report: Latency,
     /// Change committed → `netplan_success` written, per row.
     pub write: Latency,
+    /// The rollout of each round whose change went in waves.
+    pub waves: Vec<crate::waves::Waves>,
 }
 
 /// Resident memory of a server with no agents and with all of them.
@@ -162,6 +164,11 @@ impl Report {
             t.row(&format!("convergence {what}: DB -> netplan_success"), latency(&c.write));
             t.row("    DB -> agent report", latency(&c.report));
             t.row("    pushes per round", format!("{:.0}", c.pushes_per_round));
+            if let Some(last) = c.waves.last() {
+                let totals: Vec<String> = c.waves.iter().map(|w| format!("{:.2}", w.total_s)).collect();
+                t.row("    in waves (last round)", last.summary());
+                t.row("    rollout time per round", format!("{} s", totals.join(", ")));
+            }
         }
         let mem = |m: &Memory| {
             format!(

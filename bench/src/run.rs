@@ -132,6 +132,7 @@ async fn phases(bench: &mut Bench<'_>, real: Vec<(usize, String)>) -> Result<Rep
         poll_interval: config.poll_interval,
         full_read_interval: config.full_read_interval,
         log: bench.dir.path().join("controller.log"),
+        extra: Vec::new(),
     };
     let mut controller = ServerProcess::controller(&options, crate::server::free_addr()?)?;
     controller.wait_ready(config.timeout).await?;

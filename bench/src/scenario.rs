@@ -98,7 +98,19 @@ pub(crate) async fn convergence(
             let mut chosen: Vec<Arc<SimAgent>> = bench.agents.clone();
             rng.shuffle(&mut chosen);
             chosen.truncate(nodes);
+            // A change of many nodes goes in waves: the rollout it started.
+            let rollouts_before = match nodes > 1 {
+                true => Some(crate::waves::current_id(&bench.pki, controller).await?),
+                false => None,
+            };
             let round = round(bench, &chosen, mtu, &mut rng).await?;
+            if let Some(before) = rollouts_before
+                && let Some(waves) =
+                    crate::waves::completed(&bench.pki, controller, before, bench.config.timeout).await?
+            {
+                (bench.progress)(&format!("    {}", waves.summary()));
+                scenario.waves.push(waves);
+            }
             if nodes == n {
                 let d = load(round.stats, round.elapsed, bench.config.poll_interval, round.connections);
                 *db_change = DbLoad { connections: d.connections.max(db_change.connections), ..d };

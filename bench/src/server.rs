@@ -39,6 +39,8 @@ pub struct ControllerOptions {
     /// `--full-read-interval`, when the binary has it.
     pub full_read_interval: Option<Duration>,
     pub log: PathBuf,
+    /// More flags (e.g. `--rollout-threshold`), when the binary has them.
+    pub extra: Vec<String>,
 }
 
 impl ServerProcess {
@@ -59,6 +61,7 @@ impl ServerProcess {
         if let Some(every) = options.full_read_interval {
             cmd.args(["--full-read-interval", &format!("{}ms", every.as_millis())]);
         }
+        cmd.args(&options.extra);
         let child = spawn(cmd, &options.log)?;
         Ok(Self { child, grpc, http: Some(http), log: options.log.clone() })
     }

@@ -6,7 +6,9 @@
 //! every push with a Report that marks every interface applied, and
 //! reconnects the way the real agent does (the agent crate's own jittered
 //! backoff; the controller's Reconnect delay). It never writes a file and
-//! never talks to the database.
+//! never talks to the database. Tests may make an agent fail its pushes or
+//! keep silent ([`Answer`]) and read what it received and answered, in
+//! order ([`SimEvent`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,10 @@ use multinic_proto::v1::agent_message::Kind as AgentKind;
 use multinic_proto::v1::agent_service_client::AgentServiceClient;
 use multinic_proto::v1::controller_message::Kind as ControllerKind;
 use multinic_proto::v1::{self, AgentMessage};
-use multinic_proto::{AgentHello, AgentReport, DesiredPush, Digest, InterfaceName, InterfaceStatus, NodeName, Outcome};
+use multinic_proto::{
+    AgentHello, AgentReport, DesiredPush, Digest, ErrorCode, InterfaceName, InterfaceState, InterfaceStatus, NodeName,
+    Outcome,
+};
 use multinic_tls::ClientTls;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -37,6 +42,31 @@ pub struct SimAgent {
     pub node: NodeName,
     tls: ClientTls,
     state: Mutex<Applied>,
+    answer: Mutex<Answer>,
+    events: Mutex<Vec<SimEvent>>,
+}
+
+/// How a simulated agent answers a push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Answer {
+    /// Every interface applied.
+    #[default]
+    Apply,
+    /// Every interface failed (rolled back): it keeps what it had applied.
+    Fail,
+    /// No report at all (an agent stuck applying).
+    Silent,
+}
+
+/// A push received or a report sent, with when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimEvent {
+    pub at: Instant,
+    /// A push received (else a report sent).
+    pub push: bool,
+    pub digest: Digest,
+    /// A report of failed interfaces.
+    pub failed: bool,
 }
 
 /// What the agent last applied and when it reported.
@@ -49,7 +79,33 @@ struct Applied {
 
 impl SimAgent {
     pub fn new(node: NodeName, tls: ClientTls) -> Self {
-        Self { node, tls, state: Mutex::new(Applied::default()) }
+        Self {
+            node,
+            tls,
+            state: Mutex::new(Applied::default()),
+            answer: Mutex::new(Answer::default()),
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How it answers the pushes it receives from now on.
+    pub fn set_answer(&self, answer: Answer) {
+        *self.answer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = answer;
+    }
+
+    /// The pushes it received and the reports it sent, in order.
+    pub fn events(&self) -> Vec<SimEvent> {
+        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The digest it says it applied (its next Hello's).
+    pub fn applied_digest(&self) -> Option<Digest> {
+        self.applied().digest
+    }
+
+    fn note(&self, push: bool, digest: &Digest, failed: bool) {
+        let event = SimEvent { at: Instant::now(), push, digest: digest.clone(), failed };
+        self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(event);
     }
 
     /// When the agent last sent a Report.
@@ -233,33 +289,53 @@ impl AgentRun {
         }
     }
 
-    /// Every interface of a valid push applied (a malformed push is ignored:
-    /// the controller never sends one here).
+    /// Every interface of a valid push applied, or failed, or no answer, as
+    /// the agent's [`Answer`] says (a malformed push is ignored: the
+    /// controller never sends one here).
     fn answer(&self, desired: &v1::DesiredState) -> Option<v1::Report> {
         let push = DesiredPush::try_from(desired).ok()?;
+        let answer = *self.agent.answer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.agent.note(true, push.set.digest(), false);
+        if answer == Answer::Silent {
+            return None;
+        }
+        let failed = answer == Answer::Fail;
         let statuses: Vec<InterfaceStatus> = push
             .set
             .iter()
             .enumerate()
             .filter_map(|(i, spec)| {
                 let name = InterfaceName::new(u8::try_from(i).ok()?, multinic_proto::DEFAULT_CAPACITY)?;
-                Some(InterfaceStatus::applied(spec.mac, name))
+                Some(match failed {
+                    false => InterfaceStatus::applied(spec.mac, name),
+                    true => InterfaceStatus::problem(
+                        spec.mac,
+                        Some(name),
+                        InterfaceState::Failed,
+                        ErrorCode::ApplyFailed,
+                        "simulated: the MTU was refused; rolled back",
+                    ),
+                })
             })
             .collect();
         let report = AgentReport {
             generation: push.generation,
             nonce: push.nonce,
             digest: Some(push.set.digest().clone()),
-            outcome: Outcome::Applied,
+            outcome: if failed { Outcome::Partial } else { Outcome::Applied },
             interfaces: statuses.clone(),
             error: String::new(),
             drift: Vec::new(),
         };
-        self.agent.set_applied(Applied {
-            digest: Some(push.set.digest().clone()),
-            statuses,
-            reported_at: Some(SystemTime::now()),
-        });
+        // A failed apply was rolled back: the agent still has what it had.
+        if !failed {
+            self.agent.set_applied(Applied {
+                digest: Some(push.set.digest().clone()),
+                statuses,
+                reported_at: Some(SystemTime::now()),
+            });
+        }
+        self.agent.note(false, push.set.digest(), failed);
         Some(v1::Report::from(&report))
     }
 }

@@ -96,6 +96,7 @@ pub async fn run(config: &StatusLoadConfig, progress: &(dyn Fn(&str) + Sync)) ->
         poll_interval: Duration::from_secs(2),
         full_read_interval: None,
         log: dir.path().join("controller.log"),
+        extra: Vec::new(),
     };
     let controller = ServerProcess::controller(&options, crate::server::free_addr()?)?;
     controller.wait_ready(config.timeout).await?;

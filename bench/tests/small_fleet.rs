@@ -50,6 +50,13 @@ async fn a_small_fleet_converges_and_restarts_without_pushes() {
         assert_eq!(scenario.pushes_per_round, scenario.nodes as f64, "one push per changed node: {scenario:?}");
     }
     assert_eq!(report.convergence[2].nodes, AGENTS);
+    // Every node changed at once: released in waves (the controller's
+    // defaults: more than 5 nodes; a canary, then doubling up to 25%).
+    let waves = &report.convergence[2].waves;
+    assert_eq!(waves.len(), config.rounds.all, "{waves:?}");
+    assert_eq!(waves[0].sizes, [1, 2, 4, 8, 16, 32, 50, 50, 37], "{waves:?}");
+    assert!(report.convergence[0].waves.is_empty(), "one node goes at once");
+    assert!(report.table().contains("in waves (last round)"));
     assert_eq!(report.restarts.len(), 2);
     for restart in &report.restarts {
         assert_eq!(restart.pushes, 0, "agents already up to date get nothing: {restart:?}");

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::issuer::token_review::{IN_CLUSTER_CA, IN_CLUSTER_TOKEN};
 use crate::issuer::{IssuancePolicy, IssuerConfig, TokenReviewer};
+use crate::rollout::{MaxUnavailable, RolloutConfig};
 use crate::store::{self, DatabaseConfig};
 use crate::tls::{TlsConfig, Transport};
 use crate::{Controller, ControllerConfig};
@@ -101,6 +102,20 @@ pub struct Args {
     #[arg(long, env = "MULTINIC_PUSH_ANSWER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub push_answer_timeout: Duration,
 
+    /// A change seen in one poll that changes the desired set of more than
+    /// this many nodes (already given a set before) is released in waves:
+    /// a canary node, then waves that double up to --max-unavailable, each
+    /// once the previous one has reported, stopping at the first failed
+    /// node (multinicctl rollout status|resume|abort). At or under it,
+    /// changes go at once. 0 turns waves off.
+    #[arg(long, env = "MULTINIC_ROLLOUT_THRESHOLD", default_value_t = 5)]
+    pub rollout_threshold: usize,
+
+    /// The largest rollout wave: a node count (e.g. 10) or a percentage of
+    /// the rollout's nodes (e.g. 25%, rounded up, at least 1).
+    #[arg(long, env = "MULTINIC_MAX_UNAVAILABLE", default_value = "25%")]
+    pub max_unavailable: MaxUnavailable,
+
     #[command(flatten)]
     pub tls: TlsArgs,
 
@@ -135,6 +150,8 @@ impl Args {
             min_guarded_removals,
             removal_warmup,
             push_answer_timeout,
+            rollout_threshold,
+            max_unavailable,
             tls,
             issuer,
             log_format: _,
@@ -165,6 +182,7 @@ impl Args {
                 warmup: removal_warmup,
             },
             push_answer_timeout,
+            rollout: RolloutConfig { threshold: rollout_threshold, max_unavailable },
             transport,
         };
         let controller = Controller::bind(config, listen, http_listen).await?;
@@ -396,5 +414,17 @@ mod tests {
         assert_eq!(args.full_read_interval, Duration::ZERO);
         let err = Args::try_parse_from(["multinic-controller", "--poll-interval", "0s"]).unwrap_err().to_string();
         assert!(err.contains("must be positive"), "{err}");
+    }
+
+    #[test]
+    fn rollout_flags_default_parse_and_refuse_bad_values() {
+        let args = Args::try_parse_from(["multinic-controller", "--insecure"]).unwrap();
+        assert_eq!(args.rollout_threshold, 5);
+        assert_eq!(args.max_unavailable, MaxUnavailable::Percent(25));
+        let argv = ["multinic-controller", "--rollout-threshold", "0", "--max-unavailable", "3"];
+        let args = Args::try_parse_from(argv).unwrap();
+        assert_eq!((args.rollout_threshold, args.max_unavailable), (0, MaxUnavailable::Count(3)));
+        let err = Args::try_parse_from(["multinic-controller", "--max-unavailable", "150%"]).unwrap_err().to_string();
+        assert!(err.contains("--max-unavailable") && err.contains("between 1% and 100%"), "{err}");
     }
 }

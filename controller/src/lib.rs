@@ -27,6 +27,7 @@ pub mod issuer;
 pub mod leader;
 pub mod metrics;
 pub mod recorder;
+pub mod rollout;
 pub mod row_copy;
 pub mod store;
 pub mod sync;
@@ -67,6 +68,8 @@ pub struct ControllerConfig {
     pub guard: guard::GuardConfig,
     /// A push the agent has not answered for this long shows in status.
     pub push_answer_timeout: Duration,
+    /// When changes of many nodes are released in waves.
+    pub rollout: rollout::RolloutConfig,
     /// mTLS (the default of the binary) or plaintext (`--insecure`).
     pub transport: Transport,
 }
@@ -140,16 +143,13 @@ impl Controller {
             },
             Transport::Insecure => None,
         };
-        let fleet = Arc::new(Fleet::with_guard(config.guard).answer_within(config.push_answer_timeout));
-        Ok(Self {
-            config,
-            grpc,
-            http,
-            issuer,
-            fleet,
-            metrics: Arc::new(Metrics::new()),
-            handshakes: Arc::new(HandshakeStats::default()),
-        })
+        let metrics = Arc::new(Metrics::new());
+        let fleet = Arc::new(
+            Fleet::with_guard(config.guard)
+                .answer_within(config.push_answer_timeout)
+                .with_rollouts(config.rollout, metrics.rollouts.clone()),
+        );
+        Ok(Self { config, grpc, http, issuer, fleet, metrics, handshakes: Arc::new(HandshakeStats::default()) })
     }
 
     /// The address agents and multinicctl connect to.
@@ -191,6 +191,7 @@ impl Controller {
             transport,
             guard: _,
             push_answer_timeout: _,
+            rollout: _,
         } = config;
         let serving = Arc::new(AtomicBool::new(false));
         let certificates = alert_metrics::WatchedCertificates::of(&transport);

@@ -40,6 +40,70 @@ pub struct Metrics {
     pub drift_findings: Family<Labels, Counter>,
     // --- What the alerting rules need (issue 19), kept in its own module.
     pub alerts: AlertMetrics,
+    /// Rollouts (the fleet counts them as they happen).
+    pub rollouts: RolloutMetrics,
+}
+
+/// Rollouts' metrics; the fleet holds a copy (they share their values).
+#[derive(Debug, Clone)]
+pub struct RolloutMetrics {
+    /// By event: started, stopped, resumed, aborted, completed, superseded.
+    pub events: Family<Labels, Counter>,
+    pub waves_released: Counter,
+    /// The current rollout's nodes by state.
+    pub nodes: Family<Labels, Gauge>,
+    /// Per node: from its change seen to its release.
+    pub wait_seconds: Histogram,
+}
+
+impl Default for RolloutMetrics {
+    fn default() -> Self {
+        Self {
+            events: Family::default(),
+            waves_released: Counter::default(),
+            nodes: Family::default(),
+            wait_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
+        }
+    }
+}
+
+impl RolloutMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "rollouts",
+            "Rollouts (changes of more nodes than --rollout-threshold, released in waves) by event: started, \
+             stopped, resumed, aborted, completed, superseded",
+            self.events.clone(),
+        );
+        registry.register("rollout_waves_released", "Rollout waves released", self.waves_released.clone());
+        registry.register(
+            "rollout_nodes",
+            "Nodes of the current rollout by state: pending (held), released, done, failed",
+            self.nodes.clone(),
+        );
+        registry.register(
+            "rollout_wait_seconds",
+            "Per node of a rollout: time from its change seen in the database to its release",
+            self.wait_seconds.clone(),
+        );
+    }
+
+    /// Counts a rollout event.
+    pub fn event(&self, event: &'static str) {
+        self.events.get_or_create(&vec![("event", event)]).inc();
+    }
+
+    /// The current rollout's nodes by state.
+    pub fn set_nodes(&self, counts: &crate::rollout::NodeCounts) {
+        for (state, n) in [
+            ("pending", counts.pending),
+            ("released", counts.released),
+            ("done", counts.done),
+            ("failed", counts.failed),
+        ] {
+            self.nodes.get_or_create(&vec![("state", state)]).set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -73,8 +137,10 @@ impl Metrics {
             tls_handshakes: Family::default(),
             drift_findings: Family::default(),
             alerts: AlertMetrics::default(),
+            rollouts: RolloutMetrics::default(),
             registry: Registry::default(),
         };
+        m.rollouts.register(&mut registry);
         registry.register(
             "db_poll_duration_seconds",
             "Time of one poll: the probe and whatever it decided to read",

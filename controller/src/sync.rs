@@ -107,8 +107,10 @@ impl PollLoop {
             }
             match result {
                 Ok(tick) => {
-                    // The warm-up may have ended with nothing else changing.
+                    // The warm-up may have ended with nothing else changing;
+                    // then the nodes held since start are decided.
                     self.fleet.guard().rejudge();
+                    self.fleet.rollouts().tick();
                     if was_up != Some(true) {
                         info!(
                             rows = tick.rows,

@@ -119,6 +119,8 @@ impl TestController {
             drain_timeout: Duration::from_secs(5),
             guard,
             push_answer_timeout: Duration::from_secs(60),
+            // In-process tests opt in to waves (`start_adjusted`).
+            rollout: multinic_controller::rollout::RolloutConfig::off(),
             transport,
         };
         adjust(&mut config);

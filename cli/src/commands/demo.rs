@@ -110,6 +110,7 @@ async fn run_in(base: &Path, timeout: Duration) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(3),
         guard: multinic_controller::guard::GuardConfig { warmup: Duration::ZERO, ..Default::default() },
         push_answer_timeout: Duration::from_secs(60),
+        rollout: Default::default(),
         transport: Transport::Mutual(Box::new(TlsConfig::new(server, TrustDomain::default()))),
     };
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;

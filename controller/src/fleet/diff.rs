@@ -3,7 +3,7 @@
 //!
 //! Exists so an operator can see a change before (or while) it lands: per
 //! interface, `add`, `change` (each field, old → new), `remove`, or `held`
-//! (the mass-deletion guard holds the removal), plus the node's rows that
+//! (the mass-deletion guard holds the removal, or a rollout the change), plus the node's rows that
 //! validation rejected, with their reasons. Pure: it reads a
 //! [`NodeSnapshot`] and returns values; no I/O, no clock, no lock. It must
 //! never guess: what the agent has is taken only from its reports in this
@@ -27,7 +27,8 @@ pub enum DiffAction {
     Change,
     /// No active row names it for the node any more.
     Remove,
-    /// Its removal is held back by the mass-deletion guard.
+    /// Its removal is held back by the mass-deletion guard, or its change by
+    /// a rollout.
     Held,
 }
 
@@ -96,6 +97,8 @@ pub struct NodeDiff {
     pub desired: usize,
     pub rejected: Bounded<RowProblem>,
     pub problems: Vec<NodeProblem>,
+    /// Why a rollout holds the node's changes (they are listed as held).
+    pub rollout_hold: Option<String>,
 }
 
 impl NodeDiff {
@@ -128,6 +131,7 @@ pub fn node_diff(node: &NodeSnapshot, limit: usize) -> NodeDiff {
         desired: desired.set.len(),
         rejected,
         problems: node.problems.clone(),
+        rollout_hold: node.rollout_hold.clone(),
     };
     if diff.applied_at.is_none() {
         return diff;
@@ -166,6 +170,11 @@ fn interface_diff(node: &NodeSnapshot, mac: &MacAddress) -> Option<InterfaceDiff
             (DiffAction::Held, fields(have.as_ref(), None), Some(reason))
         }
         (None, have) => (DiffAction::Remove, fields(have.as_ref(), None), attempt),
+    };
+    // A rollout holds every change of the node: it keeps its previous set.
+    let (action, reason) = match &node.rollout_hold {
+        Some(hold) if action != DiffAction::Held => (DiffAction::Held, Some(hold.clone())),
+        _ => (action, reason),
     };
     let name = record.and_then(|r| r.status.name);
     Some(InterfaceDiff { mac: *mac, name, action, changes, reason, row_ids })

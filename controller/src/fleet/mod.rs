@@ -19,6 +19,9 @@
 //!   guard's status and an operator's confirmation.
 //! - [`Fleet::view`] ([`View`], `views.rs`): copies and counts for status,
 //!   metrics and watchers.
+//! - [`Fleet::rollouts`] ([`Rollouts`], `rollouts.rs`): changes of many
+//!   nodes released in waves, the gate that holds the rest, an operator's
+//!   resume and abort, and the rebuild after a restart.
 //!
 //! `node.rs` holds the per-node rules all of them share; `diff.rs` compares a
 //! node's rows with what its agent reported. Nothing here does I/O, and no
@@ -35,6 +38,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::desired::RowProblem;
 use crate::guard::GuardConfig;
+use crate::metrics::RolloutMetrics;
+use crate::rollout::RolloutConfig;
 
 mod db;
 pub mod diff;
@@ -44,6 +49,9 @@ mod limits_tests;
 mod node;
 mod publish;
 mod removals;
+#[cfg(test)]
+mod rollout_tests;
+mod rollouts;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -60,6 +68,8 @@ pub use node::{
 pub use publish::Publisher;
 use removals::GuardState;
 pub use removals::{ConfirmError, GuardStatus, RemovalGuard};
+use rollouts::RolloutSlot;
+pub use rollouts::Rollouts;
 pub use sessions::{RecordError, Sessions};
 pub use views::{Bounded, NodeCounts, NodeSnapshot, View};
 pub use write_back::WriteBack;
@@ -87,6 +97,11 @@ pub struct Fleet {
     /// Counts the times this replica became active (what a node reported
     /// in is compared with it).
     activation: AtomicU64,
+    /// The current rollout. Lock order: the guard mutex, then this, then
+    /// map shards.
+    rollout: Mutex<RolloutSlot>,
+    rollout_config: RolloutConfig,
+    rollout_metrics: RolloutMetrics,
 }
 
 impl Default for Fleet {
@@ -109,12 +124,23 @@ impl Fleet {
             answer_within: UNANSWERED_AFTER,
             guard: Mutex::new(GuardState::default()),
             activation: AtomicU64::new(0),
+            rollout: Mutex::new(RolloutSlot::default()),
+            rollout_config: RolloutConfig::off(),
+            rollout_metrics: RolloutMetrics::default(),
         }
     }
 
     /// A fleet whose mass-deletion guard uses `config`.
     pub fn with_guard(config: GuardConfig) -> Self {
         Self { guard_config: config, ..Self::new() }
+    }
+
+    /// Releases changes of more than `config.threshold` nodes in waves,
+    /// counted in `metrics` (a new fleet publishes every change at once).
+    pub fn with_rollouts(mut self, config: RolloutConfig, metrics: RolloutMetrics) -> Self {
+        self.rollout_config = config;
+        self.rollout_metrics = metrics;
+        self
     }
 
     /// Shows a push unanswered for `answer_within` as a node problem.

@@ -21,8 +21,10 @@ use multinic_proto::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::rollouts::{Gate, HelloSaid};
 use crate::desired::NodeDesired;
 use crate::guard::{self, Counts};
+use crate::rollout::Outcome;
 
 /// The largest push the controller sends (and agents accept): the wire's
 /// one message limit, [`multinic_proto::MAX_MESSAGE_BYTES`].
@@ -198,6 +200,10 @@ pub(super) struct NodeEntry {
     /// The activation of this replica in which the agent last said what it
     /// has (0: never); the warm-up waits for the current one.
     pub(super) reported_in: u64,
+    /// Whether a rollout holds the node's new set back.
+    pub(super) gate: Gate,
+    /// What the agent said it had applied when it last connected.
+    pub(super) hello: HelloSaid,
 }
 
 impl NodeEntry {
@@ -224,6 +230,8 @@ impl NodeEntry {
             undeliverable: None,
             drift: None,
             reported_in: 0,
+            gate: Gate::Open,
+            hello: HelloSaid::Nothing,
         }
     }
 
@@ -274,15 +282,10 @@ impl NodeEntry {
     /// Recomputes the set to push (the database's set, plus the removals the
     /// guard holds, within the message limit) and publishes it if it changed
     /// and the fleet was read.
+    /// A node a rollout holds publishes nothing: it keeps its previous set.
     pub(super) fn refresh(&mut self, hold: Hold, synced: bool) -> Refreshed {
-        self.counts = self.guard_counts();
-        let held = match hold {
-            Hold::All => true,
-            Hold::Rowless => !self.in_db,
-            Hold::Nothing => false,
-        };
-        self.guarded = if held { guard::removals(self.inventory(), &self.desired.set) } else { BTreeSet::new() };
-        if !synced {
+        self.set_guarded(hold);
+        if !synced || self.gate != Gate::Open {
             return Refreshed::Nothing;
         }
         match self.set_to_push() {
@@ -305,13 +308,74 @@ impl NodeEntry {
         }
     }
 
+    /// Recounts the node's share of the guard and the removals it holds.
+    pub(super) fn set_guarded(&mut self, hold: Hold) {
+        self.counts = self.guard_counts();
+        let held = match hold {
+            Hold::All => true,
+            Hold::Rowless => !self.in_db,
+            Hold::Nothing => false,
+        };
+        self.guarded = if held { guard::removals(self.inventory(), &self.desired.set) } else { BTreeSet::new() };
+    }
+
+    /// Whether [`NodeEntry::refresh`] would publish a new set over one
+    /// published before (a node never published is new: not a change).
+    pub(super) fn pending_change(&mut self, hold: Hold) -> bool {
+        self.set_guarded(hold);
+        let Some(current) = self.published.borrow().as_ref().map(|p| p.set.digest().clone()) else { return false };
+        self.set_to_push().is_ok_and(|set| *set.digest() != current)
+    }
+
+    /// Whether the agent said it applied a set other than the one to push.
+    pub(super) fn behind(&self) -> bool {
+        match &self.hello {
+            HelloSaid::Applied(digest) => self.set_to_push().is_ok_and(|set| set.digest() != digest),
+            _ => false,
+        }
+    }
+
+    /// What the agent's reports say of the published set, for a rollout:
+    /// `None` until it reported on exactly that set.
+    pub(super) fn rollout_outcome(&self) -> Option<Outcome> {
+        if let Some(why) = &self.rejected {
+            return Some(Outcome::Failed(format!("the agent rejected the push: {why}")));
+        }
+        match self.convergence() {
+            Convergence::Converged | Convergence::Waiting => Some(Outcome::Done),
+            Convergence::Pending => None,
+            Convergence::Failed => Some(Outcome::Failed(self.failure())),
+        }
+    }
+
+    /// The failed interfaces of the published set (at most three), or why
+    /// the set cannot be pushed.
+    fn failure(&self) -> String {
+        if let Some(why) = &self.undeliverable {
+            return format!("the desired set cannot be pushed: {why}");
+        }
+        let published = self.published.borrow();
+        let failed: Vec<String> = published
+            .iter()
+            .flat_map(|p| p.set.iter())
+            .filter_map(|spec| self.interfaces.get(&spec.mac))
+            .filter(|r| matches!(r.status.state, InterfaceState::Failed | InterfaceState::Refused))
+            .take(3)
+            .map(|r| {
+                let who = r.status.name.map_or_else(|| r.status.mac.to_string(), |n| n.to_string());
+                format!("{who} {}: {}: {}", r.status.state.as_str(), r.status.code.as_str(), r.status.message)
+            })
+            .collect();
+        failed.join("; ")
+    }
+
     /// The database's set with the guard's holds, within [`MAX_PUSH_BYTES`].
     ///
     /// Held MACs tell the agent what to keep; it can only keep what it has,
     /// at most its capacity. So a set too large to send carries only the
     /// held MACs the agent has (it told us, since it connected); if that is
     /// not known, or the specs alone are too many, the set cannot be pushed.
-    fn set_to_push(&self) -> Result<DesiredSet, String> {
+    pub(super) fn set_to_push(&self) -> Result<DesiredSet, String> {
         let desired = &self.desired.set;
         let specs = || desired.iter().map(|s| (s.mac, *s)).collect::<BTreeMap<_, _>>();
         let full = if self.guarded.is_empty() {

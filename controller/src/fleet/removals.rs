@@ -125,7 +125,7 @@ impl Fleet {
     /// The warm-up as it stands, if it still runs: how long at most, and
     /// who has not reported yet (looked up again when the last look is
     /// older than [`WARMUP_LOOK_EVERY`]; once everyone has, that stays).
-    fn warming(&self, g: &mut GuardState) -> Option<Warming> {
+    pub(super) fn warming(&self, g: &mut GuardState) -> Option<Warming> {
         let left =
             g.activated.and_then(|t| self.guard_config.warmup.checked_sub(t.elapsed())).filter(|l| !l.is_zero())?;
         let look = g.warmup.looked.is_none_or(|t| t.elapsed() >= WARMUP_LOOK_EVERY);

@@ -4,7 +4,8 @@
 //! One session per node: a newer stream replaces the older, whose token is
 //! cancelled. A report is recorded only for the node's current session and
 //! only after [`crate::claims`] checked it; what an agent says it has may
-//! change what the guard holds. It never talks to the agent itself and
+//! change what the guard holds, and a report may release a rollout's next
+//! wave. It never talks to the agent itself and
 //! never believes a claim the stream did not check.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::node::{NodeEntry, SessionInfo, Unanswered, apply_report, present_in};
+use super::rollouts::HelloSaid;
 use super::{Fleet, Published};
 
 /// Why a report was not recorded.
@@ -68,6 +70,11 @@ impl Sessions<'_> {
             previous.cancel();
         }
         entry.unanswered = None;
+        let said = match &hello.applied_digest {
+            Some(digest) => HelloSaid::Applied(digest.clone()),
+            None => HelloSaid::Fresh,
+        };
+        self.fleet.hello_said(&mut entry, said);
         let now = SystemTime::now();
         entry.session = Some(SessionInfo {
             id,
@@ -107,6 +114,7 @@ impl Sessions<'_> {
         entry.reported_in = self.fleet.activation.load(Ordering::Relaxed);
         drop(entry);
         self.fleet.node_changed(&hello.node);
+        self.fleet.rollout_reported(&hello.node);
         let _ = self.fleet.changes.send(hello.node.clone());
         Some(published)
     }
@@ -131,6 +139,7 @@ impl Sessions<'_> {
             entry.unanswered = None;
             entry.last_seen = Some(SystemTime::now());
             drop(entry);
+            self.fleet.rollout_reported(node);
             let _ = self.fleet.changes.send(node.clone());
             return Ok(());
         }
@@ -139,6 +148,7 @@ impl Sessions<'_> {
         entry.record_drift(&report.drift, SystemTime::now());
         drop(entry);
         self.fleet.node_changed(node);
+        self.fleet.rollout_reported(node);
         let _ = self.fleet.changes.send(node.clone());
         Ok(())
     }

@@ -37,6 +37,8 @@ pub struct NodeSnapshot {
     pub drift: Option<NodeDrift>,
     /// Why the guard holds removals (its holds are in `guarded`), if it does.
     pub guard_reason: Option<String>,
+    /// Why a rollout holds the node's new set back, if one does.
+    pub rollout_hold: Option<String>,
 }
 
 /// A bounded list and how many were left out.
@@ -115,7 +117,10 @@ impl View<'_> {
     pub fn node(&self, name: &NodeName) -> Option<NodeSnapshot> {
         // Before the node's shard: lock order is the guard, then shards.
         let guard_reason = lock(&self.fleet.guard).holding.clone();
+        // Then the rollout, then the shard.
+        let slot = lock(&self.fleet.rollout);
         let entry = self.fleet.nodes.get(name)?;
+        let rollout_hold = slot.hold_reason(name, entry.gate);
         Some(NodeSnapshot {
             name: name.clone(),
             convergence: entry.convergence(),
@@ -130,6 +135,7 @@ impl View<'_> {
             problems: entry.problems(SystemTime::now(), self.fleet.answer_within),
             drift: entry.drift.clone(),
             guard_reason: (!entry.guarded.is_empty()).then_some(guard_reason).flatten(),
+            rollout_hold,
         })
     }
 

@@ -75,6 +75,7 @@ fn node_message(d: &NodeDiff) -> v1::NodeDiff {
         rejected_rows: d.rejected.items.iter().map(row_problem).collect(),
         rejected_rows_omitted: count(d.rejected.omitted),
         problems: d.problems.iter().map(node_problem).collect(),
+        rollout_hold: d.rollout_hold.clone().unwrap_or_default(),
     }
 }
 

@@ -58,6 +58,25 @@ impl FleetSvc {
     }
 }
 
+impl FleetSvc {
+    /// An operator's action on the rollout the request names, logged with
+    /// who asked; a refusal says why.
+    async fn rollout_action(
+        &self,
+        request: Request<v1::RolloutActionRequest>,
+        done: &'static str,
+        action: fn(&Fleet, u64) -> Result<crate::rollout::Rollout, crate::rollout::RolloutError>,
+    ) -> Result<Response<v1::RolloutStatus>, Status> {
+        self.authorize(&request)?;
+        let peer = Peer::of(&request);
+        let id = request.into_inner().id;
+        let fleet = self.fleet.clone();
+        let rollout = blocking(move || action(&fleet, id)).await?.map_err(|e| super::rollout_view::refused(&e))?;
+        tracing::warn!(peer = %peer, rollout = id, action = done, "an operator acted on a rollout");
+        Ok(Response::new(super::rollout_view::status(Some(&rollout))))
+    }
+}
+
 /// The node a page token names (the last of the previous page); `None` for
 /// the first page.
 fn page_token(token: &str) -> Result<Option<NodeName>, Status> {
@@ -169,6 +188,30 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         let after = page_token(&req.page_token)?;
         let page = blocking(move || super::diff_view::page(&fleet, after.as_ref(), size)).await?;
         Ok(Response::new(page))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<v1::GetRolloutRequest>,
+    ) -> Result<Response<v1::RolloutStatus>, Status> {
+        self.authorize(&request)?;
+        let fleet = self.fleet.clone();
+        let status = blocking(move || super::rollout_view::status(fleet.rollouts().status().as_ref())).await?;
+        Ok(Response::new(status))
+    }
+
+    async fn resume_rollout(
+        &self,
+        request: Request<v1::RolloutActionRequest>,
+    ) -> Result<Response<v1::RolloutStatus>, Status> {
+        self.rollout_action(request, "resumed", |fleet, id| fleet.rollouts().resume(id)).await
+    }
+
+    async fn abort_rollout(
+        &self,
+        request: Request<v1::RolloutActionRequest>,
+    ) -> Result<Response<v1::RolloutStatus>, Status> {
+        self.rollout_action(request, "aborted", |fleet, id| fleet.rollouts().abort(id)).await
     }
 
     async fn watch(&self, request: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

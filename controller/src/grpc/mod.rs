@@ -5,6 +5,7 @@ pub mod agent_service;
 pub mod diff_view;
 pub mod fleet_service;
 pub mod limits;
+pub mod rollout_view;
 pub mod stream_rules;
 
 pub use agent_service::AgentSvc;
