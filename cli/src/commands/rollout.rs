@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 
 use super::get::status_error;
 use crate::client::ConnectArgs;
-use crate::out::{out, outln};
+use crate::out::out;
 use crate::view::{Format, Table, age, print_structured, time};
 
 /// Exit code of `rollout status` while a rollout is running or stopped
@@ -32,7 +32,8 @@ pub enum Action {
     /// rollout in progress (none, completed, aborted or superseded); 2: one is
     /// running or stopped.
     Status,
-    /// Release a stopped rollout again, from the wave where it stopped.
+    /// Release a stopped rollout again, from the wave where it stopped; prints
+    /// the rollout as `status` does.
     Resume {
         /// The rollout's id, as `rollout status` shows it (default: the
         /// current rollout; give it in scripts, so that a newer rollout is
@@ -40,7 +41,7 @@ pub enum Action {
         id: Option<u64>,
     },
     /// End a running or stopped rollout: the nodes not yet released keep
-    /// their previous set until their rows change again.
+    /// their previous set until their rows change again; prints the rollout.
     Abort {
         /// The rollout's id, as `rollout status` shows it (default: the
         /// current rollout; give it in scripts).
@@ -54,19 +55,11 @@ pub async fn run(connect: &ConnectArgs, format: Format, action: Action) -> anyho
         Action::Status => get(&mut client).await?,
         Action::Resume { id } => {
             let id = id_or_current(&mut client, id).await?;
-            let status = client.resume_rollout(RolloutActionRequest { id }).await.map_err(status_error)?.into_inner();
-            if matches!(format, Format::Table | Format::Wide) {
-                outln!("resumed rollout {id}");
-            }
-            status
+            client.resume_rollout(RolloutActionRequest { id }).await.map_err(status_error)?.into_inner()
         }
         Action::Abort { id } => {
             let id = id_or_current(&mut client, id).await?;
-            let status = client.abort_rollout(RolloutActionRequest { id }).await.map_err(status_error)?.into_inner();
-            if matches!(format, Format::Table | Format::Wide) {
-                outln!("aborted rollout {id}: the nodes not yet released keep their previous set");
-            }
-            status
+            client.abort_rollout(RolloutActionRequest { id }).await.map_err(status_error)?.into_inner()
         }
     };
     let view = RolloutView::from(&status);
