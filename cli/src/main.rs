@@ -15,9 +15,10 @@ use crate::view::Format;
 /// See and operate a multinic fleet.
 ///
 /// Exit codes: 0 = success (for status: every node converged and the
-/// database up; for diff: nothing would change); 1 = error (e.g. controller
-/// unreachable); 2 = the fleet is not converged (status) or changes are
-/// pending (diff), so scripts can gate on it.
+/// database up; for diff: nothing would change; for rollout status: no
+/// rollout in progress); 1 = error (e.g. controller unreachable); 2 = the
+/// fleet is not converged (status), changes are pending (diff) or a rollout
+/// is running or stopped (rollout status), so scripts can gate on it.
 #[derive(Debug, Parser)]
 #[command(name = "multinicctl", version, about, long_about)]
 struct Cli {
@@ -47,7 +48,7 @@ enum Command {
     ///
     /// Per node and interface, against what its agent last reported applied: add, change (each
     /// field: old → new), remove, held (the mass-deletion guard holds the
-    /// removal, and why), and the rows validation rejected, with their
+    /// removal, or a rollout holds the node's changes, and why), and the rows validation rejected, with their
     /// reasons. A node whose agent has not reported since the controller
     /// became active is shown as unknown. Exit 0: nothing would change; 2:
     /// changes are pending (or a node is unknown); rejected rows alone
@@ -56,6 +57,14 @@ enum Command {
         /// Only this node (short or full name; case does not matter).
         #[arg(long, env = "MULTINIC_DIFF_NODE")]
         node: Option<String>,
+    },
+    /// See and steer a change released in waves: one that touched more
+    /// nodes than the controller's `--rollout-threshold` goes out to a canary
+    /// node first, then in growing waves, each once the previous one reported,
+    /// and stops at the first failed interface.
+    Rollout {
+        #[command(subcommand)]
+        action: commands::rollout::Action,
     },
     /// Let go the removals held by the mass-deletion guard. TOKEN (from
     /// `status`) names the exact set of removals held; if it changed since,
@@ -80,6 +89,7 @@ async fn main() -> ExitCode {
         Command::Get { what } => commands::get::run(&cli.connect, cli.output, what).await,
         Command::Watch => commands::watch::run(&cli.connect, cli.output).await,
         Command::Diff { node } => commands::diff::run(&cli.connect, cli.output, node).await,
+        Command::Rollout { action } => commands::rollout::run(&cli.connect, cli.output, action).await,
         Command::ConfirmRemovals { token } => commands::confirm::run(&cli.connect, token).await,
         #[cfg(feature = "demo")]
         Command::Demo(args) => commands::demo::run(args).await,

@@ -512,3 +512,109 @@ async fn diff_shows_what_would_change_before_it_lands() {
         agent.stop().await;
     }
 }
+
+/// A change of seven nodes goes out in waves; the canary's agent is away, so
+/// the rollout waits on it: `rollout status` shows where it stands in every
+/// format, `status` heads with it, `diff` shows the held nodes and why, a
+/// resume of a running rollout and an action naming another rollout are
+/// refused, and `rollout abort` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_resume_and_abort() {
+    use multinic_controller::rollout::{MaxUnavailable, RolloutConfig};
+    multinic_testkit::test_logging();
+    let Some(db) = MariaDb::start().await else { return };
+    let pool = db.pool().await;
+    for i in 1..=7 {
+        insert(&pool, &format!("r{i}"), Some(&format!("node-0{i}")), &format!("fa:16:3e:0e:00:0{i}"), None, 1500).await;
+    }
+    let controller = TestController::start_adjusted(&db.url(), Duration::from_millis(200), |c| {
+        c.rollout = RolloutConfig { threshold: 2, max_unavailable: MaxUnavailable::Count(2) };
+    })
+    .await;
+    // Every node but node-01 (the canary: the first by name) has its agent.
+    let mut agents = Vec::new();
+    for i in 2..=7 {
+        agents.push(TestAgent::start(&controller.url(), &format!("node-0{i}")).await);
+    }
+    for i in 2..=7 {
+        wait_for(&controller, &format!("node-0{i}"), Convergence::Converged).await;
+    }
+    let none = cli(&controller, &["rollout", "status"]).await;
+    assert_eq!(none.code, 0, "no rollout → exit 0\n{}{}", none.stdout, none.stderr);
+    assert!(none.stdout.starts_with("No rollout since the controller became active"), "{}", none.stdout);
+
+    sqlx::query("UPDATE multi_interface SET mtu = 1400").execute(&pool).await.unwrap();
+    let running = eventually(WAIT, "the rollout in status", || async {
+        let run = cli(&controller, &["rollout", "status"]).await;
+        run.stdout.starts_with("Rollout 1: running").then_some(run)
+    })
+    .await;
+    assert_eq!(running.code, 2, "a running rollout → exit 2\n{}{}", running.stdout, running.stderr);
+    golden("rollout-status.txt", &running.stdout);
+    golden("rollout-status-wide.txt", &cli(&controller, &["rollout", "status", "-o", "wide"]).await.stdout);
+    let json = cli(&controller, &["rollout", "status", "-o", "json"]).await;
+    assert_eq!(json.code, 2);
+    golden("rollout-status.json", &json.stdout);
+    let yaml = cli(&controller, &["rollout", "status", "-o", "yaml"]).await;
+    golden("rollout-status.yaml", &yaml.stdout);
+    let json: Value = serde_json::from_str(&json.stdout).unwrap();
+    let yaml: Value = serde_yaml::from_str(&yaml.stdout).unwrap();
+    for doc in [&json, &yaml] {
+        assert_eq!((&doc["id"], &doc["state"]), (&Value::from(1), &Value::from("running")));
+        assert_eq!(
+            (&doc["nodes_total"], &doc["nodes_released"], &doc["nodes_pending"]),
+            (&7.into(), &1.into(), &6.into())
+        );
+        let sizes: Vec<u64> =
+            doc["waves"].as_array().unwrap().iter().map(|w| w["nodes_total"].as_u64().unwrap()).collect();
+        assert_eq!(sizes, [1, 2, 2, 2], "a canary, then waves of at most --max-unavailable");
+        assert_eq!(
+            doc["waves"][0]["nodes"][0],
+            serde_json::json!({"name": "node-01", "state": "released", "reason": ""})
+        );
+    }
+
+    // `status` heads with it: the held nodes still look converged on their previous set.
+    let status = cli(&controller, &["status"]).await;
+    assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
+    assert!(
+        status.stdout.starts_with("ROLLOUT 1 RUNNING: 0 of 7 node(s) done, 6 pending, 0 failed\n"),
+        "{}",
+        status.stdout
+    );
+    let status: Value = serde_json::from_str(&cli(&controller, &["status", "-o", "json"]).await.stdout).unwrap();
+    assert_eq!(status["rollout"]["state"], "running");
+
+    // diff: a held node's change is shown held, with the rollout's reason.
+    let held = cli(&controller, &["diff", "--node", "node-03"]).await;
+    assert_eq!(held.code, 2, "{}{}", held.stdout, held.stderr);
+    assert!(held.stdout.contains("held"), "{}", held.stdout);
+    assert!(held.stdout.contains("node-03: held by a rollout: rollout 1"), "{}", held.stdout);
+    let held: Value =
+        serde_json::from_str(&cli(&controller, &["diff", "--node", "node-03", "-o", "json"]).await.stdout).unwrap();
+    assert!(held["nodes"][0]["rollout_hold"].as_str().unwrap().starts_with("rollout 1"), "{held}");
+    assert!(agents[1].netplan_file(0).unwrap().contains("mtu: 1500"), "node-03 keeps its previous set");
+
+    let resume = cli(&controller, &["rollout", "resume"]).await;
+    assert_eq!(resume.code, 1, "only a stopped rollout resumes\n{}{}", resume.stdout, resume.stderr);
+    assert!(resume.stderr.contains("FailedPrecondition"), "{}", resume.stderr);
+    let other = cli(&controller, &["rollout", "abort", "9"]).await;
+    assert_eq!(other.code, 1, "an action naming another rollout is refused\n{}{}", other.stdout, other.stderr);
+    assert!(other.stderr.contains("FailedPrecondition"), "{}", other.stderr);
+
+    let abort = cli(&controller, &["rollout", "abort", "1"]).await;
+    assert_eq!(abort.code, 0, "an aborted rollout is not in progress\n{}{}", abort.stdout, abort.stderr);
+    golden("rollout-abort.txt", &abort.stdout);
+    // Aborted: the nodes not released never get the change (until their rows change again).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for agent in &agents {
+        assert!(agent.netplan_file(0).unwrap().contains("mtu: 1500"), "aborted: no push");
+    }
+    let after = cli(&controller, &["status"]).await;
+    assert!(!after.stdout.contains("ROLLOUT"), "{}", after.stdout);
+
+    controller.stop().await;
+    for agent in agents {
+        agent.stop().await;
+    }
+}

@@ -52,6 +52,9 @@ struct NodeDiffView {
     rejected_rows: Vec<ProblemView>,
     rejected_rows_omitted: u32,
     problems: Vec<NodeProblemView>,
+    /// Why a rollout holds the node's changes (absent: it does not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout_hold: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -155,6 +158,7 @@ impl From<&v1::NodeDiff> for NodeDiffView {
             rejected_rows: n.rejected_rows.iter().map(ProblemView::from).collect(),
             rejected_rows_omitted: n.rejected_rows_omitted,
             problems: n.problems.iter().map(NodeProblemView::from).collect(),
+            rollout_hold: some(&n.rollout_hold),
         }
     }
 }
@@ -251,6 +255,9 @@ fn notes(n: &NodeDiffView) -> Vec<String> {
             if connected { "agent connected, " } else { "agent not connected, " },
             n.interfaces_desired
         )),
+    }
+    if let Some(hold) = &n.rollout_hold {
+        notes.push(format!("{}: held by a rollout: {hold} (multinicctl rollout status)", n.name));
     }
     for p in &n.problems {
         notes.push(format!("{}: {}: {}", n.name, p.error_code, p.message));

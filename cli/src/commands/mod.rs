@@ -6,5 +6,6 @@ pub mod confirm;
 pub mod demo;
 pub mod diff;
 pub mod get;
+pub mod rollout;
 pub mod status;
 pub mod watch;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use multinic_proto::v1::{self, GetSummaryRequest};
+use multinic_proto::v1::{self, GetRolloutRequest, GetSummaryRequest};
 use serde::Serialize;
 
 use super::get::{all_nodes, status_error};
@@ -18,6 +18,21 @@ struct StatusView {
     summary: SummaryView,
     converged: bool,
     attention: Vec<NodeView>,
+    /// The rollout in progress (running or stopped), if any: its nodes may
+    /// look converged on their previous set while they wait for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout: Option<RolloutLine>,
+}
+
+#[derive(Debug, Serialize)]
+struct RolloutLine {
+    id: u64,
+    state: String,
+    reason: String,
+    nodes_total: u32,
+    nodes_done: u32,
+    nodes_pending: u32,
+    nodes_failed: u32,
 }
 
 pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCode> {
@@ -25,7 +40,9 @@ pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCo
     let summary = client.get_summary(GetSummaryRequest {}).await.map_err(status_error)?.into_inner();
     let nodes = all_nodes(&mut client).await?;
     let attention: Vec<v1::NodeStatus> = nodes.into_iter().filter(needs_attention).collect();
+    let rollout = rollout_in_progress(&mut client).await?;
     let converged = summary.db_up
+        && rollout.is_none()
         && attention.is_empty()
         && summary.nodes_converged == summary.nodes_known
         && summary.removals_held == 0;
@@ -35,12 +52,64 @@ pub async fn run(connect: &ConnectArgs, format: Format) -> anyhow::Result<ExitCo
                 summary: SummaryView::from(&summary),
                 converged,
                 attention: attention.iter().map(NodeView::from).collect(),
+                rollout,
             };
             print_structured(&view, format)?;
         }
-        Format::Table | Format::Wide => out!("{}", render(&summary, &attention, format == Format::Wide)),
+        Format::Table | Format::Wide => {
+            out!(
+                "{}{}",
+                rollout.map(|r| r.headline()).unwrap_or_default(),
+                render(&summary, &attention, format == Format::Wide)
+            )
+        }
     }
     Ok(if converged { ExitCode::SUCCESS } else { ExitCode::from(NOT_CONVERGED) })
+}
+
+/// The rollout running or stopped now, if any. A controller that predates
+/// rollouts (during an upgrade) has none.
+async fn rollout_in_progress(
+    client: &mut multinic_proto::v1::fleet_service_client::FleetServiceClient<tonic::transport::Channel>,
+) -> anyhow::Result<Option<RolloutLine>> {
+    let r = match client.get_rollout(GetRolloutRequest {}).await {
+        Ok(r) => r.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => return Ok(None),
+        Err(status) => return Err(status_error(status)),
+    };
+    let state = match v1::RolloutState::try_from(r.state) {
+        Ok(v1::RolloutState::Running) => "running",
+        Ok(v1::RolloutState::Stopped) => "stopped",
+        _ => return Ok(None),
+    };
+    Ok(r.present.then(|| RolloutLine {
+        id: r.id,
+        state: state.to_owned(),
+        reason: r.reason,
+        nodes_total: r.nodes_total,
+        nodes_done: r.nodes_done,
+        nodes_pending: r.nodes_pending,
+        nodes_failed: r.nodes_failed,
+    }))
+}
+
+impl RolloutLine {
+    /// The lines `status` starts with while a rollout is in progress.
+    fn headline(&self) -> String {
+        let mut line = format!(
+            "ROLLOUT {} {}: {} of {} node(s) done, {} pending, {} failed",
+            self.id,
+            self.state.to_uppercase(),
+            self.nodes_done,
+            self.nodes_total,
+            self.nodes_pending,
+            self.nodes_failed
+        );
+        if !self.reason.is_empty() {
+            line.push_str(&format!("\n  {}", self.reason));
+        }
+        format!("{line}\n  Pending nodes keep their previous set meanwhile: multinicctl rollout status\n\n")
+    }
 }
 
 fn needs_attention(n: &v1::NodeStatus) -> bool {
