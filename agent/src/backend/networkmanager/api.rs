@@ -294,24 +294,35 @@ impl NetworkManager {
                 .deserialize()?;
             debug!(active = %active, "NetworkManager activates the profile");
             let mut device_reason = None;
+            // The device's FAILED comes before the activation's DEACTIVATED
+            // on the bus: the device's signals are taken first (`biased`),
+            // and those already queued are read before an end is reported,
+            // so the reason is the device's when it has one.
+            let failed = |signal: zbus::Result<zbus::Message>| -> Result<Option<u32>, zbus::Error> {
+                let (state, _, reason): (u32, u32, u32) = signal?.body().deserialize()?;
+                Ok((state == DEVICE_FAILED).then_some(reason))
+            };
             loop {
-                use futures::StreamExt;
+                use futures::{FutureExt, StreamExt};
                 tokio::select! {
+                    biased;
+                    Some(signal) = device_states.next() => {
+                        device_reason = failed(signal)?.or(device_reason);
+                    }
                     Some(signal) = states.next() => {
                         let signal = signal?;
                         if signal.header().path().is_some_and(|p| p.as_str() == active.as_str()) {
                             let (state, reason): (u32, u32) = signal.body().deserialize()?;
                             match state {
                                 ACTIVATED => return Ok(Ok(())),
-                                DEACTIVATED => return Ok(Err(NotActivated { device_reason, reason })),
+                                DEACTIVATED => {
+                                    while let Some(Some(signal)) = device_states.next().now_or_never() {
+                                        device_reason = failed(signal)?.or(device_reason);
+                                    }
+                                    return Ok(Err(NotActivated { device_reason, reason }));
+                                }
                                 _ => {}
                             }
-                        }
-                    }
-                    Some(signal) = device_states.next() => {
-                        let (state, _, reason): (u32, u32, u32) = signal?.body().deserialize()?;
-                        if state == DEVICE_FAILED {
-                            device_reason = Some(reason);
                         }
                     }
                     else => return Err(zbus::Error::InputOutput(std::sync::Arc::new(std::io::Error::other(
