@@ -195,6 +195,11 @@ async fn a_fleet_wide_change_goes_in_waves_stops_at_a_failed_canary_and_resumes(
     assert_eq!((canary.nodes[0].name.as_str(), canary.nodes[0].state()), ("node-00", RolloutNodeState::Failed));
     assert_eq!(canary.state(), RolloutNodeState::Failed);
     assert!(stopped.waves[1..].iter().all(|w| w.state() == RolloutNodeState::Pending && w.released_unix_ms == 0));
+    // What the MultinicRolloutStopped alert reads.
+    let (_, body) = multinic_testkit::http_get(rig.controller().http.unwrap(), "/metrics").await;
+    let metrics = Metrics::parse(&body);
+    assert_eq!(metrics.get("multinic_controller_rollout_state", &[("state", "stopped")]), 1.0);
+    assert_eq!(metrics.get("multinic_controller_rollout_state", &[("state", "running")]), 0.0);
 
     // The other 29 got nothing, and their changed rows read 0 (the
     // controller marks changed rows 0 until their node confirms them).
@@ -268,6 +273,8 @@ async fn a_fleet_wide_change_goes_in_waves_stops_at_a_failed_canary_and_resumes(
     assert_eq!(metrics.get("multinic_controller_rollout_waves_released_total", &[]), 6.0);
     assert_eq!(metrics.get("multinic_controller_rollout_wait_seconds_count", &[]), 30.0);
     assert_eq!(metrics.get("multinic_controller_rollout_nodes", &[("state", "done")]), 29.0);
+    assert_eq!(metrics.get("multinic_controller_rollout_state", &[("state", "completed")]), 1.0);
+    assert_eq!(metrics.get("multinic_controller_rollout_state", &[("state", "stopped")]), 0.0);
     rig.fleet.take().unwrap().stop().await;
 }
 

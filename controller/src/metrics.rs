@@ -52,6 +52,8 @@ pub struct RolloutMetrics {
     pub waves_released: Counter,
     /// The current rollout's nodes by state.
     pub nodes: Family<Labels, Gauge>,
+    /// The current rollout's state: 1 for the state it is in, 0 for the others.
+    pub state: Family<Labels, Gauge>,
     /// Per node: from its change seen to its release.
     pub wait_seconds: Histogram,
 }
@@ -62,6 +64,7 @@ impl Default for RolloutMetrics {
             events: Family::default(),
             waves_released: Counter::default(),
             nodes: Family::default(),
+            state: Family::default(),
             wait_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
         }
     }
@@ -82,6 +85,12 @@ impl RolloutMetrics {
             self.nodes.clone(),
         );
         registry.register(
+            "rollout_state",
+            "The current (or last) rollout's state: 1 for the one it is in (running, stopped, aborted, completed, \
+             superseded), 0 for the others; none before the first rollout",
+            self.state.clone(),
+        );
+        registry.register(
             "rollout_wait_seconds",
             "Per node of a rollout: time from its change seen in the database to its release",
             self.wait_seconds.clone(),
@@ -93,8 +102,9 @@ impl RolloutMetrics {
         self.events.get_or_create(&vec![("event", event)]).inc();
     }
 
-    /// The current rollout's nodes by state.
-    pub fn set_nodes(&self, counts: &crate::rollout::NodeCounts) {
+    /// The current rollout's nodes by state, and its state.
+    pub fn set_current(&self, rollout: &crate::rollout::Rollout) {
+        let counts = rollout.counts();
         for (state, n) in [
             ("pending", counts.pending),
             ("released", counts.released),
@@ -102,6 +112,9 @@ impl RolloutMetrics {
             ("failed", counts.failed),
         ] {
             self.nodes.get_or_create(&vec![("state", state)]).set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        for state in crate::rollout::RolloutState::ALL {
+            self.state.get_or_create(&vec![("state", state.as_str())]).set(i64::from(rollout.state == state));
         }
     }
 }

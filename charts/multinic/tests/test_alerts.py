@@ -27,7 +27,7 @@ ENABLED = {"database": DATABASE, "metrics": {"prometheusRule": {"enabled": True}
 ALERTS = [
     "MultinicControllerDown", "MultinicNoActiveController", "MultinicDatabaseUnreachable",
     "MultinicDatabaseWritesFailing", "MultinicAgentsDisconnected", "MultinicNodeNotConverged",
-    "MultinicInterfacesFailed", "MultinicDriftUnrepaired", "MultinicRemovalsHeld", "MultinicInvalidRows", "MultinicCertificateExpiresSoon",
+    "MultinicInterfacesFailed", "MultinicDriftUnrepaired", "MultinicRemovalsHeld", "MultinicRolloutStopped", "MultinicInvalidRows", "MultinicCertificateExpiresSoon",
     "MultinicTLSHandshakesRejected", "MultinicConvergenceSlow",
 ]
 

@@ -68,6 +68,7 @@ impl Fleet {
             warn!(rollout = rollout.id, "{reason}");
             rollout.interrupt(reason, SystemTime::now());
             self.rollout_metrics.event("superseded");
+            self.rollout_metrics.set_current(rollout);
         }
         for mut entry in self.nodes.iter_mut() {
             entry.hello = HelloSaid::Nothing;
@@ -168,7 +169,7 @@ impl Fleet {
             );
             self.rollout_metrics.event("started");
             self.rollout_metrics.event("stopped");
-            self.rollout_metrics.set_nodes(&rollout.counts());
+            self.rollout_metrics.set_current(&rollout);
             slot.current = Some(rollout);
         } else {
             open.extend(behind.into_iter().map(|(name, _)| name));

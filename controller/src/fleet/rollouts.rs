@@ -156,6 +156,7 @@ impl Fleet {
                 "rollout superseded by a newer change of its nodes"
             );
             self.rollout_metrics.event("superseded");
+            self.rollout_metrics.set_current(old);
             nodes.extend(taken);
         }
         nodes.sort();
@@ -179,7 +180,7 @@ impl Fleet {
         self.rollout_metrics.event("started");
         let released = rollout.start(now);
         let names = self.open(&rollout, released);
-        self.rollout_metrics.set_nodes(&rollout.counts());
+        self.rollout_metrics.set_current(&rollout);
         slot.current = Some(rollout);
         names
     }
@@ -199,7 +200,7 @@ impl Fleet {
         let released = rollout.report(name, outcome, SystemTime::now());
         self.note_transition(rollout, was);
         let names = self.open_and_publish(rollout, released, g.hold);
-        self.rollout_metrics.set_nodes(&rollout.counts());
+        self.rollout_metrics.set_current(rollout);
         drop(slot);
         drop(g);
         self.notify(names);
@@ -213,7 +214,7 @@ impl Fleet {
         let released = rollout.forget(name, SystemTime::now());
         self.note_transition(rollout, was);
         let names = self.open(rollout, released);
-        self.rollout_metrics.set_nodes(&rollout.counts());
+        self.rollout_metrics.set_current(rollout);
         names
     }
 
@@ -317,7 +318,7 @@ impl Rollouts<'_> {
         let was = RolloutState::Running;
         let names = self.fleet.open_and_publish(rollout, released, g.hold);
         self.fleet.note_transition(rollout, was);
-        self.fleet.rollout_metrics.set_nodes(&rollout.counts());
+        self.fleet.rollout_metrics.set_current(rollout);
         let copy = rollout.clone();
         drop(slot);
         drop(g);
@@ -337,7 +338,7 @@ impl Rollouts<'_> {
             "rollout aborted by an operator: its nodes not released keep their previous set until their rows change"
         );
         self.fleet.rollout_metrics.event("aborted");
-        self.fleet.rollout_metrics.set_nodes(&rollout.counts());
+        self.fleet.rollout_metrics.set_current(rollout);
         let copy = rollout.clone();
         drop(slot);
         self.fleet.notify(pending);

@@ -40,6 +40,9 @@ pub enum RolloutState {
 }
 
 impl RolloutState {
+    /// Every state, for metrics.
+    pub const ALL: [Self; 5] = [Self::Running, Self::Stopped, Self::Aborted, Self::Completed, Self::Superseded];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
