@@ -84,10 +84,15 @@ impl RolloutMetrics {
             "Nodes of the current rollout by state: pending (held), released, done, failed",
             self.nodes.clone(),
         );
+        // Every state is exported from the start (all 0 before the first
+        // rollout), so the alert on it has a series to watch.
+        for state in crate::rollout::RolloutState::ALL {
+            self.state.get_or_create(&vec![("state", state.as_str())]).set(0);
+        }
         registry.register(
             "rollout_state",
             "The current (or last) rollout's state: 1 for the one it is in (running, stopped, aborted, completed, \
-             superseded), 0 for the others; none before the first rollout",
+             superseded), 0 for the others (all 0 before the first rollout)",
             self.state.clone(),
         );
         registry.register(
