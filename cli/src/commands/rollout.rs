@@ -182,7 +182,8 @@ impl From<&v1::RolloutStatus> for RolloutView {
     }
 }
 
-fn rollout_state(value: i32) -> &'static str {
+/// The word for a `RolloutState` (`status` uses it too).
+pub fn rollout_state(value: i32) -> &'static str {
     match v1::RolloutState::try_from(value) {
         Ok(v1::RolloutState::Running) => "running",
         Ok(v1::RolloutState::Stopped) => "stopped",

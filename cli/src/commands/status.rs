@@ -77,11 +77,10 @@ async fn rollout_in_progress(
         Err(status) if status.code() == tonic::Code::Unimplemented => return Ok(None),
         Err(status) => return Err(status_error(status)),
     };
-    let state = match v1::RolloutState::try_from(r.state) {
-        Ok(v1::RolloutState::Running) => "running",
-        Ok(v1::RolloutState::Stopped) => "stopped",
-        _ => return Ok(None),
-    };
+    let state = super::rollout::rollout_state(r.state);
+    if !matches!(state, "running" | "stopped") {
+        return Ok(None);
+    }
     Ok(r.present.then(|| RolloutLine {
         id: r.id,
         state: state.to_owned(),

@@ -86,6 +86,16 @@ fn page_token(token: &str) -> Result<Option<NodeName>, Status> {
     token.parse().map(Some).map_err(|e| Status::invalid_argument(format!("invalid page_token: {e}")))
 }
 
+/// The node a request names (short or full name; case does not matter).
+fn node_name(name: &str) -> Result<NodeName, Status> {
+    name.parse().map_err(|e| Status::invalid_argument(format!("invalid node name: {e}")))
+}
+
+/// A node the controller knows nothing of.
+fn unknown_node(name: NodeName) -> Status {
+    Status::not_found(format!("node {name} is unknown: it has no active rows and no connected agent"))
+}
+
 /// Runs a view on the blocking pool.
 async fn blocking<T: Send + 'static>(view: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(view).await.map_err(|e| Status::internal(format!("building the view failed: {e}")))
@@ -131,17 +141,10 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
 
     async fn get_node(&self, request: Request<v1::GetNodeRequest>) -> Result<Response<v1::NodeStatus>, Status> {
         self.authorize(&request)?;
-        let name: NodeName = request
-            .into_inner()
-            .name
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("invalid node name: {e}")))?;
+        let name = node_name(&request.into_inner().name)?;
         let fleet = self.fleet.clone();
         let view = blocking(move || fleet.view().node(&name).map(|n| node_status(&n)).ok_or(name)).await?;
-        let node = view.map_err(|name| {
-            Status::not_found(format!("node {name} is unknown: it has no active rows and no connected agent"))
-        })?;
-        Ok(Response::new(node))
+        Ok(Response::new(view.map_err(unknown_node)?))
     }
 
     async fn confirm_removals(
@@ -173,12 +176,9 @@ impl v1::fleet_service_server::FleetService for FleetSvc {
         let req = request.into_inner();
         let fleet = self.fleet.clone();
         if !req.node.is_empty() {
-            let name: NodeName =
-                req.node.parse().map_err(|e| Status::invalid_argument(format!("invalid node name: {e}")))?;
+            let name = node_name(&req.node)?;
             let view = blocking(move || super::diff_view::node(&fleet, &name).ok_or(name)).await?;
-            let node = view.map_err(|name| {
-                Status::not_found(format!("node {name} is unknown: it has no active rows and no connected agent"))
-            })?;
+            let node = view.map_err(unknown_node)?;
             return Ok(Response::new(v1::DiffResponse { nodes: vec![node], ..Default::default() }));
         }
         let size = match req.page_size as usize {
